@@ -1,0 +1,22 @@
+// A multilayer perceptron classifier: features → [Linear → ReLU] × depth → Linear → cross-entropy.
+import { defineModel } from '../src/index.ts';
+
+export default defineModel({
+  name: 'mlp',
+  description: 'MLP classifier (ReLU hidden layers, cross-entropy over integer labels)',
+  configs: {
+    toy: { batch: 4, inputs: 12, hidden: 16, depth: 2, classes: 3 },
+    mnist: { batch: 64, inputs: 784, hidden: 256, depth: 2, classes: 10 },
+  },
+  defaultConfig: 'toy',
+  defaultTargets: ['fc1', 'fc2', 'fc3'],
+  build(b, cfg) {
+    const x = b.input('x', [cfg.batch, cfg.inputs]);
+    const labels = b.input('labels', [cfg.batch], 'i32');
+    let h = x;
+    for (let i = 1; i <= cfg.depth; i++) h = b.relu(b.linear(h, `fc${i}`, cfg.hidden));
+    const logits = b.linear(h, `fc${cfg.depth + 1}`, cfg.classes);
+    b.output('logits', logits);
+    b.loss(b.crossEntropy(logits, labels));
+  },
+});

@@ -1,0 +1,46 @@
+import { fmtLoc, fmtType, type SourceLoc, type Value } from './types.ts';
+
+/** Every error lorafa raises on bad input: where it happened, what is wrong, and how to fix it. */
+export class LorafaError extends Error {
+  constructor(
+    readonly where: string,
+    readonly problem: string,
+    readonly fix?: string,
+  ) {
+    super(`${where ? where + ': ' : ''}${problem}${fix ? `\n  fix: ${fix}` : ''}`);
+    this.name = new.target.name;
+  }
+}
+
+/** A shape rule failed: names the op, the operand shapes and names, and the model's source line. */
+export class ShapeError extends LorafaError {
+  constructor(
+    readonly op: string,
+    readonly operands: readonly Value[],
+    problem: string,
+    readonly src?: SourceLoc,
+    fix?: string,
+  ) {
+    const ops = operands.map((v, i) => `  #${i} ${JSON.stringify(v.name)}: ${fmtType(v.type)}`).join('\n');
+    super(fmtLoc(src) || '<unknown location>', `${op}: ${problem}\n${ops}`, fix);
+  }
+}
+
+/** The model definition itself is malformed (duplicate names, no loss, bad export…). */
+export class ModelError extends LorafaError {}
+
+/** The IR broke an invariant: a lorafa bug, not the user's. */
+export class VerifyError extends LorafaError {}
+
+/**
+ * Thrown by shape rules with just the problem; the Builder adds the op, the operands and the
+ * source line, so rules stay short and every message has the same form.
+ */
+export class ShapeProblem extends Error {
+  constructor(
+    message: string,
+    readonly fix?: string,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,802 @@
+// One definition per op: shape rule, float64 reference, VJP rule, WGSL slot and a test-case
+// generator. `OPS` is typed as a mapped type over `OpAttrs`, so an op without every rule is a
+// compile error, and the test tables iterate over it, so every op is gradient-checked.
+import type { Builder } from './builder.ts';
+import { ShapeProblem } from './errors.ts';
+import {
+  broadcastIndex,
+  broadcastShapes,
+  broadcastsTo,
+  forEachIndex,
+  invertPerm,
+  reducedShape,
+  strides,
+  type Tensor,
+} from './shape.ts';
+import { numel, sameShape, type DType, type TensorType, type Value } from './types.ts';
+
+type NoAttrs = Record<string, never>;
+
+export interface OpAttrs {
+  neg: NoAttrs;
+  exp: NoAttrs;
+  log: NoAttrs;
+  sqrt: NoAttrs;
+  rsqrt: NoAttrs;
+  tanh: NoAttrs;
+  sigmoid: NoAttrs;
+  relu: NoAttrs;
+  gelu: NoAttrs;
+  silu: NoAttrs;
+  /** x > 0 ? 1 : 0; the derivative of relu. */
+  step: NoAttrs;
+  /** Identity whose cotangent is zero: softmax's max shift, which cancels out analytically. */
+  stop_gradient: NoAttrs;
+  /** x^p for a constant p. */
+  powc: { readonly p: number };
+  add: NoAttrs;
+  sub: NoAttrs;
+  mul: NoAttrs;
+  div: NoAttrs;
+  /** a == b ? 1 : 0 */
+  eq: NoAttrs;
+  /** cond != 0 ? a : b, all three broadcast. */
+  where: NoAttrs;
+  /** A constant tensor. */
+  fill: { readonly value: number; readonly shape: readonly number[]; readonly dtype: DType };
+  sum: { readonly axes: readonly number[]; readonly keepdims: boolean };
+  max: { readonly axes: readonly number[]; readonly keepdims: boolean };
+  reshape: { readonly shape: readonly number[] };
+  transpose: { readonly perm: readonly number[] };
+  broadcast: { readonly shape: readonly number[] };
+  slice: { readonly starts: readonly number[]; readonly ends: readonly number[] };
+  pad: { readonly before: readonly number[]; readonly after: readonly number[] };
+  concat: { readonly axis: number };
+  /** table[V, ...D], idx i32[...I] → [...I, ...D] */
+  gather: NoAttrs;
+  /** idx i32[...I], src[...I, ...D] → [rows, ...D], summing rows hit more than once. */
+  scatter_add: { readonly rows: number };
+  /** idx i32[...I] → f32[...I, classes] */
+  one_hot: { readonly classes: number };
+  /** a[..., m, k] · b[..., k, n] (transA: a is [..., k, m]; transB: b is [..., n, k]); batch dims broadcast. */
+  matmul: { readonly transA: boolean; readonly transB: boolean };
+}
+
+export type OpName = keyof OpAttrs;
+
+/** Inputs of a VJP rule. `wants[i]` is false when input i needs no cotangent: emit nothing for it. */
+export interface VjpArgs<A> {
+  readonly b: Builder;
+  readonly inputs: readonly Value[];
+  readonly out: Value;
+  readonly ct: Value;
+  readonly attrs: A;
+  readonly wants: readonly boolean[];
+}
+
+/**
+ * Returns one cotangent per input (null where not wanted). A cotangent may have the broadcast
+ * output shape: the autodiff driver sums it back to the input's shape, once, for every rule.
+ */
+export type Vjp<A> = (a: VjpArgs<A>) => readonly (Value | null)[];
+
+/** How codegen (src/codegen) computes the op: an elementwise expression, or a structured kernel. */
+export type WgslSlot<A> =
+  | { readonly kind: 'map'; readonly expr: (args: readonly string[], attrs: A) => string }
+  | { readonly kind: 'kernel'; readonly emitter: KernelEmitter }
+  | { readonly kind: 'view' };
+
+export type KernelEmitter =
+  | 'fill'
+  | 'reduce'
+  | 'permute'
+  | 'broadcast'
+  | 'slice'
+  | 'pad'
+  | 'concat'
+  | 'gather'
+  | 'scatter_add'
+  | 'one_hot'
+  | 'matmul';
+
+/** A source of random choices; tests back it with fast-check so cases shrink. */
+export interface CaseGen {
+  int(min: number, max: number): number;
+  bool(): boolean;
+}
+
+export type Domain =
+  | { readonly kind: 'real' }
+  | { readonly kind: 'positive' }
+  /** |x| ≥ 0.1: keeps finite differences off a kink at 0. */
+  | { readonly kind: 'awayFromZero' }
+  | { readonly kind: 'int'; readonly lo: number; readonly hi: number };
+
+export interface OpCase<A> {
+  readonly inputs: readonly { readonly type: TensorType; readonly domain: Domain }[];
+  readonly attrs: A;
+}
+
+export interface OpDef<A> {
+  /** Number of inputs; 'variadic' for concat. */
+  readonly arity: number | 'variadic';
+  readonly infer: (ins: readonly TensorType[], attrs: A) => TensorType;
+  readonly ref: (ins: readonly Tensor[], attrs: A, out: TensorType) => Float64Array;
+  /** 'nondiff': the output is integer-valued or piecewise constant, so no cotangent flows through. */
+  readonly vjp: Vjp<A> | 'nondiff';
+  readonly wgsl: WgslSlot<A>;
+  readonly testCase: (g: CaseGen) => OpCase<A>;
+}
+
+export type OpRegistry = { readonly [K in OpName]: OpDef<OpAttrs[K]> };
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+const f32 = (shape: readonly number[]): TensorType => ({ dtype: 'f32', shape });
+const REAL: Domain = { kind: 'real' };
+const POS: Domain = { kind: 'positive' };
+const AWAY: Domain = { kind: 'awayFromZero' };
+
+function randShape(g: CaseGen, minRank: number, maxRank: number, maxDim = 4): number[] {
+  const rank = g.int(minRank, maxRank);
+  return Array.from({ length: rank }, () => g.int(1, maxDim));
+}
+
+/** A shape that broadcasts to `s`: a suffix of it with some dims set to 1. */
+function broadcastableTo(g: CaseGen, s: readonly number[]): number[] {
+  const drop = g.int(0, s.length);
+  return s.slice(drop).map((d) => (g.int(0, 3) === 0 ? 1 : d));
+}
+
+function requireFloat(t: TensorType, what: string): void {
+  if (t.dtype === 'i32') throw new ShapeProblem(`${what} must be a float tensor, got i32`, 'integer tensors are only indices: use them in gather or one_hot');
+}
+
+function unary(
+  f: (x: number) => number,
+  vjp: Vjp<NoAttrs> | 'nondiff',
+  expr: (x: string) => string,
+  domain: Domain = REAL,
+): OpDef<NoAttrs> {
+  return {
+    arity: 1,
+    infer: ([x]) => {
+      requireFloat(x, 'the input');
+      return x;
+    },
+    ref: ([x]) => x.data.map(f),
+    vjp,
+    wgsl: { kind: 'map', expr: ([x]) => expr(x) },
+    testCase: (g) => ({ inputs: [{ type: f32(randShape(g, 0, 3)), domain }], attrs: {} }),
+  };
+}
+
+function binary(
+  f: (a: number, b: number) => number,
+  vjp: Vjp<NoAttrs> | 'nondiff',
+  expr: (a: string, b: string) => string,
+  domains: readonly [Domain, Domain] = [REAL, REAL],
+): OpDef<NoAttrs> {
+  return {
+    arity: 2,
+    infer: ([a, b]) => {
+      requireFloat(a, 'the left operand');
+      requireFloat(b, 'the right operand');
+      return { dtype: a.dtype, shape: broadcastShapes(a.shape, b.shape) };
+    },
+    ref: ([a, b], _attrs, out) => {
+      const ia = broadcastIndex(a.shape, out.shape);
+      const ib = broadcastIndex(b.shape, out.shape);
+      const r = new Float64Array(numel(out.shape));
+      for (let i = 0; i < r.length; i++) r[i] = f(a.data[ia[i]], b.data[ib[i]]);
+      return r;
+    },
+    vjp,
+    wgsl: { kind: 'map', expr: ([a, b]) => expr(a, b) },
+    testCase: (g) => {
+      const s = randShape(g, 0, 3);
+      const other = broadcastableTo(g, s);
+      const [sa, sb] = g.bool() ? [s, other] : [other, s];
+      return { inputs: [{ type: f32(sa), domain: domains[0] }, { type: f32(sb), domain: domains[1] }], attrs: {} };
+    },
+  };
+}
+
+function reduceInfer(name: string) {
+  return ([x]: readonly TensorType[], a: { axes: readonly number[]; keepdims: boolean }): TensorType => {
+    requireFloat(x, `the input of ${name}`);
+    for (const ax of a.axes) {
+      if (!Number.isInteger(ax) || ax < 0 || ax >= x.shape.length) {
+        throw new ShapeProblem(`axis ${ax} is out of range for rank ${x.shape.length}`);
+      }
+    }
+    return { dtype: x.dtype, shape: reducedShape(x.shape, a.axes, a.keepdims) };
+  };
+}
+
+function reduceRef(init: number, step: (acc: number, x: number) => number) {
+  return ([x]: readonly Tensor[], a: { axes: readonly number[] }, out: TensorType): Float64Array => {
+    const keep = reducedShape(x.shape, a.axes, true);
+    const r = new Float64Array(numel(out.shape)).fill(init);
+    const ks = strides(keep);
+    forEachIndex(x.shape, (idx, flat) => {
+      let o = 0;
+      for (let d = 0; d < idx.length; d++) if (keep[d] !== 1) o += idx[d] * ks[d];
+      r[o] = step(r[o], x.data[flat]);
+    });
+    return r;
+  };
+}
+
+/** Reduction axes with keepdims, so a reduced cotangent broadcasts back against the input. */
+function keepShape(x: Value, axes: readonly number[]): number[] {
+  return reducedShape(x.type.shape, axes, true);
+}
+
+function matmulDims(a: TensorType, b: TensorType, t: OpAttrs['matmul']) {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const m = t.transA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const ka = t.transA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const kb = t.transB ? b.shape[rb - 1] : b.shape[rb - 2];
+  const n = t.transB ? b.shape[rb - 2] : b.shape[rb - 1];
+  return { m, ka, kb, n };
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+const GELU_C = 0.044715;
+
+function geluRef(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+}
+
+function sigmoidRef(x: number): number {
+  return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the registry
+
+export const OPS: OpRegistry = {
+  neg: unary((x) => -x, ({ b, ct }) => [b.neg(ct)], (x) => `(-${x})`),
+  exp: unary(Math.exp, ({ b, ct, out }) => [b.mul(ct, out)], (x) => `exp(${x})`),
+  log: unary(Math.log, ({ b, ct, inputs: [x] }) => [b.div(ct, x)], (x) => `log(${x})`, POS),
+  sqrt: unary(Math.sqrt, ({ b, ct, out }) => [b.div(ct, b.mul(out, b.scalar(2)))], (x) => `sqrt(${x})`, POS),
+  rsqrt: unary(
+    (x) => 1 / Math.sqrt(x),
+    // d/dx x^-1/2 = -1/2 · x^-3/2 = -1/2 · y³
+    ({ b, ct, out }) => [b.mul(ct, b.mul(b.powc(out, 3), b.scalar(-0.5)))],
+    (x) => `inverseSqrt(${x})`,
+    POS,
+  ),
+  tanh: unary(
+    Math.tanh,
+    ({ b, ct, out }) => [b.mul(ct, b.sub(b.scalar(1), b.mul(out, out)))],
+    (x) => `tanh(clamp(${x}, -15.0, 15.0))`,
+  ),
+  sigmoid: unary(
+    sigmoidRef,
+    ({ b, ct, out }) => [b.mul(ct, b.mul(out, b.sub(b.scalar(1), out)))],
+    (x) => `(1.0 / (1.0 + exp(-${x})))`,
+  ),
+  relu: unary((x) => (x > 0 ? x : 0), ({ b, ct, inputs: [x] }) => [b.mul(ct, b.step(x))], (x) => `max(${x}, 0.0)`, AWAY),
+  gelu: unary(
+    geluRef,
+    ({ b, ct, inputs: [x] }) => {
+      // u = c(x + 0.044715x³), t = tanh(u); gelu' = ½(1+t) + ½x(1−t²)·c(1 + 3·0.044715x²)
+      const x2 = b.mul(x, x);
+      const u = b.mul(b.add(x, b.mul(b.mul(x2, x), b.scalar(GELU_C))), b.scalar(SQRT_2_OVER_PI));
+      const t = b.tanh(u);
+      const du = b.mul(b.add(b.scalar(1), b.mul(x2, b.scalar(3 * GELU_C))), b.scalar(SQRT_2_OVER_PI));
+      const left = b.mul(b.add(b.scalar(1), t), b.scalar(0.5));
+      const right = b.mul(b.mul(b.mul(x, b.scalar(0.5)), b.sub(b.scalar(1), b.mul(t, t))), du);
+      return [b.mul(ct, b.add(left, right))];
+    },
+    (x) => `(0.5 * ${x} * (1.0 + tanh(clamp(${SQRT_2_OVER_PI} * (${x} + ${GELU_C} * ${x} * ${x} * ${x}), -15.0, 15.0))))`,
+  ),
+  silu: unary(
+    (x) => x * sigmoidRef(x),
+    ({ b, ct, inputs: [x] }) => {
+      // silu' = s + x·s·(1−s), s = sigmoid(x)
+      const s = b.sigmoid(x);
+      return [b.mul(ct, b.add(s, b.mul(b.mul(x, s), b.sub(b.scalar(1), s))))];
+    },
+    (x) => `(${x} / (1.0 + exp(-${x})))`,
+  ),
+  step: unary((x) => (x > 0 ? 1 : 0), 'nondiff', (x) => `select(0.0, 1.0, ${x} > 0.0)`, AWAY),
+  stop_gradient: { ...unary((x) => x, 'nondiff', (x) => x), wgsl: { kind: 'view' } },
+  powc: {
+    arity: 1,
+    infer: ([x]) => {
+      requireFloat(x, 'the base');
+      return x;
+    },
+    ref: ([x], { p }) => x.data.map((v) => Math.pow(v, p)),
+    vjp: ({ b, ct, inputs: [x], attrs: { p } }) => [
+      p === 1 ? ct : b.mul(ct, b.mul(p === 2 ? x : b.powc(x, p - 1), b.scalar(p))),
+    ],
+    wgsl: { kind: 'map', expr: ([x], { p }) => (p === 2 ? `(${x} * ${x})` : `pow(${x}, ${p.toFixed(6)})`) },
+    testCase: (g) => ({
+      inputs: [{ type: f32(randShape(g, 0, 3)), domain: POS }],
+      attrs: { p: [2, 3, 0.5, -1, -0.5, 1.5][g.int(0, 5)] },
+    }),
+  },
+  add: binary((a, c) => a + c, ({ ct }) => [ct, ct], (a, c) => `(${a} + ${c})`),
+  sub: binary((a, c) => a - c, ({ b, ct, wants }) => [ct, wants[1] ? b.neg(ct) : null], (a, c) => `(${a} - ${c})`),
+  mul: binary(
+    (a, c) => a * c,
+    ({ b, ct, inputs: [x, y], wants }) => [wants[0] ? b.mul(ct, y) : null, wants[1] ? b.mul(ct, x) : null],
+    (a, c) => `(${a} * ${c})`,
+  ),
+  div: binary(
+    (a, c) => a / c,
+    ({ b, ct, inputs: [x, y], out, wants }) => [
+      wants[0] ? b.div(ct, y) : null,
+      // d(x/y)/dy = −x/y² = −out/y
+      wants[1] ? b.neg(b.div(b.mul(ct, out), y)) : null,
+    ],
+    (a, c) => `(${a} / ${c})`,
+    [REAL, AWAY],
+  ),
+  eq: binary((a, c) => (a === c ? 1 : 0), 'nondiff', (a, c) => `select(0.0, 1.0, ${a} == ${c})`),
+  where: {
+    arity: 3,
+    infer: ([c, x, y]) => {
+      requireFloat(x, 'the value if true');
+      requireFloat(y, 'the value if false');
+      return { dtype: x.dtype, shape: broadcastShapes(c.shape, broadcastShapes(x.shape, y.shape)) };
+    },
+    ref: ([c, x, y], _a, out) => {
+      const ic = broadcastIndex(c.shape, out.shape);
+      const ix = broadcastIndex(x.shape, out.shape);
+      const iy = broadcastIndex(y.shape, out.shape);
+      return new Float64Array(numel(out.shape)).map((_, i) => (c.data[ic[i]] !== 0 ? x.data[ix[i]] : y.data[iy[i]]));
+    },
+    vjp: ({ b, ct, inputs: [c], wants }) => {
+      const zero = b.scalar(0);
+      return [null, wants[1] ? b.where(c, ct, zero) : null, wants[2] ? b.where(c, zero, ct) : null];
+    },
+    wgsl: { kind: 'map', expr: ([c, x, y]) => `select(${y}, ${x}, ${c} != 0.0)` },
+    testCase: (g) => {
+      const s = randShape(g, 0, 3);
+      return {
+        inputs: [
+          { type: f32(broadcastableTo(g, s)), domain: { kind: 'int', lo: 0, hi: 1 } },
+          { type: f32(s), domain: REAL },
+          { type: f32(broadcastableTo(g, s)), domain: REAL },
+        ],
+        attrs: {},
+      };
+    },
+  },
+  fill: {
+    arity: 0,
+    infer: (_ins, a) => {
+      if (a.shape.some((d) => !Number.isInteger(d) || d < 1)) throw new ShapeProblem(`bad shape [${a.shape.join(',')}]`);
+      return { dtype: a.dtype, shape: a.shape };
+    },
+    ref: (_ins, a) => new Float64Array(numel(a.shape)).fill(a.value),
+    vjp: 'nondiff',
+    wgsl: { kind: 'kernel', emitter: 'fill' },
+    testCase: (g) => ({ inputs: [], attrs: { value: g.int(-3, 3) / 2, shape: randShape(g, 0, 2), dtype: 'f32' } }),
+  },
+  sum: {
+    arity: 1,
+    infer: reduceInfer('sum'),
+    ref: reduceRef(0, (acc, x) => acc + x),
+    vjp: ({ b, ct, inputs: [x], attrs }) => [b.broadcast(b.reshape(ct, keepShape(x, attrs.axes)), x.type.shape)],
+    wgsl: { kind: 'kernel', emitter: 'reduce' },
+    testCase: (g) => reduceCase(g),
+  },
+  max: {
+    arity: 1,
+    infer: reduceInfer('max'),
+    ref: reduceRef(-Infinity, Math.max),
+    vjp: ({ b, ct, out, inputs: [x], attrs }) => {
+      // Ties share the cotangent evenly, as torch.amax does.
+      const keep = keepShape(x, attrs.axes);
+      const mask = b.eq(x, b.reshape(out, keep));
+      const count = b.sum(mask, attrs.axes, true);
+      return [b.mul(mask, b.div(b.reshape(ct, keep), count))];
+    },
+    wgsl: { kind: 'kernel', emitter: 'reduce' },
+    testCase: (g) => reduceCase(g),
+  },
+  reshape: {
+    arity: 1,
+    infer: ([x], { shape }) => {
+      if (numel(shape) !== numel(x.shape) || shape.some((d) => !Number.isInteger(d) || d < 1)) {
+        throw new ShapeProblem(
+          `cannot reshape [${x.shape.join(',')}] (${numel(x.shape)} elements) to [${shape.join(',')}] (${numel(shape)} elements)`,
+          'the element counts must match',
+        );
+      }
+      return { dtype: x.dtype, shape };
+    },
+    ref: ([x]) => x.data.slice(),
+    vjp: ({ b, ct, inputs: [x] }) => [b.reshape(ct, x.type.shape)],
+    wgsl: { kind: 'view' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 3);
+      const n = numel(s);
+      const t = g.bool() ? [n] : [1, ...s.slice().reverse()];
+      return { inputs: [{ type: f32(s), domain: REAL }], attrs: { shape: numel(t) === n ? t : [n] } };
+    },
+  },
+  transpose: {
+    arity: 1,
+    infer: ([x], { perm }) => {
+      const r = x.shape.length;
+      if (perm.length !== r || [...perm].sort((p, q) => p - q).some((p, i) => p !== i)) {
+        throw new ShapeProblem(`[${perm.join(',')}] is not a permutation of the ${r} axes of [${x.shape.join(',')}]`);
+      }
+      return { dtype: x.dtype, shape: perm.map((p) => x.shape[p]) };
+    },
+    ref: ([x], { perm }, out) => {
+      const xs = strides(x.shape);
+      const r = new Float64Array(numel(out.shape));
+      forEachIndex(out.shape, (idx, flat) => {
+        let src = 0;
+        for (let d = 0; d < perm.length; d++) src += idx[d] * xs[perm[d]];
+        r[flat] = x.data[src];
+      });
+      return r;
+    },
+    vjp: ({ b, ct, attrs: { perm } }) => [b.transpose(ct, invertPerm(perm))],
+    wgsl: { kind: 'kernel', emitter: 'permute' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 4);
+      const perm = s.map((_, i) => i);
+      for (let i = perm.length - 1; i > 0; i--) {
+        const j = g.int(0, i);
+        [perm[i], perm[j]] = [perm[j], perm[i]];
+      }
+      return { inputs: [{ type: f32(s), domain: REAL }], attrs: { perm } };
+    },
+  },
+  broadcast: {
+    arity: 1,
+    infer: ([x], { shape }) => {
+      if (!broadcastsTo(x.shape, shape)) {
+        throw new ShapeProblem(`[${x.shape.join(',')}] does not broadcast to [${shape.join(',')}]`);
+      }
+      return { dtype: x.dtype, shape };
+    },
+    ref: ([x], _a, out) => {
+      const map = broadcastIndex(x.shape, out.shape);
+      return new Float64Array(map.length).map((_, i) => x.data[map[i]]);
+    },
+    // The driver sums the output-shaped cotangent back to x's shape.
+    vjp: ({ ct }) => [ct],
+    wgsl: { kind: 'kernel', emitter: 'broadcast' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 3);
+      return { inputs: [{ type: f32(broadcastableTo(g, s)), domain: REAL }], attrs: { shape: s } };
+    },
+  },
+  slice: {
+    arity: 1,
+    infer: ([x], { starts, ends }) => {
+      const r = x.shape.length;
+      if (starts.length !== r || ends.length !== r) {
+        throw new ShapeProblem(`slice needs ${r} starts and ends for [${x.shape.join(',')}]`);
+      }
+      const shape = x.shape.map((d, i) => {
+        if (!(0 <= starts[i] && starts[i] < ends[i] && ends[i] <= d)) {
+          throw new ShapeProblem(`axis ${i}: [${starts[i]}, ${ends[i]}) is not a non-empty range inside [0, ${d})`);
+        }
+        return ends[i] - starts[i];
+      });
+      return { dtype: x.dtype, shape };
+    },
+    ref: ([x], { starts }, out) => {
+      const xs = strides(x.shape);
+      const r = new Float64Array(numel(out.shape));
+      forEachIndex(out.shape, (idx, flat) => {
+        let src = 0;
+        for (let d = 0; d < idx.length; d++) src += (idx[d] + starts[d]) * xs[d];
+        r[flat] = x.data[src];
+      });
+      return r;
+    },
+    vjp: ({ b, ct, inputs: [x], attrs: { starts, ends } }) => [
+      b.pad(ct, starts, x.type.shape.map((d, i) => d - ends[i])),
+    ],
+    wgsl: { kind: 'kernel', emitter: 'slice' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 3, 5);
+      const starts = s.map((d) => g.int(0, d - 1));
+      const ends = s.map((d, i) => g.int(starts[i] + 1, d));
+      return { inputs: [{ type: f32(s), domain: REAL }], attrs: { starts, ends } };
+    },
+  },
+  pad: {
+    arity: 1,
+    infer: ([x], { before, after }) => {
+      const r = x.shape.length;
+      if (before.length !== r || after.length !== r || [...before, ...after].some((p) => !Number.isInteger(p) || p < 0)) {
+        throw new ShapeProblem(`pad needs ${r} non-negative amounts before and after`);
+      }
+      return { dtype: x.dtype, shape: x.shape.map((d, i) => d + before[i] + after[i]) };
+    },
+    ref: ([x], { before }, out) => {
+      const os = strides(out.shape);
+      const r = new Float64Array(numel(out.shape));
+      forEachIndex(x.shape, (idx, flat) => {
+        let dst = 0;
+        for (let d = 0; d < idx.length; d++) dst += (idx[d] + before[d]) * os[d];
+        r[dst] = x.data[flat];
+      });
+      return r;
+    },
+    vjp: ({ b, ct, inputs: [x], attrs: { before } }) => [
+      b.slice(ct, before, x.type.shape.map((d, i) => before[i] + d)),
+    ],
+    wgsl: { kind: 'kernel', emitter: 'pad' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 3);
+      return {
+        inputs: [{ type: f32(s), domain: REAL }],
+        attrs: { before: s.map(() => g.int(0, 2)), after: s.map(() => g.int(0, 2)) },
+      };
+    },
+  },
+  concat: {
+    arity: 'variadic',
+    infer: (ins, { axis }) => {
+      if (ins.length < 1) throw new ShapeProblem('concat needs at least one input');
+      const first = ins[0];
+      if (axis < 0 || axis >= first.shape.length) throw new ShapeProblem(`axis ${axis} is out of range for rank ${first.shape.length}`);
+      let total = 0;
+      ins.forEach((t, j) => {
+        const ok = t.shape.length === first.shape.length && t.shape.every((d, i) => i === axis || d === first.shape[i]);
+        if (!ok) {
+          throw new ShapeProblem(
+            `input #${j} [${t.shape.join(',')}] does not match input #0 [${first.shape.join(',')}] outside axis ${axis}`,
+          );
+        }
+        total += t.shape[axis];
+      });
+      return { dtype: first.dtype, shape: first.shape.map((d, i) => (i === axis ? total : d)) };
+    },
+    ref: (ins, { axis }, out) => {
+      const r = new Float64Array(numel(out.shape));
+      const os = strides(out.shape);
+      let offset = 0;
+      for (const t of ins) {
+        forEachIndex(t.shape, (idx, flat) => {
+          let dst = 0;
+          for (let d = 0; d < idx.length; d++) dst += (d === axis ? idx[d] + offset : idx[d]) * os[d];
+          r[dst] = t.data[flat];
+        });
+        offset += t.shape[axis];
+      }
+      return r;
+    },
+    vjp: ({ b, ct, inputs, attrs: { axis }, wants }) => {
+      let offset = 0;
+      return inputs.map((x, j) => {
+        const start = offset;
+        offset += x.type.shape[axis];
+        if (!wants[j]) return null;
+        const starts = x.type.shape.map((_, i) => (i === axis ? start : 0));
+        const ends = ct.type.shape.map((d, i) => (i === axis ? start + x.type.shape[axis] : d));
+        return b.slice(ct, starts, ends);
+      });
+    },
+    wgsl: { kind: 'kernel', emitter: 'concat' },
+    testCase: (g) => {
+      const s = randShape(g, 1, 3);
+      const axis = g.int(0, s.length - 1);
+      const n = g.int(1, 3);
+      return {
+        inputs: Array.from({ length: n }, () => ({
+          type: f32(s.map((d, i) => (i === axis ? g.int(1, 3) : d))),
+          domain: REAL,
+        })),
+        attrs: { axis },
+      };
+    },
+  },
+  gather: {
+    arity: 2,
+    infer: ([table, idx]) => {
+      requireFloat(table, 'the table');
+      if (idx.dtype !== 'i32') throw new ShapeProblem(`indices must be i32, got ${idx.dtype}`, 'declare the input with dtype i32');
+      if (table.shape.length < 1) throw new ShapeProblem('the table must have at least one dimension');
+      return { dtype: table.dtype, shape: [...idx.shape, ...table.shape.slice(1)] };
+    },
+    ref: ([table, idx]) => {
+      const row = numel(table.shape.slice(1));
+      const r = new Float64Array(idx.data.length * row);
+      idx.data.forEach((k, i) => {
+        if (k < 0 || k >= table.shape[0]) throw new RangeError(`gather: index ${k} outside [0, ${table.shape[0]})`);
+        r.set(table.data.subarray(k * row, (k + 1) * row), i * row);
+      });
+      return r;
+    },
+    vjp: ({ b, ct, inputs: [table, idx] }) => [b.scatterAdd(idx, ct, table.type.shape[0]), null],
+    wgsl: { kind: 'kernel', emitter: 'gather' },
+    testCase: (g) => {
+      const rows = g.int(1, 5);
+      return {
+        inputs: [
+          { type: f32([rows, ...randShape(g, 0, 2)]), domain: REAL },
+          { type: { dtype: 'i32', shape: randShape(g, 0, 2) }, domain: { kind: 'int', lo: 0, hi: rows - 1 } },
+        ],
+        attrs: {},
+      };
+    },
+  },
+  scatter_add: {
+    arity: 2,
+    infer: ([idx, src], { rows }) => {
+      if (idx.dtype !== 'i32') throw new ShapeProblem(`indices must be i32, got ${idx.dtype}`);
+      requireFloat(src, 'the source');
+      const lead = src.shape.slice(0, idx.shape.length);
+      if (!sameShape(lead, idx.shape)) {
+        throw new ShapeProblem(`source [${src.shape.join(',')}] must start with the index shape [${idx.shape.join(',')}]`);
+      }
+      return { dtype: src.dtype, shape: [rows, ...src.shape.slice(idx.shape.length)] };
+    },
+    ref: ([idx, src], { rows }) => {
+      const row = numel(src.shape.slice(idx.shape.length));
+      const r = new Float64Array(rows * row);
+      idx.data.forEach((k, i) => {
+        for (let j = 0; j < row; j++) r[k * row + j] += src.data[i * row + j];
+      });
+      return r;
+    },
+    vjp: ({ b, ct, inputs: [idx] }) => [null, b.gather(ct, idx)],
+    wgsl: { kind: 'kernel', emitter: 'scatter_add' },
+    testCase: (g) => {
+      const rows = g.int(1, 5);
+      const is = randShape(g, 0, 2);
+      return {
+        inputs: [
+          { type: { dtype: 'i32', shape: is }, domain: { kind: 'int', lo: 0, hi: rows - 1 } },
+          { type: f32([...is, ...randShape(g, 0, 2)]), domain: REAL },
+        ],
+        attrs: { rows },
+      };
+    },
+  },
+  one_hot: {
+    arity: 1,
+    infer: ([idx], { classes }) => {
+      if (idx.dtype !== 'i32') throw new ShapeProblem(`labels must be i32, got ${idx.dtype}`, 'declare the labels input with dtype i32');
+      return { dtype: 'f32', shape: [...idx.shape, classes] };
+    },
+    ref: ([idx], { classes }) => {
+      const r = new Float64Array(idx.data.length * classes);
+      idx.data.forEach((k, i) => {
+        if (k < 0 || k >= classes) throw new RangeError(`one_hot: label ${k} outside [0, ${classes})`);
+        r[i * classes + k] = 1;
+      });
+      return r;
+    },
+    vjp: 'nondiff',
+    wgsl: { kind: 'kernel', emitter: 'one_hot' },
+    testCase: (g) => {
+      const classes = g.int(1, 5);
+      return {
+        inputs: [{ type: { dtype: 'i32', shape: randShape(g, 0, 2) }, domain: { kind: 'int', lo: 0, hi: classes - 1 } }],
+        attrs: { classes },
+      };
+    },
+  },
+  matmul: {
+    arity: 2,
+    infer: ([a, b], t) => {
+      requireFloat(a, 'the left operand');
+      requireFloat(b, 'the right operand');
+      if (a.shape.length < 2 || b.shape.length < 2) {
+        throw new ShapeProblem(`both operands need rank ≥ 2, got [${a.shape.join(',')}] and [${b.shape.join(',')}]`, 'reshape vectors to [1,n] or [n,1]');
+      }
+      const { m, ka, kb, n } = matmulDims(a, b, t);
+      if (ka !== kb) {
+        throw new ShapeProblem(
+          `inner dimensions differ: ${ka} (a${t.transA ? 'ᵀ' : ''}) vs ${kb} (b${t.transB ? 'ᵀ' : ''})`,
+          'the left operand\'s feature size must equal the right operand\'s input size',
+        );
+      }
+      const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2));
+      return { dtype: a.dtype, shape: [...batch, m, n] };
+    },
+    ref: ([a, b], t, out) => {
+      const { m, ka: k, n } = matmulDims({ dtype: 'f32', shape: a.shape }, { dtype: 'f32', shape: b.shape }, t);
+      const batch = out.shape.slice(0, -2);
+      const ia = broadcastIndex(a.shape.slice(0, -2), batch);
+      const ib = broadcastIndex(b.shape.slice(0, -2), batch);
+      const r = new Float64Array(numel(out.shape));
+      for (let bi = 0; bi < ia.length; bi++) {
+        const ao = ia[bi] * m * k;
+        const bo = ib[bi] * k * n;
+        const ro = bi * m * n;
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < n; j++) {
+            let s = 0;
+            for (let p = 0; p < k; p++) {
+              const av = t.transA ? a.data[ao + p * m + i] : a.data[ao + i * k + p];
+              const bv = t.transB ? b.data[bo + j * k + p] : b.data[bo + p * n + j];
+              s += av * bv;
+            }
+            r[ro + i * n + j] = s;
+          }
+        }
+      }
+      return r;
+    },
+    vjp: ({ b, ct, inputs: [x, w], attrs: { transA, transB }, wants }) => {
+      let dx: Value | null = null;
+      let dw: Value | null = null;
+      if (wants[0]) {
+        // a = [.., m, k]: da = ct·bᵀ; transA stores aᵀ, so its cotangent is (ct·bᵀ)ᵀ = b·ctᵀ.
+        dx = transA
+          ? transB
+            ? b.matmul(w, ct, { transA: true, transB: true })
+            : b.matmul(w, ct, { transB: true })
+          : transB
+            ? b.matmul(ct, w)
+            : b.matmul(ct, w, { transB: true });
+      }
+      if (wants[1]) {
+        // A shared 2-D weight against a batched input (a linear layer on [b, s, d]): fold the batch
+        // into the rows so dW is one matmul, not a batched product summed afterwards.
+        let xx = x;
+        let cc = ct;
+        if (w.type.shape.length === 2 && x.type.shape.length > 2 && !transA) {
+          const k = x.type.shape[x.type.shape.length - 1];
+          const n = ct.type.shape[ct.type.shape.length - 1];
+          xx = b.reshape(x, [numel(x.type.shape) / k, k]);
+          cc = b.reshape(ct, [numel(ct.type.shape) / n, n]);
+        }
+        dw = transB
+          ? transA
+            ? b.matmul(cc, xx, { transA: true, transB: true })
+            : b.matmul(cc, xx, { transA: true })
+          : transA
+            ? b.matmul(xx, cc)
+            : b.matmul(xx, cc, { transA: true });
+      }
+      return [dx, dw];
+    },
+    wgsl: { kind: 'kernel', emitter: 'matmul' },
+    testCase: (g) => {
+      const m = g.int(1, 4);
+      const k = g.int(1, 4);
+      const n = g.int(1, 4);
+      const transA = g.bool();
+      const transB = g.bool();
+      const batch = randShape(g, 0, 2, 3);
+      const shapeA = [...batch, ...(transA ? [k, m] : [m, k])];
+      const bBatch = g.bool() ? batch : broadcastableTo(g, batch);
+      const shapeB = [...bBatch, ...(transB ? [n, k] : [k, n])];
+      return {
+        inputs: [
+          { type: f32(shapeA), domain: REAL },
+          { type: f32(shapeB), domain: REAL },
+        ],
+        attrs: { transA, transB },
+      };
+    },
+  },
+};
+
+function reduceCase(g: CaseGen): OpCase<{ axes: readonly number[]; keepdims: boolean }> {
+  const s = randShape(g, 1, 3);
+  const axes = s.map((_, i) => i).filter(() => g.bool());
+  return { inputs: [{ type: f32(s), domain: REAL }], attrs: { axes: axes.length ? axes : [s.length - 1], keepdims: g.bool() } };
+}
+
+export const OP_NAMES = Object.keys(OPS) as OpName[];
+
+export function isOpName(s: string): s is OpName {
+  return Object.prototype.hasOwnProperty.call(OPS, s);
+}
+
+export function opDef(name: string): OpDef<any> {
+  if (!isOpName(name)) throw new Error(`unknown op '${name}'`);
+  return OPS[name] as OpDef<any>;
+}

@@ -1,0 +1,91 @@
+// What a model file exports, and how it is traced into a graph.
+import { Builder } from './ir/builder.ts';
+import { LorafaError, ModelError } from './ir/errors.ts';
+import type { Graph } from './ir/types.ts';
+
+/** Sizes of one configuration. batch (and seq, for sequence models) are always present. */
+export interface ModelConfig {
+  readonly batch: number;
+  readonly seq?: number;
+  readonly [key: string]: number | string | boolean | undefined;
+}
+
+export interface ModelDef<C extends ModelConfig = ModelConfig> {
+  readonly name: string;
+  readonly description?: string;
+  /** Named configurations; `defaultConfig` is used when the user names none. */
+  readonly configs: Readonly<Record<string, C>>;
+  readonly defaultConfig: string;
+  /** LoRA targets when the user gives none (PEFT's defaults for this architecture). */
+  readonly defaultTargets?: readonly string[];
+  /** Parameters that stay trainable under LoRA (PEFT's modules_to_save, e.g. a classifier head). */
+  readonly modulesToSave?: readonly string[];
+  /** Declares inputs, parameters and ops, and the scalar loss with b.loss(…). */
+  build(b: Builder, cfg: C): void;
+}
+
+export function defineModel<C extends ModelConfig>(def: ModelDef<C>): ModelDef<C> {
+  return def;
+}
+
+export function isModelDef(x: unknown): x is ModelDef {
+  const d = x as ModelDef | undefined;
+  return !!d && typeof d === 'object' && typeof d.build === 'function' && typeof d.configs === 'object';
+}
+
+export interface TraceOptions {
+  readonly config?: string;
+  /** Overrides of config fields (batch, seq, sizes). */
+  readonly overrides?: Readonly<Record<string, number>>;
+  /** Absolute path of the model file, to map stack frames to its lines. */
+  readonly file?: string;
+  readonly displayFile?: string;
+}
+
+export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
+  const where = opts.displayFile ?? def.name;
+  const name = opts.config ?? def.defaultConfig;
+  const base = def.configs[name];
+  if (!base) {
+    throw new LorafaError(where, `unknown config "${name}"`, `choose one of: ${Object.keys(def.configs).join(', ')}`);
+  }
+  const cfg: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(opts.overrides ?? {})) {
+    if (v === undefined) continue;
+    if (!(k in cfg)) throw new LorafaError(where, `config "${name}" has no field "${k}"`, `fields: ${Object.keys(base).join(', ')}`);
+    if ((k === 'batch' || k === 'seq') && !(Number.isInteger(v) && v > 0)) {
+      throw new LorafaError(where, `${k} must be a positive integer, got ${v}`);
+    }
+    cfg[k] = v;
+  }
+  return cfg as ModelConfig;
+}
+
+/** Runs the model's build function on a fresh Builder and returns the traced graph. */
+export function traceModel(def: ModelDef, opts: TraceOptions = {}): Graph {
+  const cfg = resolveConfig(def, opts);
+  const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile });
+  try {
+    def.build(b, cfg);
+  } catch (e) {
+    if (e instanceof LorafaError) throw e;
+    const err = e as Error;
+    const line = opts.file ? findLine(err, opts.file) : undefined;
+    throw new ModelError(
+      `${opts.displayFile ?? def.name}${line ? `:${line}` : ''}`,
+      `the model's build() threw: ${err?.message ?? String(e)}`,
+      'fix the model file at that line',
+    );
+  }
+  return b.build();
+}
+
+export function findLine(err: Error, file: string): string | undefined {
+  for (const l of (err?.stack ?? '').split('\n')) {
+    const at = l.lastIndexOf(file);
+    if (at < 0) continue;
+    const m = /:(\d+):(\d+)\)?\s*$/.exec(l.slice(at + file.length));
+    if (m) return `${m[1]}:${m[2]}`;
+  }
+  return undefined;
+}

@@ -1,0 +1,92 @@
+// The pipeline: a traced model graph → one joint training graph (forward, scalar loss, gradients
+// of exactly the trainable parameters), in mode full, lora or lora-fa.
+import { LorafaError } from '../ir/errors.ts';
+import { verify } from '../ir/verify.ts';
+import type { Graph } from '../ir/types.ts';
+import { autodiff, type AutodiffReport } from './autodiff.ts';
+import { dce, type DceReport } from './dce.ts';
+import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
+import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
+
+export const MODES = ['full', 'lora', 'lora-fa'] as const;
+export type Mode = (typeof MODES)[number];
+
+export interface CompileOptions {
+  readonly mode: Mode;
+  /** Required for lora and lora-fa. */
+  readonly lora?: LoraOptions;
+  /** Run the verifier after every pass (tests always do; cheap even for LLaMA-7B). */
+  readonly verify?: boolean;
+}
+
+export interface Stage {
+  readonly pass: string;
+  readonly graph: Graph;
+}
+
+export interface Compiled {
+  readonly mode: Mode;
+  /** The forward graph the gradients are taken of (after lora / lora-fa). */
+  readonly forward: Graph;
+  /** Forward + backward, dead code removed. */
+  readonly joint: Graph;
+  /** The graph after each pass, in order, for golden tests and --emit. */
+  readonly stages: readonly Stage[];
+  readonly reports: {
+    readonly lora?: LoraReport;
+    readonly loraFa?: LoraFaReport;
+    readonly autodiff: AutodiffReport;
+    readonly dce: DceReport;
+    /** Lora-fa only: what freezing A removed, against the same model compiled as LoRA. */
+    readonly pruned?: LoraFaExplanation;
+  };
+}
+
+export function isMode(s: string): s is Mode {
+  return (MODES as readonly string[]).includes(s);
+}
+
+function train(g: Graph, check: (g: Graph, pass: string) => Graph) {
+  const wrt = g.params.filter((p) => p.trainable).map((p) => p.value);
+  if (!wrt.length) {
+    throw new LorafaError(g.file ?? g.name, 'nothing to train: every parameter is frozen', 'mark some parameters trainable, or use mode lora / lora-fa');
+  }
+  const ad = autodiff(g, { wrt });
+  const withGrads = check(ad.graph, 'autodiff');
+  const d = dce(withGrads);
+  return { ad, withGrads, d, joint: check(d.graph, 'dce') };
+}
+
+export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
+  const check = (g: Graph, pass: string) => (opts.verify ? verify(g, pass) : g);
+  const stages: Stage[] = [{ pass: 'trace', graph: check(model, 'trace') }];
+  let forward = model;
+  let loraReport: LoraReport | undefined;
+  let loraFaReport: LoraFaReport | undefined;
+  let pruned: LoraFaExplanation | undefined;
+  if (opts.mode !== 'full') {
+    if (!opts.lora) throw new LorafaError(model.file ?? model.name, `mode ${opts.mode} needs LoRA options (rank, alpha, targets)`);
+    const l = applyLora(model, opts.lora);
+    forward = check(l.graph, 'lora');
+    loraReport = l.report;
+    stages.push({ pass: 'lora', graph: forward });
+  }
+  if (opts.mode === 'lora-fa') {
+    const loraForward = forward;
+    const fa = applyLoraFa(forward);
+    forward = check(fa.graph, 'lora-fa');
+    loraFaReport = fa.report;
+    stages.push({ pass: 'lora-fa', graph: forward });
+    // The same LoRA graph trained with A trainable: the baseline LoRA-FA's pruning is measured against.
+    pruned = explainLoraFa(train(loraForward, check).joint, train(forward, check).joint);
+  }
+  const t = train(forward, check);
+  stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'dce', graph: t.joint });
+  return {
+    mode: opts.mode,
+    forward,
+    joint: t.joint,
+    stages,
+    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, pruned },
+  };
+}

@@ -1,0 +1,20 @@
+// Dead-code elimination: backward liveness from the graph's outputs. Under LoRA-FA this is where
+// the products that only dA needed (xᵀ·(…)) disappear.
+import type { Graph, Node } from '../ir/types.ts';
+
+export interface DceReport {
+  readonly removed: readonly Node[];
+}
+
+export function dce(g: Graph): { graph: Graph; report: DceReport } {
+  const live = new Set(Object.values(g.outputs).map((v) => v.id));
+  const keep = new Array<boolean>(g.nodes.length).fill(false);
+  for (let i = g.nodes.length - 1; i >= 0; i--) {
+    const n = g.nodes[i];
+    if (!live.has(n.out.id)) continue;
+    keep[i] = true;
+    for (const x of n.inputs) live.add(x.id);
+  }
+  const removed = g.nodes.filter((_, i) => !keep[i]);
+  return { graph: { ...g, nodes: g.nodes.filter((_, i) => keep[i]) }, report: { removed } };
+}
