@@ -1,6 +1,6 @@
 // A pre-LN transformer encoder with a RoBERTa-style classification head (dense → tanh → out_proj
 // on the first token). Sizes cover a toy model, RoBERTa-base and RoBERTa-large.
-import { defineModel } from '../src/index.ts';
+import { defineModel } from 'lorafa';
 
 export default defineModel({
   name: 'encoder',

@@ -1,7 +1,7 @@
 // A LLaMA-style decoder: RMSNorm, rotary position embedding, causal multi-head attention and a
 // SwiGLU MLP, next-token cross-entropy. Names follow Hugging Face's LlamaForCausalLM, so PEFT's
 // target_modules (q_proj, v_proj, …) mean the same layers.
-import { defineModel } from '../src/index.ts';
+import { defineModel } from 'lorafa';
 
 export default defineModel({
   name: 'llama',

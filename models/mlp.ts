@@ -1,5 +1,5 @@
 // A multilayer perceptron classifier: features → [Linear → ReLU] × depth → Linear → cross-entropy.
-import { defineModel } from '../src/index.ts';
+import { defineModel } from 'lorafa';
 
 export default defineModel({
   name: 'mlp',

@@ -326,7 +326,7 @@ export class Builder {
       const a = this.axes(x, [axis]);
       const shifted = this.sub(x, this.stopGradient(this.max(x, a, true)));
       const e = this.exp(shifted);
-      return this.div(e, this.sum(e, a, true));
+      return this.emit('div', [e, this.sum(e, a, true)], {}, 'out');
     });
   }
 
@@ -334,7 +334,7 @@ export class Builder {
     return this.scope('log_softmax', () => {
       const a = this.axes(x, [axis]);
       const shifted = this.sub(x, this.stopGradient(this.max(x, a, true)));
-      return this.sub(shifted, this.log(this.sum(this.exp(shifted), a, true)));
+      return this.emit('sub', [shifted, this.log(this.sum(this.exp(shifted), a, true))], {}, 'out');
     });
   }
 
@@ -348,7 +348,7 @@ export class Builder {
       const centered = this.sub(x, mu);
       const variance = this.mean(this.mul(centered, centered), [-1], true);
       const normed = this.mul(centered, this.rsqrt(this.add(variance, this.scalar(opts.eps ?? 1e-5))));
-      return this.add(this.mul(normed, gamma), beta);
+      return this.emit('add', [this.mul(normed, gamma), beta], {}, 'out');
     });
   }
 
@@ -358,7 +358,7 @@ export class Builder {
     return this.scope(name, () => {
       const w = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
       const ms = this.mean(this.mul(x, x), [-1], true);
-      return this.mul(this.mul(x, this.rsqrt(this.add(ms, this.scalar(opts.eps ?? 1e-6)))), w);
+      return this.emit('mul', [this.mul(x, this.rsqrt(this.add(ms, this.scalar(opts.eps ?? 1e-6)))), w], {}, 'out');
     });
   }
 
@@ -405,7 +405,7 @@ export class Builder {
         const mask = this.buffer('causal_mask', [seq, seq], { kind: 'tril' });
         scores = this.where(mask, scores, this.scalar(-1e9));
       }
-      return this.matmul(this.softmax(scores), v);
+      return this.emit('matmul', [this.softmax(scores), v], { transA: false, transB: false }, 'out');
     });
   }
 
@@ -423,7 +423,7 @@ export class Builder {
       const x2 = this.sliceAxis(x, -1, hd / 2, hd);
       const r1 = this.sub(this.mul(x1, cos), this.mul(x2, sin));
       const r2 = this.add(this.mul(x2, cos), this.mul(x1, sin));
-      return this.concat([r1, r2], -1);
+      return this.emit('concat', [r1, r2], { axis: shape.length - 1 }, 'out');
     });
   }
 
