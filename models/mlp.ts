@@ -9,7 +9,10 @@ export default defineModel({
     mnist: { batch: 64, inputs: 784, hidden: 256, depth: 2, classes: 10 },
   },
   defaultConfig: 'toy',
-  defaultTargets: ['fc1', 'fc2', 'fc3'],
+  // The hidden layers get adapters; the 3-wide head trains fully (PEFT's modules_to_save), since
+  // a rank-8 adapter cannot be narrower than a 3-class output.
+  defaultTargets: ['fc1', 'fc2'],
+  modulesToSave: ['fc3'],
   build(b, cfg) {
     const x = b.input('x', [cfg.batch, cfg.inputs]);
     const labels = b.input('labels', [cfg.batch], 'i32');

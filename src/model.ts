@@ -53,8 +53,10 @@ export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {
     if (v === undefined) continue;
     if (!(k in cfg)) throw new LorafaError(where, `config "${name}" has no field "${k}"`, `fields: ${Object.keys(base).join(', ')}`);
-    if ((k === 'batch' || k === 'seq') && !(Number.isInteger(v) && v > 0)) {
-      throw new LorafaError(where, `${k} must be a positive integer, got ${v}`);
+    // Sizes are whole numbers: an integer field only takes a positive integer.
+    const integral = k === 'batch' || k === 'seq' || Number.isInteger(base[k]);
+    if (typeof v !== 'number' || (integral && !(Number.isInteger(v) && v > 0))) {
+      throw new LorafaError(where, `${k} must be a positive integer, got ${v}`, `use a whole number ≥ 1, e.g. ${k}=${String(base[k])} as in config "${name}"`);
     }
     cfg[k] = v;
   }

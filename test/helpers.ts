@@ -77,3 +77,110 @@ export async function toyModel(name: string, config?: string) {
 export function tensor(shape: readonly number[], data: Float64Array): Tensor {
   return { shape, data };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Named properties. Every property test goes through `property`, so `scripts/fuzz.ts` can count
+// the cases each one ran: with LORAFA_FUZZ_LOG set, one JSON line {property, runs, failed, seed}
+// is appended per property. Without it, `property` behaves exactly like fc.assert.
+import { appendFileSync } from 'node:fs';
+import {
+  asyncProperty as fcAsyncProperty,
+  check as fcCheck,
+  defaultReportMessage as fcReport,
+  property as fcProperty,
+  type Arbitrary,
+  type Parameters as FcParameters,
+  type RunDetails,
+} from 'fast-check';
+
+export interface FuzzLogLine {
+  readonly property: string;
+  readonly runs: number;
+  readonly failed: boolean;
+  readonly seed: number;
+}
+
+function logRuns<T>(name: string, details: RunDetails<T>): void {
+  const file = process.env.LORAFA_FUZZ_LOG;
+  if (file) {
+    const line: FuzzLogLine = { property: name, runs: details.numRuns, failed: details.failed, seed: details.seed };
+    appendFileSync(file, JSON.stringify(line) + '\n');
+  }
+}
+
+function failure<T>(name: string, details: RunDetails<T>): Error {
+  const report = (fcReport as (d: RunDetails<T>) => string | undefined)(details);
+  return new Error(`property "${name}": ${report ?? 'failed'}`, {
+    cause: details.errorInstance ?? undefined,
+  });
+}
+
+/** fc.assert(fc.property(arb, predicate)) under a name that the fuzz log records. */
+export function property<T>(
+  name: string,
+  arb: Arbitrary<T>,
+  predicate: (value: T) => boolean | void,
+  params?: FcParameters<[T]>,
+): void {
+  const details = fcCheck(fcProperty(arb, predicate), params ?? {});
+  logRuns(name, details);
+  if (details.failed) throw failure(name, details);
+}
+
+/** The async form of `property`. */
+export async function propertyAsync<T>(
+  name: string,
+  arb: Arbitrary<T>,
+  predicate: (value: T) => Promise<boolean | void>,
+  params?: FcParameters<[T]>,
+): Promise<void> {
+  const details = await fcCheck(fcAsyncProperty(arb, predicate), params ?? {});
+  logRuns(name, details);
+  if (details.failed) throw failure(name, details);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-model helpers (models, lora, lorafa tests). Imports sit here so this block stays appendable.
+import { readdirSync } from 'node:fs';
+import type { ModelConfig } from '../src/model.ts';
+import { initParams } from '../src/runtime/init.ts';
+
+export const MODELS_DIR = resolve(ROOT, 'models');
+
+/** Every model file in models/ (without .ts), so a new model is covered without a new test row. */
+export function modelFiles(): string[] {
+  return readdirSync(MODELS_DIR)
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))
+    .map((f) => f.slice(0, -3))
+    .sort();
+}
+
+/** Bounds for a config's integer inputs: labels below `classes` (else `vocab`), other ids below `vocab`. */
+export function intBoundsFor(cfg: ModelConfig): (input: string) => number {
+  const num = (k: string) => (typeof cfg[k] === 'number' ? (cfg[k] as number) : undefined);
+  return (input) => {
+    const bound = /label/.test(input) ? (num('classes') ?? num('vocab')) : (num('vocab') ?? num('classes'));
+    if (bound === undefined) throw new Error(`no integer bound for input "${input}": the config has neither vocab nor classes`);
+    return bound;
+  };
+}
+
+/**
+ * Initial parameters (seeded) with every lora_B replaced by seeded uniform(−scale, scale) values:
+ * the zero init of B makes dA ≡ 0, which would hide any bug on the A path.
+ */
+export function paramsWithRandomB(g: Graph, seed: number, scale = 0.5): Map<string, Tensor> {
+  const params = initParams(g, { seed });
+  for (const p of g.params) {
+    if (p.role !== 'lora_B') continue;
+    const u = rng(seed * 7919 + p.value.id + 1);
+    const n = numel(p.value.type.shape);
+    params.set(p.value.name, { shape: p.value.type.shape, data: new Float64Array(n).map(() => scale * (2 * u() - 1)) });
+  }
+  return params;
+}
+
+/** The config whole-model tests run: `toy` where a model has one, else its default. */
+export function toyConfigName(def: { readonly configs: Readonly<Record<string, unknown>>; readonly defaultConfig: string }): string {
+  return 'toy' in def.configs ? 'toy' : def.defaultConfig;
+}

@@ -98,7 +98,11 @@ export function summarize(c: Compiled, ctx: SummaryContext): string {
     const inRows = pruned.inputs.slice(0, LIST_MAX).map((s) => [
       s.module,
       `x = ${s.input.name} ${fmtType(s.input.type)}`,
-      s.saved ? `SAVED: read by ${s.reasons.join('; ')}` : 'not saved',
+      s.saved
+        ? `SAVED: read by ${s.reasons.join('; ')}`
+        : s.dataInput
+          ? `data input, resident all step${s.reasons.length ? `; read by ${s.reasons.join('; ')}` : ', backward reads none'}`
+          : 'not saved',
     ]);
     out.push(...table(inRows, ['l', 'l', 'l']).map((l) => '    ' + l));
     const rest = pruned.inputs.slice(LIST_MAX);

@@ -17,7 +17,7 @@ import type {
   SourceLoc,
   Value,
 } from './types.ts';
-import { fmtLoc, fmtType, numel } from './types.ts';
+import { fmtLoc, fmtType, numel, sameShape } from './types.ts';
 
 export interface BuilderOptions {
   readonly name?: string;
@@ -223,18 +223,20 @@ export class Builder {
   scalar = (value: number) => this.fill(value);
 
   sum = (x: Value, axes?: readonly number[], keepdims = false) =>
-    this.emit('sum', [x], { axes: this.axes(x, axes), keepdims });
+    this.emit('sum', [x], { axes: this.axes(x, axes, 'sum'), keepdims });
   max = (x: Value, axes?: readonly number[], keepdims = false) =>
-    this.emit('max', [x], { axes: this.axes(x, axes), keepdims });
+    this.emit('max', [x], { axes: this.axes(x, axes, 'max'), keepdims });
 
   mean(x: Value, axes?: readonly number[], keepdims = false): Value {
-    const ax = this.axes(x, axes);
+    const ax = this.axes(x, axes, 'mean');
     const n = ax.reduce((acc, a) => acc * x.type.shape[a], 1);
     return this.mul(this.sum(x, ax, keepdims), this.scalar(1 / n));
   }
 
   reshape(x: Value, shape: readonly number[]): Value {
     const resolved = resolveShape(shape, numel(x.type.shape));
+    // A reshape to the same shape is the value itself (VJP rules ask for these freely).
+    if (sameShape(resolved, x.type.shape)) return x;
     return this.emit('reshape', [x], { shape: resolved });
   }
 
@@ -244,7 +246,8 @@ export class Builder {
     return this.emit('transpose', [x], { perm: p.map((a) => (a < 0 ? a + r : a)) });
   }
 
-  broadcast = (x: Value, shape: readonly number[]) => this.emit('broadcast', [x], { shape: [...shape] });
+  broadcast = (x: Value, shape: readonly number[]) =>
+    sameShape(x.type.shape, shape) ? x : this.emit('broadcast', [x], { shape: [...shape] });
 
   /** Elements [starts[i], ends[i]) along every axis. */
   slice = (x: Value, starts: readonly number[], ends: readonly number[]) =>
@@ -323,7 +326,7 @@ export class Builder {
 
   softmax(x: Value, axis = -1): Value {
     return this.scope('softmax', () => {
-      const a = this.axes(x, [axis]);
+      const a = this.axes(x, [axis], 'softmax');
       const shifted = this.sub(x, this.stopGradient(this.max(x, a, true)));
       const e = this.exp(shifted);
       return this.emit('div', [e, this.sum(e, a, true)], {}, 'out');
@@ -332,7 +335,7 @@ export class Builder {
 
   logSoftmax(x: Value, axis = -1): Value {
     return this.scope('log_softmax', () => {
-      const a = this.axes(x, [axis]);
+      const a = this.axes(x, [axis], 'log_softmax');
       const shifted = this.sub(x, this.stopGradient(this.max(x, a, true)));
       return this.emit('sub', [shifted, this.log(this.sum(this.exp(shifted), a, true))], {}, 'out');
     });
@@ -469,12 +472,12 @@ export class Builder {
     this.names.set(name, src);
   }
 
-  private axes(x: Value, axes: readonly number[] | undefined): number[] {
+  private axes(x: Value, axes: readonly number[] | undefined, op: string): number[] {
     const r = x.type.shape.length;
     try {
       return normAxes(axes ?? Array.from({ length: r }, (_, i) => i), r);
     } catch (e) {
-      if (e instanceof ShapeProblem) throw new ShapeError('reduce', [x], e.message, this.loc(), e.fix);
+      if (e instanceof ShapeProblem) throw new ShapeError(op, [x], e.message, this.loc(), e.fix);
       throw e;
     }
   }

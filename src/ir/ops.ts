@@ -644,6 +644,7 @@ export const OPS: OpRegistry = {
       const row = numel(src.shape.slice(idx.shape.length));
       const r = new Float64Array(rows * row);
       idx.data.forEach((k, i) => {
+        if (k < 0 || k >= rows) throw new RangeError(`scatter_add: index ${k} outside [0, ${rows})`);
         for (let j = 0; j < row; j++) r[k * row + j] += src.data[i * row + j];
       });
       return r;

@@ -73,7 +73,8 @@ export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string 
         if (!wants[j] || !c) return;
         const summed = sumToShape(b, c, x.type.shape);
         const prev = cts.get(x.id);
-        cts.set(x.id, prev ? b.add(prev, summed) : summed);
+        // A value read twice sums its cotangents; the sum is named after that value.
+        cts.set(x.id, prev ? b.on(n.src, `d.${x.name}`, () => b.emit('add', [prev, summed], {}, 'acc')) : summed);
       });
     });
   }

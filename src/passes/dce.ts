@@ -1,5 +1,7 @@
-// Dead-code elimination: backward liveness from the graph's outputs. Under LoRA-FA this is where
-// the products that only dA needed (xᵀ·(…)) disappear.
+// Dead-code elimination: backward liveness from the graph's outputs. Autodiff already builds only
+// what the targets need (its `wants`), so under LoRA-FA dA is never built in the first place;
+// DCE removes forward values nothing reads and what a rule built for an input it then ignored
+// (a `where` condition, say).
 import type { Graph, Node } from '../ir/types.ts';
 
 export interface DceReport {

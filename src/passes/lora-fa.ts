@@ -42,6 +42,8 @@ export interface AdapterInputStatus {
   readonly module: string;
   readonly input: Value;
   readonly saved: boolean;
+  /** x is a data input of the step: resident for the whole step whatever backward reads. */
+  readonly dataInput: boolean;
   /** Why backward still reads x: the forward nodes whose gradient rules read it. */
   readonly reasons: readonly string[];
 }
@@ -67,18 +69,19 @@ function signature(n: Node): string {
 /** Why each adapted layer's input is (not) saved under a joint training graph. */
 export function adapterInputs(g: Graph): AdapterInputStatus[] {
   const saved = savedActivations(g);
-  const out: AdapterInputStatus[] = [];
-  for (const a of g.adapters) {
-    const s = saved.get(a.input);
-    const input = s?.value ?? findValue(g, a.input);
-    out.push({
-      module: a.module,
-      input,
-      saved: !!s,
-      reasons: s ? [...new Set(s.readers.map((r) => `backward of "${backwardOwner(r)}" (${r.op} ${r.out.name})`))] : [],
-    });
+  const dataInputs = new Set(g.inputs.map((i) => i.value.id));
+  const readers = new Map<number, Node[]>();
+  for (const n of g.nodes) {
+    if (n.phase === 'forward') continue;
+    for (const x of n.inputs) readers.set(x.id, [...(readers.get(x.id) ?? []), n]);
   }
-  return out;
+  return g.adapters.map((a) => ({
+    module: a.module,
+    input: findValue(g, a.input),
+    saved: saved.has(a.input),
+    dataInput: dataInputs.has(a.input),
+    reasons: [...new Set((readers.get(a.input) ?? []).map((r) => `backward of "${backwardOwner(r)}" (${r.op} ${r.out.name})`))],
+  }));
 }
 
 function findValue(g: Graph, id: number): Value {

@@ -99,13 +99,13 @@ export function applyLora(g: Graph, opts: LoraOptions): { graph: Graph; report: 
       });
       const B = b.param('lora_B', [opts.rank, layer.outFeatures], { init: { kind: 'zeros' }, role: 'lora_B' });
       const xa = b.emit('matmul', [x, A], { transA: false, transB: false }, 'lora.xA');
-      const sxa = b.emit('mul', [xa, b.scalar(scale)], {}, 'lora.sxA');
+      const s = b.emit('fill', [], { value: scale, shape: [], dtype: 'f32' }, 'lora.scale');
+      const sxa = b.emit('mul', [xa, s], {}, 'lora.sxA');
       const delta = b.emit('matmul', [sxa, B], { transA: false, transB: false }, 'lora.sxAB');
       const y = b.emit('add', [n.out, delta], {}, 'lora.out');
       return { A, B, sxa, y };
     });
     const added = b.takeAdditions();
-    // takeAdditions resets the scalar cache, so each adapter owns its scale constant.
     nodes.push(...added.nodes);
     newParams.push(...added.params);
     subst.set(n.out.id, y);
@@ -114,7 +114,8 @@ export function applyLora(g: Graph, opts: LoraOptions): { graph: Graph; report: 
   const keep = opts.modulesToSave ?? [];
   const saved = (name: string) => keep.some((k) => name === k || name.startsWith(`${k}.`));
   const params: Param[] = [
-    ...g.params.map((p) => ({ ...p, trainable: saved(p.value.name) && p.role !== 'buffer' })),
+    // A module to save keeps what the model declared; everything else is frozen.
+    ...g.params.map((p) => ({ ...p, trainable: p.trainable && saved(p.value.name) && p.role !== 'buffer' })),
     ...newParams,
   ];
   const outputs = Object.fromEntries(Object.entries(g.outputs).map(([k, v]) => [k, sub(v)]));
