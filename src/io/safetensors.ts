@@ -1,6 +1,6 @@
 // safetensors reading: an 8-byte little-endian header length, a JSON header, raw tensor bytes.
 // Small enough to own; no maintained npm package covers it with the dtypes lorafa needs.
-import { readFileSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { LorafaError } from '../ir/errors.ts';
 
 export type SafeDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32';
@@ -42,10 +42,15 @@ export function readSafetensors(path: string): Map<string, SafeTensor> {
   } catch (e) {
     return bad(`header is not JSON (${(e as Error).message})`);
   }
+  if (!header || typeof header !== 'object' || Array.isArray(header)) bad('header is not a JSON object');
   const body = buf.subarray(8 + headerLen);
   const out = new Map<string, SafeTensor>();
   for (const [key, meta] of Object.entries(header)) {
     if (key === '__metadata__') continue;
+    const okMeta =
+      meta && typeof meta === 'object' && Array.isArray(meta.shape) && meta.shape.every((d) => Number.isInteger(d) && d >= 0) &&
+      Array.isArray(meta.data_offsets) && meta.data_offsets.length === 2 && meta.data_offsets.every((o) => Number.isInteger(o) && o >= 0);
+    if (!okMeta) bad(`tensor "${key}" has a malformed entry ${JSON.stringify(meta).slice(0, 120)}`);
     const dtype = meta.dtype as SafeDType;
     if (!(dtype in WIDTH)) bad(`tensor "${key}" has unsupported dtype ${meta.dtype}`);
     const [start, end] = meta.data_offsets;
@@ -68,4 +73,54 @@ export function readSafetensors(path: string): Map<string, SafeTensor> {
     out.set(key, { dtype, shape: meta.shape, data });
   }
   return out;
+}
+
+export interface TensorToWrite {
+  readonly dtype: 'F32' | 'F64' | 'I32';
+  readonly shape: readonly number[];
+  readonly data: ArrayLike<number>;
+}
+
+/** Serialises tensors (sorted by name, 8-byte aligned header) to safetensors bytes. */
+export function encodeSafetensors(tensors: ReadonlyMap<string, TensorToWrite>, metadata?: Record<string, string>): Buffer {
+  const names = [...tensors.keys()].sort();
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const name of names) {
+    const t = tensors.get(name)!;
+    const bytes = t.data.length * WIDTH[t.dtype];
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const head = Buffer.from(json, 'utf8');
+  const out = Buffer.alloc(8 + head.length + offset);
+  out.writeBigUInt64LE(BigInt(head.length), 0);
+  head.copy(out, 8);
+  let at = 8 + head.length;
+  for (const name of names) {
+    const t = tensors.get(name)!;
+    for (let i = 0; i < t.data.length; i++, at += WIDTH[t.dtype]) {
+      if (t.dtype === 'F32') out.writeFloatLE(t.data[i], at);
+      else if (t.dtype === 'F64') out.writeDoubleLE(t.data[i], at);
+      else out.writeInt32LE(t.data[i], at);
+    }
+  }
+  return out;
+}
+
+/** Writes atomically: a temp file in the same directory, fsync'd, then renamed over the target. */
+export function writeSafetensors(path: string, tensors: ReadonlyMap<string, TensorToWrite>, metadata?: Record<string, string>): void {
+  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
+  const fd = openSync(tmp, 'w');
+  try {
+    const bytes = encodeSafetensors(tensors, metadata);
+    for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
 }
