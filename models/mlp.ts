@@ -17,7 +17,10 @@ export default defineModel({
     const x = b.input('x', [cfg.batch, cfg.inputs]);
     const labels = b.input('labels', [cfg.batch], 'i32');
     let h = x;
-    for (let i = 1; i <= cfg.depth; i++) h = b.relu(b.linear(h, `fc${i}`, cfg.hidden));
+    for (let i = 1; i <= cfg.depth; i++) {
+      const z = b.linear(h, `fc${i}`, cfg.hidden);
+      h = b.scope(`fc${i}`, () => b.relu(z));
+    }
     const logits = b.linear(h, `fc${cfg.depth + 1}`, cfg.classes);
     b.output('logits', logits);
     b.loss(b.crossEntropy(logits, labels));

@@ -3,6 +3,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { LorafaError } from '../ir/errors.ts';
 import { printGraph } from '../ir/print.ts';
 import { compileTraining, isMode, MODES, type Mode } from '../passes/compile.ts';
+import { LIMIT_PRESETS, planMemory, STORAGE_DTYPES, type Limits, type StorageDType } from '../passes/memory-plan.ts';
+import { OPTIMIZERS, type OptimizerOptions } from '../passes/optimizer.ts';
+import { compareTable, planJson, planTable, topTable, writeSvg, type PlannedMode } from './plan.ts';
 import { resolveConfig } from '../model.ts';
 import { formatAdapterReport, probeAdapter } from '../runtime/device.ts';
 import { loadModel, trace } from './load.ts';
@@ -16,6 +19,14 @@ function positiveInt(name: string) {
   };
 }
 
+function nonNegativeNumber(name: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!(n >= 0)) throw new InvalidArgumentError(`${name} must be a number ≥ 0, got "${v}"`);
+    return n;
+  };
+}
+
 function positiveNumber(name: string) {
   return (v: string) => {
     const n = Number(v);
@@ -24,7 +35,7 @@ function positiveNumber(name: string) {
   };
 }
 
-interface CompileFlags {
+interface CommonFlags {
   mode: string;
   rank: number;
   alpha?: number;
@@ -34,15 +45,36 @@ interface CompileFlags {
   config?: string;
   batch?: number;
   seq?: number;
+  verify?: boolean;
+}
+
+interface CompileFlags extends CommonFlags {
   emit: 'ir' | 'summary';
   stage?: string;
-  verify?: boolean;
   locations?: boolean;
 }
 
-async function compileCommand(modelPath: string, flags: CompileFlags): Promise<void> {
-  if (!isMode(flags.mode)) throw new LorafaError('--mode', `unknown mode "${flags.mode}"`, `use one of: ${MODES.join(', ')}`);
-  const mode: Mode = flags.mode;
+interface PlanFlags extends CommonFlags {
+  optimizer: string;
+  momentum?: number;
+  weightDecay?: number;
+  dtype: string;
+  limits: string;
+  maxBindingSize?: number;
+  maxBufferSize?: number;
+  alignment?: number;
+  compare?: boolean;
+  top?: number;
+  json?: boolean;
+  svg?: string;
+}
+
+function checkMode(mode: string): Mode {
+  if (!isMode(mode)) throw new LorafaError('--mode', `unknown mode "${mode}"`, `use one of: ${MODES.join(', ')}`);
+  return mode;
+}
+
+async function setup(modelPath: string, flags: CommonFlags) {
   const m = await loadModel(modelPath);
   const overrides: Record<string, number> = {};
   if (flags.batch !== undefined) overrides.batch = flags.batch;
@@ -53,17 +85,21 @@ async function compileCommand(modelPath: string, flags: CompileFlags): Promise<v
     : flags.targets
       ? flags.targets.split(',').map((s) => s.trim()).filter(Boolean)
       : m.def.defaultTargets ?? [];
-  const compiled = compileTraining(graph, {
-    mode,
-    verify: flags.verify,
-    lora: {
-      rank: flags.rank,
-      alpha: flags.alpha ?? 2 * flags.rank,
-      targets,
-      rslora: flags.rslora,
-      modulesToSave: m.def.modulesToSave,
-    },
-  });
+  const lora = {
+    rank: flags.rank,
+    alpha: flags.alpha ?? 2 * flags.rank,
+    targets,
+    rslora: flags.rslora,
+    modulesToSave: m.def.modulesToSave,
+  };
+  const config = flags.config ?? m.def.defaultConfig;
+  return { m, graph, lora, config, cfg: resolveConfig(m.def, { config, overrides }) };
+}
+
+async function compileCommand(modelPath: string, flags: CompileFlags): Promise<void> {
+  const mode = checkMode(flags.mode);
+  const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
+  const compiled = compileTraining(graph, { mode, verify: flags.verify, lora });
   if (flags.emit === 'ir') {
     const stage = flags.stage ?? 'dce';
     const s = compiled.stages.find((x) => x.pass === stage);
@@ -73,18 +109,89 @@ async function compileCommand(modelPath: string, flags: CompileFlags): Promise<v
     process.stdout.write(printGraph(s.graph, { locations: flags.locations }));
     return;
   }
-  const config = flags.config ?? m.def.defaultConfig;
-  console.log(summarize(compiled, { file: m.displayFile, config, cfg: resolveConfig(m.def, { config, overrides }) }));
+  console.log(summarize(compiled, { file: m.displayFile, config, cfg }));
 }
 
-export function program(): Command {
-  const p = new Command('lorafa')
-    .description('compile neural-network training to WGSL for WebGPU, built around LoRA-FA')
-    .showHelpAfterError();
-  p.command('compile')
-    .description('trace a model file and compile its training step (forward, loss, gradients)')
+function optimizerOptions(flags: PlanFlags): OptimizerOptions {
+  if (flags.optimizer === 'sgd') return { kind: 'sgd', momentum: flags.momentum, weightDecay: flags.weightDecay };
+  if (flags.optimizer === 'adamw') return { kind: 'adamw', weightDecay: flags.weightDecay };
+  throw new LorafaError('--optimizer', `unknown optimizer "${flags.optimizer}"`, `use one of: ${OPTIMIZERS.join(', ')}`);
+}
+
+async function resolveLimits(flags: PlanFlags): Promise<Limits> {
+  let base: Limits;
+  if (flags.limits === 'adapter') {
+    const r = await probeAdapter();
+    if (!r.ok) throw new LorafaError('--limits adapter', r.reason, r.fix);
+    base = {
+      alignment: r.limits.minStorageBufferOffsetAlignment,
+      maxBindingSize: r.limits.maxStorageBufferBindingSize,
+      maxBufferSize: r.limits.maxBufferSize,
+    };
+  } else if (flags.limits in LIMIT_PRESETS) {
+    base = LIMIT_PRESETS[flags.limits as keyof typeof LIMIT_PRESETS];
+  } else {
+    throw new LorafaError('--limits', `unknown limits "${flags.limits}"`, `use one of: ${[...Object.keys(LIMIT_PRESETS), 'adapter'].join(', ')}`);
+  }
+  return {
+    alignment: flags.alignment ?? base.alignment,
+    maxBindingSize: flags.maxBindingSize ?? base.maxBindingSize,
+    maxBufferSize: flags.maxBufferSize ?? base.maxBufferSize,
+  };
+}
+
+async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
+  const optimizer = optimizerOptions(flags);
+  if (!(STORAGE_DTYPES as readonly string[]).includes(flags.dtype)) {
+    throw new LorafaError('--dtype', `unknown storage dtype "${flags.dtype}"`, `use one of: ${STORAGE_DTYPES.join(', ')}`);
+  }
+  const dtype = flags.dtype as StorageDType;
+  const limits = await resolveLimits(flags);
+  const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
+  const modes: Mode[] = flags.compare ? [...MODES] : [checkMode(flags.mode)];
+  const planned: PlannedMode[] = modes.map((mode) => {
+    const t0 = performance.now();
+    const compiled = compileTraining(graph, { mode, lora, optimizer, verify: flags.verify });
+    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients });
+    return { mode, compiled, plan, ms: performance.now() - t0 };
+  });
+  const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
+  if (flags.json) {
+    const doc = flags.compare ? Object.fromEntries(planned.map((p) => [p.mode, planJson(ctx, p)])) : planJson(ctx, planned[0]);
+    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+  } else {
+    console.log(flags.compare ? compareTable(ctx, planned) : planTable(ctx, planned[0]));
+    if (flags.top) for (const p of planned) console.log(`\n[${p.mode}] ${topTable(p, flags.top)}`);
+  }
+  if (flags.svg) {
+    const target = planned.find((p) => p.mode === (flags.compare ? 'lora-fa' : planned[0].mode))!;
+    writeSvg(flags.svg, ctx, target);
+    if (!flags.json) console.log(`\nwrote ${flags.svg}`);
+  }
+}
+
+function describeOptimizer(o: OptimizerOptions): string {
+  if (o.kind === 'sgd') return `SGD${o.momentum ? ` momentum=${o.momentum}` : ''}${o.weightDecay ? ` weight_decay=${o.weightDecay}` : ''}`;
+  return `AdamW weight_decay=${o.weightDecay ?? 0.01}`;
+}
+
+/** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
+function byteSize(name: string) {
+  return (v: string) => {
+    const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
+    if (!m) throw new InvalidArgumentError(`${name} must be a byte count like 134217728 or 128MiB, got "${v}"`);
+    const unit = (m[2] ?? 'B').toLowerCase();
+    const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
+    const n = Math.floor(Number(m[1]) * mult[unit]);
+    if (n < 1) throw new InvalidArgumentError(`${name} must be positive, got "${v}"`);
+    return n;
+  };
+}
+
+function commonOptions(c: Command, defaultMode: Mode): Command {
+  return c
     .argument('<model>', 'model file, e.g. models/llama.ts')
-    .addOption(new Option('--mode <mode>', 'what trains').choices([...MODES]).default('lora-fa'))
+    .addOption(new Option('--mode <mode>', 'what trains').choices([...MODES]).default(defaultMode))
     .option('--rank <r>', 'LoRA rank', positiveInt('--rank'), 8)
     .option('--alpha <a>', 'LoRA alpha (scale = alpha/rank); default 2·rank', positiveNumber('--alpha'))
     .option('--targets <names>', "comma-separated linear layer names or suffixes (PEFT target_modules); default: the model's")
@@ -93,11 +200,32 @@ export function program(): Command {
     .option('--config <name>', "a named size from the model file (default: the model's default)")
     .option('--batch <n>', 'override the batch size', positiveInt('--batch'))
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
+    .option('--verify', 'run the IR verifier after every pass');
+}
+
+export function program(): Command {
+  const p = new Command('lorafa')
+    .description('compile neural-network training to WGSL for WebGPU, built around LoRA-FA')
+    .showHelpAfterError();
+  commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients)'), 'lora-fa')
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
     .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, autodiff, dce)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
-    .option('--verify', 'run the IR verifier after every pass')
     .action(compileCommand);
+  commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa')
+    .option('--optimizer <name>', `optimizer: ${OPTIMIZERS.join(' | ')}`, 'adamw')
+    .option('--momentum <m>', 'SGD momentum', positiveNumber('--momentum'))
+    .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
+    .option('--dtype <d>', `storage of frozen weights and activations: ${STORAGE_DTYPES.join(' | ')} (trainable state stays f32)`, 'f32')
+    .option('--limits <preset>', 'device limits: webgpu (spec defaults), discrete (4 GiB buffers, 2 GiB bindings), adapter (this machine), none', 'discrete')
+    .option('--max-binding-size <bytes>', 'override maxStorageBufferBindingSize', byteSize('--max-binding-size'))
+    .option('--max-buffer-size <bytes>', 'override maxBufferSize', byteSize('--max-buffer-size'))
+    .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'))
+    .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
+    .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
+    .option('--json', 'the whole plan as JSON')
+    .option('--svg <file>', 'write a picture of live bytes along the schedule')
+    .action(planCommand);
   p.command('doctor')
     .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
     .action(async () => {

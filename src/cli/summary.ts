@@ -1,22 +1,8 @@
 // `lorafa compile --emit summary`: parameters, ops, and what LoRA-FA pruned, in the user's names.
 import type { Compiled } from '../passes/compile.ts';
+import { fmtBytes, fmtCount } from '../ir/format.ts';
 import type { Graph, Node, Value } from '../ir/types.ts';
 import { byteSize, fmtType, numel } from '../ir/types.ts';
-
-export function fmtBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`;
-}
-
-export function fmtCount(n: number): string {
-  return n.toLocaleString('en-US');
-}
 
 function table(rows: readonly (readonly string[])[], align: readonly ('l' | 'r')[]): string[] {
   const widths = align.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));

@@ -136,6 +136,7 @@ export class Builder {
       outputs: { ...this.outputs },
       linears: [...this.linears],
       adapters: [],
+      updates: [],
       nextId: this.nextId,
       file: this.displayFile,
     };

@@ -66,6 +66,7 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
     lines.push(`  ${printNode(n, opts)}`);
   }
   for (const [name, v] of Object.entries(g.outputs)) lines.push(`  output ${name} = ${ref(v)}`);
+  for (const u of g.updates) lines.push(`  update ${u.target} <- ${ref(u.value)}`);
   lines.push('}');
   return lines.join('\n') + '\n';
 }

@@ -17,6 +17,12 @@ export interface SourceLoc {
 /** Which part of a training step produced a node. The memory planner reads this boundary. */
 export type Phase = 'forward' | 'backward' | 'update';
 
+/** A value written back into a persistent tensor (a parameter or optimizer state) at the end of a step. */
+export interface Update {
+  readonly target: string;
+  readonly value: Value;
+}
+
 export interface Value {
   readonly id: number;
   readonly type: TensorType;
@@ -49,7 +55,7 @@ export type Init =
   | { readonly kind: 'tril' };
 
 /** What a parameter is for; the LoRA passes and the memory planner read it. */
-export type ParamRole = 'weight' | 'bias' | 'lora_A' | 'lora_B' | 'buffer';
+export type ParamRole = 'weight' | 'bias' | 'lora_A' | 'lora_B' | 'buffer' | 'optimizer_state';
 
 export interface Param {
   readonly value: Value;
@@ -101,6 +107,8 @@ export interface Graph {
   readonly outputs: Readonly<Record<string, Value>>;
   readonly linears: readonly LinearModule[];
   readonly adapters: readonly LoraAdapter[];
+  /** Write-backs of the optimizer step: each target's new value (in place on a GPU). */
+  readonly updates: readonly Update[];
   /** The next free value id; passes that add nodes start numbering here. */
   readonly nextId: number;
   /** The model file the graph was traced from, for error messages. */

@@ -48,6 +48,16 @@ export function verify(g: Graph, after = 'graph'): Graph {
   for (const [name, v] of Object.entries(g.outputs)) {
     if (defined.get(v.id) !== v) fail(`output "${name}" = %${v.id} is not defined`);
   }
+  const persistent = new Map([...g.params].map((p) => [p.value.name, p.value]));
+  const written = new Set<string>();
+  for (const u of g.updates) {
+    const t = persistent.get(u.target);
+    if (!t) fail(`update targets "${u.target}", which is no parameter`);
+    else if (!sameShape(t.type.shape, u.value.type.shape)) fail(`update of "${u.target}" ${fmtType(t.type)} with ${fmtType(u.value.type)}`);
+    if (written.has(u.target)) fail(`"${u.target}" is updated twice`);
+    written.add(u.target);
+    if (defined.get(u.value.id) !== u.value) fail(`update of "${u.target}" = %${u.value.id} is not defined`);
+  }
   for (const l of g.linears) {
     if (!names.has(l.weight)) fail(`linear "${l.name}" names missing weight "${l.weight}"`);
   }

@@ -7,6 +7,7 @@ import { autodiff, type AutodiffReport } from './autodiff.ts';
 import { dce, type DceReport } from './dce.ts';
 import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
 import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
+import { applyOptimizer, type OptimizerOptions, type OptimizerReport } from './optimizer.ts';
 
 export const MODES = ['full', 'lora', 'lora-fa'] as const;
 export type Mode = (typeof MODES)[number];
@@ -17,6 +18,8 @@ export interface CompileOptions {
   readonly lora?: LoraOptions;
   /** Run the verifier after every pass (tests always do; cheap even for LLaMA-7B). */
   readonly verify?: boolean;
+  /** Append the optimizer step (the `step` graph, which the memory plan and trainer use). */
+  readonly optimizer?: OptimizerOptions;
 }
 
 export interface Stage {
@@ -30,6 +33,10 @@ export interface Compiled {
   readonly forward: Graph;
   /** Forward + backward, dead code removed. */
   readonly joint: Graph;
+  /** With an optimizer: forward + backward + update, the whole training step. */
+  readonly step?: Graph;
+  /** Ids (in `step`) of each trainable parameter's final gradient. */
+  readonly gradients: ReadonlySet<number>;
   /** The graph after each pass, in order, for golden tests and --emit. */
   readonly stages: readonly Stage[];
   readonly reports: {
@@ -37,6 +44,7 @@ export interface Compiled {
     readonly loraFa?: LoraFaReport;
     readonly autodiff: AutodiffReport;
     readonly dce: DceReport;
+    readonly optimizer?: OptimizerReport;
     /** Lora-fa only: what freezing A removed, against the same model compiled as LoRA. */
     readonly pruned?: LoraFaExplanation;
   };
@@ -82,11 +90,24 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   }
   const t = train(forward, check);
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'dce', graph: t.joint });
+  const gradients = new Set(Object.entries(t.joint.outputs).filter(([k]) => k.startsWith('grad.')).map(([, v]) => v.id));
+  let step: Graph | undefined;
+  let optimizerReport: OptimizerReport | undefined;
+  if (opts.optimizer) {
+    const o = applyOptimizer(t.joint, opts.optimizer);
+    optimizerReport = o.report;
+    // Forward outputs other than the loss (logits…) are not read back during training.
+    const trimmed = { ...o.graph, outputs: { loss: o.graph.outputs.loss } };
+    step = check(dce(check(trimmed, 'optimizer')).graph, 'dce');
+    stages.push({ pass: 'optimizer', graph: step });
+  }
   return {
     mode: opts.mode,
     forward,
     joint: t.joint,
+    step,
+    gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, pruned },
+    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, optimizer: optimizerReport, pruned },
   };
 }

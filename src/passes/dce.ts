@@ -9,7 +9,7 @@ export interface DceReport {
 }
 
 export function dce(g: Graph): { graph: Graph; report: DceReport } {
-  const live = new Set(Object.values(g.outputs).map((v) => v.id));
+  const live = new Set([...Object.values(g.outputs), ...g.updates.map((u) => u.value)].map((v) => v.id));
   const keep = new Array<boolean>(g.nodes.length).fill(false);
   for (let i = g.nodes.length - 1; i >= 0; i--) {
     const n = g.nodes[i];

@@ -57,3 +57,17 @@ export function runReference(g: Graph, opts: ReferenceOptions): ReferenceResult 
   for (const [name, v] of Object.entries(g.outputs)) outputs[name] = values.get(v.id)!;
   return { outputs, values, params };
 }
+
+/**
+ * One training step: runs the graph and applies its write-backs (optimizer updates) to a copy of
+ * the parameter map, which it returns with the outputs.
+ */
+export function referenceStep(
+  g: Graph,
+  opts: ReferenceOptions,
+): { outputs: Record<string, Tensor>; params: Map<string, Tensor> } {
+  const r = runReference(g, opts);
+  const params = new Map(r.params);
+  for (const u of g.updates) params.set(u.target, r.values.get(u.value.id)!);
+  return { outputs: r.outputs, params };
+}

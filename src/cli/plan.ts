@@ -1,0 +1,166 @@
+// `lorafa plan`: the memory plan of one training step as a table, a comparison of modes, the
+// largest saved activations, JSON for machines and an SVG picture.
+import { writeFileSync } from 'node:fs';
+import { fmtBytes } from '../ir/format.ts';
+import { fmtType, type Graph } from '../ir/types.ts';
+import type { Compiled, Mode } from '../passes/compile.ts';
+import { adapterInputs } from '../passes/lora-fa.ts';
+import {
+  CATEGORIES,
+  CATEGORY_LABELS,
+  type Category,
+  type MemoryPlan,
+  type PlannedTensor,
+} from '../passes/memory-plan.ts';
+import { planSvg } from './plan-svg.ts';
+
+export interface PlannedMode {
+  readonly mode: Mode;
+  readonly compiled: Compiled;
+  readonly plan: MemoryPlan;
+  readonly ms: number;
+}
+
+export interface PlanContext {
+  readonly file: string;
+  readonly config: string;
+  readonly cfg: Readonly<Record<string, unknown>>;
+  readonly optimizer: string;
+  readonly limitsName: string;
+}
+
+function pad(rows: readonly (readonly string[])[], right: readonly boolean[]): string[] {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  return rows.map((r) => r.map((cell, c) => (right[c] ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join('   ').trimEnd());
+}
+
+function limitsLine(p: MemoryPlan, name: string): string {
+  const big = (n: number) => (n >= Number.MAX_SAFE_INTEGER ? 'unlimited' : fmtBytes(n));
+  return `limits ${name}: alignment ${p.limits.alignment} B, max binding ${big(p.limits.maxBindingSize)}, max buffer ${big(p.limits.maxBufferSize)}`;
+}
+
+function header(ctx: PlanContext, pm: PlannedMode): string[] {
+  const cfg = Object.entries(ctx.cfg).map(([k, v]) => `${k}=${v}`).join(' ');
+  const a = pm.compiled.reports.lora?.adapters[0];
+  const lora = a ? ` rank=${a.rank} alpha=${a.alpha}, ${pm.compiled.reports.lora!.adapters.length} adapted layers` : '';
+  return [
+    `model    ${ctx.file}, config ${ctx.config}: ${cfg}`,
+    `step     ${pm.mode}${lora}; optimizer ${ctx.optimizer}; storage ${pm.plan.dtype}${pm.plan.dtype !== 'f32' ? ' (trainable parameters, gradients and optimizer state in f32)' : ''}`,
+    `         ${limitsLine(pm.plan, ctx.limitsName)}`,
+    `schedule ${pm.plan.scheduleName}: ${pm.plan.schedule.length} kernels, backward from step ${pm.plan.backwardStart}; planned in ${pm.ms.toFixed(0)} ms`,
+  ];
+}
+
+function buffersLine(p: MemoryPlan): string {
+  const persistent = p.buffers.filter((b) => b.region === 'persistent');
+  const arena = p.buffers.filter((b) => b.region === 'arena');
+  return `${p.buffers.length} buffers: ${persistent.length} persistent (${fmtBytes(persistent.reduce((s, b) => s + b.bytes, 0))}), ${arena.length} arena (${fmtBytes(arena.reduce((s, b) => s + b.bytes, 0))})`;
+}
+
+export function planTable(ctx: PlanContext, pm: PlannedMode): string {
+  const p = pm.plan;
+  const rows: string[][] = [['category', 'at peak', 'share']];
+  for (const c of CATEGORIES) rows.push([CATEGORY_LABELS[c], fmtBytes(p.atPeak[c]), `${((100 * p.atPeak[c]) / p.lowerBound).toFixed(1)}%`]);
+  rows.push(['lower bound', fmtBytes(p.lowerBound), `live bytes at step ${p.peakStep}`]);
+  rows.push(['peak', fmtBytes(p.peak), buffersLine(p)]);
+  rows.push(['fragmentation', p.fragmentation.toFixed(3), 'peak ÷ lower bound']);
+  return [...header(ctx, pm), '', ...pad(rows, [false, true, false])].join('\n');
+}
+
+export function compareTable(ctx: PlanContext, modes: readonly PlannedMode[]): string {
+  const by = (m: Mode) => modes.find((x) => x.mode === m)!;
+  const rows: string[][] = [['category', ...modes.map((m) => m.mode)]];
+  for (const c of CATEGORIES) rows.push([CATEGORY_LABELS[c], ...modes.map((m) => fmtBytes(m.plan.atPeak[c]))]);
+  rows.push(['lower bound', ...modes.map((m) => fmtBytes(m.plan.lowerBound))]);
+  rows.push(['peak', ...modes.map((m) => fmtBytes(m.plan.peak))]);
+  rows.push(['fragmentation', ...modes.map((m) => m.plan.fragmentation.toFixed(3))]);
+  rows.push(['planning time', ...modes.map((m) => `${m.ms.toFixed(0)} ms`)]);
+  const ratio = (a: Mode, b: Mode, key: (p: MemoryPlan) => number) => (key(by(a).plan) / key(by(b).plan)).toFixed(2) + '×';
+  const saved = (p: MemoryPlan) => p.atPeak.saved;
+  const out = [
+    ...header(ctx, by('lora-fa')).slice(0, 1),
+    `         optimizer ${ctx.optimizer}; storage ${by('lora-fa').plan.dtype}; ${limitsLine(by('lora-fa').plan, ctx.limitsName)}`,
+    '',
+    ...pad(rows, [false, ...modes.map(() => true)]),
+    '',
+    `peak:              LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', (p) => p.peak)}   full ÷ LoRA-FA = ${ratio('full', 'lora-fa', (p) => p.peak)}   full ÷ LoRA = ${ratio('full', 'lora', (p) => p.peak)}`,
+    `saved activations: LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', saved)}   LoRA − LoRA-FA = ${fmtBytes(saved(by('lora').plan) - saved(by('lora-fa').plan))}`,
+  ];
+  return out.join('\n');
+}
+
+/** Root tensor of each adapted layer's input in the plan (views resolved). */
+function rootTensor(p: MemoryPlan, id: number): PlannedTensor | undefined {
+  let r = id;
+  for (let a = p.aliases.get(r); a !== undefined && a >= 0; a = p.aliases.get(r)) r = a;
+  return p.tensors.find((t) => t.id === r);
+}
+
+export function topTable(pm: PlannedMode, n: number): string {
+  const p = pm.plan;
+  const saved = p.tensors.filter((t) => t.category === 'saved').sort((a, b) => b.bytes - a.bytes || a.start - b.start);
+  const out = [`largest saved activations (${saved.length} in all, ${fmtBytes(p.atPeak.saved)} at peak):`];
+  const rows = saved.slice(0, n).map((t) => [t.name, `${t.dtype}[${t.shape.join(',')}]`, fmtBytes(t.bytes), `steps ${t.start}–${t.end}`]);
+  if (rows.length) out.push(...pad(rows, [false, false, true, false]).map((l) => '  ' + l));
+  const step: Graph = pm.compiled.step ?? pm.compiled.joint;
+  if (step.adapters.length) {
+    out.push('', 'adapted layers, full-rank input x:');
+    const status = adapterInputs(step);
+    const rows2 = status.map((s) => {
+      const t = rootTensor(p, s.input.id);
+      const where = s.dataInput
+        ? 'data input (persistent)'
+        : t?.category === 'saved'
+          ? `SAVED (${fmtBytes(t.bytes)}): read by ${s.reasons.join('; ') || 'a later forward node'}`
+          : 'not saved: its lifetime ends in the forward pass';
+      return [s.module, `${s.input.name} ${fmtType(s.input.type)}`, where];
+    });
+    out.push(...pad(rows2, [false, false, false]).map((l) => '  ' + l));
+  }
+  return out.join('\n');
+}
+
+export function planJson(ctx: PlanContext, pm: PlannedMode): unknown {
+  const p = pm.plan;
+  const step: Graph = pm.compiled.step ?? pm.compiled.joint;
+  return {
+    model: ctx.file,
+    config: ctx.config,
+    sizes: ctx.cfg,
+    mode: pm.mode,
+    optimizer: ctx.optimizer,
+    dtype: p.dtype,
+    limits: { preset: ctx.limitsName, ...p.limits },
+    schedule: { order: p.scheduleName, steps: p.schedule.length, backwardStart: p.backwardStart },
+    peak: p.peak,
+    lowerBound: p.lowerBound,
+    fragmentation: Number(p.fragmentation.toFixed(6)),
+    peakStep: p.peakStep,
+    atPeak: p.atPeak,
+    buffers: p.buffers,
+    tensors: p.tensors.map((t) => ({
+      name: t.name,
+      shape: t.shape,
+      dtype: t.dtype,
+      bytes: t.bytes,
+      category: t.category,
+      buffer: t.buffer,
+      offset: t.offset,
+      start: t.start,
+      end: t.end,
+    })),
+    adapters: adapterInputs(step).map((s) => ({
+      module: s.module,
+      input: s.input.name,
+      inputSaved: rootTensor(p, s.input.id)?.category === 'saved',
+      dataInput: s.dataInput,
+      reasons: s.reasons,
+    })),
+  };
+}
+
+export function writeSvg(path: string, ctx: PlanContext, pm: PlannedMode): void {
+  writeFileSync(path, planSvg(pm.plan, `${ctx.file} (${ctx.config}), ${pm.mode}, ${ctx.optimizer}, ${pm.plan.dtype}`));
+}
+
+export type { Category };

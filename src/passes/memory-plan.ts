@@ -1,0 +1,341 @@
+// The memory plan: every byte of one training step, decided from shapes alone.
+//
+// 1. Storage: each value gets a storage dtype from its category (mixed precision keeps trainable
+//    parameters, their gradients and optimizer state in f32), and a root: views (reshape,
+//    stop_gradient) share their input's bytes, scalar constants are inlined into kernels, and
+//    write-backs are done in place in their target's persistent tensor.
+// 2. Schedule: every candidate order from schedule.ts; lifetimes are inclusive step ranges
+//    [definition, last read] (an output lives to the end), so a kernel never writes over a tensor
+//    it is still reading. The candidate with the lowest lower bound wins.
+// 3. Persistent regions: frozen weights, trainable parameters, optimizer state and the step's
+//    data inputs, each packed in order into buffers of at most maxBufferSize.
+// 4. The transient arena: interval packing of the rest, best fit by decreasing size, then by
+//    decreasing lifetime, then by start; the packing with the smallest total wins. Offsets are
+//    multiples of the alignment; the arena splits into several buffers rather than pass
+//    maxBufferSize; no tensor may pass maxStorageBufferBindingSize.
+// 5. Accounting: bytes per category at the peak step, the lower bound (largest sum of aligned
+//    sizes live at one step, persistent included), peak (all buffers) and fragmentation.
+import { LorafaError } from '../ir/errors.ts';
+import { fmtBytes } from '../ir/format.ts';
+import { numel, fmtType, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
+import { isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
+
+export interface Limits {
+  /** minStorageBufferOffsetAlignment: every offset is a multiple of it. */
+  readonly alignment: number;
+  /** maxStorageBufferBindingSize: the largest single tensor. */
+  readonly maxBindingSize: number;
+  /** maxBufferSize: the largest buffer; regions split into several below it. */
+  readonly maxBufferSize: number;
+}
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+export const LIMIT_PRESETS = {
+  /** The WebGPU spec's defaults: what every adapter guarantees. */
+  webgpu: { alignment: 256, maxBindingSize: 128 * MiB, maxBufferSize: 256 * MiB },
+  /** What Dawn commonly exposes on discrete GPUs: 4 GiB buffers, bindings capped at 2 GiB. */
+  discrete: { alignment: 256, maxBindingSize: 2 * GiB, maxBufferSize: 4 * GiB },
+  /** No buffer limits: pure accounting. */
+  none: { alignment: 256, maxBindingSize: Number.MAX_SAFE_INTEGER, maxBufferSize: Number.MAX_SAFE_INTEGER },
+} as const satisfies Record<string, Limits>;
+
+export const STORAGE_DTYPES = ['f32', 'f16', 'bf16'] as const;
+export type StorageDType = (typeof STORAGE_DTYPES)[number];
+
+export const CATEGORIES = ['frozen', 'trainable', 'optimizer', 'inputs', 'gradients', 'saved', 'workspace'] as const;
+export type Category = (typeof CATEGORIES)[number];
+
+export const CATEGORY_LABELS: Record<Category, string> = {
+  frozen: 'frozen weights',
+  trainable: 'trainable parameters',
+  optimizer: 'optimizer state',
+  inputs: 'data inputs',
+  gradients: 'gradients',
+  saved: 'saved activations',
+  workspace: 'transient workspace',
+};
+
+export const PERSISTENT: readonly Category[] = ['frozen', 'trainable', 'optimizer', 'inputs'];
+
+export interface PlanOptions {
+  readonly limits?: Limits;
+  /** Storage of frozen weights, activations and workspace; trainable state stays f32. */
+  readonly dtype?: StorageDType;
+  /** Ids of the final gradient of each trainable parameter (category 'gradients'). */
+  readonly gradients?: ReadonlySet<number>;
+}
+
+export interface PlannedTensor {
+  readonly id: number;
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly bytes: number;
+  readonly category: Category;
+  /** Inclusive schedule steps; persistent tensors span the whole step. */
+  readonly start: number;
+  readonly end: number;
+  readonly buffer: number;
+  readonly offset: number;
+}
+
+export interface PlanBuffer {
+  readonly index: number;
+  readonly region: 'persistent' | 'arena';
+  /** For persistent buffers, what they hold. */
+  readonly category?: Category;
+  readonly bytes: number;
+}
+
+export interface MemoryPlan {
+  readonly limits: Limits;
+  readonly dtype: StorageDType;
+  readonly schedule: readonly Node[];
+  readonly scheduleName: string;
+  /** Step at which backward starts (the step after the loss). */
+  readonly backwardStart: number;
+  readonly tensors: readonly PlannedTensor[];
+  /** Values that own no bytes: view → root id, write-back → target id, inlined scalars → -1. */
+  readonly aliases: ReadonlyMap<number, number>;
+  readonly buffers: readonly PlanBuffer[];
+  readonly peak: number;
+  readonly lowerBound: number;
+  readonly fragmentation: number;
+  /** Bytes per category at the step where live bytes peak. */
+  readonly atPeak: Readonly<Record<Category, number>>;
+  readonly peakStep: number;
+  /** Live bytes per step, per category (for pictures). */
+  readonly timeline: readonly Readonly<Record<Category, number>>[];
+}
+
+export function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function storageBytes(v: Value, category: Category, dtype: StorageDType): { dtype: DType; bytes: number } {
+  if (v.type.dtype === 'i32') return { dtype: 'i32', bytes: 4 * numel(v.type.shape) };
+  const master = category === 'trainable' || category === 'optimizer' || category === 'gradients';
+  const d: DType = master ? 'f32' : dtype;
+  return { dtype: d, bytes: numel(v.type.shape) * (d === 'f32' ? 4 : 2) };
+}
+
+interface Item {
+  readonly t: Omit<PlannedTensor, 'buffer' | 'offset'>;
+  readonly size: number;
+}
+
+/** Best-fit interval packing into buffers of at most `cap` bytes. Returns offsets and buffer sizes. */
+export function packIntervals(
+  items: readonly { size: number; start: number; end: number }[],
+  order: readonly number[],
+  cap: number,
+): { buffer: number[]; offset: number[]; sizes: number[] } {
+  const buffer = new Array<number>(items.length).fill(-1);
+  const offset = new Array<number>(items.length).fill(0);
+  const placed: number[][] = [];
+  const sizes: number[] = [];
+  for (const i of order) {
+    const it = items[i];
+    let done = false;
+    for (let b = 0; b < placed.length && !done; b++) {
+      const conflicts = placed[b]
+        .filter((j) => items[j].start <= it.end && it.start <= items[j].end)
+        .sort((x, y) => offset[x] - offset[y]);
+      let bestOff = -1;
+      let bestGap = Infinity;
+      let cursor = 0;
+      for (const j of conflicts) {
+        const gap = offset[j] - cursor;
+        if (gap >= it.size && gap < bestGap) {
+          bestGap = gap;
+          bestOff = cursor;
+        }
+        cursor = Math.max(cursor, offset[j] + items[j].size);
+      }
+      if (bestOff < 0) bestOff = cursor;
+      if (bestOff + it.size <= cap) {
+        buffer[i] = b;
+        offset[i] = bestOff;
+        placed[b].push(i);
+        sizes[b] = Math.max(sizes[b], bestOff + it.size);
+        done = true;
+      }
+    }
+    if (!done) {
+      buffer[i] = placed.length;
+      offset[i] = 0;
+      placed.push([i]);
+      sizes.push(it.size);
+    }
+  }
+  return { buffer, offset, sizes };
+}
+
+export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
+  const limits = opts.limits ?? LIMIT_PRESETS.webgpu;
+  const dtype = opts.dtype ?? 'f32';
+  const gradients = opts.gradients ?? new Set<number>();
+  const align = limits.alignment;
+
+  // 1. roots and aliases
+  const aliases = new Map<number, number>();
+  const rootOf = (id: number): number => {
+    const a = aliases.get(id);
+    return a === undefined || a < 0 ? id : rootOf(a);
+  };
+  for (const n of g.nodes) {
+    if (isView(n)) aliases.set(n.out.id, rootOf(n.inputs[0].id));
+    else if (isInlineConstant(n)) aliases.set(n.out.id, -1);
+  }
+  const paramByName = new Map(g.params.map((p) => [p.value.name, p]));
+  for (const u of g.updates) {
+    const target = paramByName.get(u.target)!;
+    const r = rootOf(u.value.id);
+    // The value is computed in place, in its target's storage.
+    aliases.set(r, target.value.id);
+  }
+  const persistentCategory = new Map<number, Category>();
+  for (const p of g.params) {
+    persistentCategory.set(p.value.id, p.role === 'optimizer_state' ? 'optimizer' : p.trainable ? 'trainable' : 'frozen');
+  }
+  for (const i of g.inputs) persistentCategory.set(i.value.id, 'inputs');
+
+  // 2. schedule and lifetimes
+  const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : alignUp(storageBytes(n.out, 'workspace', dtype).bytes, align));
+  const outputs = new Set(Object.values(g.outputs).map((v) => rootOf(v.id)));
+  const lossId = g.outputs.loss ? rootOf(g.outputs.loss.id) : undefined;
+  let best: { name: string; order: readonly Node[]; life: Map<number, [number, number]>; lb: number } | undefined;
+  for (const cand of scheduleCandidates(g, transientSize)) {
+    const life = new Map<number, [number, number]>();
+    cand.order.forEach((n, step) => {
+      const r = rootOf(n.out.id);
+      if (!aliases.has(n.out.id) && !persistentCategory.has(r)) life.set(r, [step, step]);
+      for (const x of n.inputs) {
+        const l = life.get(rootOf(x.id));
+        if (l) l[1] = step;
+      }
+    });
+    for (const o of outputs) {
+      const l = life.get(o);
+      if (l) l[1] = cand.order.length;
+    }
+    const delta = new Array<number>(cand.order.length + 2).fill(0);
+    for (const [id, [s, e]] of life) {
+      const n = cand.order[s];
+      const sz = alignUp(storageBytes(n.out, 'workspace', dtype).bytes, align);
+      void id;
+      delta[s] += sz;
+      delta[e + 1] -= sz;
+    }
+    let live = 0;
+    let lb = 0;
+    for (const d of delta) lb = Math.max(lb, (live += d));
+    if (!best || lb < best.lb) best = { name: cand.name, order: cand.order, life, lb };
+  }
+  const { order, life } = best!;
+  const steps = order.length;
+  const stepOf = new Map(order.map((n, i) => [n.out.id, i]));
+  const backwardStart = lossId !== undefined && stepOf.has(lossId) ? stepOf.get(lossId)! + 1 : steps;
+  const phaseOf = new Map(order.map((n) => [n.out.id, n.phase]));
+
+  // 3. categories and sizes
+  const check = (name: string, v: Value, bytes: number) => {
+    if (bytes > limits.maxBindingSize) {
+      throw new LorafaError(
+        name,
+        `tensor ${fmtType(v.type)} needs ${fmtBytes(bytes)}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
+        'plan for an adapter with larger limits (--limits discrete, or --max-binding-size as `lorafa doctor` reports), lower --batch or --seq, or use --dtype f16/bf16',
+      );
+    }
+  };
+  const persistentItems: Item[] = [];
+  const addPersistent = (v: Value, category: Category) => {
+    const s = storageBytes(v, category, dtype);
+    check(v.name, v, s.bytes);
+    persistentItems.push({ t: { id: v.id, name: v.name, shape: v.type.shape, dtype: s.dtype, bytes: s.bytes, category, start: 0, end: steps }, size: alignUp(s.bytes, align) });
+  };
+  for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!);
+  for (const i of g.inputs) addPersistent(i.value, 'inputs');
+
+  const valueById = new Map(order.map((n) => [n.out.id, n.out]));
+  const transientItems: Item[] = [];
+  for (const [id, [s, e]] of life) {
+    const v = valueById.get(id)!;
+    const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
+    const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
+    const st = storageBytes(v, category, dtype);
+    check(v.name, v, st.bytes);
+    transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
+  }
+
+  // 4. persistent regions (one run of buffers per category), then the arena
+  const tensors: PlannedTensor[] = [];
+  const buffers: PlanBuffer[] = [];
+  for (const category of PERSISTENT) {
+    let current: { index: number; bytes: number } | undefined;
+    for (const it of persistentItems.filter((x) => x.t.category === category)) {
+      if (!current || current.bytes + it.size > limits.maxBufferSize) {
+        if (current) buffers.push({ index: current.index, region: 'persistent', category, bytes: current.bytes });
+        current = { index: buffers.length, bytes: 0 };
+      }
+      tensors.push({ ...it.t, buffer: current.index, offset: current.bytes });
+      current.bytes += it.size;
+    }
+    if (current) buffers.push({ index: current.index, region: 'persistent', category, bytes: current.bytes });
+  }
+  const orders: ((a: Item, b: Item) => number)[] = [
+    (a, b) => b.size - a.size || a.t.start - b.t.start,
+    (a, b) => b.t.end - b.t.start - (a.t.end - a.t.start) || b.size - a.size,
+    (a, b) => a.t.start - b.t.start || b.size - a.size,
+  ];
+  const intervals = transientItems.map((it) => ({ size: it.size, start: it.t.start, end: it.t.end }));
+  let packed: ReturnType<typeof packIntervals> | undefined;
+  for (const cmp of orders) {
+    const idx = transientItems.map((_, i) => i).sort((a, b) => cmp(transientItems[a], transientItems[b]));
+    const p = packIntervals(intervals, idx, limits.maxBufferSize);
+    const total = p.sizes.reduce((s, x) => s + x, 0);
+    if (!packed || total < packed.sizes.reduce((s, x) => s + x, 0)) packed = p;
+  }
+  const arenaBase = buffers.length;
+  packed!.sizes.forEach((bytes, i) => buffers.push({ index: arenaBase + i, region: 'arena', bytes }));
+  transientItems.forEach((it, i) => tensors.push({ ...it.t, buffer: arenaBase + packed!.buffer[i], offset: packed!.offset[i] }));
+
+  // 5. accounting
+  const timeline: Record<Category, number>[] = Array.from({ length: steps + 1 }, () => zeroCategories());
+  const persistentBytes = zeroCategories();
+  for (const it of persistentItems) persistentBytes[it.t.category] += it.size;
+  for (const it of transientItems) for (let s = it.t.start; s <= it.t.end; s++) timeline[s][it.t.category] += it.size;
+  let lowerBound = 0;
+  let peakStep = 0;
+  timeline.forEach((row, s) => {
+    for (const c of PERSISTENT) row[c] = persistentBytes[c];
+    const total = CATEGORIES.reduce((acc, c) => acc + row[c], 0);
+    if (total > lowerBound) {
+      lowerBound = total;
+      peakStep = s;
+    }
+  });
+  const peak = buffers.reduce((s, b) => s + b.bytes, 0);
+  return {
+    limits,
+    dtype,
+    schedule: order,
+    scheduleName: best!.name,
+    backwardStart,
+    tensors,
+    aliases,
+    buffers,
+    peak,
+    lowerBound,
+    fragmentation: lowerBound ? peak / lowerBound : 1,
+    atPeak: timeline[peakStep],
+    peakStep,
+    timeline,
+  };
+}
+
+export function zeroCategories(): Record<Category, number> {
+  return Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+}
