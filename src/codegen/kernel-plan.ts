@@ -1,0 +1,113 @@
+// The KernelPlan: pure data from which the runtime runs a training step. One dispatch per node
+// that computes something (views and inlined scalar constants need none), in the memory plan's
+// schedule, with every binding an arena or persistent slice exactly where the plan put it.
+import { LorafaError } from '../ir/errors.ts';
+import type { DType, Graph, Node, Value } from '../ir/types.ts';
+import type { MemoryPlan, PlanBuffer } from '../passes/memory-plan.ts';
+import { isInlineConstant, isView } from '../passes/schedule.ts';
+import { emitKernel } from './wgsl.ts';
+
+/** Bytes [offset, offset + size) of one plan buffer. */
+export interface Slice {
+  readonly buffer: number;
+  readonly offset: number;
+  readonly size: number;
+}
+
+export interface KernelText {
+  readonly wgsl: string;
+  /** Storage bindings: bound operands, then the output. */
+  readonly bindings: number;
+  readonly label: string;
+}
+
+export interface Dispatch {
+  readonly kernel: number;
+  /** The IR node, for errors: `op name`. */
+  readonly label: string;
+  readonly bindings: readonly Slice[];
+  readonly workgroups: readonly [number, number, number];
+}
+
+export interface Resident {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly slice: Slice;
+}
+
+export interface KernelPlan {
+  readonly buffers: readonly PlanBuffer[];
+  readonly kernels: readonly KernelText[];
+  readonly dispatches: readonly Dispatch[];
+  /** Every parameter and optimizer state tensor, where it lives. */
+  readonly params: readonly (Resident & { readonly trainable: boolean; readonly role: string })[];
+  /** Data inputs the trainer writes before each step. */
+  readonly inputs: readonly Resident[];
+  /** Where the scalar loss is after a step. */
+  readonly loss: Slice;
+  /** Total bytes of all buffers: the plan's peak. */
+  readonly bytes: number;
+}
+
+export interface KernelPlanOptions {
+  readonly maxWorkgroupsPerDimension?: number;
+}
+
+export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOptions = {}): KernelPlan {
+  if (plan.dtype !== 'f32') {
+    throw new LorafaError('--dtype', `the runtime stores f32 only; this plan stores ${plan.dtype}`, 'plan and train with --dtype f32');
+  }
+  const byId = new Map(plan.tensors.map((t) => [t.id, t]));
+  const constants = new Map<number, number>();
+  for (const n of plan.schedule) {
+    if (isInlineConstant(n)) constants.set(n.out.id, (n.attrs as { value: number }).value);
+    else if (isView(n) && constants.has(n.inputs[0].id)) constants.set(n.out.id, constants.get(n.inputs[0].id)!);
+  }
+  const slice = (v: Value): Slice => {
+    const t = byId.get(root(v));
+    if (!t) throw new Error(`kernel plan: value %${v.id} "${v.name}" has no storage in the memory plan`);
+    return { buffer: t.buffer, offset: t.offset, size: Math.max(4, Math.ceil(t.bytes / 4) * 4) };
+  };
+  const kernels: KernelText[] = [];
+  const kernelIndex = new Map<string, number>();
+  const dispatches: Dispatch[] = [];
+  const root = (v: Value) => {
+    let id = v.id;
+    for (let a = plan.aliases.get(id); a !== undefined && a >= 0; a = plan.aliases.get(id)) id = a;
+    return id;
+  };
+  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root };
+  for (const n of plan.schedule) {
+    if (isView(n) || constants.has(n.out.id)) continue;
+    const k = emitKernel(n, ctx);
+    let index = kernelIndex.get(k.wgsl);
+    if (index === undefined) {
+      index = kernels.length;
+      kernels.push({ wgsl: k.wgsl, bindings: k.bound.length + 1, label: `${n.op} ${shapeTag(n)}` });
+      kernelIndex.set(k.wgsl, index);
+    }
+    dispatches.push({
+      kernel: index,
+      label: `${n.op} ${n.out.name}`,
+      bindings: [...k.bound.map(slice), slice(n.out)],
+      workgroups: k.workgroups,
+    });
+  }
+  const resident = (v: Value): Resident => ({ name: v.name, shape: v.type.shape, dtype: v.type.dtype, slice: slice(v) });
+  const loss = g.outputs.loss;
+  if (!loss) throw new LorafaError(g.file ?? g.name, 'the step graph has no loss output');
+  return {
+    buffers: plan.buffers.map((b) => ({ ...b, bytes: Math.max(4, Math.ceil(b.bytes / 4) * 4) })),
+    kernels,
+    dispatches,
+    params: g.params.map((p) => ({ ...resident(p.value), trainable: p.trainable, role: p.role })),
+    inputs: g.inputs.map((i) => resident(i.value)),
+    loss: slice(loss),
+    bytes: plan.buffers.reduce((s, b) => s + Math.max(4, Math.ceil(b.bytes / 4) * 4), 0),
+  };
+}
+
+function shapeTag(n: Node): string {
+  return `${n.inputs.map((v) => `[${v.type.shape.join(',')}]`).join('')}→[${n.out.type.shape.join(',')}]`;
+}

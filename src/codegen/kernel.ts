@@ -1,0 +1,35 @@
+// The contract between codegen and the runtime: one WGSL kernel per (non-view) node.
+//
+// Binding convention, for every kernel:
+//   @group(0) @binding(i)  for i < k: the node's operands that own storage, in input order
+//                           (inlined scalar constants are not bound: they are literals in the text)
+//   @group(0) @binding(k)  the output
+// Every binding is declared `var<storage, read_write>`: the arena is one buffer, so a kernel often
+// reads and writes slices of the same GPUBuffer, and WebGPU accepts several writable storage
+// usages of one buffer in a dispatch but not a mix of read-only and writable ones.
+// Element types: f32 → array<f32>, i32 → array<i32>.
+import type { Node, Value } from '../ir/types.ts';
+
+export interface KernelSource {
+  /** Complete WGSL module with one entry point `main`. Shapes are baked in as constants. */
+  readonly wgsl: string;
+  /** Workgroup counts (x, y, z); x and y each ≤ maxComputeWorkgroupsPerDimension. */
+  readonly workgroups: readonly [number, number, number];
+  /** Inputs bound, in binding order (excludes inlined scalars). */
+  readonly bound: readonly Value[];
+}
+
+export interface EmitContext {
+  /** Scalar constants folded into the kernel text (fill nodes of shape []), by value id. */
+  readonly constants: ReadonlyMap<number, number>;
+  readonly maxWorkgroupsPerDimension: number;
+  /**
+   * Identity of a value's storage (views share their root's; a write-back shares its target's).
+   * Operands with the same storage are bound once (WebGPU rejects overlapping writable bindings),
+   * and an operand stored where the output goes (an in-place update) is read from `out`.
+   * Defaults to the value id.
+   */
+  readonly storage?: (v: Value) => number;
+}
+
+export type KernelEmitterFn = (node: Node, ctx: EmitContext) => KernelSource;

@@ -1,0 +1,412 @@
+// WGSL for every op in the registry. Each emitter bakes the node's shapes into the text as
+// constants, so one pipeline serves every node with the same op, attributes and shapes.
+import { OPS, type OpName } from '../ir/ops.ts';
+import { strides } from '../ir/shape.ts';
+import { numel, type Node, type Value } from '../ir/types.ts';
+import type { EmitContext, KernelSource } from './kernel.ts';
+
+const WG = 256;
+
+/** A WGSL f32 literal (WGSL has no inf/nan literals: clamp to the largest finite f32). */
+export function lit(x: number): string {
+  if (Number.isNaN(x)) throw new Error('WGSL has no NaN literal');
+  // 3.4028234e38 is the largest 8-digit decimal below f32's maximum (3.40282347e38 rounds above it).
+  if (Math.abs(x) >= 3.4028234e38) return x < 0 ? '-3.4028234e38' : '3.4028234e38';
+  const v = x;
+  if (Number.isInteger(v) && Math.abs(v) < 1e15) return `${v}.0`;
+  const s = v.toPrecision(9);
+  return s.includes('e') || s.includes('.') ? s : `${s}.0`;
+}
+
+const u = (n: number) => `${n}u`;
+
+function elemType(v: Value): string {
+  return v.type.dtype === 'i32' ? 'i32' : 'f32';
+}
+
+function header(bound: readonly Value[], out: Value): string {
+  const lines = bound.map((v, i) => `@group(0) @binding(${i}) var<storage, read_write> in${i}: array<${elemType(v)}>;`);
+  lines.push(`@group(0) @binding(${bound.length}) var<storage, read_write> out: array<${elemType(out)}>;`);
+  return lines.join('\n');
+}
+
+/** A 1-D grid of `total` invocations in workgroups of WG, folded into 2-D past the per-dimension limit. */
+function grid1d(total: number, ctx: EmitContext): readonly [number, number, number] {
+  const groups = Math.max(1, Math.ceil(total / WG));
+  const x = Math.min(groups, ctx.maxWorkgroupsPerDimension);
+  return [x, Math.ceil(groups / x), 1];
+}
+
+const MAIN_1D = `@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * ${WG}u;`;
+
+/**
+ * WGSL statements computing, from `idx` (flat index into `shape`), the flat index into an operand
+ * whose element (c0, c1, …) lives at Σ c_d·str[d]; str[d] = 0 broadcasts along d.
+ */
+function gatherIndex(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
+  if (!shape.length) return `let ${name} = 0u;`;
+  const parts: string[] = [`var ${name} = 0u;`, `var ${name}_r = ${idx};`];
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const c = d > 0 ? `${name}_r % ${u(shape[d])}` : `${name}_r`;
+    if (str[d] !== 0) parts.push(`${name} += (${c}) * ${u(str[d])};`);
+    if (d > 0) parts.push(`${name}_r = ${name}_r / ${u(shape[d])};`);
+  }
+  return parts.join(' ');
+}
+
+/** Strides of `inShape` read as a broadcast to `outShape` (0 along broadcast dims). */
+function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
+  const s = strides(inShape);
+  const off = outShape.length - inShape.length;
+  return outShape.map((_, d) => (d < off || inShape[d - off] === 1 ? 0 : s[d - off]));
+}
+
+/**
+ * Binds a node's operands: constants become literals, operands sharing storage share a binding,
+ * and an operand stored where the output goes is read through `out` (in-place, elementwise).
+ * `names[i]` is the WGSL array operand i is read from.
+ */
+function split(node: Node, ctx: EmitContext): { bound: Value[]; names: string[]; arg: (i: number, index: string) => string } {
+  const key = ctx.storage ?? ((v: Value) => v.id);
+  const outKey = key(node.out);
+  const bound: Value[] = [];
+  const names = node.inputs.map((v) => {
+    if (ctx.constants.has(v.id)) return '';
+    if (key(v) === outKey) return 'out';
+    let slot = bound.findIndex((b) => key(b) === key(v));
+    if (slot < 0) {
+      bound.push(v);
+      slot = bound.length - 1;
+    }
+    return `in${slot}`;
+  });
+  return {
+    bound,
+    names,
+    arg: (i, index) => (names[i] === '' ? lit(ctx.constants.get(node.inputs[i].id)!) : `${names[i]}[${index}]`),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function emitMap(node: Node, ctx: EmitContext): KernelSource {
+  const def = OPS[node.op as OpName].wgsl;
+  if (def.kind !== 'map') throw new Error(`${node.op} is not elementwise`);
+  const out = node.out.type.shape;
+  const n = numel(out);
+  const { bound, arg } = split(node, ctx);
+  const lets: string[] = [];
+  const args = node.inputs.map((v, k) => {
+    if (ctx.constants.has(v.id)) return arg(k, '');
+    if (v.type.shape.length === out.length && v.type.shape.every((d, j) => d === out[j])) return arg(k, 'i');
+    lets.push(gatherIndex(`j${k}`, 'i', out, broadcastStrides(v.type.shape, out)));
+    return arg(k, `j${k}`);
+  });
+  const vals = args.map((a, k) => {
+    lets.push(`let a${k} = ${a};`);
+    return `a${k}`;
+  });
+  const expr = (def.expr as (a: readonly string[], attrs: unknown) => string)(vals, node.attrs);
+  return {
+    bound,
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header(bound, node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  ${lets.join('\n  ')}
+  out[i] = ${expr};
+}
+`,
+  };
+}
+
+function emitFill(node: Node, ctx: EmitContext): KernelSource {
+  const a = node.attrs as { value: number };
+  const n = numel(node.out.type.shape);
+  const value = node.out.type.dtype === 'i32' ? `${Math.trunc(a.value)}` : lit(a.value);
+  return {
+    bound: [],
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header([], node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  out[i] = ${value};
+}
+`,
+  };
+}
+
+function emitReduce(node: Node, ctx: EmitContext): KernelSource {
+  const x = node.inputs[0];
+  const shape = x.type.shape;
+  const axes = new Set((node.attrs as { axes: readonly number[] }).axes);
+  const xs = strides(shape);
+  const keptDims = shape.map((_, d) => d).filter((d) => !axes.has(d));
+  const redDims = shape.map((_, d) => d).filter((d) => axes.has(d));
+  const nOut = keptDims.reduce((a, d) => a * shape[d], 1);
+  const nRed = redDims.reduce((a, d) => a * shape[d], 1);
+  const isMax = node.op === 'max';
+  const base = gatherIndex('base', 'i', keptDims.map((d) => shape[d]), keptDims.map((d) => xs[d]));
+  // Reducing a contiguous tail (the common case: the last axis) is a plain strided loop.
+  const tail = redDims.length > 0 && redDims.every((d, k) => d === shape.length - redDims.length + k);
+  const body = tail
+    ? `let v = in0[base + j];`
+    : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = in0[base + ro];`;
+  return {
+    bound: [x],
+    workgroups: grid1d(nOut, ctx),
+    wgsl: `${header([x], node.out)}
+${MAIN_1D}
+  if (i >= ${u(nOut)}) { return; }
+  ${base}
+  var acc = ${isMax ? lit(-Infinity) : '0.0'};
+  for (var j = 0u; j < ${u(nRed)}; j++) {
+    ${body}
+    acc = ${isMax ? 'max(acc, v)' : 'acc + v'};
+  }
+  out[i] = acc;
+}
+`,
+  };
+}
+
+/** out[i] = in0[f(i)] for an index remap computed from output coordinates. */
+function emitRemap(node: Node, ctx: EmitContext, srcIndex: (c: readonly string[]) => string, guard?: (c: readonly string[]) => string): KernelSource {
+  const x = node.inputs[0];
+  const out = node.out.type.shape;
+  const n = numel(out);
+  const coords = out.map((_, d) => `c${d}`);
+  const decompose: string[] = ['var r = i;'];
+  for (let d = out.length - 1; d >= 0; d--) {
+    decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
+  }
+  const read = `in0[${srcIndex(coords)}]`;
+  const zero = elemType(node.out) === 'i32' ? '0' : '0.0';
+  const body = guard
+    ? `if (${guard(coords)}) { out[i] = ${read}; } else { out[i] = ${zero}; }`
+    : `out[i] = ${read};`;
+  return {
+    bound: [x],
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header([x], node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  ${out.length ? decompose.join(' ') : ''}
+  ${body}
+}
+`,
+  };
+}
+
+function sumTerms(terms: readonly string[]): string {
+  const t = terms.filter((s) => s !== '');
+  return t.length ? t.join(' + ') : '0u';
+}
+
+function emitPermute(node: Node, ctx: EmitContext): KernelSource {
+  const perm = (node.attrs as { perm: readonly number[] }).perm;
+  const xs = strides(node.inputs[0].type.shape);
+  return emitRemap(node, ctx, (c) => sumTerms(perm.map((p, d) => `${c[d]} * ${u(xs[p])}`)));
+}
+
+function emitBroadcast(node: Node, ctx: EmitContext): KernelSource {
+  const bs = broadcastStrides(node.inputs[0].type.shape, node.out.type.shape);
+  return emitRemap(node, ctx, (c) => sumTerms(bs.map((s, d) => (s ? `${c[d]} * ${u(s)}` : ''))));
+}
+
+function emitSlice(node: Node, ctx: EmitContext): KernelSource {
+  const starts = (node.attrs as { starts: readonly number[] }).starts;
+  const xs = strides(node.inputs[0].type.shape);
+  return emitRemap(node, ctx, (c) => sumTerms(c.map((cd, d) => `(${cd} + ${u(starts[d])}) * ${u(xs[d])}`)));
+}
+
+function emitPad(node: Node, ctx: EmitContext): KernelSource {
+  const before = (node.attrs as { before: readonly number[] }).before;
+  const shape = node.inputs[0].type.shape;
+  const xs = strides(shape);
+  return emitRemap(
+    node,
+    ctx,
+    (c) => sumTerms(c.map((cd, d) => `(${cd} - ${u(before[d])}) * ${u(xs[d])}`)),
+    (c) => c.map((cd, d) => `${cd} >= ${u(before[d])} && ${cd} < ${u(before[d] + shape[d])}`).join(' && ') || 'true',
+  );
+}
+
+function emitConcat(node: Node, ctx: EmitContext): KernelSource {
+  const axis = (node.attrs as { axis: number }).axis;
+  const out = node.out.type.shape;
+  const n = numel(out);
+  const { bound } = split(node, ctx);
+  const decompose: string[] = ['var r = i;'];
+  for (let d = out.length - 1; d >= 0; d--) decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
+  let offset = 0;
+  const branches = node.inputs.map((v) => {
+    const k = bound.findIndex((b) => b.id === v.id);
+    const vs = strides(v.type.shape);
+    const start = offset;
+    offset += v.type.shape[axis];
+    const idx = sumTerms(v.type.shape.map((_, d) => (d === axis ? `(c${d} - ${u(start)}) * ${u(vs[d])}` : `c${d} * ${u(vs[d])}`)));
+    return `if (c${axis} < ${u(offset)}) { out[i] = in${k}[${idx}]; return; }`;
+  });
+  return {
+    bound,
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header(bound, node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  ${decompose.join(' ')}
+  ${branches.join('\n  ')}
+}
+`,
+  };
+}
+
+function emitGather(node: Node, ctx: EmitContext): KernelSource {
+  const [table, idx] = node.inputs;
+  const rows = table.type.shape[0];
+  const row = numel(table.type.shape.slice(1));
+  const n = numel(node.out.type.shape);
+  return {
+    bound: [table, idx],
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header([table, idx], node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  let k = u32(clamp(in1[i / ${u(row)}], 0, ${rows - 1}));
+  out[i] = in0[k * ${u(row)} + i % ${u(row)}];
+}
+`,
+  };
+}
+
+function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
+  const [idx, src] = node.inputs;
+  const count = numel(idx.type.shape);
+  const row = numel(src.type.shape.slice(idx.type.shape.length));
+  const n = numel(node.out.type.shape);
+  // WGSL has no float atomics: each output element sums the source rows whose index hits it,
+  // in index order, which is also deterministic.
+  return {
+    bound: [idx, src],
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header([idx, src], node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  let hit = i32(i / ${u(row)});
+  let col = i % ${u(row)};
+  var acc = 0.0;
+  for (var j = 0u; j < ${u(count)}; j++) {
+    if (in0[j] == hit) { acc += in1[j * ${u(row)} + col]; }
+  }
+  out[i] = acc;
+}
+`,
+  };
+}
+
+function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
+  const classes = (node.attrs as { classes: number }).classes;
+  const n = numel(node.out.type.shape);
+  const idx = node.inputs[0];
+  return {
+    bound: [idx],
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header([idx], node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  out[i] = select(0.0, 1.0, in0[i / ${u(classes)}] == i32(i % ${u(classes)}));
+}
+`,
+  };
+}
+
+/** Tile of C each invocation computes, and the workgroup's invocation grid. */
+const TM = 4;
+const TN = 4;
+const WGX = 8;
+const WGY = 8;
+
+function emitMatmul(node: Node, ctx: EmitContext): KernelSource {
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const ra = a.type.shape.length;
+  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
+  const batch = out.slice(0, -2);
+  const nb = numel(batch);
+  const aBatch = a.type.shape.slice(0, -2);
+  const bBatch = b.type.shape.slice(0, -2);
+  const aStr = broadcastStrides(aBatch, batch).map((s) => s * m * k);
+  const bStr = broadcastStrides(bBatch, batch).map((s) => s * k * n);
+  // element (row, p) of op(A) and (p, col) of op(B)
+  const { bound, names } = split(node, ctx);
+  const [A, B] = names;
+  const aAt = (row: string, p: string) => (transA ? `${A}[aOff + ${p} * ${u(m)} + ${row}]` : `${A}[aOff + ${row} * ${u(k)} + ${p}]`);
+  const bAt = (p: string, col: string) => (transB ? `${B}[bOff + ${col} * ${u(k)} + ${p}]` : `${B}[bOff + ${p} * ${u(n)} + ${col}]`);
+  const loads: string[] = [];
+  for (let r = 0; r < TM; r++) loads.push(`let a${r} = select(0.0, ${aAt(`min(row0 + ${r}u, ${u(m - 1)})`, 'p')}, row0 + ${r}u < ${u(m)});`);
+  for (let c = 0; c < TN; c++) loads.push(`let b${c} = select(0.0, ${bAt('p', `min(col0 + ${c}u, ${u(n - 1)})`)}, col0 + ${c}u < ${u(n)});`);
+  const fmas: string[] = [];
+  for (let r = 0; r < TM; r++) for (let c = 0; c < TN; c++) fmas.push(`acc${r}_${c} = fma(a${r}, b${c}, acc${r}_${c});`);
+  const decls: string[] = [];
+  for (let r = 0; r < TM; r++) for (let c = 0; c < TN; c++) decls.push(`var acc${r}_${c} = 0.0;`);
+  const stores: string[] = [];
+  for (let r = 0; r < TM; r++) {
+    for (let c = 0; c < TN; c++) {
+      stores.push(`if (row0 + ${r}u < ${u(m)} && col0 + ${c}u < ${u(n)}) { out[cOff + (row0 + ${r}u) * ${u(n)} + col0 + ${c}u] = acc${r}_${c}; }`);
+    }
+  }
+  const gx = Math.ceil(n / (TN * WGX));
+  const gy = Math.ceil(m / (TM * WGY));
+  if (gx > ctx.maxWorkgroupsPerDimension || gy > ctx.maxWorkgroupsPerDimension || nb > ctx.maxWorkgroupsPerDimension) {
+    throw new Error(`matmul ${node.out.name}: grid ${gx}×${gy}×${nb} exceeds ${ctx.maxWorkgroupsPerDimension} workgroups per dimension`);
+  }
+  return {
+    bound,
+    workgroups: [gx, gy, Math.max(1, nb)],
+    wgsl: `${header(bound, node.out)}
+@compute @workgroup_size(${WGX}, ${WGY})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let col0 = gid.x * ${u(TN)};
+  let row0 = gid.y * ${u(TM)};
+  let bi = gid.z;
+  ${gatherIndex('aOff', 'bi', batch, aStr)}
+  ${gatherIndex('bOff', 'bi', batch, bStr)}
+  let cOff = bi * ${u(m * n)};
+  ${decls.join(' ')}
+  for (var p = 0u; p < ${u(k)}; p++) {
+    ${loads.join('\n    ')}
+    ${fmas.join(' ')}
+  }
+  ${stores.join('\n  ')}
+}
+`,
+  };
+}
+
+const EMITTERS = {
+  fill: emitFill,
+  reduce: emitReduce,
+  permute: emitPermute,
+  broadcast: emitBroadcast,
+  slice: emitSlice,
+  pad: emitPad,
+  concat: emitConcat,
+  gather: emitGather,
+  scatter_add: emitScatterAdd,
+  one_hot: emitOneHot,
+  matmul: emitMatmul,
+} as const;
+
+/** The kernel for one node; throws for views, which need none. */
+export function emitKernel(node: Node, ctx: EmitContext): KernelSource {
+  const slot = OPS[node.op as OpName].wgsl;
+  if (slot.kind === 'view') throw new Error(`${node.op} is a view: it needs no kernel`);
+  if (slot.kind === 'map') return emitMap(node, ctx);
+  return EMITTERS[slot.emitter](node, ctx);
+}
+

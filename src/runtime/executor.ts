@@ -1,0 +1,124 @@
+// Runs a KernelPlan on the GPU: buffers exactly as planned (their bytes are the plan's peak),
+// every pipeline compiled once, bind groups made once (every slice is static), and one command
+// encoder per step. Only the loss is read back.
+import type { KernelPlan, Resident, Slice } from '../codegen/kernel-plan.ts';
+import { LorafaError } from '../ir/errors.ts';
+import type { Tensor } from '../ir/shape.ts';
+import { numel } from '../ir/types.ts';
+import { acquireGpu, checked, PipelineCache, readBuffer, type Gpu } from './gpu.ts';
+
+export class StepRunner {
+  private constructor(
+    readonly gpu: Gpu,
+    readonly plan: KernelPlan,
+    private readonly buffers: readonly GPUBuffer[],
+    private readonly passes: readonly { pipeline: GPUComputePipeline; bind: GPUBindGroup; workgroups: readonly [number, number, number] }[],
+    private readonly staging: GPUBuffer,
+  ) {}
+
+  /** Bytes of GPU buffers this runner allocated (equals the plan's peak, plus a 4-byte readback buffer). */
+  get allocatedBytes(): number {
+    return this.buffers.reduce((s, b) => s + b.size, 0);
+  }
+
+  static async create(plan: KernelPlan, gpu?: Gpu): Promise<StepRunner> {
+    gpu ??= await acquireGpu();
+    const device = gpu.device;
+    for (const b of plan.buffers) {
+      if (b.bytes > gpu.limits.maxBufferSize) {
+        throw new LorafaError(
+          `buffer ${b.index}`,
+          `the plan needs a ${b.bytes}-byte buffer; this adapter allows ${gpu.limits.maxBufferSize}`,
+          'plan with --limits adapter so buffers split to fit this device',
+        );
+      }
+    }
+    const buffers = await checked(device, 'allocating the plan buffers', () =>
+      plan.buffers.map((b) =>
+        device.createBuffer({
+          label: `lorafa ${b.region} ${b.index}`,
+          size: b.bytes,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        }),
+      ),
+    );
+    const cache = new PipelineCache(device);
+    const compiled = await Promise.all(plan.kernels.map((k) => cache.get(k.wgsl, k.bindings, k.label)));
+    const passes = await checked(device, 'creating bind groups', () =>
+      plan.dispatches.map((d) => ({
+        pipeline: compiled[d.kernel].pipeline,
+        bind: device.createBindGroup({
+          label: d.label,
+          layout: compiled[d.kernel].layout,
+          entries: d.bindings.map((s, i) => ({ binding: i, resource: { buffer: buffers[s.buffer], offset: s.offset, size: s.size } })),
+        }),
+        workgroups: d.workgroups,
+      })),
+    );
+    const staging = device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    return new StepRunner(gpu, plan, buffers, passes, staging);
+  }
+
+  private write(r: Resident, data: ArrayLike<number>): void {
+    const n = numel(r.shape);
+    if (data.length !== n) throw new LorafaError(r.name, `expected ${n} values for [${r.shape.join(',')}], got ${data.length}`);
+    const host = r.dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+    this.gpu.device.queue.writeBuffer(this.buffers[r.slice.buffer], r.slice.offset, host);
+  }
+
+  /** Uploads parameter (and optimizer state) values by name; names not given keep their bytes. */
+  writeParams(values: ReadonlyMap<string, Tensor | { data: ArrayLike<number> }>): void {
+    for (const p of this.plan.params) {
+      const v = values.get(p.name);
+      if (v) this.write(p, v.data);
+    }
+  }
+
+  writeInputs(feeds: Readonly<Record<string, ArrayLike<number>>>): void {
+    for (const i of this.plan.inputs) {
+      const f = feeds[i.name];
+      if (!f) throw new LorafaError(i.name, `no data fed for input "${i.name}"`, 'feed every input of the step, optimizer scalars included');
+      this.write(i, f);
+    }
+  }
+
+  /** One training step on the inputs written; resolves to the loss. */
+  async step(feeds?: Readonly<Record<string, ArrayLike<number>>>): Promise<number> {
+    if (feeds) this.writeInputs(feeds);
+    const device = this.gpu.device;
+    await checked(device, 'a training step', () => {
+      const enc = device.createCommandEncoder({ label: 'lorafa step' });
+      const pass = enc.beginComputePass();
+      for (const p of this.passes) {
+        pass.setPipeline(p.pipeline);
+        pass.setBindGroup(0, p.bind);
+        pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+      }
+      pass.end();
+      const loss = this.plan.loss;
+      enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
+      device.queue.submit([enc.finish()]);
+    });
+    await this.staging.mapAsync(GPUMapMode.READ);
+    const value = new Float32Array(this.staging.getMappedRange().slice(0))[0];
+    this.staging.unmap();
+    return value;
+  }
+
+  async read(slice: Slice, dtype: string, n: number): Promise<Float32Array | Int32Array> {
+    const raw = await readBuffer(this.gpu.device, this.buffers[slice.buffer], slice.offset, Math.max(4, n * 4));
+    return dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
+  }
+
+  /** Current values of every parameter and optimizer state tensor. */
+  async readParams(): Promise<Map<string, Float32Array>> {
+    const out = new Map<string, Float32Array>();
+    for (const p of this.plan.params) out.set(p.name, (await this.read(p.slice, p.dtype, numel(p.shape))) as Float32Array);
+    return out;
+  }
+
+  destroy(): void {
+    for (const b of this.buffers) b.destroy();
+    this.staging.destroy();
+  }
+}

@@ -1,0 +1,138 @@
+// WebGPU through Dawn's Node bindings (npm `webgpu`): device acquisition, a pipeline cache with
+// explicit bind group layouts, and errors that name the kernel.
+import { tmpdir } from 'node:os';
+import { LorafaError } from '../ir/errors.ts';
+import { probeAdapter } from './device.ts';
+
+export interface Gpu {
+  readonly device: GPUDevice;
+  readonly adapter: GPUAdapter;
+  readonly limits: GPUSupportedLimits;
+  readonly description: string;
+}
+
+const SETUP = 'run `bash scripts/setup.sh` (it installs Mesa lavapipe when no adapter is found), then `npx lorafa doctor`';
+
+let shared: Promise<Gpu> | undefined;
+let instance: GPU | undefined;
+
+/**
+ * A device with the adapter's own storage limits (the defaults are far lower: 128 MiB bindings,
+ * 8 storage buffers per stage). One device per process; later calls share it.
+ */
+export function acquireGpu(): Promise<Gpu> {
+  shared ??= (async () => {
+    process.env.XDG_RUNTIME_DIR ||= tmpdir();
+    let webgpu: typeof import('webgpu');
+    try {
+      webgpu = await import('webgpu');
+    } catch (e) {
+      throw new LorafaError('webgpu', `cannot load Dawn (npm webgpu): ${(e as Error).message}`, SETUP);
+    }
+    Object.assign(globalThis, webgpu.globals);
+    // Keep the GPU instance reachable for the life of the device: if it is collected, Dawn frees
+    // state the device still uses and the process crashes (seen as SIGSEGV).
+    instance = webgpu.create([]);
+    const adapter = await instance.requestAdapter();
+    if (!adapter) {
+      const r = await probeAdapter();
+      throw new LorafaError('webgpu', `no WebGPU adapter: ${r.ok ? 'requestAdapter() returned null' : r.reason}`, SETUP);
+    }
+    const want = [
+      'maxStorageBufferBindingSize',
+      'maxBufferSize',
+      'maxStorageBuffersPerShaderStage',
+      'maxComputeWorkgroupsPerDimension',
+      'maxComputeInvocationsPerWorkgroup',
+      'maxComputeWorkgroupStorageSize',
+    ] as const;
+    const requiredLimits: Record<string, number> = {};
+    for (const k of want) requiredLimits[k] = adapter.limits[k];
+    const device = await adapter.requestDevice({ requiredLimits });
+    const info = adapter.info;
+    return { device, adapter, limits: device.limits, description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim() };
+  })();
+  return shared;
+}
+
+export interface CompiledKernel {
+  readonly pipeline: GPUComputePipeline;
+  readonly layout: GPUBindGroupLayout;
+}
+
+/** Compiles each distinct WGSL text once, with an explicit layout of `bindings` storage buffers. */
+export class PipelineCache {
+  private readonly cache = new Map<string, Promise<CompiledKernel>>();
+  constructor(private readonly device: GPUDevice) {}
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  get(wgsl: string, bindings: number, label: string): Promise<CompiledKernel> {
+    let hit = this.cache.get(wgsl);
+    if (!hit) {
+      hit = this.compile(wgsl, bindings, label);
+      this.cache.set(wgsl, hit);
+    }
+    return hit;
+  }
+
+  private async compile(wgsl: string, bindings: number, label: string): Promise<CompiledKernel> {
+    const device = this.device;
+    device.pushErrorScope('validation');
+    const module = device.createShaderModule({ code: wgsl, label });
+    const layout = device.createBindGroupLayout({
+      label,
+      entries: Array.from({ length: bindings }, (_, i) => ({
+        binding: i,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: 'storage' as const },
+      })),
+    });
+    let pipeline: GPUComputePipeline | undefined;
+    let failure: string | undefined;
+    try {
+      pipeline = await device.createComputePipelineAsync({
+        label,
+        layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: 'main' },
+      });
+    } catch (e) {
+      failure = (e as Error).message;
+    }
+    const scoped = await device.popErrorScope();
+    const err = failure ?? scoped?.message;
+    if (err || !pipeline) {
+      const info = await module.getCompilationInfo();
+      const msgs = info.messages.map((m) => `${m.type} at line ${m.lineNum}:${m.linePos}: ${m.message}`).join('\n');
+      throw new LorafaError(`kernel ${label}`, `WGSL failed to compile: ${err}${msgs ? `\n${msgs}` : ''}`, 'this is a lorafa codegen bug: report it with `lorafa compile --emit ir`');
+    }
+    return { pipeline, layout };
+  }
+}
+
+/** Runs `fn` inside validation and out-of-memory error scopes; rejects with an error naming `what`. */
+export async function checked<T>(device: GPUDevice, what: string, fn: () => T): Promise<T> {
+  device.pushErrorScope('out-of-memory');
+  device.pushErrorScope('validation');
+  const result = fn();
+  const validation = await device.popErrorScope();
+  const oom = await device.popErrorScope();
+  if (oom) throw new LorafaError(what, `the GPU is out of memory: ${oom.message}`, 'plan a smaller step (--batch, --seq, --dtype) and compare with `lorafa plan`');
+  if (validation) throw new LorafaError(what, `WebGPU validation error: ${validation.message}`, 'this is a lorafa bug: report it with the model and command');
+  return result;
+}
+
+/** Reads `size` bytes at `offset` of a STORAGE|COPY_SRC buffer. */
+export async function readBuffer(device: GPUDevice, src: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+  const staging = device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, offset, staging, 0, size);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const copy = staging.getMappedRange().slice(0);
+  staging.unmap();
+  staging.destroy();
+  return copy;
+}
