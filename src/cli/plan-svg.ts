@@ -16,10 +16,11 @@ const COLORS: Record<Category, string> = {
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 export function planSvg(p: MemoryPlan, title: string): string {
-  const W = 900;
+  const W = 960;
   const H = 420;
   const left = 80;
-  const right = 190;
+  // Room for the legend's longest line ("trainable parameters 1023 KiB") at font-size 11.
+  const right = 250;
   const top = 40;
   const bottom = 50;
   const plotW = W - left - right;
@@ -51,6 +52,7 @@ export function planSvg(p: MemoryPlan, title: string): string {
   const colOf = (step: number) => Math.min(cols - 1, Math.floor((step * cols) / steps));
   const bx = x(colOf(p.backwardStart));
   const px = x(colOf(p.peakStep));
+  const legendTitle = `<text x="${W - right + 15}" y="${top - 8}" font-weight="bold">at peak (step ${p.peakStep}, solid line)</text>`;
   const legend = CATEGORIES.map((c, i) => {
     const ly = top + i * 22;
     return `<rect x="${W - right + 15}" y="${ly}" width="14" height="14" fill="${COLORS[c]}"/><text x="${W - right + 35}" y="${ly + 12}">${esc(CATEGORY_LABELS[c])} ${esc(fmtBytes(p.atPeak[c]))}</text>`;
@@ -66,11 +68,12 @@ ${parts.join('\n')}
 <text x="${left + plotW}" y="${y(p.peak) - 4}" text-anchor="end">peak (arena) ${esc(fmtBytes(p.peak))}, lower bound ${esc(fmtBytes(p.lowerBound))}</text>
 <line x1="${px}" y1="${top}" x2="${px}" y2="${top + plotH}" stroke="#000" stroke-width="0.8"/>
 <line x1="${bx}" y1="${top}" x2="${bx}" y2="${top + plotH}" stroke="#c62828" stroke-dasharray="6 3"/>
-<text x="${bx + 4}" y="${top + 12}" fill="#c62828">backward starts (step ${p.backwardStart})</text>
+<text x="${bx}" y="${top + plotH + 14}" fill="#c62828" text-anchor="middle">backward starts (step ${p.backwardStart})</text>
 <line x1="${left}" y1="${top + plotH}" x2="${left + plotW}" y2="${top + plotH}" stroke="#333"/>
 <line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotH}" stroke="#333"/>
 ${ticks.join('\n')}
-<text x="${left + plotW / 2}" y="${H - 15}" text-anchor="middle">schedule step (${steps} steps; each column shows its busiest step)</text>
+<text x="${left + plotW / 2}" y="${H - 15}" text-anchor="middle">schedule step (${p.schedule.length} kernels; each column shows its busiest step)</text>
+${legendTitle}
 ${legend.join('\n')}
 </svg>
 `;

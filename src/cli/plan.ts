@@ -76,7 +76,9 @@ export function compareTable(ctx: PlanContext, modes: readonly PlannedMode[]): s
   rows.push(['fragmentation', ...modes.map((m) => m.plan.fragmentation.toFixed(3))]);
   rows.push(['planning time', ...modes.map((m) => `${m.ms.toFixed(0)} ms`)]);
   const ratio = (a: Mode, b: Mode, key: (p: MemoryPlan) => number) => (key(by(a).plan) / key(by(b).plan)).toFixed(2) + '×';
-  const saved = (p: MemoryPlan) => p.atPeak.saved;
+  // Every saved activation is live when backward starts (the peak step may be later, when some
+  // are already freed, and differ between modes).
+  const saved = (p: MemoryPlan) => p.timeline[p.backwardStart]?.saved ?? 0;
   const out = [
     ...header(ctx, by('lora-fa')).slice(0, 1),
     `         optimizer ${ctx.optimizer}; storage ${by('lora-fa').plan.dtype}; ${limitsLine(by('lora-fa').plan, ctx.limitsName)}`,
@@ -84,7 +86,8 @@ export function compareTable(ctx: PlanContext, modes: readonly PlannedMode[]): s
     ...pad(rows, [false, ...modes.map(() => true)]),
     '',
     `peak:              LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', (p) => p.peak)}   full ÷ LoRA-FA = ${ratio('full', 'lora-fa', (p) => p.peak)}   full ÷ LoRA = ${ratio('full', 'lora', (p) => p.peak)}`,
-    `saved activations: LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', saved)}   LoRA − LoRA-FA = ${fmtBytes(saved(by('lora').plan) - saved(by('lora-fa').plan))}`,
+    `saved activations when backward starts: ${modes.map((m) => `${m.mode} ${fmtBytes(saved(m.plan))}`).join(', ')}`,
+    `                   LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', saved)}   LoRA − LoRA-FA = ${fmtBytes(saved(by('lora').plan) - saved(by('lora-fa').plan))}`,
   ];
   return out.join('\n');
 }
@@ -99,7 +102,7 @@ function rootTensor(p: MemoryPlan, id: number): PlannedTensor | undefined {
 export function topTable(pm: PlannedMode, n: number): string {
   const p = pm.plan;
   const saved = p.tensors.filter((t) => t.category === 'saved').sort((a, b) => b.bytes - a.bytes || a.start - b.start);
-  const out = [`largest saved activations (${saved.length} in all, ${fmtBytes(p.atPeak.saved)} at peak):`];
+  const out = [`largest saved activations (${saved.length} in all, ${fmtBytes(p.timeline[p.backwardStart]?.saved ?? 0)} when backward starts):`];
   const rows = saved.slice(0, n).map((t) => [t.name, `${t.dtype}[${t.shape.join(',')}]`, fmtBytes(t.bytes), `steps ${t.start}–${t.end}`]);
   if (rows.length) out.push(...pad(rows, [false, false, true, false]).map((l) => '  ' + l));
   const step: Graph = pm.compiled.step ?? pm.compiled.joint;
@@ -113,7 +116,8 @@ export function topTable(pm: PlannedMode, n: number): string {
         : t?.category === 'saved'
           ? `SAVED (${fmtBytes(t.bytes)}): read by ${s.reasons.join('; ') || 'a later forward node'}`
           : 'not saved: its lifetime ends in the forward pass';
-      return [s.module, `${s.input.name} ${fmtType(s.input.type)}`, where];
+      const type = t ? { dtype: t.dtype, shape: s.input.type.shape } : s.input.type;
+      return [s.module, `${s.input.name} ${fmtType(type)}`, where];
     });
     out.push(...pad(rows2, [false, false, false]).map((l) => '  ' + l));
   }

@@ -1,9 +1,9 @@
 // The memory plan: every byte of one training step, decided from shapes alone.
 //
 // 1. Storage: each value gets a storage dtype from its category (mixed precision keeps trainable
-//    parameters, their gradients and optimizer state in f32), and a root: views (reshape,
-//    stop_gradient) share their input's bytes, scalar constants are inlined into kernels, and
-//    write-backs are done in place in their target's persistent tensor.
+//    parameters, their gradients, optimizer state and the update's arithmetic in f32), and a
+//    root: views (reshape, stop_gradient) share their input's bytes, scalar constants are inlined
+//    into kernels, and write-backs are done in place in their target's persistent tensor.
 // 2. Schedule: every candidate order from schedule.ts; lifetimes are inclusive step ranges
 //    [definition, last read] (an output lives to the end), so a kernel never writes over a tensor
 //    it is still reading. The candidate with the lowest lower bound wins.
@@ -19,6 +19,7 @@ import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { numel, fmtType, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
 import { isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
+import { BC1_INPUT, BC2_INPUT, LR_INPUT } from './optimizer.ts';
 
 export interface Limits {
   /** minStorageBufferOffsetAlignment: every offset is a multiple of it. */
@@ -114,9 +115,14 @@ export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
-function storageBytes(v: Value, category: Category, dtype: StorageDType): { dtype: DType; bytes: number } {
+/**
+ * `update`: the value belongs to the optimizer step (its temporaries, or the lr and bias-correction
+ * scalars it is fed). That arithmetic stays f32 like the state it updates: in f16, g² of a small
+ * gradient underflows to 0 and AdamW divides by eps.
+ */
+function storageBytes(v: Value, category: Category, dtype: StorageDType, update = false): { dtype: DType; bytes: number } {
   if (v.type.dtype === 'i32') return { dtype: 'i32', bytes: 4 * numel(v.type.shape) };
-  const master = category === 'trainable' || category === 'optimizer' || category === 'gradients';
+  const master = update || category === 'trainable' || category === 'optimizer' || category === 'gradients';
   const d: DType = master ? 'f32' : dtype;
   return { dtype: d, bytes: numel(v.type.shape) * (d === 'f32' ? 4 : 2) };
 }
@@ -178,6 +184,10 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const dtype = opts.dtype ?? 'f32';
   const gradients = opts.gradients ?? new Set<number>();
   const align = limits.alignment;
+  if (!(Number.isInteger(align) && align >= 4 && (align & (align - 1)) === 0)) {
+    // Offsets would not be 4-byte aligned, or not satisfy any adapter (alignments are powers of 2).
+    throw new LorafaError('limits', `the offset alignment must be a power of two ≥ 4, got ${align}`, 'use the adapter\'s minStorageBufferOffsetAlignment (often 256), e.g. --alignment 256');
+  }
 
   // 1. roots and aliases
   const aliases = new Map<number, number>();
@@ -203,7 +213,10 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   for (const i of g.inputs) persistentCategory.set(i.value.id, 'inputs');
 
   // 2. schedule and lifetimes
-  const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : alignUp(storageBytes(n.out, 'workspace', dtype).bytes, align));
+  // The bytes the plan will give a transient (gradients and the update stay f32 under f16), so
+  // the schedules are compared on what they will really hold.
+  const nodeBytes = (n: Node) => alignUp(storageBytes(n.out, gradients.has(n.out.id) ? 'gradients' : 'workspace', dtype, n.phase === 'update').bytes, align);
+  const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : nodeBytes(n));
   const outputs = new Set(Object.values(g.outputs).map((v) => rootOf(v.id)));
   const lossId = g.outputs.loss ? rootOf(g.outputs.loss.id) : undefined;
   let best: { name: string; order: readonly Node[]; life: Map<number, [number, number]>; lb: number } | undefined;
@@ -224,7 +237,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     const delta = new Array<number>(cand.order.length + 2).fill(0);
     for (const [id, [s, e]] of life) {
       const n = cand.order[s];
-      const sz = alignUp(storageBytes(n.out, 'workspace', dtype).bytes, align);
+      const sz = nodeBytes(n);
       void id;
       delta[s] += sz;
       delta[e + 1] -= sz;
@@ -241,19 +254,31 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const phaseOf = new Map(order.map((n) => [n.out.id, n.phase]));
 
   // 3. categories and sizes
-  const check = (name: string, v: Value, bytes: number) => {
-    if (bytes > limits.maxBindingSize) {
+  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, persistentish = false) => {
+    const what = `tensor ${fmtType({ dtype: s.dtype, shape: v.type.shape })} needs ${fmtBytes(s.bytes)}`;
+    if (s.bytes > limits.maxBindingSize) {
       throw new LorafaError(
         name,
-        `tensor ${fmtType(v.type)} needs ${fmtBytes(bytes)}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
-        'plan for an adapter with larger limits (--limits discrete, or --max-binding-size as `lorafa doctor` reports), lower --batch or --seq, or use --dtype f16/bf16',
+        `${what}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
+        `plan for an adapter with larger limits (--limits discrete, or --max-binding-size as \`lorafa doctor\` reports)${
+          persistentish ? '' : ', lower --batch or --seq'
+        }, or use --dtype f16/bf16`,
+      );
+    }
+    // A buffer holds at least one whole tensor (its slot padded to the alignment).
+    if (alignUp(s.bytes, align) > limits.maxBufferSize) {
+      throw new LorafaError(
+        name,
+        `${what} (${fmtBytes(alignUp(s.bytes, align))} aligned), over the buffer limit maxBufferSize = ${fmtBytes(limits.maxBufferSize)}`,
+        'raise --max-buffer-size (at least --max-binding-size, as `lorafa doctor` reports), lower --batch or --seq, or use --dtype f16/bf16',
       );
     }
   };
+  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT]);
   const persistentItems: Item[] = [];
   const addPersistent = (v: Value, category: Category) => {
-    const s = storageBytes(v, category, dtype);
-    check(v.name, v, s.bytes);
+    const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name));
+    check(v.name, v, s, category !== 'inputs');
     persistentItems.push({ t: { id: v.id, name: v.name, shape: v.type.shape, dtype: s.dtype, bytes: s.bytes, category, start: 0, end: steps }, size: alignUp(s.bytes, align) });
   };
   for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!);
@@ -265,8 +290,8 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     const v = valueById.get(id)!;
     const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
     const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
-    const st = storageBytes(v, category, dtype);
-    check(v.name, v, st.bytes);
+    const st = storageBytes(v, category, dtype, phaseOf.get(id) === 'update');
+    check(v.name, v, st);
     transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
   }
 

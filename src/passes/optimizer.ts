@@ -40,9 +40,32 @@ export function stateName(slot: 'm' | 'v' | 'momentum', param: string): string {
   return `optim.${slot}.${param}`;
 }
 
+/** Rejects what torch.optim rejects (and an unknown kind), so a typo is not trained with silently. */
+export function checkOptimizer(opts: OptimizerOptions): void {
+  const bad = (problem: string, fix: string) => {
+    throw new LorafaError('optimizer', problem, fix);
+  };
+  const kind = (opts as { kind?: unknown }).kind;
+  if (kind !== 'sgd' && kind !== 'adamw') bad(`unknown optimizer "${String(kind)}"`, `use one of: ${OPTIMIZERS.join(', ')}`);
+  const nonNegative = (name: string, v: number | undefined) => {
+    if (v !== undefined && !(Number.isFinite(v) && v >= 0)) bad(`${name} must be a finite number ≥ 0, got ${v}`, `pass ${name} ≥ 0 or leave it out`);
+  };
+  nonNegative('weightDecay', opts.weightDecay);
+  if (opts.kind === 'sgd') {
+    nonNegative('momentum', opts.momentum);
+  } else {
+    for (const [name, v] of [['beta1', opts.beta1], ['beta2', opts.beta2]] as const) {
+      if (v !== undefined && !(v >= 0 && v < 1)) bad(`${name} must be in [0, 1), got ${v}`, 'use e.g. beta1 = 0.9, beta2 = 0.999');
+    }
+    nonNegative('eps', opts.eps);
+  }
+}
+
 /** The values the trainer feeds each step (1-based step t). */
 export function optimizerFeeds(opts: OptimizerOptions, lr: number, t: number): Record<string, number[]> {
-  if (!(t >= 1)) throw new Error(`optimizer steps count from 1, got ${t}`);
+  checkOptimizer(opts);
+  if (!(Number.isInteger(t) && t >= 1)) throw new LorafaError('optimizer', `optimizer steps count from 1, got ${t}`, 'pass the 1-based step number t');
+  if (!(Number.isFinite(lr) && lr >= 0)) throw new LorafaError('optimizer', `learning rate must be a finite number ≥ 0, got ${lr}`);
   if (opts.kind === 'sgd') return { [LR_INPUT]: [lr] };
   const b1 = opts.beta1 ?? 0.9;
   const b2 = opts.beta2 ?? 0.999;
@@ -56,6 +79,7 @@ export interface OptimizerReport {
 }
 
 export function applyOptimizer(g: Graph, opts: OptimizerOptions): { graph: Graph; report: OptimizerReport } {
+  checkOptimizer(opts);
   const trainable = g.params.filter((p) => p.trainable);
   const missing = trainable.filter((p) => !g.outputs[gradName(p.value.name)]);
   if (missing.length) {
@@ -77,7 +101,10 @@ export function applyOptimizer(g: Graph, opts: OptimizerOptions): { graph: Graph
     const grad = g.outputs[gradName(name)];
     const state = (slot: 'm' | 'v' | 'momentum') => {
       stateTensors++;
-      return b.param(stateName(slot, name), p.value.type.shape, { init: { kind: 'zeros' }, trainable: false, role: 'optimizer_state' });
+      // Outside the `step.<p>` name scope: the state is named optim.<slot>.<p>, not step.<p>.optim.….
+      return b.on(p.src, '', () =>
+        b.param(stateName(slot, name), p.value.type.shape, { init: { kind: 'zeros' }, trainable: false, role: 'optimizer_state' }),
+      );
     };
     b.on(p.src, `step.${name}`, () => {
       const c = (x: number) => b.scalar(x);

@@ -31,23 +31,36 @@ export function isInlineConstant(n: Node): boolean {
   return n.op === 'fill' && n.out.type.shape.length === 0;
 }
 
+const depsCache = new WeakMap<Graph, number[][]>();
+
 /** Predecessor indices of every node (data dependencies plus write-after-read edges). */
 export function dependencies(g: Graph): number[][] {
+  const hit = depsCache.get(g);
+  if (hit) return hit;
   const producer = new Map<number, number>();
   g.nodes.forEach((n, i) => producer.set(n.out.id, i));
   const deps = g.nodes.map((n) => [...new Set(n.inputs.map((x) => producer.get(x.id)).filter((i): i is number => i !== undefined))]);
+  // Readers of each storage root, through views, indexed once.
+  const root = new Map<number, number>();
+  const rootOf = (id: number): number => root.get(id) ?? id;
+  const readers = new Map<number, number[]>();
+  g.nodes.forEach((n, i) => {
+    for (const x of new Set(n.inputs.map((v) => rootOf(v.id)))) {
+      const list = readers.get(x);
+      if (list) list.push(i);
+      else readers.set(x, [i]);
+    }
+    if (isView(n)) root.set(n.out.id, rootOf(n.inputs[0].id));
+  });
   const paramIds = new Map(g.params.map((p) => [p.value.name, p.value.id]));
   for (const u of g.updates) {
     const writer = producer.get(u.value.id);
     const target = paramIds.get(u.target);
     if (writer === undefined || target === undefined) continue;
-    // Readers of the target, through views of it too.
-    const aliases = new Set([target]);
-    g.nodes.forEach((n, i) => {
-      if (isView(n) && aliases.has(n.inputs[0].id)) aliases.add(n.out.id);
-      if (i !== writer && n.inputs.some((x) => aliases.has(x.id)) && !deps[writer].includes(i)) deps[writer].push(i);
-    });
+    const have = new Set(deps[writer]);
+    for (const i of readers.get(target) ?? []) if (i !== writer && !have.has(i)) deps[writer].push(i);
   }
+  depsCache.set(g, deps);
   return deps;
 }
 
@@ -116,16 +129,30 @@ function listSchedule(g: Graph, sizeOf: SizeOf, key: readonly number[], greedy: 
 }
 
 /**
- * Keys that keep program order for forward and backward but pull each update node to just after
- * its last dependency, so a parameter is updated (and its gradient freed) as soon as possible.
+ * Keys that keep program order for forward and backward but move update nodes: one that depends
+ * on a gradient runs just after its last dependency (so a parameter is updated, and its gradient
+ * freed, as soon as possible); one that reads only stored state (m·β1, p·wd) runs just before its
+ * first consumer, instead of being held from the start of the step.
  */
 function eagerUpdateKeys(g: Graph): number[] {
   const deps = dependencies(g);
-  const key = new Array<number>(g.nodes.length);
   const n = g.nodes.length;
-  // Update nodes depend only on earlier nodes (program order is topological), so one pass works.
+  const tiny = (i: number) => (i + 1) / (n + 1) / (n + 2);
+  const key = new Array<number>(n);
+  const needsGrad = new Array<boolean>(n).fill(false);
+  // Program order is topological, so one forward pass settles the ASAP keys.
   for (let i = 0; i < n; i++) {
-    key[i] = g.nodes[i].phase === 'update' ? Math.max(-1, ...deps[i].map((d) => key[d])) + i / (n + 1) / (n + 1) : i;
+    if (g.nodes[i].phase !== 'update') {
+      key[i] = i;
+      continue;
+    }
+    needsGrad[i] = deps[i].some((d) => g.nodes[d].phase !== 'update' || needsGrad[d]);
+    key[i] = Math.max(-1, ...deps[i].map((d) => key[d])) + tiny(i);
+  }
+  const succ: number[][] = g.nodes.map(() => []);
+  deps.forEach((ds, i) => ds.forEach((d) => succ[d].push(i)));
+  for (let i = n - 1; i >= 0; i--) {
+    if (g.nodes[i].phase === 'update' && !needsGrad[i] && succ[i].length) key[i] = Math.min(...succ[i].map((s) => key[s])) - tiny(i);
   }
   return key;
 }
