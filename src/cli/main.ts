@@ -149,12 +149,16 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   const limits = await resolveLimits(flags);
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
   const modes: Mode[] = flags.compare ? [...MODES] : [checkMode(flags.mode)];
-  const planned: PlannedMode[] = modes.map((mode) => {
+  const planned: PlannedMode[] = [];
+  for (const mode of modes) {
     const t0 = performance.now();
     const compiled = compileTraining(graph, { mode, lora, optimizer, verify: flags.verify });
-    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients });
-    return { mode, compiled, plan, ms: performance.now() - t0 };
-  });
+    // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
+    const loraPlan = mode === 'lora-fa' ? planned.find((p) => p.mode === 'lora') : undefined;
+    const dominating = loraPlan ? { graph: loraPlan.compiled.step!, plan: loraPlan.plan } : undefined;
+    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients, dominating });
+    planned.push({ mode, compiled, plan, ms: performance.now() - t0 });
+  }
   const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
   if (flags.json) {
     const doc = flags.compare ? Object.fromEntries(planned.map((p) => [p.mode, planJson(ctx, p)])) : planJson(ctx, planned[0]);

@@ -18,7 +18,7 @@
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { numel, fmtType, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
-import { isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
+import { dependencies, isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
 import { BC1_INPUT, BC2_INPUT, LR_INPUT } from './optimizer.ts';
 
 export interface Limits {
@@ -66,6 +66,12 @@ export interface PlanOptions {
   readonly dtype?: StorageDType;
   /** Ids of the final gradient of each trainable parameter (category 'gradients'). */
   readonly gradients?: ReadonlySet<number>;
+  /**
+   * The plan of a graph that does all of this graph's work and more (LoRA's, for LoRA-FA). Its
+   * order and offsets, restricted to this graph's tensors, are a valid plan here too, and are
+   * tried: so this plan is never worse than the dominating one.
+   */
+  readonly dominating?: { readonly graph: Graph; readonly plan: MemoryPlan };
 }
 
 export interface PlannedTensor {
@@ -219,10 +225,9 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : nodeBytes(n));
   const outputs = new Set(Object.values(g.outputs).map((v) => rootOf(v.id)));
   const lossId = g.outputs.loss ? rootOf(g.outputs.loss.id) : undefined;
-  let best: { name: string; order: readonly Node[]; life: Map<number, [number, number]>; lb: number } | undefined;
-  for (const cand of scheduleCandidates(g, transientSize)) {
+  const lifetimes = (order: readonly Node[]) => {
     const life = new Map<number, [number, number]>();
-    cand.order.forEach((n, step) => {
+    order.forEach((n, step) => {
       const r = rootOf(n.out.id);
       if (!aliases.has(n.out.id) && !persistentCategory.has(r)) life.set(r, [step, step]);
       for (const x of n.inputs) {
@@ -232,22 +237,32 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     });
     for (const o of outputs) {
       const l = life.get(o);
-      if (l) l[1] = cand.order.length;
+      if (l) l[1] = order.length;
     }
-    const delta = new Array<number>(cand.order.length + 2).fill(0);
-    for (const [id, [s, e]] of life) {
-      const n = cand.order[s];
-      const sz = nodeBytes(n);
-      void id;
+    const delta = new Array<number>(order.length + 2).fill(0);
+    for (const [s, e] of life.values()) {
+      const sz = nodeBytes(order[s]);
       delta[s] += sz;
       delta[e + 1] -= sz;
     }
     let live = 0;
     let lb = 0;
     for (const d of delta) lb = Math.max(lb, (live += d));
+    return { life, lb };
+  };
+  let best: { name: string; order: readonly Node[]; life: Map<number, [number, number]>; lb: number } | undefined;
+  for (const cand of scheduleCandidates(g, transientSize)) {
+    const { life, lb } = lifetimes(cand.order);
     if (!best || lb < best.lb) best = { name: cand.name, order: cand.order, life, lb };
   }
-  const { order, life } = best!;
+  const planned = finish(best!.name, best!.order, best!.life);
+  const seeded = opts.dominating && restrictPlan(g, opts.dominating, lifetimes, finish);
+  return seeded && seeded.peak < planned.peak ? seeded : planned;
+
+  /** Steps 3–5 for one order; with `hint`, arena offsets come from it (undefined if they clash). */
+  function finish(scheduleName: string, order: readonly Node[], life: Map<number, [number, number]>): MemoryPlan;
+  function finish(scheduleName: string, order: readonly Node[], life: Map<number, [number, number]>, hint: ReadonlyMap<number, Placement>): MemoryPlan | undefined;
+  function finish(scheduleName: string, order: readonly Node[], life: Map<number, [number, number]>, hint?: ReadonlyMap<number, Placement>): MemoryPlan | undefined {
   const steps = order.length;
   const stepOf = new Map(order.map((n, i) => [n.out.id, i]));
   const backwardStart = lossId !== undefined && stepOf.has(lossId) ? stepOf.get(lossId)! + 1 : steps;
@@ -317,7 +332,11 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   ];
   const intervals = transientItems.map((it) => ({ size: it.size, start: it.t.start, end: it.t.end }));
   let packed: ReturnType<typeof packIntervals> | undefined;
-  for (const cmp of orders) {
+  if (hint) {
+    packed = fromHint(transientItems, hint);
+    if (!packed) return undefined;
+  }
+  for (const cmp of hint ? [] : orders) {
     const idx = transientItems.map((_, i) => i).sort((a, b) => cmp(transientItems[a], transientItems[b]));
     const p = packIntervals(intervals, idx, limits.maxBufferSize);
     const total = p.sizes.reduce((s, x) => s + x, 0);
@@ -347,7 +366,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     limits,
     dtype,
     schedule: order,
-    scheduleName: best!.name,
+    scheduleName,
     backwardStart,
     tensors,
     aliases,
@@ -359,6 +378,106 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     peakStep,
     timeline,
   };
+  }
+}
+
+/** Where a dominating plan put a tensor's counterpart. */
+interface Placement {
+  readonly buffer: number;
+  readonly offset: number;
+  readonly size: number;
+}
+
+/**
+ * A node's identity across two compilations of one model (ids differ; names, shapes and operands
+ * do not), numbered by occurrence in program order.
+ */
+function nodeKeys(g: Graph): Map<Node, string> {
+  const seen = new Map<string, number>();
+  const keys = new Map<Node, string>();
+  for (const n of g.nodes) {
+    const base = `${n.op}|${n.out.name}|${n.out.type.shape.join(',')}|${n.inputs.map((x) => `${x.name}:${x.type.shape.join(',')}`).join(';')}|${JSON.stringify(n.attrs)}`;
+    const k = seen.get(base) ?? 0;
+    seen.set(base, k + 1);
+    keys.set(n, `${base}#${k}`);
+  }
+  return keys;
+}
+
+/**
+ * The dominating plan restricted to `g`: its schedule order filtered to g's nodes, and its arena
+ * offsets for g's tensors. Under that order each of g's tensors is born at the same kernel and
+ * read by a subset of the readers of its counterpart, so its lifetime is inside the counterpart's
+ * and the offsets cannot clash; `fromHint` still checks, and any mismatch gives up.
+ */
+function restrictPlan(
+  g: Graph,
+  dom: { readonly graph: Graph; readonly plan: MemoryPlan },
+  lifetimes: (order: readonly Node[]) => { life: Map<number, [number, number]> },
+  finish: (name: string, order: readonly Node[], life: Map<number, [number, number]>, hint: ReadonlyMap<number, Placement>) => MemoryPlan | undefined,
+): MemoryPlan | undefined {
+  const domKeys = nodeKeys(dom.graph);
+  const domStep = new Map<string, number>();
+  dom.plan.schedule.forEach((n, i) => {
+    const k = domKeys.get(n);
+    if (k) domStep.set(k, i);
+  });
+  const keys = nodeKeys(g);
+  const at = new Map<Node, number>();
+  for (const n of g.nodes) {
+    const s = domStep.get(keys.get(n)!);
+    if (s === undefined) return undefined;
+    at.set(n, s);
+  }
+  const order = [...g.nodes].sort((a, b) => at.get(a)! - at.get(b)!);
+  const position = new Map(order.map((n, i) => [n, i]));
+  const deps = dependencies(g);
+  if (g.nodes.some((n, i) => deps[i].some((d) => position.get(g.nodes[d])! > position.get(n)!))) return undefined;
+  const domTensor = new Map(dom.plan.tensors.map((t) => [t.id, t]));
+  const hint = new Map<number, Placement>();
+  for (const n of dom.plan.schedule) {
+    const t = domTensor.get(n.out.id);
+    if (t && t.category !== 'frozen' && t.category !== 'trainable' && t.category !== 'optimizer' && t.category !== 'inputs') {
+      hint.set(domStep.get(domKeys.get(n)!)!, { buffer: t.buffer, offset: t.offset, size: alignUp(t.bytes, dom.plan.limits.alignment) });
+    }
+  }
+  // hint by this graph's value id
+  const byValue = new Map<number, Placement>();
+  for (const n of g.nodes) {
+    const h = hint.get(at.get(n)!);
+    if (h) byValue.set(n.out.id, h);
+  }
+  return finish('dominating', order, lifetimes(order).life, byValue);
+}
+
+/** Arena placement taken from a hint: undefined if a tensor has none, or two live tensors overlap. */
+function fromHint(items: readonly Item[], hint: ReadonlyMap<number, Placement>): ReturnType<typeof packIntervals> | undefined {
+  const used = new Map<number, number>();
+  const buffer: number[] = [];
+  const offset: number[] = [];
+  for (const it of items) {
+    const h = hint.get(it.t.id);
+    if (!h || h.size < it.size) return undefined;
+    if (!used.has(h.buffer)) used.set(h.buffer, used.size);
+    buffer.push(used.get(h.buffer)!);
+    offset.push(h.offset);
+  }
+  const sizes = new Array<number>(used.size).fill(0);
+  items.forEach((it, i) => (sizes[buffer[i]] = Math.max(sizes[buffer[i]], offset[i] + it.size)));
+  // No two tensors live at the same step may share a byte.
+  const byBuffer = new Map<number, number[]>();
+  items.forEach((_, i) => byBuffer.set(buffer[i], [...(byBuffer.get(buffer[i]) ?? []), i]));
+  for (const list of byBuffer.values()) {
+    list.sort((x, y) => offset[x] - offset[y]);
+    for (let a = 0; a < list.length; a++) {
+      const i = list[a];
+      for (let b = a + 1; b < list.length && offset[list[b]] < offset[i] + items[i].size; b++) {
+        const j = list[b];
+        if (items[i].t.start <= items[j].t.end && items[j].t.start <= items[i].t.end) return undefined;
+      }
+    }
+  }
+  return { buffer, offset, sizes };
 }
 
 export function zeroCategories(): Record<Category, number> {
