@@ -10,6 +10,11 @@ import { resolveConfig } from '../model.ts';
 import { formatAdapterReport, probeAdapter } from '../runtime/device.ts';
 import { loadModel, trace } from './load.ts';
 import { summarize } from './summary.ts';
+import { writeTrainer } from './trainer.ts';
+import { addTrainOptions, type TrainFlags } from '../runtime/train.ts';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 function positiveInt(name: string) {
   return (v: string) => {
@@ -48,21 +53,29 @@ interface CommonFlags {
   verify?: boolean;
 }
 
-interface CompileFlags extends CommonFlags {
-  emit: 'ir' | 'summary';
-  stage?: string;
-  locations?: boolean;
-}
-
-interface PlanFlags extends CommonFlags {
+interface OptimizerFlags {
   optimizer: string;
   momentum?: number;
   weightDecay?: number;
-  dtype: string;
+}
+
+interface LimitFlags {
   limits: string;
   maxBindingSize?: number;
   maxBufferSize?: number;
   alignment?: number;
+}
+
+export interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> {
+  emit: 'ir' | 'summary';
+  stage?: string;
+  locations?: boolean;
+  out?: string;
+  seed: number;
+}
+
+interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
+  dtype: string;
   compare?: boolean;
   top?: number;
   json?: boolean;
@@ -73,6 +86,8 @@ function checkMode(mode: string): Mode {
   if (!isMode(mode)) throw new LorafaError('--mode', `unknown mode "${mode}"`, `use one of: ${MODES.join(', ')}`);
   return mode;
 }
+
+export type Setup = Awaited<ReturnType<typeof setup>>;
 
 async function setup(modelPath: string, flags: CommonFlags) {
   const m = await loadModel(modelPath);
@@ -96,9 +111,18 @@ async function setup(modelPath: string, flags: CommonFlags) {
   return { m, graph, lora, config, cfg: resolveConfig(m.def, { config, overrides }) };
 }
 
-async function compileCommand(modelPath: string, flags: CompileFlags): Promise<void> {
+async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Command): Promise<void> {
   const mode = checkMode(flags.mode);
-  const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
+  const setupResult = await setup(modelPath, flags);
+  const { m, graph, lora, config, cfg } = setupResult;
+  if (flags.out) {
+    const optimizer = optimizerOptions(flags);
+    const preset = flags.limits ?? 'adapter';
+    const limits = await resolveLimits({ ...flags, limits: preset });
+    await writeTrainer(setupResult, { mode, flags, optimizer, limits, preset, command: commandLine() });
+    // --emit given explicitly still prints; by default -o prints only what it wrote.
+    if (cmd.getOptionValueSource('emit') !== 'cli') return;
+  }
   const compiled = compileTraining(graph, { mode, verify: flags.verify, lora });
   if (flags.emit === 'ir') {
     const stage = flags.stage ?? 'dce';
@@ -112,32 +136,40 @@ async function compileCommand(modelPath: string, flags: CompileFlags): Promise<v
   console.log(summarize(compiled, { file: m.displayFile, config, cfg }));
 }
 
-function optimizerOptions(flags: PlanFlags): OptimizerOptions {
+function optimizerOptions(flags: OptimizerFlags): OptimizerOptions {
   if (flags.optimizer === 'sgd') return { kind: 'sgd', momentum: flags.momentum, weightDecay: flags.weightDecay };
   if (flags.optimizer === 'adamw') return { kind: 'adamw', weightDecay: flags.weightDecay };
   throw new LorafaError('--optimizer', `unknown optimizer "${flags.optimizer}"`, `use one of: ${OPTIMIZERS.join(', ')}`);
 }
 
-async function resolveLimits(flags: PlanFlags): Promise<Limits> {
+export interface ResolvedLimits extends Limits {
+  /** The adapter's, with --limits adapter (kernels fold larger grids into 2-D). */
+  readonly maxWorkgroupsPerDimension?: number;
+}
+
+async function resolveLimits(flags: LimitFlags): Promise<ResolvedLimits> {
   let base: Limits;
+  let maxWorkgroupsPerDimension: number | undefined;
   if (flags.limits === 'adapter') {
     const r = await probeAdapter();
-    if (!r.ok) throw new LorafaError('--limits adapter', r.reason, r.fix);
+    if (!r.ok) throw new LorafaError('--limits adapter', r.reason, `${r.fix}; or plan for a preset: --limits webgpu`);
     base = {
       alignment: r.limits.minStorageBufferOffsetAlignment,
       maxBindingSize: r.limits.maxStorageBufferBindingSize,
       maxBufferSize: r.limits.maxBufferSize,
     };
+    maxWorkgroupsPerDimension = r.limits.maxComputeWorkgroupsPerDimension;
   } else if (flags.limits in LIMIT_PRESETS) {
     base = LIMIT_PRESETS[flags.limits as keyof typeof LIMIT_PRESETS];
   } else {
     throw new LorafaError('--limits', `unknown limits "${flags.limits}"`, `use one of: ${[...Object.keys(LIMIT_PRESETS), 'adapter'].join(', ')}`);
   }
-  return {
+  const limits: ResolvedLimits = {
     alignment: flags.alignment ?? base.alignment,
     maxBindingSize: flags.maxBindingSize ?? base.maxBindingSize,
     maxBufferSize: flags.maxBufferSize ?? base.maxBufferSize,
   };
+  return maxWorkgroupsPerDimension ? { ...limits, maxWorkgroupsPerDimension } : limits;
 }
 
 async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
@@ -146,7 +178,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     throw new LorafaError('--dtype', `unknown storage dtype "${flags.dtype}"`, `use one of: ${STORAGE_DTYPES.join(', ')}`);
   }
   const dtype = flags.dtype as StorageDType;
-  const limits = await resolveLimits(flags);
+  const { maxWorkgroupsPerDimension: _, ...limits } = await resolveLimits(flags);
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
   const modes: Mode[] = flags.compare ? [...MODES] : [checkMode(flags.mode)];
   const planned: PlannedMode[] = [];
@@ -174,7 +206,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   }
 }
 
-function describeOptimizer(o: OptimizerOptions): string {
+export function describeOptimizer(o: OptimizerOptions): string {
   if (o.kind === 'sgd') return `SGD${o.momentum ? ` momentum=${o.momentum}` : ''}${o.weightDecay ? ` weight_decay=${o.weightDecay}` : ''}`;
   return `AdamW weight_decay=${o.weightDecay ?? 0.01}`;
 }
@@ -211,25 +243,43 @@ export function program(): Command {
   const p = new Command('lorafa')
     .description('compile neural-network training to WGSL for WebGPU, built around LoRA-FA')
     .showHelpAfterError();
-  commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients)'), 'lora-fa')
+  const optimizerAndLimits = (c: Command, defaultLimits: string | undefined) =>
+    c
+      .option('--optimizer <name>', `optimizer: ${OPTIMIZERS.join(' | ')}`, 'adamw')
+      .option('--momentum <m>', 'SGD momentum', positiveNumber('--momentum'))
+      .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
+      .option(
+        '--limits <preset>',
+        `device limits: webgpu (spec defaults), discrete (4 GiB buffers, 2 GiB bindings), adapter (this machine), none${defaultLimits ? '' : ' (default with -o: adapter)'}`,
+        defaultLimits,
+      )
+      .option('--max-binding-size <bytes>', 'override maxStorageBufferBindingSize', byteSize('--max-binding-size'))
+      .option('--max-buffer-size <bytes>', 'override maxBufferSize', byteSize('--max-buffer-size'))
+      .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'));
+  optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer'), 'lora-fa'), undefined)
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
     .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, autodiff, dce)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
+    .option('-o, --out <dir>', 'write a runnable trainer there: trainer.ts, plan.json, kernels/*.wgsl')
+    .option('--seed <n>', "with -o: the trainer's default seed of the init and the synthetic data", (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--seed must be an integer ≥ 0, got "${v}"`);
+      return n;
+    }, 0)
     .action(compileCommand);
-  commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa')
-    .option('--optimizer <name>', `optimizer: ${OPTIMIZERS.join(' | ')}`, 'adamw')
-    .option('--momentum <m>', 'SGD momentum', positiveNumber('--momentum'))
-    .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
+  optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .option('--dtype <d>', `storage of frozen weights and activations: ${STORAGE_DTYPES.join(' | ')} (trainable state stays f32)`, 'f32')
-    .option('--limits <preset>', 'device limits: webgpu (spec defaults), discrete (4 GiB buffers, 2 GiB bindings), adapter (this machine), none', 'discrete')
-    .option('--max-binding-size <bytes>', 'override maxStorageBufferBindingSize', byteSize('--max-binding-size'))
-    .option('--max-buffer-size <bytes>', 'override maxBufferSize', byteSize('--max-buffer-size'))
-    .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'))
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
     .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
     .option('--svg <file>', 'write a picture of live bytes along the schedule')
     .action(planCommand);
+  addTrainOptions(
+    p
+      .command('train')
+      .description("train a compiled trainer (lorafa compile … -o <dir>) on this machine's GPU; the same as npx tsx <dir>/trainer.ts")
+      .argument('<dir>', 'the directory lorafa compile -o wrote'),
+  ).action(trainCommand);
   p.command('doctor')
     .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
     .action(async () => {
@@ -240,12 +290,33 @@ export function program(): Command {
   return p;
 }
 
+/** `lorafa train <dir>`: imports <dir>/trainer.ts and calls its run(), so both ways run the same code. */
+async function trainCommand(dir: string, flags: TrainFlags): Promise<void> {
+  const trainer = resolve(dir, 'trainer.ts');
+  if (!existsSync(trainer) || !existsSync(join(dir, 'plan.json'))) {
+    throw new LorafaError(dir, 'no compiled trainer here (trainer.ts and plan.json)', `compile one first: lorafa compile models/mlp.ts --mode lora-fa -o ${dir}`);
+  }
+  const mod = (await import(pathToFileURL(trainer).href)) as { run?: (f: TrainFlags) => Promise<unknown> };
+  if (typeof mod.run !== 'function') throw new LorafaError(trainer, 'exports no run(flags)', `regenerate it with lorafa compile … -o ${dir}`);
+  await mod.run(flags);
+}
+
+let invocation: readonly string[] = [];
+
+/** The command line as typed, for the trainer's "re-run this" note. */
+function commandLine(): string {
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+  return ['lorafa', ...invocation].map(quote).join(' ');
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
+  invocation = argv;
   try {
     await program().parseAsync([...argv], { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
-    if (e instanceof LorafaError) {
+    // A trainer importing another lorafa checkout throws that copy's LorafaError.
+    if (e instanceof LorafaError || (e instanceof Error && 'where' in e && 'problem' in e)) {
       console.error(`lorafa: ${e.message}`);
       return 1;
     }

@@ -24,6 +24,11 @@ function f16ToNumber(h: number): number {
 }
 
 export function readSafetensors(path: string): Map<string, SafeTensor> {
+  return readSafetensorsWithMetadata(path).tensors;
+}
+
+/** The tensors and the `__metadata__` string map (empty when the file has none). */
+export function readSafetensorsWithMetadata(path: string): { tensors: Map<string, SafeTensor>; metadata: Record<string, string> } {
   let buf: Buffer;
   try {
     buf = readFileSync(path);
@@ -45,8 +50,16 @@ export function readSafetensors(path: string): Map<string, SafeTensor> {
   if (!header || typeof header !== 'object' || Array.isArray(header)) bad('header is not a JSON object');
   const body = buf.subarray(8 + headerLen);
   const out = new Map<string, SafeTensor>();
+  const metadata: Record<string, string> = {};
   for (const [key, meta] of Object.entries(header)) {
-    if (key === '__metadata__') continue;
+    if (key === '__metadata__') {
+      const m = meta as unknown;
+      if (!m || typeof m !== 'object' || Array.isArray(m) || Object.values(m).some((v) => typeof v !== 'string')) {
+        bad('__metadata__ is not a map of strings');
+      }
+      Object.assign(metadata, m);
+      continue;
+    }
     const okMeta =
       meta && typeof meta === 'object' && Array.isArray(meta.shape) && meta.shape.every((d) => Number.isInteger(d) && d >= 0) &&
       Array.isArray(meta.data_offsets) && meta.data_offsets.length === 2 && meta.data_offsets.every((o) => Number.isInteger(o) && o >= 0);
@@ -72,7 +85,7 @@ export function readSafetensors(path: string): Map<string, SafeTensor> {
     }
     out.set(key, { dtype, shape: meta.shape, data });
   }
-  return out;
+  return { tensors: out, metadata };
 }
 
 export interface TensorToWrite {

@@ -33,6 +33,15 @@ export class StepRunner {
         );
       }
     }
+    const align = gpu.limits.minStorageBufferOffsetAlignment;
+    const misaligned = plan.dispatches.flatMap((d) => d.bindings).find((s) => s.offset % align !== 0);
+    if (misaligned) {
+      throw new LorafaError(
+        `buffer ${misaligned.buffer}`,
+        `the plan binds at offset ${misaligned.offset}, which this device's storage offset alignment (${align} B) does not allow`,
+        'plan with --limits adapter, or --alignment ' + align,
+      );
+    }
     const buffers = await checked(device, 'allocating the plan buffers', () =>
       plan.buffers.map((b) =>
         device.createBuffer({

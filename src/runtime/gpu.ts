@@ -48,6 +48,9 @@ export function acquireGpu(): Promise<Gpu> {
     ] as const;
     const requiredLimits: Record<string, number> = {};
     for (const k of want) requiredLimits[k] = adapter.limits[k];
+    // Alignments are "better" when smaller; the default (256) would reject a plan made with
+    // `--limits adapter` on an adapter that allows less (lavapipe: 16).
+    requiredLimits.minStorageBufferOffsetAlignment = adapter.limits.minStorageBufferOffsetAlignment;
     const device = await adapter.requestDevice({ requiredLimits });
     const info = adapter.info;
     return { device, adapter, limits: device.limits, description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim() };
