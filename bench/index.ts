@@ -8,6 +8,8 @@
 //    and once as the real CLI command in a child process, with a line saying whether it is under
 //    10 s.
 // 3. Prints a Markdown table and writes it, with date and machine, to bench/results/plan.md.
+// 4. Then the GPU figures of bench/gpu.ts (step times, matmul GFLOP/s, a W1 step profile) to
+//    bench/results/gpu.md; without a WebGPU adapter that section is a one-line note.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
@@ -18,6 +20,7 @@ import { LorafaError } from '../src/ir/errors.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';
 import { LIMIT_PRESETS, planMemory, type MemoryPlan } from '../src/passes/memory-plan.ts';
+import { runGpuBench } from './gpu.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RANK = 8;
@@ -174,3 +177,7 @@ async function main(): Promise<void> {
 }
 
 await main();
+console.log('');
+await runGpuBench();
+// Dawn may hold the event loop open once a device exists.
+process.exit(0);

@@ -5,6 +5,7 @@ import { LorafaError } from '../ir/errors.ts';
 import type { DType, Graph, Node, Value } from '../ir/types.ts';
 import type { MemoryPlan, PlanBuffer } from '../passes/memory-plan.ts';
 import { isInlineConstant, isView } from '../passes/schedule.ts';
+import { emitFused, planFusion, type FusedGroup } from './fuse.ts';
 import { emitKernel } from './wgsl.ts';
 
 /** Bytes [offset, offset + size) of one plan buffer. */
@@ -52,6 +53,31 @@ export interface KernelPlan {
 
 export interface KernelPlanOptions {
   readonly maxWorkgroupsPerDimension?: number;
+  /**
+   * Fuse runs of elementwise nodes into one kernel each (fuse.ts); default true. The buffers and
+   * every value's bytes are the memory plan's either way.
+   */
+  readonly fuse?: boolean;
+  /**
+   * The device's fixed subgroup size, when it has the `subgroups` feature and packs consecutive
+   * invocations into subgroups (lavapipe: 8); see `EmitContext.subgroupSize`. Kernels then need
+   * a device created with that feature.
+   */
+  readonly subgroupSize?: number;
+}
+
+/**
+ * The `subgroupSize` option for a device: its adapter's subgroup size when that size is fixed
+ * (subgroupMinSize = subgroupMaxSize, lavapipe: 8) and the device was created with the
+ * 'subgroups' feature; otherwise undefined (portable kernels). Structural types, so codegen
+ * stays free of the runtime: pass `gpu.device` and `gpu.adapter.info`.
+ */
+export function fixedSubgroupSize(
+  device: { readonly features: { has(feature: string): boolean } },
+  adapterInfo: { readonly subgroupMinSize?: number; readonly subgroupMaxSize?: number },
+): number | undefined {
+  const { subgroupMinSize: lo, subgroupMaxSize: hi } = adapterInfo;
+  return device.features.has('subgroups') && lo !== undefined && lo === hi ? lo : undefined;
 }
 
 export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOptions = {}): KernelPlan {
@@ -77,9 +103,42 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     for (let a = plan.aliases.get(id); a !== undefined && a >= 0; a = plan.aliases.get(id)) id = a;
     return id;
   };
-  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root };
+  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root, subgroupSize: opts.subgroupSize };
+  const dispatched = (n: Node) => !isView(n) && !constants.has(n.out.id);
+  const fused =
+    opts.fuse === false
+      ? new Map<number, FusedGroup>()
+      : planFusion(plan.schedule, {
+          storage: root,
+          constants,
+          dispatched,
+          bytes: (id) => {
+            const t = byId.get(id);
+            return t && { buffer: t.buffer, offset: t.offset, size: t.bytes };
+          },
+          outputs: new Set(Object.values(g.outputs).map(root)),
+        });
   for (const n of plan.schedule) {
-    if (isView(n) || constants.has(n.out.id)) continue;
+    if (!dispatched(n)) continue;
+    const group = fused.get(n.out.id);
+    if (group) {
+      // The group runs as one kernel where its last member was scheduled.
+      if (group.nodes[group.nodes.length - 1] !== n) continue;
+      const k = emitFused(group, ctx);
+      let index = kernelIndex.get(k.wgsl);
+      if (index === undefined) {
+        index = kernels.length;
+        kernels.push({ wgsl: k.wgsl, bindings: k.bound.length + group.stored.length, label: `fused(${group.nodes.map((m) => m.op).join(',')}) ${shapeTag(n)}` });
+        kernelIndex.set(k.wgsl, index);
+      }
+      dispatches.push({
+        kernel: index,
+        label: `fused ${group.nodes.length} ${n.out.name}`,
+        bindings: [...k.bound.map(slice), ...group.stored.map(slice)],
+        workgroups: k.workgroups,
+      });
+      continue;
+    }
     const k = emitKernel(n, ctx);
     let index = kernelIndex.get(k.wgsl);
     if (index === undefined) {

@@ -30,6 +30,12 @@ export interface EmitContext {
    * Defaults to the value id.
    */
   readonly storage?: (v: Value) => number;
+  /**
+   * Set only when the device has the `subgroups` feature with a fixed subgroup size (adapter
+   * subgroupMinSize = subgroupMaxSize) and packs consecutive local invocation indices into a
+   * subgroup, as lavapipe does (8). Kernels may then share loads across a subgroup.
+   */
+  readonly subgroupSize?: number;
 }
 
 export type KernelEmitterFn = (node: Node, ctx: EmitContext) => KernelSource;

@@ -4,6 +4,7 @@ import { OPS, type OpName } from '../ir/ops.ts';
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
+import { emitMatmul } from './matmul.ts';
 
 const WG = 256;
 
@@ -31,7 +32,7 @@ function header(bound: readonly Value[], out: Value): string {
 }
 
 /** A 1-D grid of `total` invocations in workgroups of WG, folded into 2-D past the per-dimension limit. */
-function grid1d(total: number, ctx: EmitContext): readonly [number, number, number] {
+export function grid1d(total: number, ctx: EmitContext): readonly [number, number, number] {
   const groups = Math.max(1, Math.ceil(total / WG));
   const x = Math.min(groups, ctx.maxWorkgroupsPerDimension);
   return [x, Math.ceil(groups / x), 1];
@@ -45,7 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * WGSL statements computing, from `idx` (flat index into `shape`), the flat index into an operand
  * whose element (c0, c1, …) lives at Σ c_d·str[d]; str[d] = 0 broadcasts along d.
  */
-function gatherIndex(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
+export function gatherIndex(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
   if (!shape.length) return `let ${name} = 0u;`;
   const parts: string[] = [`var ${name} = 0u;`, `var ${name}_r = ${idx};`];
   for (let d = shape.length - 1; d >= 0; d--) {
@@ -57,7 +58,7 @@ function gatherIndex(name: string, idx: string, shape: readonly number[], str: r
 }
 
 /** Strides of `inShape` read as a broadcast to `outShape` (0 along broadcast dims). */
-function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
+export function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
   const s = strides(inShape);
   const off = outShape.length - inShape.length;
   return outShape.map((_, d) => (d < off || inShape[d - off] === 1 ? 0 : s[d - off]));
@@ -66,15 +67,25 @@ function broadcastStrides(inShape: readonly number[], outShape: readonly number[
 /**
  * Binds a node's operands: constants become literals, operands sharing storage share a binding,
  * and an operand stored where the output goes is read through `out` (in-place, elementwise).
- * `names[i]` is the WGSL array operand i is read from.
+ * `names[i]` is the WGSL array operand i is read from; `arg(i, index)` reads it (a constant
+ * ignores the index). Every emitter goes through here, so none binds an inlined scalar (it has
+ * no storage) or binds one storage twice. Only elementwise kernels (`inPlace`) may read an
+ * operand through `out`: anywhere else an invocation would read elements another one overwrites.
  */
-function split(node: Node, ctx: EmitContext): { bound: Value[]; names: string[]; arg: (i: number, index: string) => string } {
+function split(
+  node: Node,
+  ctx: EmitContext,
+  inPlace = false,
+): { bound: Value[]; names: string[]; arg: (i: number, index: string) => string } {
   const key = ctx.storage ?? ((v: Value) => v.id);
   const outKey = key(node.out);
   const bound: Value[] = [];
-  const names = node.inputs.map((v) => {
+  const names = node.inputs.map((v, i) => {
     if (ctx.constants.has(v.id)) return '';
-    if (key(v) === outKey) return 'out';
+    if (key(v) === outKey) {
+      if (!inPlace) throw new Error(`${node.op} ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
+      return 'out';
+    }
     let slot = bound.findIndex((b) => key(b) === key(v));
     if (slot < 0) {
       bound.push(v);
@@ -85,8 +96,13 @@ function split(node: Node, ctx: EmitContext): { bound: Value[]; names: string[];
   return {
     bound,
     names,
-    arg: (i, index) => (names[i] === '' ? lit(ctx.constants.get(node.inputs[i].id)!) : `${names[i]}[${index}]`),
+    arg: (i, index) => (names[i] === '' ? constLit(node.inputs[i], ctx.constants.get(node.inputs[i].id)!) : `${names[i]}[${index}]`),
   };
+}
+
+/** An inlined scalar constant: an i32 one (an index) stays an integer. */
+function constLit(v: Value, x: number): string {
+  return v.type.dtype === 'i32' ? `${Math.trunc(x)}i` : lit(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -96,7 +112,7 @@ function emitMap(node: Node, ctx: EmitContext): KernelSource {
   if (def.kind !== 'map') throw new Error(`${node.op} is not elementwise`);
   const out = node.out.type.shape;
   const n = numel(out);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg } = split(node, ctx, true);
   const lets: string[] = [];
   const args = node.inputs.map((v, k) => {
     if (ctx.constants.has(v.id)) return arg(k, '');
@@ -148,16 +164,17 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
   const nOut = keptDims.reduce((a, d) => a * shape[d], 1);
   const nRed = redDims.reduce((a, d) => a * shape[d], 1);
   const isMax = node.op === 'max';
+  const { bound, arg } = split(node, ctx);
   const base = gatherIndex('base', 'i', keptDims.map((d) => shape[d]), keptDims.map((d) => xs[d]));
   // Reducing a contiguous tail (the common case: the last axis) is a plain strided loop.
   const tail = redDims.length > 0 && redDims.every((d, k) => d === shape.length - redDims.length + k);
   const body = tail
-    ? `let v = in0[base + j];`
-    : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = in0[base + ro];`;
+    ? `let v = ${arg(0, 'base + j')};`
+    : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = ${arg(0, 'base + ro')};`;
   return {
-    bound: [x],
+    bound,
     workgroups: grid1d(nOut, ctx),
-    wgsl: `${header([x], node.out)}
+    wgsl: `${header(bound, node.out)}
 ${MAIN_1D}
   if (i >= ${u(nOut)}) { return; }
   ${base}
@@ -174,7 +191,6 @@ ${MAIN_1D}
 
 /** out[i] = in0[f(i)] for an index remap computed from output coordinates. */
 function emitRemap(node: Node, ctx: EmitContext, srcIndex: (c: readonly string[]) => string, guard?: (c: readonly string[]) => string): KernelSource {
-  const x = node.inputs[0];
   const out = node.out.type.shape;
   const n = numel(out);
   const coords = out.map((_, d) => `c${d}`);
@@ -182,15 +198,16 @@ function emitRemap(node: Node, ctx: EmitContext, srcIndex: (c: readonly string[]
   for (let d = out.length - 1; d >= 0; d--) {
     decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
   }
-  const read = `in0[${srcIndex(coords)}]`;
+  const { bound, arg } = split(node, ctx);
+  const read = arg(0, srcIndex(coords));
   const zero = elemType(node.out) === 'i32' ? '0' : '0.0';
   const body = guard
     ? `if (${guard(coords)}) { out[i] = ${read}; } else { out[i] = ${zero}; }`
     : `out[i] = ${read};`;
   return {
-    bound: [x],
+    bound,
     workgroups: grid1d(n, ctx),
-    wgsl: `${header([x], node.out)}
+    wgsl: `${header(bound, node.out)}
 ${MAIN_1D}
   if (i >= ${u(n)}) { return; }
   ${out.length ? decompose.join(' ') : ''}
@@ -238,17 +255,16 @@ function emitConcat(node: Node, ctx: EmitContext): KernelSource {
   const axis = (node.attrs as { axis: number }).axis;
   const out = node.out.type.shape;
   const n = numel(out);
-  const { bound } = split(node, ctx);
+  const { bound, arg } = split(node, ctx);
   const decompose: string[] = ['var r = i;'];
   for (let d = out.length - 1; d >= 0; d--) decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
   let offset = 0;
-  const branches = node.inputs.map((v) => {
-    const k = bound.findIndex((b) => b.id === v.id);
+  const branches = node.inputs.map((v, j) => {
     const vs = strides(v.type.shape);
     const start = offset;
     offset += v.type.shape[axis];
     const idx = sumTerms(v.type.shape.map((_, d) => (d === axis ? `(c${d} - ${u(start)}) * ${u(vs[d])}` : `c${d} * ${u(vs[d])}`)));
-    return `if (c${axis} < ${u(offset)}) { out[i] = in${k}[${idx}]; return; }`;
+    return `if (c${axis} < ${u(offset)}) { out[i] = ${arg(j, idx)}; return; }`;
   });
   return {
     bound,
@@ -264,18 +280,19 @@ ${MAIN_1D}
 }
 
 function emitGather(node: Node, ctx: EmitContext): KernelSource {
-  const [table, idx] = node.inputs;
+  const table = node.inputs[0];
   const rows = table.type.shape[0];
   const row = numel(table.type.shape.slice(1));
   const n = numel(node.out.type.shape);
+  const { bound, arg } = split(node, ctx);
   return {
-    bound: [table, idx],
+    bound,
     workgroups: grid1d(n, ctx),
-    wgsl: `${header([table, idx], node.out)}
+    wgsl: `${header(bound, node.out)}
 ${MAIN_1D}
   if (i >= ${u(n)}) { return; }
-  let k = u32(clamp(in1[i / ${u(row)}], 0, ${rows - 1}));
-  out[i] = in0[k * ${u(row)} + i % ${u(row)}];
+  let k = u32(clamp(${arg(1, `i / ${u(row)}`)}, 0, ${rows - 1}));
+  out[i] = ${arg(0, `k * ${u(row)} + i % ${u(row)}`)};
 }
 `,
   };
@@ -286,19 +303,20 @@ function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   const count = numel(idx.type.shape);
   const row = numel(src.type.shape.slice(idx.type.shape.length));
   const n = numel(node.out.type.shape);
+  const { bound, arg } = split(node, ctx);
   // WGSL has no float atomics: each output element sums the source rows whose index hits it,
   // in index order, which is also deterministic.
   return {
-    bound: [idx, src],
+    bound,
     workgroups: grid1d(n, ctx),
-    wgsl: `${header([idx, src], node.out)}
+    wgsl: `${header(bound, node.out)}
 ${MAIN_1D}
   if (i >= ${u(n)}) { return; }
   let hit = i32(i / ${u(row)});
   let col = i % ${u(row)};
   var acc = 0.0;
   for (var j = 0u; j < ${u(count)}; j++) {
-    if (in0[j] == hit) { acc += in1[j * ${u(row)} + col]; }
+    if (${arg(0, 'j')} == hit) { acc += ${arg(1, `j * ${u(row)} + col`)}; }
   }
   out[i] = acc;
 }
@@ -309,80 +327,14 @@ ${MAIN_1D}
 function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
   const classes = (node.attrs as { classes: number }).classes;
   const n = numel(node.out.type.shape);
-  const idx = node.inputs[0];
-  return {
-    bound: [idx],
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header([idx], node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
-  out[i] = select(0.0, 1.0, in0[i / ${u(classes)}] == i32(i % ${u(classes)}));
-}
-`,
-  };
-}
-
-/** Tile of C each invocation computes, and the workgroup's invocation grid. */
-const TM = 4;
-const TN = 4;
-const WGX = 8;
-const WGY = 8;
-
-function emitMatmul(node: Node, ctx: EmitContext): KernelSource {
-  const [a, b] = node.inputs;
-  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
-  const out = node.out.type.shape;
-  const m = out[out.length - 2];
-  const n = out[out.length - 1];
-  const ra = a.type.shape.length;
-  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
-  const batch = out.slice(0, -2);
-  const nb = numel(batch);
-  const aBatch = a.type.shape.slice(0, -2);
-  const bBatch = b.type.shape.slice(0, -2);
-  const aStr = broadcastStrides(aBatch, batch).map((s) => s * m * k);
-  const bStr = broadcastStrides(bBatch, batch).map((s) => s * k * n);
-  // element (row, p) of op(A) and (p, col) of op(B)
-  const { bound, names } = split(node, ctx);
-  const [A, B] = names;
-  const aAt = (row: string, p: string) => (transA ? `${A}[aOff + ${p} * ${u(m)} + ${row}]` : `${A}[aOff + ${row} * ${u(k)} + ${p}]`);
-  const bAt = (p: string, col: string) => (transB ? `${B}[bOff + ${col} * ${u(k)} + ${p}]` : `${B}[bOff + ${p} * ${u(n)} + ${col}]`);
-  const loads: string[] = [];
-  for (let r = 0; r < TM; r++) loads.push(`let a${r} = select(0.0, ${aAt(`min(row0 + ${r}u, ${u(m - 1)})`, 'p')}, row0 + ${r}u < ${u(m)});`);
-  for (let c = 0; c < TN; c++) loads.push(`let b${c} = select(0.0, ${bAt('p', `min(col0 + ${c}u, ${u(n - 1)})`)}, col0 + ${c}u < ${u(n)});`);
-  const fmas: string[] = [];
-  for (let r = 0; r < TM; r++) for (let c = 0; c < TN; c++) fmas.push(`acc${r}_${c} = fma(a${r}, b${c}, acc${r}_${c});`);
-  const decls: string[] = [];
-  for (let r = 0; r < TM; r++) for (let c = 0; c < TN; c++) decls.push(`var acc${r}_${c} = 0.0;`);
-  const stores: string[] = [];
-  for (let r = 0; r < TM; r++) {
-    for (let c = 0; c < TN; c++) {
-      stores.push(`if (row0 + ${r}u < ${u(m)} && col0 + ${c}u < ${u(n)}) { out[cOff + (row0 + ${r}u) * ${u(n)} + col0 + ${c}u] = acc${r}_${c}; }`);
-    }
-  }
-  const gx = Math.ceil(n / (TN * WGX));
-  const gy = Math.ceil(m / (TM * WGY));
-  if (gx > ctx.maxWorkgroupsPerDimension || gy > ctx.maxWorkgroupsPerDimension || nb > ctx.maxWorkgroupsPerDimension) {
-    throw new Error(`matmul ${node.out.name}: grid ${gx}×${gy}×${nb} exceeds ${ctx.maxWorkgroupsPerDimension} workgroups per dimension`);
-  }
+  const { bound, arg } = split(node, ctx);
   return {
     bound,
-    workgroups: [gx, gy, Math.max(1, nb)],
+    workgroups: grid1d(n, ctx),
     wgsl: `${header(bound, node.out)}
-@compute @workgroup_size(${WGX}, ${WGY})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let col0 = gid.x * ${u(TN)};
-  let row0 = gid.y * ${u(TM)};
-  let bi = gid.z;
-  ${gatherIndex('aOff', 'bi', batch, aStr)}
-  ${gatherIndex('bOff', 'bi', batch, bStr)}
-  let cOff = bi * ${u(m * n)};
-  ${decls.join(' ')}
-  for (var p = 0u; p < ${u(k)}; p++) {
-    ${loads.join('\n    ')}
-    ${fmas.join(' ')}
-  }
-  ${stores.join('\n  ')}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+  out[i] = select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}));
 }
 `,
   };

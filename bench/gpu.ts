@@ -1,0 +1,424 @@
+// GPU figures (`npm run bench` appends them after the planning figures; `npx tsx bench/gpu.ts`
+// runs them alone). Figures, not timed tests: nothing here fails a build, and no adapter is a note.
+//
+// 1. Whole training steps through the real pipeline (trace → compileTraining with the optimizer →
+//    planMemory with this adapter's limits → buildKernelPlan → StepRunner): the MLP and the LLaMA
+//    decoder at toy size in modes full / LoRA / LoRA-FA (AdamW), and W1 (models/w1.ts: 512
+//    tokens, d 768, rank 8, 4 layers, SGD) in LoRA and LoRA-FA, plus W1 LoRA-FA with elementwise
+//    fusion off and with the portable matmul (no subgroups), to show what each buys.
+//    Step time = StepRunner.step() including the 4-byte loss readback: 2 warm-up steps, then the
+//    median (min–max) of the timed ones. GFLOP/s counts matmul FLOPs only: 2·m·n·k per matmul
+//    node of the step graph (batch included); elementwise work is listed as elements, not FLOPs.
+//    GPU bytes = what the runner allocated, next to the plan's peak (they must be equal).
+// 2. The matmul kernel alone on 512×768 · 768×768 (x·W, dy·Wᵀ, xᵀ·dy shapes of W1): median of 7
+//    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone().
+// 3. Where a W1 LoRA-FA step goes: every dispatch in its own compute pass with timestamp queries
+//    (when the adapter has 'timestamp-query'), summed per kernel.
+// 4. Prints a Markdown table and writes bench/results/gpu.md with date, adapter and Node version.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { tmpdir } from 'node:os';
+import { loadModel, trace } from '../src/cli/load.ts';
+import { buildKernelPlan, fixedSubgroupSize, type KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING } from '../src/codegen/matmul.ts';
+import { Builder } from '../src/ir/builder.ts';
+import { fmtBytes } from '../src/ir/format.ts';
+import { numel, type Graph } from '../src/ir/types.ts';
+import { resolveConfig } from '../src/model.ts';
+import { compileTraining, type Mode } from '../src/passes/compile.ts';
+import { planMemory } from '../src/passes/memory-plan.ts';
+import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';
+import { StepRunner } from '../src/runtime/executor.ts';
+import { PipelineCache, type Gpu } from '../src/runtime/gpu.ts';
+import { initParams, rng } from '../src/runtime/init.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const RANK = 8;
+const ALPHA = 16;
+
+// ---------------------------------------------------------------------------------------------
+// The device: acquireGpu's limits, plus 'subgroups' (the lavapipe matmul shares A loads across a
+// subgroup) and 'timestamp-query' (the profile) when the adapter has them.
+
+interface BenchGpu extends Gpu {
+  /** Fixed subgroup size when the device has subgroups (lavapipe: 8). */
+  readonly subgroupSize?: number;
+  readonly timestamps: boolean;
+}
+
+let keepAlive: unknown;
+
+async function benchGpu(): Promise<BenchGpu | string> {
+  process.env.XDG_RUNTIME_DIR ||= tmpdir();
+  let webgpu: typeof import('webgpu');
+  try {
+    webgpu = await import('webgpu');
+  } catch (e) {
+    return `cannot load Dawn (npm webgpu): ${(e as Error).message}`;
+  }
+  Object.assign(globalThis, webgpu.globals);
+  const instance = webgpu.create([]);
+  keepAlive = instance; // Dawn frees device state if the instance is collected
+  const adapter = await instance.requestAdapter();
+  if (!adapter) return 'no WebGPU adapter (run `npx lorafa doctor`)';
+  const requiredLimits: Record<string, number> = {};
+  for (const k of [
+    'maxStorageBufferBindingSize',
+    'maxBufferSize',
+    'maxStorageBuffersPerShaderStage',
+    'maxComputeWorkgroupsPerDimension',
+    'maxComputeInvocationsPerWorkgroup',
+    'maxComputeWorkgroupStorageSize',
+    'minStorageBufferOffsetAlignment',
+  ] as const) {
+    requiredLimits[k] = adapter.limits[k];
+  }
+  const want = (['subgroups', 'timestamp-query'] as const).filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: want as GPUFeatureName[] });
+  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  return {
+    device,
+    adapter,
+    limits: device.limits,
+    description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),
+    subgroupSize: fixedSubgroupSize(device, info),
+    timestamps: device.features.has('timestamp-query'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface StepCase {
+  readonly model: string;
+  readonly config: string;
+  readonly mode: Mode;
+  readonly optimizer: OptimizerOptions;
+  readonly steps: number;
+  /** What differs from the default pipeline. */
+  readonly variant?: 'no fusion' | 'portable matmul';
+  readonly profile?: boolean;
+}
+
+interface StepRow extends StepCase {
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+  readonly matmulFlops: number;
+  readonly elementwise: number;
+  readonly dispatches: number;
+  readonly kernels: number;
+  readonly allocated: number;
+  readonly peak: number;
+  readonly timeline?: readonly ProfileRow[];
+}
+
+interface ProfileRow {
+  readonly kernel: string;
+  readonly dispatches: number;
+  readonly ms: number;
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** 2·m·n·k per matmul node (batch included), and the elements elementwise nodes write. */
+function work(g: Graph): { matmulFlops: number; elementwise: number } {
+  let matmulFlops = 0;
+  let elementwise = 0;
+  for (const n of g.nodes) {
+    if (n.op === 'matmul') {
+      const a = n.inputs[0].type.shape;
+      const k = (n.attrs as { transA: boolean }).transA ? a[a.length - 2] : a[a.length - 1];
+      matmulFlops += 2 * numel(n.out.type.shape) * k;
+    } else if (['add', 'sub', 'mul', 'div', 'neg', 'exp', 'log', 'sqrt', 'rsqrt', 'tanh', 'sigmoid', 'relu', 'gelu', 'silu', 'powc', 'where', 'eq', 'step'].includes(n.op)) {
+      elementwise += numel(n.out.type.shape);
+    }
+  }
+  return { matmulFlops, elementwise };
+}
+
+/** Seeded data for every input: floats in [-1, 1), integers below the config's classes / vocab. */
+function feedsFor(g: Graph, cfg: Readonly<Record<string, unknown>>, seed: number): Record<string, Float64Array> {
+  const u = rng(seed);
+  const bound = (name: string) => {
+    const v = /label/.test(name) ? (cfg.classes ?? cfg.vocab) : (cfg.vocab ?? cfg.classes);
+    return typeof v === 'number' ? v : 2;
+  };
+  const feeds: Record<string, Float64Array> = {};
+  for (const i of g.inputs) {
+    if (i.value.name.startsWith('optim.')) continue;
+    const n = numel(i.value.type.shape);
+    const b = bound(i.value.name);
+    feeds[i.value.name] = i.value.type.dtype === 'i32' ? new Float64Array(n).map(() => Math.floor(u() * b)) : new Float64Array(n).map(() => 2 * u() - 1);
+  }
+  return feeds;
+}
+
+async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
+  const m = await loadModel(join(ROOT, 'models', `${c.model}.ts`));
+  const graph = trace(m, c.config);
+  const cfg = resolveConfig(m.def, { config: c.config });
+  const compiled = compileTraining(graph, {
+    mode: c.mode,
+    lora: { rank: RANK, alpha: ALPHA, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave },
+    optimizer: c.optimizer,
+  });
+  const step = compiled.step!;
+  const l = gpu.limits;
+  const plan = planMemory(step, {
+    limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
+    gradients: compiled.gradients,
+  });
+  const kp = buildKernelPlan(step, plan, {
+    maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    fuse: c.variant !== 'no fusion',
+    subgroupSize: c.variant === 'portable matmul' ? undefined : gpu.subgroupSize,
+  });
+  const runner = await StepRunner.create(kp, gpu);
+  const params = initParams(step, { seed: 1 });
+  runner.writeParams(params);
+  runner.writeInputs({ ...feedsFor(step, cfg, 2), ...optimizerFeeds(c.optimizer, 1e-3, 1) });
+  const times: number[] = [];
+  for (let i = 0; i < 2 + c.steps; i++) {
+    const t0 = performance.now();
+    await runner.step();
+    if (i >= 2) times.push(performance.now() - t0);
+  }
+  const allocated = runner.allocatedBytes;
+  runner.destroy();
+  const timeline = c.profile && gpu.timestamps ? await profileSteps(gpu, kp, params) : undefined;
+  return {
+    ...c,
+    median: median(times),
+    min: Math.min(...times),
+    max: Math.max(...times),
+    ...work(step),
+    dispatches: kp.dispatches.length,
+    kernels: kp.kernels.length,
+    allocated,
+    peak: kp.bytes,
+    timeline,
+  };
+}
+
+/**
+ * Every dispatch of one step in its own compute pass, bracketed by timestamp writes; the median
+ * of 3 such steps per dispatch, summed per kernel. Buffers as the plan says, parameters written.
+ */
+async function profileSteps(gpu: BenchGpu, kp: KernelPlan, params: ReadonlyMap<string, { data: ArrayLike<number> }>): Promise<ProfileRow[]> {
+  const device = gpu.device;
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const buffers = kp.buffers.map((b) => device.createBuffer({ size: b.bytes, usage }));
+  for (const p of kp.params) {
+    const v = params.get(p.name);
+    if (v) device.queue.writeBuffer(buffers[p.slice.buffer], p.slice.offset, Float32Array.from(v.data));
+  }
+  const cache = new PipelineCache(device);
+  const compiled = await Promise.all(kp.kernels.map((k) => cache.get(k.wgsl, k.bindings, k.label)));
+  const binds = kp.dispatches.map((d) =>
+    device.createBindGroup({
+      layout: compiled[d.kernel].layout,
+      entries: d.bindings.map((s, i) => ({ binding: i, resource: { buffer: buffers[s.buffer], offset: s.offset, size: s.size } })),
+    }),
+  );
+  const n = kp.dispatches.length;
+  const querySet = device.createQuerySet({ type: 'timestamp', count: 2 * n });
+  const resolved = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const readback = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const perDispatch: number[][] = kp.dispatches.map(() => []);
+  for (let rep = 0; rep < 4; rep++) {
+    const enc = device.createCommandEncoder();
+    kp.dispatches.forEach((d, i) => {
+      const pass = enc.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+      pass.setPipeline(compiled[d.kernel].pipeline);
+      pass.setBindGroup(0, binds[i]);
+      pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+      pass.end();
+    });
+    enc.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
+    enc.copyBufferToBuffer(resolved, 0, readback, 0, 16 * n);
+    device.queue.submit([enc.finish()]);
+    await readback.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(readback.getMappedRange().slice(0));
+    readback.unmap();
+    if (rep === 0) continue; // warm-up: the first use of a pipeline compiles it on lavapipe
+    for (let i = 0; i < n; i++) perDispatch[i].push(Number(t[2 * i + 1] - t[2 * i]) / 1e6);
+  }
+  const rows = new Map<string, { dispatches: number; ms: number }>();
+  kp.dispatches.forEach((d, i) => {
+    const label = kp.kernels[d.kernel].label;
+    const r = rows.get(label) ?? { dispatches: 0, ms: 0 };
+    r.dispatches++;
+    r.ms += median(perDispatch[i]);
+    rows.set(label, r);
+  });
+  for (const b of [...buffers, resolved, readback]) b.destroy();
+  querySet.destroy();
+  return [...rows].map(([kernel, r]) => ({ kernel, ...r })).sort((a, b) => b.ms - a.ms);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface MatmulRow {
+  readonly what: string;
+  readonly variant: string;
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+  readonly gflops: number;
+}
+
+async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, subgroup: boolean): Promise<MatmulRow> {
+  const device = gpu.device;
+  const b = new Builder();
+  const a = b.input('a', transA ? [k, m] : [m, k]);
+  const w = b.input('w', transB ? [n, k] : [k, n]);
+  b.matmul(a, w, { transA, transB });
+  const node = b.build().nodes.at(-1)!;
+  const ks = emitMatmul(node, {
+    constants: new Map(),
+    maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
+    subgroupSize: subgroup ? gpu.subgroupSize : undefined,
+  });
+  const u = rng(5);
+  const make = (count: number) => {
+    const buf = device.createBuffer({ size: count * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+    device.queue.writeBuffer(buf, 0, new Float32Array(count).map(() => u() - 0.5));
+    return buf;
+  };
+  const bufs = [make(m * k), make(k * n), make(m * n)];
+  const { pipeline, layout } = await new PipelineCache(device).get(ks.wgsl, 3, `matmul ${what}`);
+  const bind = device.createBindGroup({ layout, entries: bufs.map((buffer, i) => ({ binding: i, resource: { buffer } })) });
+  const once = async () => {
+    const t0 = performance.now();
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(...ks.workgroups);
+    pass.end();
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    return performance.now() - t0;
+  };
+  await once();
+  await once();
+  const times: number[] = [];
+  for (let i = 0; i < 7; i++) times.push(await once());
+  for (const x of bufs) x.destroy();
+  const med = median(times);
+  const usesSubgroups = ks.wgsl.includes('subgroupBroadcast');
+  const t = usesSubgroups ? MATMUL_SUBGROUP_TILING : MATMUL_TILING;
+  return {
+    what,
+    variant: `${usesSubgroups ? 'subgroup' : 'portable'} ${t.tm}×${t.tn}/invocation`,
+    median: med,
+    min: Math.min(...times),
+    max: Math.max(...times),
+    gflops: (2 * m * n * k) / med / 1e6,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const ADAMW: OptimizerOptions = { kind: 'adamw' };
+const SGD: OptimizerOptions = { kind: 'sgd' };
+
+const CASES: readonly StepCase[] = [
+  ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'mlp', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
+  ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'llama', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
+  { model: 'w1', config: 'w1', mode: 'lora', optimizer: SGD, steps: 7 },
+  { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, profile: true },
+  { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'no fusion' },
+  { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'portable matmul' },
+];
+
+const f1 = (x: number) => x.toFixed(1);
+
+/** Runs everything, prints the Markdown and writes bench/results/gpu.md; returns the text. */
+export async function runGpuBench(): Promise<string> {
+  const started = new Date();
+  const gpu = await benchGpu();
+  const head = [`# lorafa on the GPU: step times and kernel throughput`, ''];
+  if (typeof gpu === 'string') {
+    const text = [...head, `${started.toISOString()}: skipped, ${gpu}.`, ''].join('\n');
+    console.log(text);
+    return text;
+  }
+  const rows: StepRow[] = [];
+  for (const c of CASES) {
+    const r = await runStepCase(gpu, c);
+    rows.push(r);
+    process.stderr.write(`  ${c.model} ${c.config} ${c.mode}${c.variant ? ` (${c.variant})` : ''}: ${f1(r.median)} ms\n`);
+  }
+  const mm: MatmulRow[] = [];
+  const shapes = [
+    ['x·W (512×768 · 768×768)', 512, 768, 768, false, false],
+    ['dy·Wᵀ (512×768 · (768×768)ᵀ)', 512, 768, 768, false, true],
+    ['xᵀ·dy ((512×768)ᵀ · 512×768)', 768, 512, 768, true, false],
+  ] as const;
+  for (const subgroup of gpu.subgroupSize ? [false, true] : [false]) {
+    for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, subgroup));
+  }
+
+  const cpu = cpus()[0]?.model?.trim() ?? 'unknown CPU';
+  const lines = [
+    ...head,
+    `${started.toISOString()}; adapter: ${gpu.description}${gpu.subgroupSize ? ` (subgroups of ${gpu.subgroupSize})` : ''}; ${cpus().length} × ${cpu}; Node ${process.version}.`,
+    '',
+    `Whole training steps: trace → compile (rank ${RANK}, alpha ${ALPHA}, default targets) → plan (this adapter's limits) → kernel plan → StepRunner.`,
+    'Step = one StepRunner.step() with its 4-byte loss readback; 2 warm-up steps, then median (min–max) of the rest.',
+    'GFLOP/s = matmul FLOPs (2·m·n·k per matmul node of the step graph) ÷ median step time; elementwise nodes are counted as elements, not FLOPs.',
+    '',
+    '| model | config | mode | optimizer | variant | step ms (min–max) | matmul GFLOP | GFLOP/s | elementwise Melem | dispatches | kernels | GPU bytes | plan peak |',
+    '|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|',
+    ...rows.map(
+      (r) =>
+        `| ${r.model} | ${r.config} | ${r.mode} | ${r.optimizer.kind} | ${r.variant ?? 'default'} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${(r.matmulFlops / 1e9).toFixed(3)} | ${(r.matmulFlops / r.median / 1e6).toFixed(2)} | ${(r.elementwise / 1e6).toFixed(2)} | ${r.dispatches} | ${r.kernels} | ${fmtBytes(r.allocated)} | ${fmtBytes(r.peak)}${r.allocated === r.peak ? '' : ' **≠**'} |`,
+    ),
+    '',
+    '"default" = elementwise fusion on, and the subgroup matmul where the device has fixed-size subgroups;',
+    '"no fusion" = every node its own kernel; "portable matmul" = the kernel every adapter gets.',
+    '',
+    '## The matmul kernel alone',
+    '',
+    'One dispatch, median (min–max) of 7 after 2 warm-ups, each waited for with onSubmittedWorkDone().',
+    '',
+    '| product | kernel | ms (min–max) | GFLOP/s |',
+    '|---|---|--:|--:|',
+    ...mm.map((r) => `| ${r.what} | ${r.variant} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${r.gflops.toFixed(2)} |`),
+    '',
+  ];
+  const prof = rows.find((r) => r.timeline);
+  if (prof?.timeline) {
+    const total = prof.timeline.reduce((s, r) => s + r.ms, 0);
+    lines.push(
+      `## Where a ${prof.model} ${prof.mode} step goes`,
+      '',
+      `Each dispatch in its own compute pass between timestamp queries (median of 3 steps after one warm-up), summed per kernel: ${f1(total)} ms of kernel time in all.`,
+      '',
+      '| kernel | dispatches | ms | share |',
+      '|---|--:|--:|--:|',
+      ...prof.timeline.map((r) => `| ${r.kernel.replace(/\|/g, '\\|')} | ${r.dispatches} | ${r.ms.toFixed(2)} | ${((100 * r.ms) / total).toFixed(1)}% |`),
+      '',
+    );
+  }
+  const text = lines.join('\n');
+  console.log(text);
+  const out = join(ROOT, 'bench/results/gpu.md');
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, text);
+  console.log(`wrote ${relative(ROOT, out)}`);
+  gpu.device.destroy();
+  void keepAlive;
+  return text;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  await runGpuBench();
+  process.exit(0);
+}

@@ -1,0 +1,289 @@
+// The matmul kernels: C[.., m, n] = op(A)[.., m, k] · op(B)[.., k, n], op = transpose or not.
+//
+// Portable (every adapter): one invocation computes a TM×TN = 4×8 block of C in registers (two
+// vec4 per row), 4×8 invocations a workgroup (a 32×32 block of C), no workgroup memory, no
+// barriers:
+//   - each operand is read as vec4 along the dimension it is contiguous in (k for A and Bᵀ, m for
+//     Aᵀ, n for B) whenever that dimension is a multiple of 4, so every quad of k costs TM + TN
+//     vec4 loads for 4·TM·TN multiply-adds whatever the transpose flags: dy·Wᵀ and xᵀ·dy run as
+//     fast as x·W, and no transpose is ever materialised; other operands use scalar loads;
+//   - loads clamp their row / column to the matrix, so the k loop has no branches; stores are
+//     guarded only where m or n is not a multiple of the block; the k % 4 leftover steps run
+//     after the loop (all of k, one step at a time, when neither operand can be read as vec4).
+// Subgroup (ctx.subgroupSize 8, i.e. lavapipe): 8×8 per invocation; the 8 lanes of a subgroup
+// share their 8 rows of C, so each lane loads one of those rows' vec4 of A per quad and
+// subgroupBroadcast hands it to the others: 1 + 8 loads per quad instead of 8 + 8, for twice
+// the multiply-adds of the portable block.
+//
+// Why this shape: on lavapipe (llvmpipe) every storage load an invocation makes is a loop over
+// the 8 SIMD lanes with a bounds check per component (~1.4 ns per lane per vec4 here), and a
+// barrier is a coroutine switch, so cost is loads per multiply-add; the register arithmetic
+// alone reaches ~70 GFLOP per 2 CPU-seconds. Bigger blocks (8×8 portable, 16×8 subgroup) or
+// two quads per iteration were slower: their live values spill around the load loops.
+// Measured 512×768 · 768×768 (x·W; dy·Wᵀ; xᵀ·dy), 2 cores shared with other jobs, interleaved,
+// median of 7 after warm-up, in GFLOP per 2 CPU-seconds (≈ GFLOP/s on 2 idle cores):
+//   previous 4×4 scalar-load kernel   10.5; 10.6; 10.4
+//   portable 4×8 vec4                 13.1; 14.2; 13.3
+//   subgroup 8×8                      27.0; 21.0; 26.5
+// (the issue's textbook 16×16 workgroup-memory tile: ~0.7 GFLOP/s). On a discrete GPU the
+// portable kernel is a plain register-blocked one reading through L1/L2 rather than workgroup
+// memory: sane, not peak; a tiled variant for such adapters is future work.
+import { strides } from '../ir/shape.ts';
+import { numel, type Node, type Value } from '../ir/types.ts';
+import type { EmitContext, KernelSource } from './kernel.ts';
+
+export interface MatmulTiling {
+  /** Rows of C per invocation: a multiple of 4 (Aᵀ is read as vec4 along m). */
+  readonly tm: number;
+  /** Columns of C per invocation: a multiple of 4 (accumulators are vec4 along n). */
+  readonly tn: number;
+  /** Workgroup shape: wgx invocations along n, wgy along m. */
+  readonly wgx: number;
+  readonly wgy: number;
+}
+
+/** 4×8 per invocation, 4×8 invocations: each workgroup covers 32×32 of C. */
+export const MATMUL_TILING: MatmulTiling = { tm: 4, tn: 8, wgx: 4, wgy: 8 };
+
+/**
+ * With subgroups of 8 (lavapipe): wgx must be the subgroup size, so each subgroup is one row of
+ * invocations that share their rows of C; tm is a multiple of 8 (one A row per lane).
+ */
+export const MATMUL_SUBGROUP_TILING: MatmulTiling = { tm: 8, tn: 8, wgx: 8, wgy: 4 };
+
+const u = (x: number) => `${x}u`;
+const XYZW = ['x', 'y', 'z', 'w'];
+
+/** Strides of `inShape` read as a broadcast to `outShape` (0 along broadcast dims). */
+function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
+  const s = strides(inShape);
+  const off = outShape.length - inShape.length;
+  return outShape.map((_, d) => (d < off || inShape[d - off] === 1 ? 0 : s[d - off]));
+}
+
+/** `let name = Σ coord_d(idx)·str[d]` over the batch dims of `shape`. */
+function batchOffset(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
+  if (!shape.length || str.every((s) => s === 0)) return `let ${name} = 0u;`;
+  const parts = [`var ${name} = 0u;`, `var ${name}_r = ${idx};`];
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const c = d > 0 ? `${name}_r % ${u(shape[d])}` : `${name}_r`;
+    if (str[d] !== 0) parts.push(`${name} += (${c}) * ${u(str[d])};`);
+    if (d > 0) parts.push(`${name}_r = ${name}_r / ${u(shape[d])};`);
+  }
+  return parts.join(' ');
+}
+
+/**
+ * The kernel for one matmul node. With `ctx.subgroupSize` 8, an A read as vec4 and at least a
+ * subgroup's worth of column blocks, the subgroup variant (A loaded once per subgroup and
+ * broadcast); otherwise the portable one. `tiling` overrides the choice's tiling (benchmarks).
+ */
+export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling): KernelSource {
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const k = transA ? a.type.shape[a.type.shape.length - 2] : a.type.shape[a.type.shape.length - 1];
+  const key = ctx.storage ?? ((v: Value) => v.id);
+  // A is read as vec4 (see emitMatmulWith): required by the subgroup variant.
+  const aVec = (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
+  const fits = (t: MatmulTiling) => ctx.subgroupSize === 8 && aVec && t.wgx === 8 && t.tm % 8 === 0 && Math.ceil(n / t.tn) >= 8;
+  const t = tiling ?? (fits(MATMUL_SUBGROUP_TILING) ? MATMUL_SUBGROUP_TILING : MATMUL_TILING);
+  return emitMatmulWith(node, ctx, t, fits(t));
+}
+
+function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subgroup: boolean): KernelSource {
+  const { tm: TM, tn: TN } = tiling;
+  if (TM % 4 || TN % 4) throw new Error(`matmul tiling ${TM}×${TN}: both must be multiples of 4`);
+  // A C narrower than a workgroup's columns (x·A at rank r: n = r) or shorter than its rows
+  // (dB = (x·A)ᵀ·dy: m = r) would leave most of the workgroup idle: move its lanes to the other
+  // dimension (the subgroup variant keeps its 8 lanes along n and just drops rows).
+  const tilesX = Math.ceil(node.out.type.shape[node.out.type.shape.length - 1] / TN);
+  const tilesY = Math.ceil(node.out.type.shape[node.out.type.shape.length - 2] / TM);
+  let WGX = tiling.wgx;
+  let WGY = tiling.wgy;
+  if (!subgroup && tilesX <= WGX / 2) {
+    while (WGX > 1 && tilesX <= WGX / 2) {
+      WGX /= 2;
+      WGY *= 2;
+    }
+  } else {
+    while (WGY > 1 && tilesY <= WGY / 2) {
+      WGY /= 2;
+      if (!subgroup) WGX *= 2;
+    }
+  }
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const ra = a.type.shape.length;
+  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
+  const batch = out.slice(0, -2);
+  const nb = numel(batch);
+  const aStr = broadcastStrides(a.type.shape.slice(0, -2), batch).map((s) => s * m * k);
+  const bStr = broadcastStrides(b.type.shape.slice(0, -2), batch).map((s) => s * k * n);
+
+  // Bindings: operands with one storage are bound once; the output never aliases an operand
+  // (an invocation would read elements another one has overwritten).
+  const key = ctx.storage ?? ((v: Value) => v.id);
+  for (const [i, v] of [a, b].entries()) {
+    if (key(v) === key(node.out)) {
+      throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
+    }
+  }
+  const shared = key(a) === key(b);
+  const bound: Value[] = shared ? [a] : [a, b];
+  const A = 'in0';
+  const B = shared ? 'in0' : 'in1';
+  // vec4 along the contiguous dimension when it is a multiple of 4 (then so is every batch offset).
+  let aVec = (transA ? m : k) % 4 === 0;
+  let bVec = (transB ? k : n) % 4 === 0;
+  if (shared) aVec = bVec = aVec && bVec;
+  const cVec = n % 4 === 0;
+  const arr = (vec: boolean) => (vec ? 'array<vec4<f32>>' : 'array<f32>');
+  const decls = [`@group(0) @binding(0) var<storage, read_write> in0: ${arr(aVec)};`];
+  if (!shared) decls.push(`@group(0) @binding(1) var<storage, read_write> in1: ${arr(bVec)};`);
+  decls.push(`@group(0) @binding(${bound.length}) var<storage, read_write> out: ${arr(cVec)};`);
+
+  // Quads of k, unrolled, when an operand is read as vec4; otherwise (both scalar: odd shapes,
+  // where compile time matters more than speed) one k step per iteration.
+  const K4 = aVec || bVec ? Math.floor(k / 4) : 0;
+  const nv = TN / 4;
+  const pre: string[] = [];
+  const body: string[] = [];
+  const tailBody: string[] = [];
+
+  // Element (row, p) of op(A) and (p, col) of op(B), as a flat index into the operand.
+  const aIndex = (row: string, p: string) => (transA ? `aOff + (${p}) * ${u(m)} + ${row}` : `aOff + ${row} * ${u(k)} + ${p}`);
+  const bIndex = (p: string, col: string) => (transB ? `bOff + ${col} * ${u(k)} + ${p}` : `bOff + (${p}) * ${u(n)} + ${col}`);
+  // One scalar element of an operand, whichever array type it is bound as (tail steps only).
+  const scalarAt = (name: string, vec: boolean, idx: string) => (vec ? `${name}[(${idx}) / 4u][(${idx}) % 4u]` : `${name}[${idx}]`);
+
+  // Row and column indices, clamped so every load is in bounds (stores are guarded).
+  for (let i = 0; i < TM; i++) pre.push(`let r${i} = min(row0 + ${u(i)}, ${u(m - 1)});`);
+  for (let c = 0; c < TN; c++) pre.push(`let c${c} = min(col0 + ${u(c)}, ${u(n - 1)});`);
+
+  // aval(i, q): op(A)[row0 + i, k0 + q] inside the loop.
+  let aval: (i: number, q: number) => string;
+  if (subgroup && !transA) {
+    // Lane s of the subgroup loads row row0 + 8g + s (vec4 along k) and broadcasts it: one load
+    // per lane per TM/8 rows instead of TM.
+    for (let g = 0; g < TM / 8; g++) pre.push(`let al${g} = (aOff + min(row0 + ${u(8 * g)} + sid, ${u(m - 1)}) * ${u(k)}) / 4u;`);
+    for (let g = 0; g < TM / 8; g++) body.push(`let av${g} = ${A}[al${g} + kq];`);
+    for (let i = 0; i < TM; i++) body.push(`let sa${i} = subgroupBroadcast(av${Math.floor(i / 8)}, ${u(i % 8)});`);
+    aval = (i, q) => `sa${i}.${XYZW[q]}`;
+  } else if (subgroup && transA) {
+    // Aᵀ: the quad's 4·TM/4 vec4 (4 rows at one k each) are spread over the lanes, TM/8 apiece.
+    const per = TM / 4;
+    for (let g = 0; g < TM / 8; g++) {
+      pre.push(`let atk${g} = (${u(8 * g)} + sid) / ${u(per)};`);
+      pre.push(`let atr${g} = min(row0 / 4u + (${u(8 * g)} + sid) % ${u(per)}, ${u(m / 4 - 1)});`);
+      body.push(`let av${g} = ${A}[(aOff + (k0 + atk${g}) * ${u(m)}) / 4u + atr${g}];`);
+    }
+    for (let v = 0; v < TM; v++) body.push(`let sa${v} = subgroupBroadcast(av${Math.floor(v / 8)}, ${u(v % 8)});`);
+    // element (row0 + i, k0 + q) is component i % 4 of vec4 number q·TM/4 + i/4
+    aval = (i, q) => `sa${q * per + Math.floor(i / 4)}.${XYZW[i % 4]}`;
+  } else if (aVec && !transA) {
+    for (let i = 0; i < TM; i++) pre.push(`let ab${i} = (aOff + r${i} * ${u(k)}) / 4u;`);
+    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A}[ab${i} + kq];`);
+    aval = (i, q) => `a${i}.${XYZW[q]}`;
+  } else if (aVec && transA) {
+    // Aᵀ stored [k, m]: 4 consecutive rows of op(A) are one vec4 (row0 and m are multiples of 4).
+    for (let g = 0; g < TM / 4; g++) pre.push(`let ag${g} = min(row0 / 4u + ${u(g)}, ${u(m / 4 - 1)});`);
+    for (let q = 0; q < 4; q++) for (let g = 0; g < TM / 4; g++) body.push(`let a${g}_${q} = ${A}[(aOff + (k0 + ${u(q)}) * ${u(m)}) / 4u + ag${g}];`);
+    aval = (i, q) => `a${Math.floor(i / 4)}_${q}.${XYZW[i % 4]}`;
+  } else {
+    for (let q = 0; q < 4; q++) for (let i = 0; i < TM; i++) body.push(`let a${i}_${q} = ${A}[${aIndex(`r${i}`, `k0 + ${u(q)}`)}];`);
+    aval = (i, q) => `a${i}_${q}`;
+  }
+  // bvec(q, j): op(B)[k0 + q, col0 + 4j … col0 + 4j + 3] inside the loop.
+  let bvec: (q: number, j: number) => string;
+  if (bVec && !transB) {
+    for (let j = 0; j < nv; j++) pre.push(`let cv${j} = min(col0 / 4u + ${u(j)}, ${u(n / 4 - 1)});`);
+    for (let q = 0; q < 4; q++) for (let j = 0; j < nv; j++) body.push(`let b${q}_${j} = ${B}[(bOff + (k0 + ${u(q)}) * ${u(n)}) / 4u + cv${j}];`);
+    bvec = (q, j) => `b${q}_${j}`;
+  } else if (bVec && transB) {
+    // Bᵀ stored [n, k]: one vec4 along k per column; the vec4 across columns is a register shuffle.
+    for (let c = 0; c < TN; c++) pre.push(`let bb${c} = (bOff + c${c} * ${u(k)}) / 4u;`);
+    for (let c = 0; c < TN; c++) body.push(`let bt${c} = ${B}[bb${c} + kq];`);
+    bvec = (q, j) => `vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${4 * j + c}.${XYZW[q]}`).join(', ')})`;
+  } else {
+    for (let q = 0; q < 4; q++) for (let c = 0; c < TN; c++) body.push(`let b${q}_${c} = ${B}[${bIndex(`k0 + ${u(q)}`, `c${c}`)}];`);
+    bvec = (q, j) => `vec4<f32>(${[0, 1, 2, 3].map((c) => `b${q}_${4 * j + c}`).join(', ')})`;
+  }
+  for (let q = 0; q < 4; q++) {
+    for (let i = 0; i < TM; i++) for (let j = 0; j < nv; j++) body.push(`acc${i}_${j} = fma(vec4<f32>(${aval(i, q)}), ${bvec(q, j)}, acc${i}_${j});`);
+  }
+  // The k steps after the last quad (all of k in the scalar case): one step per iteration.
+  if (K4 * 4 < k) {
+    tailBody.push(`for (var kt = ${u(K4 * 4)}; kt < ${u(k)}; kt++) {`);
+    for (let i = 0; i < TM; i++) tailBody.push(`  let ta${i} = ${scalarAt(A, aVec, aIndex(`r${i}`, 'kt'))};`);
+    for (let c = 0; c < TN; c++) tailBody.push(`  let tb${c} = ${scalarAt(B, bVec, bIndex('kt', `c${c}`))};`);
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < nv; j++) tailBody.push(`  acc${i}_${j} = fma(vec4<f32>(ta${i}), vec4<f32>(${[0, 1, 2, 3].map((c) => `tb${4 * j + c}`).join(', ')}), acc${i}_${j});`);
+    }
+    tailBody.push('}');
+  }
+
+  const accs: string[] = [];
+  for (let i = 0; i < TM; i++) for (let j = 0; j < nv; j++) accs.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
+  const stores: string[] = [];
+  const gx = Math.ceil(Math.ceil(n / TN) / WGX);
+  const gy = Math.ceil(Math.ceil(m / TM) / WGY);
+  const gz = Math.max(1, nb);
+  // The portable kernel returns early from blocks wholly outside C; the subgroup one cannot (its
+  // broadcasts need every lane), so its stores also guard against blocks past the edge.
+  const rowsExact = subgroup ? gy * WGY * TM === m : m % TM === 0;
+  const colsExact = subgroup ? gx * WGX * TN === n : n % TN === 0;
+  for (let i = 0; i < TM; i++) {
+    const rowOk = rowsExact ? '' : `row0 + ${u(i)} < ${u(m)}`;
+    for (let j = 0; j < nv; j++) {
+      if (cVec) {
+        const colOk = colsExact ? '' : `col0 / 4u + ${u(j)} < ${u(n / 4)}`;
+        const cond = [rowOk, colOk].filter(Boolean).join(' && ');
+        const st = `out[(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}] = acc${i}_${j};`;
+        stores.push(cond ? `if (${cond}) { ${st} }` : st);
+      } else {
+        for (let c = 0; c < 4; c++) {
+          const col = `col0 + ${u(4 * j + c)}`;
+          const cond = [rowOk, `${col} < ${u(n)}`].filter(Boolean).join(' && ');
+          stores.push(`if (${cond}) { out[cOff + (row0 + ${u(i)}) * ${u(n)} + ${col}] = acc${i}_${j}.${XYZW[c]}; }`);
+        }
+      }
+    }
+  }
+
+  if (gx > ctx.maxWorkgroupsPerDimension || gy > ctx.maxWorkgroupsPerDimension || gz > ctx.maxWorkgroupsPerDimension) {
+    throw new Error(`matmul ${node.out.name}: grid ${gx}×${gy}×${gz} exceeds ${ctx.maxWorkgroupsPerDimension} workgroups per dimension`);
+  }
+  const loop = K4
+    ? `for (var kq = 0u; kq < ${u(K4)}; kq++) {
+    let k0 = kq * 4u;
+    ${body.join('\n    ')}
+  }`
+    : '';
+  return {
+    bound,
+    workgroups: [gx, gy, gz],
+    wgsl: `${subgroup ? 'enable subgroups;\n' : ''}${decls.join('\n')}
+@compute @workgroup_size(${WGX}, ${WGY})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>${subgroup ? ', @builtin(subgroup_invocation_id) sid: u32' : ''}) {
+  let col0 = gid.x * ${u(TN)};
+  let row0 = gid.y * ${u(TM)};
+  ${subgroup ? '' : `if (col0 >= ${u(n)} || row0 >= ${u(m)}) { return; }`}
+  let bi = gid.z;
+  ${batchOffset('aOff', 'bi', batch, aStr)}
+  ${batchOffset('bOff', 'bi', batch, bStr)}
+  let cOff = bi * ${u(m * n)};
+  ${pre.join('\n  ')}
+  ${accs.join(' ')}
+  ${loop}
+  ${tailBody.join('\n  ')}
+  ${stores.join('\n  ')}
+}
+`,
+  };
+}

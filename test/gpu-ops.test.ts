@@ -1,0 +1,649 @@
+// GPU parity of every kernel, generated from the op registry: each op whose WGSL slot is not a
+// view runs on Dawn (lavapipe in CI) on random cases from its own `testCase`, and must match its
+// float64 `ref` evaluated on the very values the device holds (inputs rounded to f32, or i32).
+// A new op is covered without a new row; a new kernel emitter does not compile until it has a
+// tolerance and a grid-fold case below.
+//
+// Beyond the registry cases: scalars inlined as constants and the same scalars bound as buffers,
+// the 2-D fold of big grids (a tiny maxWorkgroupsPerDimension), matmul at sizes that are not
+// multiples of its tiles with batch broadcast on either side and every transpose flag, reductions
+// over non-contiguous axes, operands sharing one storage, in-place elementwise updates, and WGSL
+// compile failures surfacing as a LorafaError that names the kernel.
+import fc from 'fast-check';
+import { beforeAll, describe, expect, it, test } from 'vitest';
+import type { KernelSource } from '../src/codegen/kernel.ts';
+import { emitKernel, lit } from '../src/codegen/wgsl.ts';
+import { Builder } from '../src/ir/builder.ts';
+import { LorafaError } from '../src/ir/errors.ts';
+import { OP_NAMES, OPS, type CaseGen, type Domain, type KernelEmitter, type OpCase, type OpDef, type OpName } from '../src/ir/ops.ts';
+import type { Tensor } from '../src/ir/shape.ts';
+import { fmtType, numel, type Node, type TensorType, type Value } from '../src/ir/types.ts';
+import { acquireGpu, PipelineCache, type Gpu } from '../src/runtime/gpu.ts';
+import { rng } from '../src/runtime/init.ts';
+import { runNodeOnGpu } from '../src/runtime/single.ts';
+import { caseGen, deviceValues, propertyAsync, runKernelOnGpu, sample } from './helpers.ts';
+import { FC_RUNS } from './setup.ts';
+
+/** Kernels compile slowly on lavapipe: a third of the global case count per op (20 by default). */
+const RUNS = Math.max(5, Math.round(FC_RUNS / 3));
+/** For the properties that compile one kernel per op per case on big shapes. */
+const FEW = Math.max(3, Math.round(FC_RUNS / 12));
+const TIMEOUT = Math.max(120_000, FC_RUNS * 2_000);
+
+const anyDef = (op: OpName) => OPS[op] as OpDef<any>;
+const GPU_OPS = OP_NAMES.filter((op) => OPS[op].wgsl.kind !== 'view');
+const MAP_OPS = GPU_OPS.filter((op) => OPS[op].wgsl.kind === 'map');
+const emitterOf = (op: OpName): KernelEmitter | 'map' => {
+  const w = OPS[op].wgsl;
+  return w.kind === 'kernel' ? w.emitter : 'map';
+};
+
+let gpu: Gpu;
+let LIMIT: number;
+beforeAll(async () => {
+  gpu = await acquireGpu();
+  LIMIT = gpu.limits.maxComputeWorkgroupsPerDimension;
+});
+
+// ---------------------------------------------------------------------------------------------
+// Tolerances: |gpu − ref| ≤ bound, element by element, where ref is float64 on the f32 inputs.
+
+const ULP1 = 2 ** -23; // one ulp of 1.0 in f32
+
+type Tolerance =
+  /** Bit-exact: the kernel only moves, selects, compares or negates f32 values (or writes integers). */
+  | { readonly kind: 'exact' }
+  /** |Δ| ≤ atol + rtol·|ref| */
+  | { readonly kind: 'relative'; readonly rtol: number; readonly atol: number }
+  /**
+   * An f32 sum of `length` terms (sum, matmul's dot products, scatter_add): each step rounds once,
+   * or twice where fma is not fused, by ≤ 2^-24 of a partial sum ≤ S = Σ|terms|, so
+   * |Δ| ≤ (length + 1)·2^-23·S. S is the op's own ref on |inputs|. Scaling by S rather than |ref|
+   * keeps cancellation (ref ≈ 0) from demanding the impossible; a dropped or doubled term is off
+   * by a whole |term|, far above the bound. Measured (200 cases per op): ≤ 0.31 of the bound.
+   */
+  | { readonly kind: 'accumulate'; readonly length: number };
+
+const EXACT: Tolerance = { kind: 'exact' };
+/**
+ * add, sub, mul: one IEEE operation on f32 operands, correctly rounded (WGSL requires it), so
+ * within half an ulp: |Δ| ≤ 2^-24·|ref|. Lavapipe meets it to the last bit; nothing more is allowed.
+ */
+const ROUNDED: Tolerance = { kind: 'relative', rtol: 2 ** -24, atol: 0 };
+/**
+ * Everything else elementwise (exp, log, tanh, sigmoid, gelu, silu, pow, sqrt, rsqrt, div…).
+ * WGSL allows exp 3 + 2|x| ulp (≤ 6 on |x| ≤ 1.5), inverseSqrt 2, division 2.5, and log and the
+ * sinh/cosh behind tanh an absolute 2^-21 near their zero; gelu, silu and sigmoid chain two or
+ * three of these. So 16 ulp relative plus 2^-21 absolute. Lavapipe measures ≤ 0.23 of this bound
+ * (200 cases per op), and gelu's cubic coefficient off in its 5th digit (0.04472) already fails.
+ */
+const TRANSCENDENTAL: Tolerance = { kind: 'relative', rtol: 16 * ULP1, atol: 2 ** -21 };
+/** Elementwise ops that select, compare or negate: no rounding at all. */
+const MAP_EXACT = new Set<OpName>(['neg', 'relu', 'step', 'eq', 'where']);
+const MAP_ROUNDED = new Set<OpName>(['add', 'sub', 'mul']);
+
+/** One entry per kernel emitter: adding an emitter without its tolerance is a compile error. */
+const KERNEL_TOLERANCE: { readonly [E in KernelEmitter]: (n: Node) => Tolerance } = {
+  // Data movement and integer-valued outputs: copies, zeros and 0/1, bit for bit.
+  fill: () => EXACT,
+  permute: () => EXACT,
+  broadcast: () => EXACT,
+  slice: () => EXACT,
+  pad: () => EXACT,
+  concat: () => EXACT,
+  gather: () => EXACT,
+  one_hot: () => EXACT,
+  // max returns one of its inputs; sum accumulates over the reduced elements.
+  reduce: (n) => (n.op === 'max' ? EXACT : { kind: 'accumulate', length: numel(n.inputs[0].type.shape) / numel(n.out.type.shape) }),
+  scatter_add: (n) => ({ kind: 'accumulate', length: numel(n.inputs[0].type.shape) }),
+  matmul: (n) => {
+    const a = n.inputs[0].type.shape;
+    return { kind: 'accumulate', length: (n.attrs as { transA: boolean }).transA ? a[a.length - 2] : a[a.length - 1] };
+  },
+};
+
+function toleranceFor(n: Node): Tolerance {
+  const op = n.op as OpName;
+  const w = OPS[op].wgsl;
+  if (w.kind === 'kernel') return KERNEL_TOLERANCE[w.emitter](n);
+  return MAP_EXACT.has(op) ? EXACT : MAP_ROUNDED.has(op) ? ROUNDED : TRANSCENDENTAL;
+}
+
+function fmtTol(t: Tolerance): string {
+  return t.kind === 'exact' ? 'exact' : t.kind === 'relative' ? `${t.atol} + ${t.rtol}·|ref|` : `(${t.length} + 1)·2^-23·Σ|terms|`;
+}
+
+/** Throws, naming the case, at the first element outside the tolerance (NaN never passes). */
+function expectClose(node: Node, ins: readonly Tensor[], got: Float64Array, what: string): void {
+  const def = anyDef(node.op as OpName);
+  const want = def.ref(ins, node.attrs, node.out.type);
+  const tol = toleranceFor(node);
+  const scale = tol.kind === 'accumulate' ? def.ref(ins.map((t) => ({ shape: t.shape, data: t.data.map(Math.abs) })), node.attrs, node.out.type) : undefined;
+  if (got.length !== want.length) throw new Error(`${what}: ${got.length} elements, expected ${want.length}`);
+  for (let i = 0; i < want.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    const bound =
+      tol.kind === 'exact' ? 0 : tol.kind === 'relative' ? tol.atol + tol.rtol * Math.abs(want[i]) : (tol.length + 1) * ULP1 * scale![i];
+    if (!(d <= bound)) {
+      throw new Error(`${what}: element ${i} of ${want.length}: gpu ${got[i]}, ref ${want[i]}, |Δ| = ${d} > ${bound} (tolerance ${fmtTol(tol)})`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+interface Built {
+  readonly node: Node;
+  readonly ins: readonly Value[];
+  /** Input tensors by value id (device values), and in input order. */
+  readonly byId: Map<number, Tensor>;
+  readonly tensors: readonly Tensor[];
+  readonly desc: string;
+}
+
+function describeCase(op: string, oc: OpCase<any>, seed: number): string {
+  const ins = oc.inputs.map((x, i) => `x${i}: ${fmtType(x.type)} ${x.domain.kind}`).join(', ');
+  return `${op}(${ins}) attrs ${JSON.stringify(oc.attrs)} value seed ${seed}`;
+}
+
+/** The node op(x0…xn) on fresh inputs, with seeded values rounded to what the device stores. */
+function build(op: OpName, oc: OpCase<any>, seed: number): Built {
+  const b = new Builder({ name: `gpu_${op}` });
+  const ins = oc.inputs.map((x, i) => b.input(`x${i}`, x.type.shape, x.type.dtype));
+  b.emit(op, ins, oc.attrs);
+  const node = b.build().nodes.at(-1)!;
+  const tensors = oc.inputs.map((x, i) => ({
+    shape: x.type.shape,
+    data: deviceValues(sample(numel(x.type.shape), x.domain, (seed + 7919 * (i + 1)) >>> 0), x.type.dtype),
+  }));
+  return { node, ins, byId: new Map(ins.map((v, i) => [v.id, tensors[i]])), tensors, desc: describeCase(op, oc, seed) };
+}
+
+const SEED = fc.integer({ min: 0, max: 0x7fffffff });
+
+/** A registry case drawn through fc.gen() (so shapes shrink) and a value seed, as in grad.test.ts. */
+const caseArb = (op: OpName) =>
+  fc.tuple(fc.gen(), SEED).map(([g, seed]) => {
+    const oc = anyDef(op).testCase(caseGen(g, fc));
+    return { oc, seed, toString: () => describeCase(op, oc, seed) };
+  });
+
+/** A deterministic CaseGen, for searching the registry's generators without fast-check. */
+function seededGen(seed: number): CaseGen {
+  const u = rng(seed);
+  return { int: (min, max) => min + Math.floor(u() * (max - min + 1)), bool: () => u() < 0.5 };
+}
+
+const ctx = (maxWorkgroupsPerDimension: number, constants = new Map<number, number>(), storage?: (v: Value) => number) => ({
+  constants,
+  maxWorkgroupsPerDimension,
+  storage,
+});
+
+/** The kernel contract of kernel.ts, for any emitted kernel. */
+function expectContract(node: Node, k: KernelSource, c: ReturnType<typeof ctx>, what: string): void {
+  const key = c.storage ?? ((v: Value) => v.id);
+  for (const v of k.bound) {
+    if (c.constants.has(v.id)) throw new Error(`${what}: inlined scalar %${v.id} is bound as a buffer`);
+    if (!node.inputs.includes(v)) throw new Error(`${what}: binds %${v.id}, which is not an operand`);
+    if (key(v) === key(node.out)) throw new Error(`${what}: binds an operand stored where the output goes (it must be read from out)`);
+  }
+  const keys = k.bound.map(key);
+  if (new Set(keys).size !== keys.length) throw new Error(`${what}: binds one storage twice`);
+  // Every operand that owns storage other than the output's is bound.
+  for (const v of node.inputs) {
+    if (!c.constants.has(v.id) && key(v) !== key(node.out) && !keys.includes(key(v))) throw new Error(`${what}: operand %${v.id} is not bound`);
+  }
+  const declared = k.wgsl.match(/@binding\(\d+\)/g) ?? [];
+  if (declared.length !== k.bound.length + 1) throw new Error(`${what}: declares ${declared.length} bindings for ${k.bound.length} operands + out`);
+  // x within the limit asked for; rows of a folded grid (y) and batches (z) within the device's.
+  const [x, y, z] = k.workgroups;
+  const ok = (w: number, max: number) => Number.isInteger(w) && w >= 1 && w <= max;
+  if (!ok(x, c.maxWorkgroupsPerDimension) || !ok(y, LIMIT) || !ok(z, LIMIT)) {
+    throw new Error(`${what}: workgroups [${k.workgroups}] outside 1…${c.maxWorkgroupsPerDimension} (x), 1…${LIMIT} (y, z)`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+test('the registry has GPU kernels to check, and every non-view op is among them', () => {
+  expect(GPU_OPS.length).toBeGreaterThan(20);
+  expect(GPU_OPS).toEqual(expect.arrayContaining(['matmul', 'sum', 'max', 'gather', 'scatter_add', 'exp', 'add']));
+  for (const op of OP_NAMES) expect(GPU_OPS.includes(op)).toBe(OPS[op].wgsl.kind !== 'view');
+});
+
+for (const op of GPU_OPS) {
+  describe(op, () => {
+    it(
+      'matches the float64 reference on random registry cases (scalars inlined, then bound as buffers)',
+      async () => {
+        await propertyAsync(
+          `gpu/${op}/parity`,
+          caseArb(op),
+          async ({ oc, seed }) => {
+            const c = build(op, oc, seed);
+            // The production path: runNodeOnGpu inlines every rank-0 operand as a constant.
+            const constants = new Map<number, number>();
+            c.node.inputs.forEach((v, i) => v.type.shape.length === 0 && constants.set(v.id, c.tensors[i].data[0]));
+            const inl = ctx(LIMIT, constants);
+            expectContract(c.node, emitKernel(c.node, inl), inl, `${c.desc} (scalars inlined)`);
+            expectClose(c.node, c.tensors, await runNodeOnGpu(c.node, c.byId), `${c.desc} (runNodeOnGpu)`);
+            // No constants: every operand bound, and the output starts as NaN so an element the
+            // kernel never writes cannot pass for a zero.
+            const plain = ctx(LIMIT);
+            const k = emitKernel(c.node, plain);
+            expectContract(c.node, k, plain, `${c.desc} (all bound)`);
+            expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, c.byId), `${c.desc} (all bound)`);
+          },
+          { numRuns: RUNS },
+        );
+      },
+      TIMEOUT,
+    );
+  });
+}
+
+describe('scalar operands inlined as constants', () => {
+  /** Up to `want` registry cases of `op` with a rank-0 operand, from a deterministic search. */
+  function scalarCases(op: OpName, want: number): { oc: OpCase<any>; seed: number }[] {
+    const found: { oc: OpCase<any>; seed: number }[] = [];
+    for (let s = 1; s <= 400 && found.length < want; s++) {
+      const oc = anyDef(op).testCase(seededGen(s));
+      if (oc.inputs.some((x) => x.type.shape.length === 0)) found.push({ oc, seed: s });
+    }
+    return found;
+  }
+
+  it('every elementwise op, with each operand in turn a constant: a literal in the text, not a binding', async () => {
+    for (const op of MAP_OPS) {
+      const proto = anyDef(op).testCase(seededGen(7));
+      for (let j = 0; j < proto.inputs.length; j++) {
+        // Operand j is a scalar constant; the others are [3, 70] (two workgroups, the last partial).
+        const oc: OpCase<any> = {
+          attrs: proto.attrs,
+          inputs: proto.inputs.map((x, i) => ({ ...x, type: { ...x.type, shape: i === j ? [] : [3, 70] } })),
+        };
+        const c = build(op, oc, 100 + j);
+        const value = c.tensors[j].data[0];
+        const cx = ctx(LIMIT, new Map([[c.ins[j].id, value]]));
+        const k = emitKernel(c.node, cx);
+        expectContract(c.node, k, cx, c.desc);
+        expect(k.bound.length, `${c.desc}: bindings`).toBe(oc.inputs.length - 1);
+        expect(k.wgsl, `${c.desc}: the literal`).toContain(lit(value));
+        const inputs = new Map(c.byId);
+        inputs.delete(c.ins[j].id); // the kernel must not need it
+        expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, inputs), `${c.desc}, x${j} = ${value} inlined`);
+      }
+    }
+  });
+
+  it('every structured kernel whose registry cases take a scalar operand inlines it', async () => {
+    const covered: string[] = [];
+    for (const op of GPU_OPS.filter((o) => OPS[o].wgsl.kind === 'kernel')) {
+      for (const { oc, seed } of scalarCases(op, 3)) {
+        const c = build(op, oc, seed);
+        const constants = new Map<number, number>();
+        c.node.inputs.forEach((v, i) => v.type.shape.length === 0 && constants.set(v.id, c.tensors[i].data[0]));
+        const cx = ctx(LIMIT, constants);
+        const k = emitKernel(c.node, cx);
+        expectContract(c.node, k, cx, c.desc);
+        const inputs = new Map([...c.byId].filter(([id]) => !constants.has(id)));
+        expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, inputs), `${c.desc} (scalars inlined)`);
+        covered.push(op);
+      }
+    }
+    // broadcast of a scalar, gather / scatter_add / one_hot with a scalar index.
+    expect([...new Set(covered)].sort()).toEqual(expect.arrayContaining(['broadcast', 'gather', 'one_hot', 'scatter_add']));
+  });
+
+  it('an i32 scalar index is inlined as an integer (gather, scatter_add, one_hot)', async () => {
+    const b = new Builder();
+    const table = b.input('table', [5, 3]);
+    const src = b.input('src', [3]);
+    const k2 = b.fill(2, [], 'i32');
+    const nodes = [b.emit('gather', [table, k2], {}), b.emit('scatter_add', [k2, src], { rows: 4 }), b.emit('one_hot', [k2], { classes: 4 })];
+    const g = b.build();
+    const data = new Map<number, Tensor>([
+      [table.id, { shape: [5, 3], data: deviceValues(sample(15, { kind: 'real' }, 1), 'f32') }],
+      [src.id, { shape: [3], data: deviceValues(sample(3, { kind: 'real' }, 2), 'f32') }],
+      [k2.id, { shape: [], data: Float64Array.of(2) }],
+    ]);
+    for (const v of nodes) {
+      const node = g.nodes.find((n) => n.out.id === v.id)!;
+      const cx = ctx(LIMIT, new Map([[k2.id, 2]]));
+      const k = emitKernel(node, cx);
+      expectContract(node, k, cx, node.op);
+      expect(k.wgsl).toMatch(/\b2i\b/);
+      const got = await runKernelOnGpu(node, k, new Map([...data].filter(([id]) => id !== k2.id)));
+      expectClose(node, node.inputs.map((x) => data.get(x.id)!), got, `${node.op} with index constant 2`);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The 2-D grid fold: with maxWorkgroupsPerDimension = 1…3, every 1-D kernel needs several rows.
+
+interface FoldCase {
+  readonly op: OpName;
+  readonly oc: OpCase<any>;
+}
+const f32 = (shape: number[], domain: Domain = { kind: 'real' }) => ({ type: { dtype: 'f32', shape } as TensorType, domain });
+const i32 = (shape: number[], hi: number) => ({ type: { dtype: 'i32', shape } as TensorType, domain: { kind: 'int', lo: 0, hi } as Domain });
+
+/**
+ * One big case per emitter (over 768 output elements, so over 3 workgroups of 256), drawn from
+ * `g`. Adding an emitter without a fold case is a compile error. Elementwise ops are all folded
+ * separately below.
+ */
+const FOLD_CASES: { readonly [E in KernelEmitter]: (g: CaseGen) => FoldCase } = {
+  fill: (g) => {
+    const dtype = g.bool() ? 'f32' : 'i32';
+    return { op: 'fill', oc: { inputs: [], attrs: { value: dtype === 'i32' ? -3 : -1.5, shape: [g.int(800, 1500)], dtype } } };
+  },
+  reduce: (g) => {
+    const r = g.int(800, 1200);
+    const c = g.int(2, 5);
+    // The kept axis is the long one; reduce the short one, as a tail or not.
+    return g.bool()
+      ? { op: g.bool() ? 'sum' : 'max', oc: { inputs: [f32([r, c])], attrs: { axes: [1], keepdims: g.bool() } } }
+      : { op: g.bool() ? 'sum' : 'max', oc: { inputs: [f32([c, r])], attrs: { axes: [0], keepdims: g.bool() } } };
+  },
+  permute: (g) => ({ op: 'transpose', oc: { inputs: [f32([g.int(20, 40), 3, g.int(15, 30)])], attrs: { perm: [2, 0, 1] } } }),
+  broadcast: (g) => {
+    const c = g.int(30, 50);
+    return { op: 'broadcast', oc: { inputs: [f32([1, c])], attrs: { shape: [g.int(30, 40), c] } } };
+  },
+  slice: (g) => ({ op: 'slice', oc: { inputs: [f32([g.int(32, 50), 30])], attrs: { starts: [1, 2], ends: [31, 29] } } }),
+  pad: (g) => ({ op: 'pad', oc: { inputs: [f32([g.int(30, 40), 25])], attrs: { before: [1, 2], after: [0, 1] } } }),
+  concat: (g) => ({ op: 'concat', oc: { inputs: [f32([g.int(10, 20), 40]), f32([g.int(10, 20), 40])], attrs: { axis: 0 } } }),
+  gather: (g) => ({ op: 'gather', oc: { inputs: [f32([7, 30]), i32([g.int(30, 50)], 6)], attrs: {} } }),
+  scatter_add: (g) => {
+    const n = g.int(10, 40);
+    return { op: 'scatter_add', oc: { inputs: [i32([n], 29), f32([n, 30])], attrs: { rows: 30 } } };
+  },
+  one_hot: (g) => ({ op: 'one_hot', oc: { inputs: [i32([g.int(100, 200)], 9)], attrs: { classes: 10 } } }),
+  // matmul does not fold: its grid is tiles × tiles × batch, each within the limit (checked below).
+  matmul: (g) => ({
+    op: 'matmul',
+    oc: { inputs: [f32([g.int(2, 3), g.int(33, 90), 5]), f32([5, g.int(33, 90)])], attrs: { transA: false, transB: false } },
+  }),
+};
+
+/** Every elementwise op with output [r, c]: operand 0 is [r, c], the others broadcast ([c], [r, 1]) or not. */
+function mapFoldCase(op: OpName, g: CaseGen): FoldCase {
+  const proto = anyDef(op).testCase(g);
+  const r = g.int(30, 45);
+  const c = g.int(27, 40);
+  const shapes = [[r, c], [c], [r, 1], [r, c]];
+  return { op, oc: { attrs: proto.attrs, inputs: proto.inputs.map((x, i) => ({ ...x, type: { ...x.type, shape: i === 0 ? [r, c] : shapes[g.int(0, 3)] } })) } };
+}
+
+describe('2-D grid fold (maxWorkgroupsPerDimension 1…3)', () => {
+  const foldArb = (make: (g: CaseGen) => FoldCase) =>
+    fc.tuple(fc.gen(), fc.integer({ min: 1, max: 3 }), SEED).map(([g, max, seed]) => {
+      const c = make(caseGen(g, fc));
+      return { ...c, max, seed, toString: () => `${describeCase(c.op, c.oc, seed)} maxWorkgroupsPerDimension ${max}` };
+    });
+
+  async function runFolded({ op, oc, max, seed }: FoldCase & { max: number; seed: number }) {
+    const c = build(op, oc, seed);
+    // matmul does not fold (whatever its tiling): past the limit it refuses, naming the node,
+    // rather than dispatch a truncated grid.
+    if (op === 'matmul' && emitKernel(c.node, ctx(LIMIT)).workgroups.some((w) => w > max)) {
+      expect(() => emitKernel(c.node, ctx(max))).toThrow(new RegExp(`matmul ${c.node.out.name}: grid .* exceeds ${max} workgroups per dimension`));
+      return;
+    }
+    const cx = ctx(max);
+    const k = emitKernel(c.node, cx);
+    expectContract(c.node, k, cx, c.desc);
+    if (op !== 'matmul') {
+      // Really folded: more workgroups than one row holds, and enough of them.
+      expect(k.workgroups[1], `${c.desc}: rows of the grid`).toBeGreaterThan(1);
+      expect(k.workgroups[0] * k.workgroups[1] * 256).toBeGreaterThanOrEqual(numel(c.node.out.type.shape));
+    }
+    expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, c.byId), `${c.desc} max ${max}`);
+  }
+
+  for (const emitter of Object.keys(FOLD_CASES) as KernelEmitter[]) {
+    it(`${emitter}`, async () => {
+      await propertyAsync(`gpu/fold/${emitter}`, foldArb(FOLD_CASES[emitter]), runFolded, { numRuns: FEW });
+    }, TIMEOUT);
+  }
+
+  it('every elementwise op, operands broadcast', async () => {
+    for (const op of MAP_OPS) {
+      await propertyAsync(`gpu/fold/map/${op}`, foldArb((g) => mapFoldCase(op, g)), runFolded, { numRuns: Math.max(2, Math.round(FEW / 2)) });
+    }
+  }, TIMEOUT);
+
+  it('matmul puts the batch on z, and refuses a grid past the limit rather than truncate it', () => {
+    const b = new Builder();
+    const y = b.matmul(b.input('a', [3, 40, 7]), b.input('w', [7, 65]));
+    const node = b.build().nodes.at(-1)!;
+    const [gx, gy, gz] = emitKernel(node, ctx(LIMIT)).workgroups;
+    expect(gz).toBe(3);
+    const max = Math.max(gx, gy, gz);
+    expect(emitKernel(node, ctx(max)).workgroups).toEqual([gx, gy, gz]);
+    expect(() => emitKernel(node, ctx(max - 1))).toThrow(new RegExp(`matmul ${y.name}: grid ${gx}×${gy}×${gz} exceeds ${max - 1}`));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('matmul', () => {
+  // On and off every tile edge (blocks of 4 or 8 per invocation, 32 per workgroup) and the
+  // multiples of 4 that take the vec4 loads, with a k % 4 tail or none.
+  const DIM = fc.constantFrom(1, 2, 3, 4, 5, 8, 12, 17, 31, 32, 33, 36, 37);
+  const BATCH = fc.array(fc.integer({ min: 1, max: 3 }), { maxLength: 2 });
+  const arb = fc
+    .record({ m: DIM, n: DIM, k: DIM, transA: fc.boolean(), transB: fc.boolean(), batch: BATCH, side: fc.constantFrom('both', 'a', 'b', 'ones'), seed: SEED })
+    .map((r) => {
+      // The batch broadcasts from either side: one operand has it, the other none or 1s.
+      const ones = r.batch.map(() => 1);
+      const [ba, bb] =
+        r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : r.side === 'ones' ? [r.batch, ones] : [r.batch, r.batch];
+      const a = [...ba, ...(r.transA ? [r.k, r.m] : [r.m, r.k])];
+      const w = [...bb, ...(r.transB ? [r.n, r.k] : [r.k, r.n])];
+      const oc: OpCase<any> = { inputs: [f32(a), f32(w)], attrs: { transA: r.transA, transB: r.transB } };
+      return { oc, seed: r.seed, toString: () => describeCase('matmul', oc, r.seed) };
+    });
+
+  it('m, n, k on and off the tiles and vec4 widths, batch broadcast on either side, every transpose flag', async () => {
+    await propertyAsync(
+      'gpu/matmul/tiles',
+      arb,
+      async ({ oc, seed }) => {
+        const c = build('matmul', oc, seed);
+        const cx = ctx(LIMIT);
+        const k = emitKernel(c.node, cx);
+        expectContract(c.node, k, cx, c.desc);
+        expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, c.byId), c.desc);
+      },
+      { numRuns: RUNS },
+    );
+  }, TIMEOUT);
+
+  it('both operands one tensor (x·xᵀ) bind it once', async () => {
+    const b = new Builder();
+    const x = b.input('x', [2, 5, 17]);
+    b.matmul(x, x, { transB: true });
+    const node = b.build().nodes.at(-1)!;
+    const data = { shape: [2, 5, 17], data: deviceValues(sample(170, { kind: 'real' }, 3), 'f32') };
+    const k = emitKernel(node, ctx(LIMIT));
+    expect(k.bound).toHaveLength(1);
+    expectClose(node, [data, data], await runKernelOnGpu(node, k, new Map([[x.id, data]])), 'x·xᵀ');
+  });
+});
+
+describe('reductions over non-contiguous axes', () => {
+  const REDUCE_OPS = GPU_OPS.filter((op) => emitterOf(op) === 'reduce');
+  const arb = fc
+    .tuple(fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 2, maxLength: 4 }), fc.gen(), fc.boolean(), SEED)
+    .map(([shape, g, keepdims, seed]) => {
+      const r = shape.length;
+      // A non-empty set of axes that is not a contiguous run ending at the last axis.
+      let axes = shape.map((_, i) => i).filter(() => g(fc.boolean));
+      const tail = (a: number[]) => a.length > 0 && a.every((d, i) => d === r - a.length + i);
+      if (!axes.length || tail(axes)) axes = [g(fc.integer, { min: 0, max: r - 2 })];
+      return { shape, axes, keepdims, seed, toString: () => `[${shape}] axes [${axes}] keepdims ${keepdims} seed ${seed}` };
+    });
+
+  for (const op of REDUCE_OPS) {
+    it(`${op}`, async () => {
+      await propertyAsync(
+        `gpu/${op}/strided-axes`,
+        arb,
+        async ({ shape, axes, keepdims, seed }) => {
+          expect(axes.every((d, i) => d === shape.length - axes.length + i)).toBe(false);
+          const c = build(op, { inputs: [f32(shape)], attrs: { axes, keepdims } }, seed);
+          expectClose(c.node, c.tensors, await runNodeOnGpu(c.node, c.byId), c.desc);
+        },
+        { numRuns: RUNS },
+      );
+    }, TIMEOUT);
+  }
+
+  it('sum over a long strided axis (1,000 terms) stays within its accumulation bound', async () => {
+    const c = build('sum', { inputs: [f32([1000, 3])], attrs: { axes: [0], keepdims: false } }, 5);
+    expectClose(c.node, c.tensors, await runNodeOnGpu(c.node, c.byId), c.desc);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Storage sharing (EmitContext.storage): in-place updates and operands with one storage.
+
+describe('in-place: an elementwise operand stored where the output goes is read from out', () => {
+  /** op on [4, 70] with operand j in place; the other operands broadcast or not. */
+  function inPlaceCase(op: OpName, g: CaseGen): { oc: OpCase<any>; j: number } {
+    const proto = anyDef(op).testCase(g);
+    const j = g.int(0, proto.inputs.length - 1);
+    const shapes = [[4, 70], [70], [4, 1], []];
+    return { j, oc: { attrs: proto.attrs, inputs: proto.inputs.map((x, i) => ({ ...x, type: { ...x.type, shape: i === j ? [4, 70] : shapes[g.int(0, 3)] } })) } };
+  }
+
+  it('every elementwise op, each operand position', async () => {
+    for (const op of MAP_OPS) {
+      await propertyAsync(
+        `gpu/in-place/${op}`,
+        fc.tuple(fc.gen(), SEED).map(([g, seed]) => {
+          const c = inPlaceCase(op, caseGen(g, fc));
+          return { ...c, seed, toString: () => `${describeCase(op, c.oc, seed)} x${c.j} in place` };
+        }),
+        async ({ oc, j, seed }) => {
+          const c = build(op, oc, seed);
+          const target = c.ins[j];
+          const storage = (v: Value) => (v.id === target.id ? c.node.out.id : v.id);
+          const cx = ctx(LIMIT, new Map(), storage);
+          const k = emitKernel(c.node, cx);
+          expectContract(c.node, k, cx, c.desc);
+          expect(k.bound).not.toContain(target);
+          const inputs = new Map([...c.byId].filter(([id]) => id !== target.id));
+          const got = await runKernelOnGpu(c.node, k, inputs, { outInit: c.tensors[j].data });
+          expectClose(c.node, c.tensors, got, `${c.desc}, x${j} in place`);
+        },
+        { numRuns: Math.max(2, Math.round(FEW / 2)) },
+      );
+    }
+  }, TIMEOUT);
+
+  it('p ← p·p (one operand read twice), p ← p − g (and a bound operand), p ← p·0.5 (and a constant)', async () => {
+    const b = new Builder();
+    const p = b.input('p', [3, 100]);
+    const gr = b.input('g', [3, 100]);
+    const half = b.scalar(0.5);
+    const outs = [b.mul(p, p), b.sub(p, gr), b.mul(p, half)];
+    const g = b.build();
+    const values = new Map<number, Tensor>([
+      [p.id, { shape: [3, 100], data: deviceValues(sample(300, { kind: 'real' }, 1), 'f32') }],
+      [gr.id, { shape: [3, 100], data: deviceValues(sample(300, { kind: 'real' }, 2), 'f32') }],
+      [half.id, { shape: [], data: Float64Array.of(0.5) }],
+    ]);
+    for (const v of outs) {
+      const node = g.nodes.find((n) => n.out.id === v.id)!;
+      const cx = ctx(LIMIT, new Map([[half.id, 0.5]]), (x) => (x.id === p.id ? node.out.id : x.id));
+      const k = emitKernel(node, cx);
+      expectContract(node, k, cx, node.op);
+      expect(k.bound).toEqual(node.inputs.includes(gr) ? [gr] : []);
+      const got = await runKernelOnGpu(node, k, new Map([[gr.id, values.get(gr.id)!]]), { outInit: values.get(p.id)!.data });
+      expectClose(node, node.inputs.map((x) => values.get(x.id)!), got, `${node.op} in place`);
+    }
+  });
+});
+
+describe('operands sharing one storage are bound once', () => {
+  // Ops with several operands: operands of one type share storage at random (views of one tensor,
+  // or one value passed twice), and hold the same values.
+  const MULTI = GPU_OPS.filter((op) => anyDef(op).arity === 'variadic' || (anyDef(op).arity as number) >= 2);
+  for (const op of MULTI) {
+    it(`${op}`, async () => {
+      await propertyAsync(
+        `gpu/${op}/shared-storage`,
+        fc.tuple(fc.gen(), SEED).map(([g, seed]) => {
+          const cg = caseGen(g, fc);
+          const oc = anyDef(op).testCase(cg);
+          // share[i]: the operand whose storage operand i uses (itself when not shared).
+          const share = oc.inputs.map((x, i) => {
+            const j = oc.inputs.findIndex((y) => fmtType(y.type) === fmtType(x.type));
+            return j < i && cg.bool() ? j : i;
+          });
+          return { oc, share, seed, toString: () => `${describeCase(op, oc, seed)} storage of [${share}]` };
+        }),
+        async ({ oc, share, seed }) => {
+          const c = build(op, oc, seed);
+          const root = (i: number): number => (share[i] === i ? i : root(share[i]));
+          const tensors = c.tensors.map((_, i) => c.tensors[root(i)]);
+          const byId = new Map(c.ins.map((v, i) => [v.id, tensors[i]]));
+          const storage = (v: Value) => {
+            const i = c.ins.indexOf(v);
+            return i < 0 ? v.id : c.ins[root(i)].id;
+          };
+          const cx = ctx(LIMIT, new Map(), storage);
+          const k = emitKernel(c.node, cx);
+          expectContract(c.node, k, cx, c.desc);
+          expect(k.bound.length).toBe(new Set(c.ins.map(storage)).size);
+          expectClose(c.node, tensors, await runKernelOnGpu(c.node, k, byId), `${c.desc} storage of [${share}]`);
+        },
+        { numRuns: RUNS },
+      );
+    }, TIMEOUT);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('WGSL compile failures', () => {
+  it('surface as a LorafaError naming the kernel and the line, and leave the device usable', async () => {
+    const b = new Builder();
+    const x = b.input('x', [5]);
+    b.exp(x);
+    const node = b.build().nodes.at(-1)!;
+    const good = emitKernel(node, ctx(LIMIT));
+    // An emitted kernel with one identifier misspelt.
+    const broken = good.wgsl.replace('out[i] =', 'out[i] = in9[i] +');
+    expect(broken).not.toBe(good.wgsl);
+    const cache = new PipelineCache(gpu.device);
+    const err = await cache.get(broken, 2, 'exp x-broken [5]→[5]').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(LorafaError);
+    const le = err as LorafaError;
+    expect(le.where).toBe('kernel exp x-broken [5]→[5]');
+    expect(le.problem).toMatch(/WGSL failed to compile/);
+    expect(le.problem).toMatch(/error at line \d+:\d+: .*in9/);
+    // The failure is cached (no recompiling the same text), and the device still works.
+    await expect(cache.get(broken, 2, 'again')).rejects.toBe(err);
+    const data = { shape: [5], data: deviceValues([0, 1, -1, 0.5, 2], 'f32') };
+    expectClose(node, [data], await runKernelOnGpu(node, good, new Map([[x.id, data]])), 'exp after a failed compile');
+  });
+
+  it('a binding count that does not match the text is rejected at compile time, naming the kernel', async () => {
+    const b = new Builder();
+    b.add(b.input('a', [4]), b.input('c', [4]));
+    const node = b.build().nodes.at(-1)!;
+    const k = emitKernel(node, ctx(LIMIT));
+    const cache = new PipelineCache(gpu.device);
+    await expect(cache.get(k.wgsl, k.bound.length, 'add short-layout')).rejects.toThrow(/kernel add short-layout/);
+  });
+});

@@ -1,0 +1,125 @@
+// The subgroup matmul variant (src/codegen/matmul.ts: A loaded once per subgroup of 8 and
+// broadcast), which only a device with fixed 8-wide subgroups gets (lavapipe). The portable kernel
+// is covered by gpu-ops.test.ts; here the variant runs on a device created with 'subgroups', on
+// shapes off its 8×8 block, every transpose flag and batch broadcast, against the float64 matmul.
+// Skipped (with a note) where the adapter has no such subgroups.
+import { tmpdir } from 'node:os';
+import fc from 'fast-check';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { emitMatmul } from '../src/codegen/matmul.ts';
+import { Builder } from '../src/ir/builder.ts';
+import { OPS } from '../src/ir/ops.ts';
+import { numel } from '../src/ir/types.ts';
+import { PipelineCache, readBuffer } from '../src/runtime/gpu.ts';
+import { rng } from '../src/runtime/init.ts';
+import { propertyAsync } from './helpers.ts';
+import { FC_RUNS } from './setup.ts';
+
+let device: GPUDevice | undefined;
+let cache: PipelineCache;
+let keep: unknown;
+let why = '';
+beforeAll(async () => {
+  process.env.XDG_RUNTIME_DIR ||= tmpdir();
+  const webgpu = await import('webgpu');
+  Object.assign(globalThis, webgpu.globals);
+  const gpu = webgpu.create([]);
+  keep = gpu;
+  const adapter = await gpu.requestAdapter();
+  const info = adapter?.info as (GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number }) | undefined;
+  if (!adapter || !adapter.features.has('subgroups') || info?.subgroupMinSize !== 8 || info.subgroupMaxSize !== 8) {
+    why = 'no adapter with fixed 8-wide subgroups';
+    return;
+  }
+  device = await adapter.requestDevice({ requiredFeatures: ['subgroups' as GPUFeatureName] });
+  cache = new PipelineCache(device);
+});
+
+async function run(ashape: number[], bshape: number[], transA: boolean, transB: boolean, seed: number) {
+  const dev = device!;
+  const b = new Builder();
+  const x = b.input('a', ashape);
+  const w = b.input('w', bshape);
+  b.matmul(x, w, { transA, transB });
+  const node = b.build().nodes.at(-1)!;
+  const u = rng(seed);
+  const data = [ashape, bshape].map((s) => Float64Array.from({ length: numel(s) }, () => Math.fround(2 * u() - 1)));
+  const k = emitMatmul(node, { constants: new Map(), maxWorkgroupsPerDimension: 65535, subgroupSize: 8 });
+  const bufs = data.map((d) => {
+    const buf = dev.createBuffer({ size: Math.max(16, d.length * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+    dev.queue.writeBuffer(buf, 0, Float32Array.from(d));
+    return buf;
+  });
+  const n = numel(node.out.type.shape);
+  const out = dev.createBuffer({ size: Math.max(16, n * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+  const { pipeline, layout } = await cache.get(k.wgsl, 3, 'matmul');
+  dev.pushErrorScope('validation');
+  const enc = dev.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, dev.createBindGroup({ layout, entries: [...bufs, out].map((buffer, i) => ({ binding: i, resource: { buffer } })) }));
+  pass.dispatchWorkgroups(...k.workgroups);
+  pass.end();
+  dev.queue.submit([enc.finish()]);
+  expect(await dev.popErrorScope()).toBeNull();
+  const got = new Float32Array(await readBuffer(dev, out, 0, n * 4));
+  for (const x of [...bufs, out]) x.destroy();
+  const tensors = [ashape, bshape].map((s, i) => ({ shape: s, data: data[i] }));
+  const ref = OPS.matmul.ref(tensors, node.attrs as never, node.out.type);
+  const abs = OPS.matmul.ref(tensors.map((t) => ({ ...t, data: t.data.map(Math.abs) })), node.attrs as never, node.out.type);
+  const kk = transA ? ashape.at(-2)! : ashape.at(-1)!;
+  return { subgroup: k.wgsl.includes('subgroupBroadcast'), got, ref, bound: (i: number) => (kk + 1) * 2 ** -23 * abs[i] };
+}
+
+describe('matmul, subgroup variant', () => {
+  it('off the 8×8 block, batch broadcast on either side, every transpose flag', async (ctx) => {
+    if (!device) return ctx.skip(why);
+    // n spans ≥ 8 column blocks of 8 (the variant's condition); m and k (multiples of 4 where A
+    // is read along them) are off the block.
+    const arb = fc.record({
+      m: fc.constantFrom(4, 8, 12, 20, 36),
+      k: fc.constantFrom(4, 8, 13, 36),
+      n: fc.constantFrom(64, 65, 70, 100),
+      transA: fc.boolean(),
+      transB: fc.boolean(),
+      batch: fc.constantFrom([], [2], [3]),
+      side: fc.constantFrom('both', 'a', 'b'),
+      seed: fc.integer({ min: 1, max: 1e6 }),
+    });
+    await propertyAsync(
+      'gpu/matmul/subgroup',
+      arb,
+      async (r) => {
+        const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
+        const k = !r.transA && r.k % 4 ? r.k + (4 - (r.k % 4)) : r.k; // A along k must be vec4
+        const res = await run([...ba, ...(r.transA ? [k, r.m] : [r.m, k])], [...bb, ...(r.transB ? [r.n, k] : [k, r.n])], r.transA, r.transB, r.seed);
+        expect(res.subgroup).toBe(true);
+        for (let i = 0; i < res.ref.length; i++) {
+          if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) {
+            expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
+          }
+        }
+      },
+      { numRuns: Math.max(4, Math.round(FC_RUNS / 8)) },
+    );
+  }, 180_000);
+
+  it('W1 shapes (x·W, dy·Wᵀ, xᵀ·dy, the LoRA products) are the variant and correct', async (ctx) => {
+    if (!device) return ctx.skip(why);
+    void keep;
+    for (const [m, k, n, ta, tb] of [
+      [128, 96, 96, false, false],
+      [128, 96, 96, false, true],
+      [96, 128, 96, true, false],
+      [8, 128, 96, true, false],
+      [128, 8, 96, false, false],
+      [128, 8, 96, false, true],
+    ] as const) {
+      const res = await run(ta ? [k, m] : [m, k], tb ? [n, k] : [k, n], ta, tb, m + k + n);
+      expect(res.subgroup).toBe(true);
+      let bad = 0;
+      for (let i = 0; i < res.ref.length; i++) if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) bad++;
+      expect(bad, `${m}×${k}·${k}×${n} transA ${ta} transB ${tb}`).toBe(0);
+    }
+  });
+});
