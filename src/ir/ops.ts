@@ -316,7 +316,19 @@ export const OPS: OpRegistry = {
     vjp: ({ b, ct, inputs: [x], attrs: { p } }) => [
       p === 1 ? ct : b.mul(ct, b.mul(p === 2 ? x : b.powc(x, p - 1), b.scalar(p))),
     ],
-    wgsl: { kind: 'map', expr: ([x], { p }) => (p === 2 ? `(${x} * ${x})` : `pow(${x}, ${p.toFixed(6)})`) },
+    // WGSL's pow is undefined for a negative base: integer powers keep the sign by hand.
+    wgsl: {
+      kind: 'map',
+      expr: ([x], { p }) => {
+        if (p === 1) return x;
+        if (p === 2) return `(${x} * ${x})`;
+        if (p === 3) return `(${x} * ${x} * ${x})`;
+        const e = Number.isInteger(p) ? `${p}.0` : String(Math.fround(p));
+        if (!Number.isInteger(p)) return `pow(${x}, ${e.includes('.') || e.includes('e') ? e : e + '.0'})`;
+        const mag = `pow(abs(${x}), ${e})`;
+        return p % 2 === 0 ? mag : `(sign(${x}) * ${mag})`;
+      },
+    },
     testCase: (g) => ({
       inputs: [{ type: f32(randShape(g, 0, 3)), domain: POS }],
       attrs: { p: [2, 3, 0.5, -1, -0.5, 1.5][g.int(0, 5)] },

@@ -75,11 +75,17 @@ export class PipelineCache {
   get(wgsl: string, bindings: number, label: string): Promise<CompiledKernel> {
     let hit = this.cache.get(wgsl);
     if (!hit) {
-      hit = this.compile(wgsl, bindings, label);
+      // Error scopes are per device, not per call: compiles run one at a time, or concurrent ones
+      // would pop each other's scopes (a good kernel blamed for a broken one).
+      const run = this.queue.then(() => this.compile(wgsl, bindings, label));
+      this.queue = run.catch(() => undefined);
+      hit = run;
       this.cache.set(wgsl, hit);
     }
     return hit;
   }
+
+  private queue: Promise<unknown> = Promise.resolve();
 
   private async compile(wgsl: string, bindings: number, label: string): Promise<CompiledKernel> {
     const device = this.device;
