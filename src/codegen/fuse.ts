@@ -20,9 +20,9 @@
 //    output's binding (WebGPU rejects two overlapping writable bindings), as in place.
 // 5. At most 8 storage bindings (the WebGPU default per shader stage).
 //
-// Measured on W1 (LoRA-FA, SGD, lavapipe on 2 cores shared with other jobs, median step, CPU ms):
-// dispatches 113 → 52; with the portable matmul 790–825 → 665–671 ms, with the subgroup matmul
-// 545–549 → 375–400 ms (bench/results/gpu.md lists the "no fusion" row next to the default).
+// Measured on W1 (LoRA-FA, SGD, lavapipe on 2 cores): dispatches 113 → 52; median step with the
+// subgroup matmul 329 → 246 ms (cores idle; bench/results/gpu.md, "no fusion" row), and in CPU
+// ms with the cores shared with other jobs 545–549 → 375–400 (portable matmul: 790–825 → 665–671).
 import { OPS, type OpName } from '../ir/ops.ts';
 import { numel, sameShape, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';

@@ -20,11 +20,11 @@
 // barrier is a coroutine switch, so cost is loads per multiply-add; the register arithmetic
 // alone reaches ~70 GFLOP per 2 CPU-seconds. Bigger blocks (8×8 portable, 16×8 subgroup) or
 // two quads per iteration were slower: their live values spill around the load loops.
-// Measured 512×768 · 768×768 (x·W; dy·Wᵀ; xᵀ·dy), 2 cores shared with other jobs, interleaved,
-// median of 7 after warm-up, in GFLOP per 2 CPU-seconds (≈ GFLOP/s on 2 idle cores):
-//   previous 4×4 scalar-load kernel   10.5; 10.6; 10.4
-//   portable 4×8 vec4                 13.1; 14.2; 13.3
-//   subgroup 8×8                      27.0; 21.0; 26.5
+// Measured 512×768 · 768×768 (x·W; dy·Wᵀ; xᵀ·dy), one dispatch, median of 7 after warm-up,
+// GFLOP/s on the 2 cores idle / in GFLOP per 2 CPU-seconds with the cores shared with other jobs:
+//   previous 4×4 scalar-load kernel    8.7;  8.8; 10.1  /  10.5; 10.6; 10.4
+//   portable 4×8 vec4                  9.9; 11.0; 10.7  /  13.1; 14.2; 13.3
+//   subgroup 8×8                      22.4; 15.7; 18.7  /  27.0; 21.0; 26.5
 // (the textbook 16×16 workgroup-memory tile: ~0.7 GFLOP/s). On a discrete GPU the
 // portable kernel is a plain register-blocked one reading through L1/L2 rather than workgroup
 // memory: sane, not peak; a tiled variant for such adapters is future work.
