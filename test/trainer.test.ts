@@ -100,7 +100,7 @@ describe.each(CASES)('$model $mode (out/ in $where)', ({ model, mode, where }) =
     expect(doc.memory.limits.preset).toBe('adapter');
     const { c, plan } = await memoryPlan(model, mode, limits);
     const gpu = await acquireGpu();
-    const expected = buildKernelPlan(c.step!, plan, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension });
+    const expected = buildKernelPlan(c.step!, plan, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
     expect(loaded.plan).toEqual(expected);
     expect(doc.memory.peak).toBe(plan.peak);
     // …which is the peak `lorafa plan --limits adapter` reports.

@@ -1,6 +1,7 @@
 // `lorafa compile <model> -o <dir>`: the training step (with its optimizer), planned for this
 // device's limits, lowered to kernels, and written out as a runnable trainer.
 import { relative } from 'node:path';
+import { acquireGpu } from '../runtime/gpu.ts';
 import { absoluteInits, emitTrainer, type EmittedTrainer } from '../codegen/emit-trainer.ts';
 import { buildKernelPlan } from '../codegen/kernel-plan.ts';
 import type { TrainerSpec } from '../codegen/trainer-files.ts';
@@ -35,7 +36,10 @@ export async function writeTrainer(s: Setup, o: WriteTrainerOptions): Promise<Em
     dominating = { graph: l.step!, plan: planMemory(l.step!, { limits, dtype: 'f32', gradients: l.gradients }) };
   }
   const plan = planMemory(step, { limits, dtype: 'f32', gradients: compiled.gradients, dominating });
-  const kernelPlan = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension });
+  // Planned for this machine's adapter: use its subgroup matmul when it has one (the trainer then
+  // needs that feature where it runs, which the runtime checks).
+  const subgroupSize = o.preset === 'adapter' ? (await acquireGpu()).subgroupSize : undefined;
+  const kernelPlan = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension, subgroupSize });
   const inits = absoluteInits(Object.fromEntries(step.params.map((p) => [p.value.name, p.init])), s.m.file);
   const sizes = Object.fromEntries(Object.entries(s.cfg).filter(([, v]) => v !== undefined)) as TrainerSpec['sizes'];
   const data = syntheticTask(kernelPlan.inputs, sizes, o.flags.seed);

@@ -51,6 +51,13 @@ export class StepRunner {
         }),
       ),
     );
+    if (plan.kernels.some((k) => /^\s*enable subgroups;/m.test(k.wgsl)) && !device.features.has('subgroups')) {
+      throw new LorafaError(
+        'kernel plan',
+        'these kernels use WGSL subgroups, which this device does not offer',
+        're-run `lorafa compile … -o` on the machine that trains (it picks the portable matmul where subgroups are missing)',
+      );
+    }
     const cache = new PipelineCache(device);
     const compiled = await Promise.all(plan.kernels.map((k) => cache.get(k.wgsl, k.bindings, k.label)));
     const passes = await checked(device, 'creating bind groups', () =>

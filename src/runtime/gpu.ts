@@ -2,6 +2,7 @@
 // explicit bind group layouts, and errors that name the kernel.
 import { tmpdir } from 'node:os';
 import { LorafaError } from '../ir/errors.ts';
+import { fixedSubgroupSize } from '../codegen/kernel-plan.ts';
 import { probeAdapter } from './device.ts';
 
 export interface Gpu {
@@ -9,6 +10,8 @@ export interface Gpu {
   readonly adapter: GPUAdapter;
   readonly limits: GPUSupportedLimits;
   readonly description: string;
+  /** The subgroup size when the device has the feature and a fixed size (the fast matmul needs it). */
+  readonly subgroupSize?: number;
 }
 
 const SETUP = 'run `bash scripts/setup.sh` (it installs Mesa lavapipe when no adapter is found), then `npx lorafa doctor`';
@@ -51,9 +54,17 @@ export function acquireGpu(): Promise<Gpu> {
     // Alignments are "better" when smaller; the default (256) would reject a plan made with
     // `--limits adapter` on an adapter that allows less (lavapipe: 16).
     requiredLimits.minStorageBufferOffsetAlignment = adapter.limits.minStorageBufferOffsetAlignment;
-    const device = await adapter.requestDevice({ requiredLimits });
+    // Subgroups let the matmul share loads across a subgroup (2× on lavapipe): asked for when offered.
+    const requiredFeatures: GPUFeatureName[] = adapter.features.has('subgroups') ? ['subgroups' as GPUFeatureName] : [];
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const info = adapter.info;
-    return { device, adapter, limits: device.limits, description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim() };
+    return {
+      device,
+      adapter,
+      limits: device.limits,
+      description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),
+      subgroupSize: fixedSubgroupSize(device, info as { subgroupMinSize?: number; subgroupMaxSize?: number }),
+    };
   })();
   return shared;
 }
