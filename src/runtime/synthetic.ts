@@ -50,6 +50,21 @@ export function syntheticTask(allInputs: readonly InputSpec[], sizes: Readonly<R
   const inputs = allInputs.filter((i) => !i.name.startsWith('optim.'));
   const where = 'synthetic data';
   const labels = inputs.find((i) => i.name === 'labels');
+  const x = inputs.find((i) => i.name === 'x' && i.dtype === 'f32');
+  const regressionTarget = inputs.find((i) => i.name === 'target' && i.dtype === 'f32');
+  if (!labels && x && regressionTarget && numel(x.shape) === numel(regressionTarget.shape)) {
+    // Regression (W1's MSE): a fixed smooth elementwise teacher, the same at every step.
+    return {
+      name: 'synthetic',
+      description: 'synthetic regression: x uniform in [-1, 1), target = sin(2·x) elementwise',
+      unit: 'tokens',
+      perStep: x.shape[0],
+      batch(t) {
+        const xs = new Float64Array(numel(x.shape)).map(((u) => () => 2 * u() - 1)(streamFor(seed, `synthetic/${t}/x`)));
+        return { x: xs, target: xs.map((v) => Math.sin(2 * v)) };
+      },
+    };
+  }
   if (!labels || labels.dtype !== 'i32') {
     throw new LorafaError(
       where,
