@@ -19,9 +19,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { tmpdir } from 'node:os';
 import { loadModel, trace } from '../src/cli/load.ts';
-import { buildKernelPlan, fixedSubgroupSize, type KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { buildKernelPlan, type KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { acquireGpu } from '../src/runtime/gpu.ts';
 import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING } from '../src/codegen/matmul.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { fmtBytes } from '../src/ir/format.ts';
@@ -48,44 +48,14 @@ interface BenchGpu extends Gpu {
   readonly timestamps: boolean;
 }
 
-let keepAlive: unknown;
-
+/** The runtime's own device (subgroups and timestamp queries requested when offered). */
 async function benchGpu(): Promise<BenchGpu | string> {
-  process.env.XDG_RUNTIME_DIR ||= tmpdir();
-  let webgpu: typeof import('webgpu');
   try {
-    webgpu = await import('webgpu');
+    const gpu = await acquireGpu();
+    return { ...gpu, timestamps: gpu.device.features.has('timestamp-query') };
   } catch (e) {
-    return `cannot load Dawn (npm webgpu): ${(e as Error).message}`;
+    return (e as Error).message;
   }
-  Object.assign(globalThis, webgpu.globals);
-  const instance = webgpu.create([]);
-  keepAlive = instance; // Dawn frees device state if the instance is collected
-  const adapter = await instance.requestAdapter();
-  if (!adapter) return 'no WebGPU adapter (run `npx lorafa doctor`)';
-  const requiredLimits: Record<string, number> = {};
-  for (const k of [
-    'maxStorageBufferBindingSize',
-    'maxBufferSize',
-    'maxStorageBuffersPerShaderStage',
-    'maxComputeWorkgroupsPerDimension',
-    'maxComputeInvocationsPerWorkgroup',
-    'maxComputeWorkgroupStorageSize',
-    'minStorageBufferOffsetAlignment',
-  ] as const) {
-    requiredLimits[k] = adapter.limits[k];
-  }
-  const want = (['subgroups', 'timestamp-query'] as const).filter((f) => adapter.features.has(f));
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: want as GPUFeatureName[] });
-  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
-  return {
-    device,
-    adapter,
-    limits: device.limits,
-    description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),
-    subgroupSize: fixedSubgroupSize(device, info),
-    timestamps: device.features.has('timestamp-query'),
-  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +384,6 @@ export async function runGpuBench(): Promise<string> {
   writeFileSync(out, text);
   console.log(`wrote ${relative(ROOT, out)}`);
   gpu.device.destroy();
-  void keepAlive;
   return text;
 }
 

@@ -54,8 +54,9 @@ export function acquireGpu(): Promise<Gpu> {
     // Alignments are "better" when smaller; the default (256) would reject a plan made with
     // `--limits adapter` on an adapter that allows less (lavapipe: 16).
     requiredLimits.minStorageBufferOffsetAlignment = adapter.limits.minStorageBufferOffsetAlignment;
-    // Subgroups let the matmul share loads across a subgroup (2× on lavapipe): asked for when offered.
-    const requiredFeatures: GPUFeatureName[] = adapter.features.has('subgroups') ? ['subgroups' as GPUFeatureName] : [];
+    // Subgroups let the matmul share loads across a subgroup (2× on lavapipe); timestamp queries
+    // let the benchmark time kernels. Both are asked for when offered.
+    const requiredFeatures = (['subgroups', 'timestamp-query'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const info = adapter.info;
     return {
