@@ -189,79 +189,10 @@ export function toyConfigName(def: { readonly configs: Readonly<Record<string, u
 // GPU helpers (gpu-ops, gpu-graphs tests): values as the device stores them, and one emitted
 // kernel run on fresh buffers, for kernels emitted with a context runNodeOnGpu does not build
 // (a folded grid, scalars bound as buffers, shared or in-place storage).
-import type { KernelSource } from '../src/codegen/kernel.ts';
-import type { Node } from '../src/ir/types.ts';
-import { acquireGpu, checked, PipelineCache, readBuffer } from '../src/runtime/gpu.ts';
+export { runKernelOnGpu, type KernelRunOptions } from '../src/runtime/single.ts';
 
 /** `data` as the device holds it: f32-rounded, or whole numbers for i32. */
 export function deviceValues(data: ArrayLike<number>, dtype: string): Float64Array {
   return Float64Array.from(data, dtype === 'i32' ? (v) => Math.trunc(v) : Math.fround);
 }
 
-let helperCache: PipelineCache | undefined;
-
-export interface KernelRunOptions {
-  /**
-   * Initial contents of the output buffer. An operand whose storage is the output's (an in-place
-   * update) is not bound: the kernel reads it from `out`, so the buffer must start as that operand.
-   * Default: NaN (i32: −2³¹), so an element the kernel never writes cannot pass for a zero.
-   */
-  readonly outInit?: ArrayLike<number>;
-}
-
-/**
- * Runs kernel `k` (emitted for `node`) once: binding i < k.bound.length holds `inputs` of
- * k.bound[i], the last binding the output. Returns the output as float64.
- *
- * The output binding is followed by a guard region as long again, inside the binding (so WebGPU's
- * robust access does not clamp or drop a stray store): a kernel that writes past the end of its
- * output (a missing bounds check) throws. In an arena such a write would clobber the next tensor.
- */
-export async function runKernelOnGpu(
-  node: Node,
-  k: KernelSource,
-  inputs: ReadonlyMap<number, Tensor>,
-  opts: KernelRunOptions = {},
-): Promise<Float64Array> {
-  const gpu = await acquireGpu();
-  const device = gpu.device;
-  helperCache ??= new PipelineCache(device);
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const upload = (data: ArrayLike<number>, dtype: string) => {
-    const buf = device.createBuffer({ size: Math.max(4, data.length * 4), usage });
-    if (data.length) device.queue.writeBuffer(buf, 0, dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data));
-    return buf;
-  };
-  const bound = k.bound.map((v) => {
-    const t = inputs.get(v.id);
-    if (!t) throw new Error(`runKernelOnGpu: no data for bound value %${v.id} "${v.name}"`);
-    return upload(t.data, v.type.dtype);
-  });
-  const n = numel(node.out.type.shape);
-  const guard = Math.max(64, n);
-  const sentinel = node.out.type.dtype === 'i32' ? -(2 ** 31) : NaN;
-  const init = new Float64Array(n + guard).fill(sentinel);
-  if (opts.outInit) init.set(opts.outInit);
-  const out = upload(init, node.out.type.dtype);
-  const compiled = await helperCache.get(k.wgsl, k.bound.length + 1, `${node.op} ${node.out.name}`);
-  await checked(device, `kernel ${node.op} (${node.out.name})`, () => {
-    const bind = device.createBindGroup({
-      layout: compiled.layout,
-      entries: [...bound, out].map((buffer, i) => ({ binding: i, resource: { buffer } })),
-    });
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(compiled.pipeline);
-    pass.setBindGroup(0, bind);
-    pass.dispatchWorkgroups(...k.workgroups);
-    pass.end();
-    device.queue.submit([enc.finish()]);
-  });
-  const raw = await readBuffer(device, out, 0, (n + guard) * 4);
-  for (const b of [...bound, out]) b.destroy();
-  const all = Float64Array.from(node.out.type.dtype === 'i32' ? new Int32Array(raw) : new Float32Array(raw));
-  for (let j = n; j < n + guard; j++) {
-    if (!Object.is(all[j], sentinel)) throw new Error(`kernel ${node.op} (${node.out.name}) wrote ${all[j]} at element ${j}, past its ${n}-element output`);
-  }
-  return all.subarray(0, n);
-}

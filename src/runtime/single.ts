@@ -1,38 +1,62 @@
 // Runs one node's kernel on its own buffers: the unit of the GPU parity tests, and a debugging aid.
+// The output is followed by a guard region pre-filled with a sentinel, so a kernel that writes
+// past its output (a missing bounds check) is caught instead of clobbering a neighbour.
 import { emitKernel } from '../codegen/wgsl.ts';
 import type { Tensor } from '../ir/shape.ts';
 import { numel, type Node } from '../ir/types.ts';
+import type { KernelSource } from '../codegen/kernel.ts';
 import { acquireGpu, checked, PipelineCache, readBuffer } from './gpu.ts';
 
 let cache: PipelineCache | undefined;
 
-function upload(device: GPUDevice, data: Float64Array, dtype: 'f32' | 'i32' | string): GPUBuffer {
-  const bytes = Math.max(4, data.length * 4);
-  const buf = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-  const host = dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
-  if (data.length) device.queue.writeBuffer(buf, 0, host);
-  return buf;
+export interface KernelRunOptions {
+  /**
+   * Initial contents of the output buffer. An operand whose storage is the output's (an in-place
+   * update) is not bound: the kernel reads it from `out`, so the buffer must start as that operand.
+   * Default: NaN (i32: −2³¹), so an element the kernel never writes cannot pass for a zero.
+   */
+  readonly outInit?: ArrayLike<number>;
 }
 
-/** The node's output computed on the GPU from float64 inputs (rounded to f32 / i32). */
-export async function runNodeOnGpu(node: Node, inputs: ReadonlyMap<number, Tensor>): Promise<Float64Array> {
+/**
+ * Runs kernel `k` (emitted for `node`) once: binding i < k.bound.length holds `inputs` of
+ * k.bound[i], the last binding the output. Returns the output as float64.
+ *
+ * The output binding is followed by a guard region as long again, inside the binding (so WebGPU's
+ * robust access does not clamp or drop a stray store): a kernel that writes past the end of its
+ * output (a missing bounds check) throws. In an arena such a write would clobber the next tensor.
+ */
+export async function runKernelOnGpu(
+  node: Node,
+  k: KernelSource,
+  inputs: ReadonlyMap<number, Tensor>,
+  opts: KernelRunOptions = {},
+): Promise<Float64Array> {
   const gpu = await acquireGpu();
   const device = gpu.device;
   cache ??= new PipelineCache(device);
-  const constants = new Map<number, number>();
-  for (const v of node.inputs) {
-    const t = inputs.get(v.id)!;
-    if (v.type.shape.length === 0 && node.op !== 'reshape') constants.set(v.id, t.data[0]);
-  }
-  const k = emitKernel(node, { constants, maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension });
-  const buffers = k.bound.map((v) => upload(device, inputs.get(v.id)!.data, v.type.dtype));
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const upload = (data: ArrayLike<number>, dtype: string) => {
+    const buf = device.createBuffer({ size: Math.max(4, data.length * 4), usage });
+    if (data.length) device.queue.writeBuffer(buf, 0, dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data));
+    return buf;
+  };
+  const bound = k.bound.map((v) => {
+    const t = inputs.get(v.id);
+    if (!t) throw new Error(`runKernelOnGpu: no data for bound value %${v.id} "${v.name}"`);
+    return upload(t.data, v.type.dtype);
+  });
   const n = numel(node.out.type.shape);
-  const out = device.createBuffer({ size: Math.max(4, n * 4), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+  const guard = Math.max(64, n);
+  const sentinel = node.out.type.dtype === 'i32' ? -(2 ** 31) : NaN;
+  const init = new Float64Array(n + guard).fill(sentinel);
+  if (opts.outInit) init.set(opts.outInit);
+  const out = upload(init, node.out.type.dtype);
   const compiled = await cache.get(k.wgsl, k.bound.length + 1, `${node.op} ${node.out.name}`);
   await checked(device, `kernel ${node.op} (${node.out.name})`, () => {
     const bind = device.createBindGroup({
       layout: compiled.layout,
-      entries: [...buffers, out].map((buffer, i) => ({ binding: i, resource: { buffer } })),
+      entries: [...bound, out].map((buffer, i) => ({ binding: i, resource: { buffer } })),
     });
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass();
@@ -42,8 +66,20 @@ export async function runNodeOnGpu(node: Node, inputs: ReadonlyMap<number, Tenso
     pass.end();
     device.queue.submit([enc.finish()]);
   });
-  const raw = await readBuffer(device, out, 0, Math.max(4, n * 4));
-  for (const b of [...buffers, out]) b.destroy();
-  const view = node.out.type.dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
-  return Float64Array.from(view);
+  const raw = await readBuffer(device, out, 0, (n + guard) * 4);
+  for (const b of [...bound, out]) b.destroy();
+  const all = Float64Array.from(node.out.type.dtype === 'i32' ? new Int32Array(raw) : new Float32Array(raw));
+  for (let j = n; j < n + guard; j++) {
+    if (!Object.is(all[j], sentinel)) throw new Error(`kernel ${node.op} (${node.out.name}) wrote ${all[j]} at element ${j}, past its ${n}-element output`);
+  }
+  return all.subarray(0, n);
+}
+
+/** The node's output computed on the GPU from float64 inputs (rounded to f32 / i32), scalars inlined. */
+export async function runNodeOnGpu(node: Node, inputs: ReadonlyMap<number, Tensor>): Promise<Float64Array> {
+  const gpu = await acquireGpu();
+  const constants = new Map<number, number>();
+  for (const v of node.inputs) if (v.type.shape.length === 0) constants.set(v.id, inputs.get(v.id)!.data[0]);
+  const k = emitKernel(node, { constants, maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension });
+  return runKernelOnGpu(node, k, inputs);
 }
