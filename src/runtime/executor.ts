@@ -102,7 +102,22 @@ export class StepRunner {
   async step(feeds?: Readonly<Record<string, ArrayLike<number>>>): Promise<number> {
     if (feeds) this.writeInputs(feeds);
     const device = this.gpu.device;
-    await checked(device, 'a training step', () => {
+    try {
+      await this.encodeStep();
+    } catch (e) {
+      // The whole step failed validation: find the kernel, so the error names it and its IR node.
+      if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
+      throw e;
+    }
+    await this.staging.mapAsync(GPUMapMode.READ);
+    const value = new Float32Array(this.staging.getMappedRange().slice(0))[0];
+    this.staging.unmap();
+    return value;
+  }
+
+  private encodeStep(): Promise<void> {
+    const device = this.gpu.device;
+    return checked(device, 'a training step', () => {
       const enc = device.createCommandEncoder({ label: 'lorafa step' });
       const pass = enc.beginComputePass();
       for (const p of this.passes) {
@@ -115,10 +130,31 @@ export class StepRunner {
       enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
       device.queue.submit([enc.finish()]);
     });
-    await this.staging.mapAsync(GPUMapMode.READ);
-    const value = new Float32Array(this.staging.getMappedRange().slice(0))[0];
-    this.staging.unmap();
-    return value;
+  }
+
+  /** Re-encodes the dispatches one at a time; throws for the first that fails validation. */
+  private async diagnose(cause: LorafaError): Promise<void> {
+    const device = this.gpu.device;
+    for (let i = 0; i < this.passes.length; i++) {
+      const p = this.passes[i];
+      const d = this.plan.dispatches[i];
+      device.pushErrorScope('validation');
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(p.pipeline);
+      pass.setBindGroup(0, p.bind);
+      pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+      pass.end();
+      enc.finish();
+      const err = await device.popErrorScope();
+      if (err) {
+        throw new LorafaError(
+          `dispatch ${i} (IR node ${d.label}; kernel ${this.plan.kernels[d.kernel].label})`,
+          `WebGPU validation error: ${err.message}`,
+          cause.fix,
+        );
+      }
+    }
   }
 
   async read(slice: Slice, dtype: string, n: number): Promise<Float32Array | Int32Array> {
