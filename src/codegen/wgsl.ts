@@ -38,6 +38,23 @@ export function grid1d(total: number, ctx: EmitContext): readonly [number, numbe
   return [x, Math.ceil(groups / x), 1];
 }
 
+/**
+ * A kernel over the output's elements, one invocation each: `body` runs with `i` the flat index,
+ * already bounds-checked against `n`.
+ */
+function kernel1d(bound: Value[], node: Node, n: number, ctx: EmitContext, body: string): KernelSource {
+  return {
+    bound,
+    workgroups: grid1d(n, ctx),
+    wgsl: `${header(bound, node.out)}
+${MAIN_1D}
+  if (i >= ${u(n)}) { return; }
+${body.replace(/^\n/, '')}
+}
+`,
+  };
+}
+
 const MAIN_1D = `@compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * nwg.x * ${WG}u;`;
@@ -125,33 +142,17 @@ function emitMap(node: Node, ctx: EmitContext): KernelSource {
     return `a${k}`;
   });
   const expr = (def.expr as (a: readonly string[], attrs: unknown) => string)(vals, node.attrs);
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
+  return kernel1d(bound, node, n, ctx, `
   ${lets.join('\n  ')}
-  out[i] = ${expr};
-}
-`,
-  };
+  out[i] = ${expr};`);
 }
 
 function emitFill(node: Node, ctx: EmitContext): KernelSource {
   const a = node.attrs as { value: number };
   const n = numel(node.out.type.shape);
   const value = node.out.type.dtype === 'i32' ? `${Math.trunc(a.value)}` : lit(a.value);
-  return {
-    bound: [],
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header([], node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
-  out[i] = ${value};
-}
-`,
-  };
+  return kernel1d([], node, n, ctx, `
+  out[i] = ${value};`);
 }
 
 function emitReduce(node: Node, ctx: EmitContext): KernelSource {
@@ -171,22 +172,14 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
   const body = tail
     ? `let v = ${arg(0, 'base + j')};`
     : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = ${arg(0, 'base + ro')};`;
-  return {
-    bound,
-    workgroups: grid1d(nOut, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(nOut)}) { return; }
+  return kernel1d(bound, node, nOut, ctx, `
   ${base}
   var acc = ${isMax ? lit(-Infinity) : '0.0'};
   for (var j = 0u; j < ${u(nRed)}; j++) {
     ${body}
     acc = ${isMax ? 'max(acc, v)' : 'acc + v'};
   }
-  out[i] = acc;
-}
-`,
-  };
+  out[i] = acc;`);
 }
 
 /** out[i] = in0[f(i)] for an index remap computed from output coordinates. */
@@ -204,17 +197,9 @@ function emitRemap(node: Node, ctx: EmitContext, srcIndex: (c: readonly string[]
   const body = guard
     ? `if (${guard(coords)}) { out[i] = ${read}; } else { out[i] = ${zero}; }`
     : `out[i] = ${read};`;
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
+  return kernel1d(bound, node, n, ctx, `
   ${out.length ? decompose.join(' ') : ''}
-  ${body}
-}
-`,
-  };
+  ${body}`);
 }
 
 function sumTerms(terms: readonly string[]): string {
@@ -266,17 +251,9 @@ function emitConcat(node: Node, ctx: EmitContext): KernelSource {
     const idx = sumTerms(v.type.shape.map((_, d) => (d === axis ? `(c${d} - ${u(start)}) * ${u(vs[d])}` : `c${d} * ${u(vs[d])}`)));
     return `if (c${axis} < ${u(offset)}) { out[i] = ${arg(j, idx)}; return; }`;
   });
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
+  return kernel1d(bound, node, n, ctx, `
   ${decompose.join(' ')}
-  ${branches.join('\n  ')}
-}
-`,
-  };
+  ${branches.join('\n  ')}`);
 }
 
 function emitGather(node: Node, ctx: EmitContext): KernelSource {
@@ -285,17 +262,9 @@ function emitGather(node: Node, ctx: EmitContext): KernelSource {
   const row = numel(table.type.shape.slice(1));
   const n = numel(node.out.type.shape);
   const { bound, arg } = split(node, ctx);
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
+  return kernel1d(bound, node, n, ctx, `
   let k = u32(clamp(${arg(1, `i / ${u(row)}`)}, 0, ${rows - 1}));
-  out[i] = ${arg(0, `k * ${u(row)} + i % ${u(row)}`)};
-}
-`,
-  };
+  out[i] = ${arg(0, `k * ${u(row)} + i % ${u(row)}`)};`);
 }
 
 function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
@@ -306,38 +275,22 @@ function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   const { bound, arg } = split(node, ctx);
   // WGSL has no float atomics: each output element sums the source rows whose index hits it,
   // in index order, which is also deterministic.
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
+  return kernel1d(bound, node, n, ctx, `
   let hit = i32(i / ${u(row)});
   let col = i % ${u(row)};
   var acc = 0.0;
   for (var j = 0u; j < ${u(count)}; j++) {
     if (${arg(0, 'j')} == hit) { acc += ${arg(1, `j * ${u(row)} + col`)}; }
   }
-  out[i] = acc;
-}
-`,
-  };
+  out[i] = acc;`);
 }
 
 function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
   const classes = (node.attrs as { classes: number }).classes;
   const n = numel(node.out.type.shape);
   const { bound, arg } = split(node, ctx);
-  return {
-    bound,
-    workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
-${MAIN_1D}
-  if (i >= ${u(n)}) { return; }
-  out[i] = select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}));
-}
-`,
-  };
+  return kernel1d(bound, node, n, ctx, `
+  out[i] = select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}));`);
 }
 
 const EMITTERS = {
