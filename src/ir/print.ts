@@ -25,6 +25,8 @@ export function fmtInit(init: Init): string {
       return `file(${JSON.stringify(init.path)}${init.key ? `, ${JSON.stringify(init.key)}` : ''})`;
     case 'rope':
       return `rope_${init.part}(base=${num(init.base)}, dim=${init.dim})`;
+    case 'gram_inverse':
+      return `gram_inverse(${init.of}, scale=${num(init.scale)})`;
   }
 }
 

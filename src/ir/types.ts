@@ -52,7 +52,12 @@ export type Init =
   /** Rotary-embedding table of shape [seq, dim/2]: cos or sin of pos·base^(-2i/dim). */
   | { readonly kind: 'rope'; readonly part: 'cos' | 'sin'; readonly base: number; readonly dim: number }
   /** Lower-triangular ones of shape [n, n]: the causal mask. */
-  | { readonly kind: 'tril' };
+  | { readonly kind: 'tril' }
+  /**
+   * scale·(AᵀA)⁻¹ of the frozen parameter `of` (A: [d, r] → [r, r]), computed in float64 from
+   * A's values once they are known (LoRA-FA's gradient correction).
+   */
+  | { readonly kind: 'gram_inverse'; readonly of: string; readonly scale: number };
 
 /** What a parameter is for; the LoRA passes and the memory planner read it. */
 export type ParamRole = 'weight' | 'bias' | 'lora_A' | 'lora_B' | 'buffer' | 'optimizer_state';

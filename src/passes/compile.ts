@@ -7,6 +7,7 @@ import { autodiff, type AutodiffReport } from './autodiff.ts';
 import { dce, type DceReport } from './dce.ts';
 import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
 import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
+import { applyGradCorrection, type GradCorrectionReport } from './grad-correction.ts';
 import { applyOptimizer, type OptimizerOptions, type OptimizerReport } from './optimizer.ts';
 
 export const MODES = ['full', 'lora', 'lora-fa'] as const;
@@ -20,6 +21,8 @@ export interface CompileOptions {
   readonly verify?: boolean;
   /** Append the optimizer step (the `step` graph, which the memory plan and trainer use). */
   readonly optimizer?: OptimizerOptions;
+  /** lora-fa only: correct each B gradient to (1/s²)·(AᵀA)⁻¹·gB (grad-correction.ts). */
+  readonly gradCorrection?: boolean;
 }
 
 export interface Stage {
@@ -45,6 +48,7 @@ export interface Compiled {
     readonly autodiff: AutodiffReport;
     readonly dce: DceReport;
     readonly optimizer?: OptimizerReport;
+    readonly gradCorrection?: GradCorrectionReport;
     /** Lora-fa only: what freezing A removed, against the same model compiled as LoRA. */
     readonly pruned?: LoraFaExplanation;
   };
@@ -90,11 +94,22 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   }
   const t = train(forward, check);
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'dce', graph: t.joint });
-  const gradients = new Set(Object.entries(t.joint.outputs).filter(([k]) => k.startsWith('grad.')).map(([, v]) => v.id));
+  let joint = t.joint;
+  let gradCorrection: GradCorrectionReport | undefined;
+  if (opts.gradCorrection) {
+    if (opts.mode !== 'lora-fa') {
+      throw new LorafaError(model.file ?? model.name, `the gradient correction is for LoRA-FA (A frozen); mode is ${opts.mode}`, 'use --mode lora-fa, or drop --grad-correction');
+    }
+    const c = applyGradCorrection(joint);
+    joint = check(c.graph, 'grad-correction');
+    gradCorrection = c.report;
+    stages.push({ pass: 'grad-correction', graph: joint });
+  }
+  const gradients = new Set(Object.entries(joint.outputs).filter(([k]) => k.startsWith('grad.')).map(([, v]) => v.id));
   let step: Graph | undefined;
   let optimizerReport: OptimizerReport | undefined;
   if (opts.optimizer) {
-    const o = applyOptimizer(t.joint, opts.optimizer);
+    const o = applyOptimizer(joint, opts.optimizer);
     optimizerReport = o.report;
     // Forward outputs other than the loss (logits…) are not read back during training.
     const trimmed = { ...o.graph, outputs: { loss: o.graph.outputs.loss } };
@@ -104,10 +119,10 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   return {
     mode: opts.mode,
     forward,
-    joint: t.joint,
+    joint,
     step,
     gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, optimizer: optimizerReport, pruned },
+    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection },
   };
 }

@@ -162,6 +162,13 @@ export class StepRunner {
     return dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
   }
 
+  /** The value of a graph output (e.g. `logits`) after the last step. */
+  async readOutput(name: string): Promise<Float32Array | Int32Array> {
+    const o = this.plan.outputs[name];
+    if (!o) throw new LorafaError(name, `the plan has no output "${name}"`, `outputs: ${Object.keys(this.plan.outputs).join(', ')}`);
+    return this.read(o.slice, o.dtype, numel(o.shape));
+  }
+
   /** Current values of every parameter and optimizer state tensor. */
   async readParams(): Promise<Map<string, Float32Array>> {
     const out = new Map<string, Float32Array>();

@@ -12,6 +12,48 @@ export interface Gpu {
   readonly description: string;
   /** The subgroup size when the device has the feature and a fixed size (the fast matmul needs it). */
   readonly subgroupSize?: number;
+  /** Bytes of GPU buffers, counted at every createBuffer and destroy on this device. */
+  readonly memory: BufferMeter;
+}
+
+/**
+ * Counts GPU buffer bytes by wrapping the device's createBuffer and each buffer's destroy: what
+ * is measured is what was asked of the driver, whoever asked (the runner, a readback, a test).
+ * A buffer dropped without destroy() stays counted, as the driver keeps it until collected.
+ */
+export class BufferMeter {
+  live = 0;
+  peak = 0;
+  buffers = 0;
+  private readonly sizes = new WeakMap<GPUBuffer, number>();
+
+  constructor(device: GPUDevice) {
+    const create = device.createBuffer.bind(device);
+    device.createBuffer = (desc: GPUBufferDescriptor): GPUBuffer => {
+      const buffer = create(desc);
+      this.sizes.set(buffer, desc.size);
+      this.live += desc.size;
+      this.buffers++;
+      this.peak = Math.max(this.peak, this.live);
+      const destroy = buffer.destroy.bind(buffer);
+      buffer.destroy = () => {
+        const size = this.sizes.get(buffer);
+        if (size !== undefined) {
+          this.sizes.delete(buffer);
+          this.live -= size;
+          this.buffers--;
+        }
+        destroy();
+      };
+      return buffer;
+    };
+  }
+
+  /** Starts a new peak from the bytes live now; returns them. */
+  resetPeak(): number {
+    this.peak = this.live;
+    return this.live;
+  }
 }
 
 const SETUP = 'run `bash scripts/setup.sh` (it installs Mesa lavapipe when no adapter is found), then `npx lorafa doctor`';
@@ -59,8 +101,10 @@ export function acquireGpu(): Promise<Gpu> {
     const requiredFeatures = (['subgroups', 'timestamp-query'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const info = adapter.info;
+    const memory = new BufferMeter(device);
     return {
       device,
+      memory,
       adapter,
       limits: device.limits,
       description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),

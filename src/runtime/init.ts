@@ -3,7 +3,7 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
-import { fmtLoc, numel, sameShape, type Graph, type Param } from '../ir/types.ts';
+import { fmtLoc, numel, sameShape, type Graph, type Init, type Param } from '../ir/types.ts';
 import { readSafetensors, type SafeTensor } from '../io/safetensors.ts';
 
 /** FNV-1a over the name, mixed with the seed. */
@@ -47,6 +47,70 @@ export interface InitContext {
   readonly seed: number;
   /** Directory that relative `file` inits resolve against (the model file's). */
   readonly baseDir?: string;
+}
+
+/**
+ * scale·(AᵀA)⁻¹ for A [d, r] (row-major), in float64: Gauss–Jordan elimination with partial
+ * pivoting on the r×r Gram matrix. A is frozen under LoRA-FA, so this runs once per run.
+ */
+export function gramInverse(A: ArrayLike<number>, d: number, r: number, scale: number, where = 'lora_A'): Float64Array {
+  const m = new Float64Array(r * 2 * r);
+  const w = 2 * r;
+  for (let i = 0; i < r; i++) {
+    for (let j = 0; j < r; j++) {
+      let s = 0;
+      for (let k = 0; k < d; k++) s += A[k * r + i] * A[k * r + j];
+      m[i * w + j] = s;
+    }
+    m[i * w + r + i] = 1;
+  }
+  for (let c = 0; c < r; c++) {
+    let p = c;
+    for (let i = c + 1; i < r; i++) if (Math.abs(m[i * w + c]) > Math.abs(m[p * w + c])) p = i;
+    if (!(Math.abs(m[p * w + c]) > 1e-300)) {
+      throw new LorafaError(where, `AᵀA is singular (column ${c}): the gradient correction needs A of full column rank`, 'initialise A randomly (kaiming-uniform, the default) or train without --grad-correction');
+    }
+    if (p !== c) for (let j = 0; j < w; j++) [m[c * w + j], m[p * w + j]] = [m[p * w + j], m[c * w + j]];
+    const piv = m[c * w + c];
+    for (let j = 0; j < w; j++) m[c * w + j] /= piv;
+    for (let i = 0; i < r; i++) {
+      if (i === c) continue;
+      const f = m[i * w + c];
+      if (f !== 0) for (let j = 0; j < w; j++) m[i * w + j] -= f * m[c * w + j];
+    }
+  }
+  const out = new Float64Array(r * r);
+  for (let i = 0; i < r; i++) for (let j = 0; j < r; j++) out[i * r + j] = scale * m[i * w + r + j];
+  return out;
+}
+
+/**
+ * Values of derived parameters (init `gram_inverse`) from the values of what they derive from;
+ * call after every other parameter has its value (from its init, a checkpoint or an adapter file).
+ */
+export function resolveDerived(
+  params: readonly { readonly name: string; readonly shape: readonly number[]; readonly init: Init }[],
+  get: (name: string) => ArrayLike<number> | undefined,
+  set: (name: string, data: Float64Array) => void,
+): void {
+  for (const p of params) {
+    const init = p.init;
+    if (init.kind !== 'gram_inverse') continue;
+    const src = params.find((q) => q.name === init.of);
+    const a = get(init.of);
+    if (!src || !a) throw new LorafaError(p.name, `derives from "${init.of}", which has no value`, 'this is a lorafa bug: report it');
+    const [d, r] = src.shape;
+    set(p.name, gramInverse(a, d, r, init.scale, init.of));
+  }
+}
+
+/** resolveDerived over a graph's parameters and a map of tensors. */
+export function resolveDerivedTensors(params: readonly Param[], values: Map<string, Tensor>): void {
+  resolveDerived(
+    params.map((p) => ({ name: p.value.name, shape: p.value.type.shape, init: p.init })),
+    (n) => values.get(n)?.data,
+    (n, data) => values.set(n, { shape: values.get(n)!.shape, data }),
+  );
 }
 
 export function initParam(p: Param, ctx: InitContext, files = new Map<string, Map<string, SafeTensor>>()): Tensor {
@@ -93,6 +157,10 @@ export function initParam(p: Param, ctx: InitContext, files = new Map<string, Ma
       }
       break;
     }
+    case 'gram_inverse':
+      // Filled in by resolveDerived once A is known; identity-shaped placeholder until then.
+      data = new Float64Array(n);
+      break;
     case 'file': {
       const path = isAbsolute(init.path) ? init.path : resolve(ctx.baseDir ?? '.', init.path);
       let file = files.get(path);
@@ -119,5 +187,7 @@ export function initParam(p: Param, ctx: InitContext, files = new Map<string, Ma
 export function initParams(g: Graph, ctx: InitContext): Map<string, Tensor> {
   const files = new Map<string, Map<string, SafeTensor>>();
   const baseDir = ctx.baseDir ?? (g.file ? dirname(resolve(g.file)) : undefined);
-  return new Map(g.params.map((p) => [p.value.name, initParam(p, { ...ctx, baseDir }, files)]));
+  const values = new Map(g.params.map((p) => [p.value.name, initParam(p, { ...ctx, baseDir }, files)]));
+  resolveDerivedTensors(g.params, values);
+  return values;
 }

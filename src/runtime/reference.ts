@@ -4,7 +4,7 @@ import { LorafaError } from '../ir/errors.ts';
 import { opDef } from '../ir/ops.ts';
 import type { Tensor } from '../ir/shape.ts';
 import { fmtType, numel, type Graph } from '../ir/types.ts';
-import { initParams } from './init.ts';
+import { initParams, resolveDerived } from './init.ts';
 
 export interface ReferenceOptions {
   /** Data inputs by name. */
@@ -38,7 +38,14 @@ export function runReference(g: Graph, opts: ReferenceOptions): ReferenceResult 
     values.set(i.value.id, { shape: i.value.type.shape, data });
   }
   const missing = g.params.filter((p) => !opts.params?.has(p.value.name));
-  const initial = missing.length ? initParams({ ...g, params: missing }, { seed: opts.seed ?? 0 }) : new Map<string, Tensor>();
+  const derived = missing.filter((p) => p.init.kind === 'gram_inverse');
+  const initial = missing.length ? initParams({ ...g, params: missing.filter((p) => !derived.includes(p)) }, { seed: opts.seed ?? 0 }) : new Map<string, Tensor>();
+  // Derived parameters not given are computed from the values this run uses (given or initial).
+  resolveDerived(
+    g.params.map((p) => ({ name: p.value.name, shape: p.value.type.shape, init: derived.includes(p) ? p.init : { kind: 'zeros' as const } })),
+    (n) => (opts.params?.get(n) ?? initial.get(n))?.data,
+    (n, data) => initial.set(n, { shape: g.params.find((p) => p.value.name === n)!.value.type.shape, data }),
+  );
   const params = new Map<string, Tensor>();
   for (const p of g.params) {
     const t = opts.params?.get(p.value.name) ?? initial.get(p.value.name)!;

@@ -21,7 +21,7 @@ import { optimizerFeeds } from '../passes/optimizer.ts';
 import { listCheckpoints, readCheckpoint, removeStaleTemps, writeCheckpoint, type Checkpoint, type CheckpointTensor } from './checkpoint.ts';
 import { StepRunner } from './executor.ts';
 import { acquireGpu } from './gpu.ts';
-import { initParam } from './init.ts';
+import { initParam, resolveDerived } from './init.ts';
 import { DATA_SOURCES, syntheticTask, type DataSource, type DataSourceName } from './synthetic.ts';
 
 export type { TrainerSpec } from '../codegen/trainer-files.ts';
@@ -111,6 +111,11 @@ export function initialValues(t: LoadedPlan, seed: number): Map<string, Float32A
     const param = { value: { id: 0, name: p.name, type: { dtype: p.dtype, shape: p.shape } }, init, trainable: p.trainable, role: p.role as never };
     out.set(p.name, Float32Array.from(initParam(param, { seed }).data));
   }
+  resolveDerived(
+    t.plan.params.map((p) => ({ name: p.name, shape: p.shape, init: t.inits[p.name] })),
+    (n) => out.get(n),
+    (n, data) => out.set(n, Float32Array.from(data)),
+  );
   return out;
 }
 
