@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
-# The main job on the built-in default (npm start): the toy LLaMA-style decoder in LoRA-FA mode.
-#   1. what LoRA-FA prunes (compile summary);
-#   2. the memory plan of a training step, full vs LoRA vs LoRA-FA;
-#   3. a generated trainer, trained on the GPU (Dawn; lavapipe on a CPU-only machine) on a
-#      SYNTHETIC learnable task (next token = token + 1 mod vocab) until real data sets arrive.
+# The main job on the built-in default (npm start): a LoRA-FA fine-tune of a shipped base model on
+# real data, on this machine's GPU (Dawn; Mesa lavapipe on a CPU-only machine).
+#
+#   lorafa finetune spam --mode lora-fa
+#     - the LLaMA-style decoder pretrained on the Brown corpus (models/pretrained/llama-brown),
+#       fine-tuned to tell spam from ham on SpamAssassin (first 128 characters of subject + body);
+#     - prints the memory plan of one training step in full / LoRA / LoRA-FA, the accuracy of the
+#       frozen base and after training, and the GPU bytes measured at createBuffer;
+#     - writes out/main/: report.md, report.json, loss.svg, memory.svg and the trained adapter in
+#       PEFT's format (adapter/adapter_config.json, adapter/adapter_model.safetensors).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-lorafa() { node bin/lorafa.mjs "$@"; }
-step() { printf '\n=== %s\n' "$*"; }
-
-step "lorafa compile models/llama.ts --mode lora-fa"
-lorafa compile models/llama.ts --mode lora-fa
-
-step "lorafa plan models/llama.ts --compare"
-lorafa plan models/llama.ts --compare
-
-out=out/main
-rm -rf "$out"   # this job's own output: a fresh trainer every run
-step "lorafa compile models/llama.ts --mode lora-fa -o $out"
-lorafa compile models/llama.ts --mode lora-fa -o "$out"
-
-step "lorafa train $out --steps 200 --lr 1e-2 (synthetic task)"
-lorafa train "$out" --steps 200 --lr 1e-2 --checkpoint-every 100 --progress lines
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+rm -rf out/main   # this job's own output: a fresh report every run
+printf '=== lorafa finetune spam --mode lora-fa --out out/main\n'
+node bin/lorafa.mjs finetune spam --mode lora-fa --out out/main --progress lines "$@"

@@ -11,6 +11,8 @@ import { formatAdapterReport, probeAdapter } from '../runtime/device.ts';
 import { loadModel, trace } from './load.ts';
 import { summarize } from './summary.ts';
 import { writeTrainer } from './trainer.ts';
+import { finetuneCommand, type FinetuneFlags } from './finetune.ts';
+import { TASK_NAMES } from '../finetune/tasks.ts';
 import { addTrainOptions, type TrainFlags } from '../runtime/train.ts';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -280,6 +282,30 @@ export function program(): Command {
       .description("train a compiled trainer (lorafa compile … -o <dir>) on this machine's GPU; the same as npx tsx <dir>/trainer.ts")
       .argument('<dir>', 'the directory lorafa compile -o wrote'),
   ).action(trainCommand);
+  p.command('finetune')
+    .description('fine-tune a shipped base model on a real data set (fashion-mnist, spam) or pretrain one (mnist, brown), with a report')
+    .argument('<task>', `one of: ${TASK_NAMES.join(', ')}`)
+    .option('--mode <mode>', 'full | lora | lora-fa', 'lora-fa')
+    .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
+    .option('--steps <n>', "training steps (default: the task's)", positiveInt('--steps'))
+    .option('--lr <x>', "peak learning rate (default: the task's, per mode)", positiveNumber('--lr'))
+    .option('--seed <n>', 'seed of the init, the adapters and the data order', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--seed must be an integer ≥ 0, got "${v}"`);
+      return n;
+    }, 0)
+    .option('--rank <r>', "LoRA rank (default: the task's)", positiveInt('--rank'))
+    .option('--alpha <a>', "LoRA alpha (default: the task's)", positiveNumber('--alpha'))
+    .option('--targets <list>', 'LoRA target modules, comma-separated (PEFT target_modules)')
+    .option('--base <dir>', "base model directory holding model.safetensors (default: the task's shipped one)")
+    .option('--from-scratch', 'start from the seeded init, not a base model')
+    .option('--init-adapter <dir>', 'start the adapters from a PEFT adapter directory')
+    .option('--merged', 'also write merged.safetensors (adapters folded into the base weights)')
+    .option('--out <dir>', 'where the report, adapter and weights go (default out/finetune-<task>-<mode>)')
+    .addOption(new Option('--progress <how>', 'a progress bar (on a terminal), plain lines, or nothing').choices(['auto', 'bar', 'lines', 'none']).default('auto'))
+    .action(async (task: string, flags: FinetuneFlags) => {
+      await finetuneCommand(task, flags, commandLine());
+    });
   p.command('doctor')
     .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
     .action(async () => {

@@ -56,7 +56,9 @@ export function openImageDataset(name: ImageDatasetName, split: ImageSplit): Ima
     throw new LorafaError(`dataset ${name}`, `unknown split ${JSON.stringify(split)}`, 'use "train" or "test"');
   }
   const dir = imageDatasetDir(name);
-  const fix = SOURCES[name].fix;
+  const env = SOURCES[name].env;
+  // Files from a directory the user chose are theirs to repair; the installed ones are reinstalled.
+  const fix = process.env[env] ? `replace the file with an intact copy, or unset $${env} to read the installed data set` : SOURCES[name].fix;
   const stem = split === 'train' ? 'train' : 't10k';
   const images = openIdxImages(idxPath(dir, `${stem}-images-idx3-ubyte`, fix), fix);
   const labels = openIdxLabels(idxPath(dir, `${stem}-labels-idx1-ubyte`, fix), fix);

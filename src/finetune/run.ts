@@ -95,8 +95,10 @@ export interface RunResult {
   readonly model: LoadedModel;
 }
 
-/** Warm-up from lr/warmup to lr, then cosine decay to lr/10 at the last step. */
-export function lrAt(t: number, steps: number, lr: number, warmup: number): number {
+/** Linear warm-up to lr (at most a tenth of the run), then cosine decay to lr/10 at the last step. */
+export function lrAt(t: number, steps: number, lr: number, warmupSteps: number): number {
+  // A run shorter than ten warm-ups warms up for a tenth of its steps, so it still reaches the peak and decays.
+  const warmup = Math.min(warmupSteps, Math.floor(steps / 10));
   if (t <= warmup) return (lr * t) / Math.max(1, warmup);
   const p = (t - warmup) / Math.max(1, steps - warmup);
   return lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, p))));
@@ -121,11 +123,18 @@ export function loraOptionsFor(task: Task, m: LoadedModel, o: Pick<RunOptions, '
 }
 
 /** Loads base weights for `g`'s own parameters; reports what the file lacks and what it has in excess. */
-export function loadBase(file: string, g: Graph, keyFor: ((n: string) => string) | undefined, log: (s: string) => void): Map<string, Float32Array> {
-  if (!existsSync(file)) {
-    throw new LorafaError(file, 'no base model here', 'restore the shipped base models with `git checkout models/pretrained`, or rebuild them with `npm run pretrain`');
+export function loadBase(file: string, g: Graph, keyFor: ((n: string) => string) | undefined, log: (s: string) => void, shipped = true): Map<string, Float32Array> {
+  const fix = shipped
+    ? 'restore the shipped base models with `git checkout models/pretrained`, or rebuild them with `npm run pretrain`'
+    : `pass --base a directory whose model.safetensors holds ${g.name}'s weights (e.g. written by \`npm run pretrain -- --out DIR\` or \`lorafa finetune --mode full\`), or drop --base to start from the shipped base model`;
+  if (!existsSync(file)) throw new LorafaError(file, 'no base model here (model.safetensors)', fix);
+  let values: Map<string, Float32Array>;
+  try {
+    values = loadStateDict(file, g, { keyFor, strict: false });
+  } catch (e) {
+    if (e instanceof LorafaError) throw new LorafaError(e.where, e.problem, fix);
+    throw e;
   }
-  const values = loadStateDict(file, g, { keyFor, strict: false });
   const layout = stateDictLayout(g, { keyFor });
   const fresh = layout.filter((k) => !values.has(k.param.value.name)).map((k) => k.key);
   const keys = [...readSafetensorsWithMetadata(file).tensors.keys()];
@@ -227,7 +236,7 @@ export async function runTask(ctx: TaskContext, o: Omit<RunOptions, 'task' | 'se
   const values = initParams(step, { seed }) as Map<string, Tensor>;
   const dir = baseDir(task, o.base);
   if (dir) {
-    for (const [k, v] of loadBase(join(dir, 'model.safetensors'), graph, m.def.stateDictKey, log)) values.set(k, { shape: values.get(k)!.shape, data: Float64Array.from(v) });
+    for (const [k, v] of loadBase(join(dir, 'model.safetensors'), graph, m.def.stateDictKey, log, o.base === undefined)) values.set(k, { shape: values.get(k)!.shape, data: Float64Array.from(v) });
   }
   if (o.initAdapter) {
     const a = importPeftAdapter(o.initAdapter, planned.compiled.forward, { keyFor: m.def.stateDictKey });

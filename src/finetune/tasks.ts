@@ -34,7 +34,7 @@ export interface EvalBatch {
   readonly feeds: Feeds;
   /** Classification: the true labels of the batch's rows. */
   readonly labels?: Int32Array;
-  /** How many leading rows are real samples (the last batch is padded). */
+  /** Classification: how many leading rows are real samples (the last batch is padded). LM: characters scored. */
   readonly valid: number;
 }
 
@@ -206,7 +206,8 @@ export const TASKS: Readonly<Record<TaskName, Task>> = {
               ids.set(valid.subarray(s, s + seq), r * seq);
               labels.set(valid.subarray(s + 1, s + seq + 1), r * seq);
             }
-            yield { feeds: { input_ids: ids, labels }, valid: batch };
+            // `valid` counts characters: every position of every window is scored.
+            yield { feeds: { input_ids: ids, labels }, valid: batch * seq };
           }
         },
       };

@@ -1,0 +1,511 @@
+// Fine-tuning on real data (src/finetune, `lorafa finetune`), on the GPU (Dawn on lavapipe here):
+// - the learning-rate schedule;
+// - the shipped MNIST base, loaded and evaluated, reproduces the accuracy it recorded;
+// - Fashion-MNIST runs in lora / lora-fa / lora-fa + gradient correction: bytes measured at
+//   createBuffer are the plan's (+4 B loss readback), LoRA − LoRA-FA is the plan's difference, A and
+//   the base weights stay bit-identical, training helps, runs are deterministic;
+// - one step and the evaluation agree with the float64 reference (with the correction, started from
+//   a PEFT adapter whose A is not the seed's);
+// - the CLI: its files, a PEFT adapter round trip, the merged weights, and bad input that names
+//   the place and the fix without damaging what an earlier run wrote.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, copyFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { trace } from '../src/cli/load.ts';
+import { lrAt, openTask, runTask, type RunResult, type TaskContext } from '../src/finetune/run.ts';
+import { TASKS } from '../src/finetune/tasks.ts';
+import type { Tensor } from '../src/ir/shape.ts';
+import type { Graph } from '../src/ir/types.ts';
+import { exportPeftAdapter } from '../src/io/peft.ts';
+import { readSafetensors, writeSafetensors, type SafeTensor, type TensorToWrite } from '../src/io/safetensors.ts';
+import { compileTraining } from '../src/passes/compile.ts';
+import { applyLora } from '../src/passes/lora.ts';
+import { optimizerFeeds } from '../src/passes/optimizer.ts';
+import { initParams, rng } from '../src/runtime/init.ts';
+import { referenceStep, runReference } from '../src/runtime/reference.ts';
+import { property, ROOT } from './helpers.ts';
+
+const FASHION = TASKS['fashion-mnist'];
+const MNIST_BASE = join(ROOT, 'models', 'pretrained', 'mlp-mnist');
+const SYSTEM_FASHION = '/usr/share/datasets/fashion-mnist';
+const tmp = mkdtempSync(join(tmpdir(), 'lorafa-finetune-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** The bits of a float32 array, so equality is bit-for-bit (and −0 ≠ +0, NaN = NaN). */
+const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+const f32 = (a: ArrayLike<number>) => Float32Array.from(a);
+
+/** The shipped base in lorafa layout (linear weights transposed back to [in, out]), read here. */
+function baseValues(dir = MNIST_BASE): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [k, t] of readSafetensors(join(dir, 'model.safetensors'))) {
+    if (t.shape.length === 2) {
+      const [o, i] = t.shape;
+      const w = new Float32Array(o * i);
+      for (let r = 0; r < i; r++) for (let c = 0; c < o; c++) w[r * o + c] = t.data[c * i + r];
+      out.set(k, w);
+    } else out.set(k, f32(t.data));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('lrAt: warm-up, then cosine to lr/10', () => {
+  test('linear warm-up to the peak at `warmup`, lr/10 at the last step, non-increasing after the warm-up', () => {
+    property(
+      'lrAt schedule',
+      fc.record({ warmup: fc.integer({ min: 0, max: 60 }), extra: fc.integer({ min: 1, max: 400 }), lr: fc.double({ min: 1e-6, max: 1, noNaN: true }) }),
+      ({ warmup, extra, lr }) => {
+        const steps = warmup + extra;
+        const at = (t: number) => lrAt(t, steps, lr, warmup);
+        for (let t = 1; t <= warmup; t++) {
+          const want = (lr * t) / warmup;
+          if (Math.abs(at(t) - want) > 1e-12 * lr) throw new Error(`warm-up: lrAt(${t}) = ${at(t)}, want ${want}`);
+        }
+        if (warmup > 0 && Math.abs(at(warmup) - lr) > 1e-12 * lr) throw new Error(`peak: lrAt(${warmup}) = ${at(warmup)}, want ${lr}`);
+        if (Math.abs(at(steps) - lr / 10) > 1e-12 * lr) throw new Error(`end: lrAt(${steps}) = ${at(steps)}, want ${lr / 10}`);
+        for (let t = Math.max(1, warmup); t < steps; t++) {
+          if (!(at(t + 1) <= at(t))) throw new Error(`increases after the warm-up: lrAt(${t}) = ${at(t)} < lrAt(${t + 1}) = ${at(t + 1)}`);
+        }
+        for (let t = 1; t <= steps; t++) if (!(at(t) > 0 && at(t) <= lr * (1 + 1e-15))) throw new Error(`lrAt(${t}) = ${at(t)} outside (0, lr]`);
+      },
+    );
+  });
+
+  test('a hand-checked point: halfway through the decay the rate is lr·(0.1 + 0.45)', () => {
+    expect(lrAt(60, 110, 1, 10)).toBeCloseTo(0.55, 14);
+    expect(lrAt(5, 110, 1, 10)).toBeCloseTo(0.5, 14);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('the shipped MNIST base', () => {
+  test('loaded into models/mlp.ts (mnist) and evaluated on the MNIST test set, it scores what metrics.json recorded', async () => {
+    const metrics = JSON.parse(readFileSync(join(MNIST_BASE, 'metrics.json'), 'utf8')) as { final: { accuracy: number; loss: number; count: number } };
+    const ctx = await openTask(TASKS.mnist, 0);
+    const r = await runTask(ctx, { mode: 'full', base: MNIST_BASE, steps: 1 });
+    expect(r.before!.count).toBe(metrics.final.count);
+    expect(Math.abs(r.before!.accuracy! - metrics.final.accuracy)).toBeLessThanOrEqual(1e-9);
+    expect(Math.abs(r.before!.loss - metrics.final.loss)).toBeLessThanOrEqual(1e-5 * metrics.final.loss);
+    expect(metrics.final.accuracy).toBeGreaterThan(0.9);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('fine-tuning fashion-mnist in process: lora, lora-fa, lora-fa + gradient correction', () => {
+  const STEPS = 30;
+  const SEED = 0;
+  let ctx: TaskContext;
+  let lora: RunResult;
+  let fa: RunResult;
+  let fa2: RunResult;
+  let gc: RunResult;
+  beforeAll(async () => {
+    ctx = await openTask(FASHION, SEED);
+    lora = await runTask(ctx, { mode: 'lora', steps: STEPS });
+    fa = await runTask(ctx, { mode: 'lora-fa', steps: STEPS });
+    gc = await runTask(ctx, { mode: 'lora-fa', gradCorrection: true, steps: STEPS });
+    // Determinism across a fresh open of the data, too.
+    fa2 = await runTask(await openTask(FASHION, SEED), { mode: 'lora-fa', steps: STEPS });
+  });
+
+  test('GPU bytes measured at createBuffer are the plan’s plus the 4-byte loss readback', () => {
+    for (const r of [lora, fa, gc, fa2]) {
+      expect(r.gpu.measured, `${r.mode}${r.gradCorrection ? ' + gc' : ''}`).toBe(r.gpu.planned + 4);
+      expect(r.gpu.planned).toBeGreaterThanOrEqual(r.gpu.lowerBound);
+    }
+  });
+
+  test('LoRA − LoRA-FA measured is exactly the plans’ difference, and positive', () => {
+    const planned = lora.gpu.planned - fa.gpu.planned;
+    expect(planned).toBeGreaterThan(0);
+    expect(lora.gpu.measured - fa.gpu.measured).toBe(planned);
+  });
+
+  test('under lora-fa, A keeps its seeded init and W, biases keep the base’s values, bit for bit; B and the head train', () => {
+    const base = baseValues();
+    const init = initParams(fa.forward, { seed: SEED });
+    const adapters = fa.forward.adapters;
+    expect(adapters.map((a) => a.module)).toEqual(['fc1', 'fc2']);
+    for (const r of [fa, gc, fa2]) {
+      for (const k of ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']) expect(bits(r.values.get(k)!), k).toEqual(bits(base.get(k)!));
+      for (const a of adapters) {
+        expect(bits(r.values.get(a.A)!), a.A).toEqual(bits(f32(init.get(a.A)!.data)));
+        expect(r.values.get(a.B)!.some((v) => v !== 0), `${a.B} trained`).toBe(true);
+      }
+      expect(bits(r.values.get('fc3.weight')!)).not.toEqual(bits(base.get('fc3.weight')!));
+    }
+    // Under LoRA, A does train (so the comparison above can tell the modes apart).
+    for (const a of adapters) expect(bits(lora.values.get(a.A)!)).not.toEqual(bits(f32(init.get(a.A)!.data)));
+    for (const k of ['fc1.weight', 'fc2.weight']) expect(bits(lora.values.get(k)!)).toEqual(bits(base.get(k)!));
+  });
+
+  test('the gradient correction changes what B learns (same A, other B)', () => {
+    for (const a of fa.forward.adapters) {
+      expect(bits(gc.values.get(a.A)!)).toEqual(bits(fa.values.get(a.A)!));
+      expect(bits(gc.values.get(a.B)!)).not.toEqual(bits(fa.values.get(a.B)!));
+    }
+    expect(gc.losses.map((l) => l.loss)).not.toEqual(fa.losses.map((l) => l.loss));
+  });
+
+  test('training improves test accuracy from the frozen base, in every mode', () => {
+    for (const r of [lora, fa, gc]) {
+      expect(r.before!.count).toBe(10000);
+      expect(r.after.accuracy!, `${r.mode}${r.gradCorrection ? ' + gc' : ''}: ${r.before!.accuracy} → ${r.after.accuracy}`).toBeGreaterThan(r.before!.accuracy!);
+      expect(r.after.loss).toBeLessThan(r.before!.loss);
+    }
+    // Every run starts from the same frozen base.
+    expect(fa.before).toEqual(lora.before);
+    expect(gc.before).toEqual(lora.before);
+  });
+
+  test('same seed, same run: identical losses and final values', () => {
+    expect(fa2.losses).toEqual(fa.losses);
+    expect(fa.losses.map((l) => l.step)).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
+    expect(fa2.after).toEqual(fa.after);
+    for (const [k, v] of fa.values) expect(bits(fa2.values.get(k)!), k).toEqual(bits(v));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+/** A Fashion-MNIST directory whose test set is the first `n` test images (raw IDX), training set linked. */
+function smallTestSet(dir: string, n: number): void {
+  mkdirSync(dir, { recursive: true });
+  for (const f of ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz']) symlinkSync(join(SYSTEM_FASHION, f), join(dir, f));
+  const images = gunzipSync(readFileSync(join(SYSTEM_FASHION, 't10k-images-idx3-ubyte.gz')));
+  const labels = gunzipSync(readFileSync(join(SYSTEM_FASHION, 't10k-labels-idx1-ubyte.gz')));
+  const ih = Buffer.from(images.subarray(0, 16));
+  ih.writeUInt32BE(n, 4);
+  writeFileSync(join(dir, 't10k-images-idx3-ubyte'), Buffer.concat([ih, images.subarray(16, 16 + n * 784)]));
+  const lh = Buffer.from(labels.subarray(0, 8));
+  lh.writeUInt32BE(n, 4);
+  writeFileSync(join(dir, 't10k-labels-idx1-ubyte'), Buffer.concat([lh, labels.subarray(8, 8 + n)]));
+}
+
+async function withEnv<T>(name: string, value: string, f: () => Promise<T>): Promise<T> {
+  const old = process.env[name];
+  process.env[name] = value;
+  try {
+    return await f();
+  } finally {
+    if (old === undefined) delete process.env[name];
+    else process.env[name] = old;
+  }
+}
+
+describe('against the float64 reference (lora-fa + gradient correction, started from a PEFT adapter)', () => {
+  // Seed 1 for the run, an adapter with seed 77's A and random B: (AᵀA)⁻¹ must come from the
+  // adapter's A, the one actually trained with, not the seed's.
+  const N_TEST = 1000;
+  const SGD = { kind: 'sgd' } as const;
+  let ctx: TaskContext;
+  let r: RunResult;
+  let start: Map<string, Float64Array>;
+  let evalGraph: Graph;
+  beforeAll(async () => {
+    const data = join(tmp, 'fashion-1000');
+    smallTestSet(data, N_TEST);
+    ctx = await withEnv('LORAFA_FASHION_MNIST_DIR', data, () => openTask(FASHION, 1));
+    expect(ctx.data.testCount).toBe(N_TEST);
+    const m = ctx.model;
+    const lora = { rank: 8, alpha: 16, targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] };
+    const fwd = compileTraining(trace(m, 'mnist'), { mode: 'lora-fa', lora }).forward;
+    const mine = initParams(fwd, { seed: 77 });
+    for (const a of fwd.adapters) {
+      const u = rng(1000 + fwd.adapters.indexOf(a));
+      mine.set(a.B, { shape: mine.get(a.B)!.shape, data: mine.get(a.B)!.data.map(() => 0.02 * (2 * u() - 1)) });
+    }
+    const base = baseValues();
+    for (const k of ['fc3.weight', 'fc3.bias']) mine.set(k, { shape: mine.get(k)!.shape, data: Float64Array.from(base.get(k)!) });
+    const adapterDir = join(tmp, 'adapter-77');
+    exportPeftAdapter(adapterDir, fwd, mine, { targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] });
+    r = await runTask(ctx, { mode: 'lora-fa', gradCorrection: true, steps: 1, initAdapter: adapterDir, optimizer: SGD, lr: 3 });
+    // The starting point, assembled here: base weights, then the adapter's (float32) tensors.
+    start = new Map([...base].map(([k, v]) => [k, Float64Array.from(v)]));
+    for (const a of fwd.adapters) for (const k of [a.A, a.B]) start.set(k, Float64Array.from(f32(mine.get(k)!.data)));
+    evalGraph = applyLora(trace(m, 'mnist', { batch: N_TEST }), r.lora!).graph;
+    // The seed's A really differs from the adapter's.
+    expect(bits(f32(initParams(fwd, { seed: 1 }).get('fc1.lora_A')!.data))).not.toEqual(bits(f32(start.get('fc1.lora_A')!)));
+  });
+
+  test('the evaluation (loss and accuracy on the 1000 test images) matches the reference forward of the final values', () => {
+    const batch = [...ctx.data.evalSet(N_TEST)];
+    expect(batch.length).toBe(1);
+    expect(batch[0].valid).toBe(N_TEST);
+    const params = new Map<string, Tensor>(evalGraph.params.map((p) => [p.value.name, { shape: p.value.type.shape, data: Float64Array.from(r.values.get(p.value.name)!) }]));
+    const out = runReference(evalGraph, { feeds: batch[0].feeds, params }).outputs;
+    const logits = out.logits.data;
+    const labels = batch[0].labels!;
+    let correct = 0;
+    let nearTies = 0;
+    let loss = 0;
+    for (let i = 0; i < N_TEST; i++) {
+      const row = [...logits.subarray(i * 10, i * 10 + 10)];
+      const sorted = [...row].sort((a, b) => b - a);
+      if (sorted[0] - sorted[1] < 1e-3) nearTies++;
+      if (row.indexOf(sorted[0]) === labels[i]) correct++;
+      const max = sorted[0];
+      loss += Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0)) + max - row[labels[i]];
+    }
+    loss /= N_TEST;
+    expect(r.after.count).toBe(N_TEST);
+    expect(Math.abs(r.after.loss - loss)).toBeLessThanOrEqual(1e-6 * loss);
+    expect(Math.abs(out.loss.data[0] - loss)).toBeLessThanOrEqual(1e-9 * loss);
+    expect(Math.abs(r.after.accuracy! * N_TEST - correct)).toBeLessThanOrEqual(nearTies);
+    // And the before-evaluation saw the starting point (the adapter), not the seed's adapters.
+    const p0 = new Map<string, Tensor>(evalGraph.params.map((p) => [p.value.name, { shape: p.value.type.shape, data: start.get(p.value.name)! }]));
+    const out0 = runReference(evalGraph, { feeds: batch[0].feeds, params: p0 }).outputs;
+    expect(Math.abs(r.before!.loss - out0.loss.data[0])).toBeLessThanOrEqual(1e-6 * out0.loss.data[0]);
+  });
+
+  test('one GPU step (SGD) equals the reference step: B moves by lr·(1/s²)(AᵀA)⁻¹·gB, A and W stay', () => {
+    const graph = trace(ctx.model, 'mnist');
+    const lr1 = lrAt(1, 1, r.lr, FASHION.defaults.warmup);
+    const feeds = { ...ctx.data.batch(1), ...optimizerFeeds(SGD, lr1, 1) };
+    const run = (gradCorrection: boolean) => {
+      const step = compileTraining(graph, { mode: 'lora-fa', lora: r.lora!, optimizer: SGD, gradCorrection }).step!;
+      // lora_gc is left to the reference: (AᵀA)⁻¹ of the A given.
+      const params = new Map<string, Tensor>(step.params.filter((p) => start.has(p.value.name)).map((p) => [p.value.name, { shape: p.value.type.shape, data: start.get(p.value.name)! }]));
+      expect(params.size).toBe(10);
+      return referenceStep(step, { feeds, params }).params;
+    };
+    const ref = run(true);
+    const uncorrected = run(false);
+    for (const name of ['fc1.lora_B', 'fc2.lora_B', 'fc3.weight', 'fc3.bias']) {
+      const got = r.values.get(name)!;
+      const want = ref.get(name)!.data;
+      const before = start.get(name)!;
+      let move = 0;
+      let err = 0;
+      let off = 0;
+      for (let i = 0; i < want.length; i++) {
+        move = Math.max(move, Math.abs(want[i] - before[i]));
+        err = Math.max(err, Math.abs(got[i] - want[i]));
+        off = Math.max(off, Math.abs(uncorrected.get(name)!.data[i] - want[i]));
+      }
+      expect(move, `${name} moves`).toBeGreaterThan(1e-4);
+      expect(err, `${name}: GPU against reference, largest move ${move}`).toBeLessThanOrEqual(2e-5 * move);
+      // The correction matters for B (so the check above would catch a missing or wrong one), not for the head.
+      if (name.endsWith('lora_B')) expect(off, name).toBeGreaterThan(0.1 * move);
+      else expect(off, name).toBe(0);
+    }
+    for (const k of ['fc1.lora_A', 'fc2.lora_A', 'fc1.weight', 'fc2.bias']) expect(bits(r.values.get(k)!), k).toEqual(bits(f32(start.get(k)!)));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+const bin = join(ROOT, 'bin', 'lorafa.mjs');
+
+function lorafa(args: readonly string[], env: Record<string, string> = {}) {
+  const r = spawnSync(process.execPath, [bin, 'finetune', ...args, '--progress', 'none'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, error: r.error };
+}
+
+/** Every file under `dir` (recursive) → its bytes. */
+function snapshot(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.set(relative(dir, p), readFileSync(p));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+function expectUnchanged(dir: string, before: Map<string, Buffer>) {
+  const now = snapshot(dir);
+  expect([...now.keys()].sort()).toEqual([...before.keys()].sort());
+  for (const [k, v] of before) expect(now.get(k)!.equals(v), `${k} unchanged`).toBe(true);
+}
+
+interface Report {
+  mode: string;
+  steps: number;
+  before: { loss: number; accuracy: number; count: number };
+  after: { loss: number; accuracy: number; count: number };
+  gpuBytes: { measured: number; planned: number };
+  plans: Record<string, { peak: number; lowerBound: number }>;
+  losses: { step: number; loss: number }[];
+  lora: { rank: number; alpha: number; targets: string[]; modulesToSave: string[] } | null;
+}
+const readReport = (dir: string) => JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as Report;
+
+describe('lorafa finetune (CLI)', () => {
+  const out = join(tmp, 'cli-run');
+  const rerun = join(tmp, 'cli-rerun');
+  const rank4 = join(tmp, 'cli-rank4');
+  let first: ReturnType<typeof lorafa>;
+  let good: Map<string, Buffer>;
+  beforeAll(() => {
+    first = lorafa(['fashion-mnist', '--steps', '20', '--merged', '--out', out]);
+    expect(first.status, first.stderr).toBe(0);
+    good = snapshot(out);
+  });
+
+  test('writes the report, the charts, the PEFT adapter and the merged weights, and nothing else', () => {
+    expect([...good.keys()].sort()).toEqual(
+      ['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'loss.svg', 'memory.svg', 'merged.safetensors', 'report.json', 'report.md'].sort(),
+    );
+    for (const svg of ['loss.svg', 'memory.svg']) expect(good.get(svg)!.toString()).toMatch(/^<svg[\s\S]*<\/svg>\s*$/);
+    expect(first.stdout).toMatch(/wrote .*cli-run/);
+  });
+
+  test('report.json: measured = planned + 4, the plan’s lora-fa peak, 20 losses, accuracies in [0, 1]', () => {
+    const r = readReport(out);
+    expect(r.mode).toBe('lora-fa');
+    expect(r.steps).toBe(20);
+    expect(r.gpuBytes.measured).toBe(r.gpuBytes.planned + 4);
+    expect(r.gpuBytes.planned).toBe(r.plans['lora-fa'].peak);
+    expect(r.plans.lora.peak).toBeGreaterThan(r.plans['lora-fa'].peak);
+    expect(r.plans.full.peak).toBeGreaterThan(r.plans.lora.peak);
+    for (const m of [r.before, r.after]) {
+      expect(m.accuracy).toBeGreaterThanOrEqual(0);
+      expect(m.accuracy).toBeLessThanOrEqual(1);
+      expect(m.count).toBe(10000);
+      expect(Number.isFinite(m.loss) && m.loss > 0).toBe(true);
+    }
+    expect(r.losses.map((l) => l.step)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect(r.losses.every((l) => Number.isFinite(l.loss))).toBe(true);
+    expect(r.lora).toEqual({ rank: 8, alpha: 16, targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] });
+    const md = good.get('report.md')!.toString();
+    expect(md).toContain(`${(100 * r.after.accuracy).toFixed(2)}%`);
+    expect(md).toContain(`${r.gpuBytes.measured} measured at createBuffer, ${r.gpuBytes.planned} planned`);
+  });
+
+  test('adapter_config.json is PEFT’s: LORA, r 8, alpha 16, targets fc1, fc2, head fc3 saved whole', () => {
+    const c = JSON.parse(good.get('adapter/adapter_config.json')!.toString()) as Record<string, unknown>;
+    expect(c.peft_type).toBe('LORA');
+    expect(c.r).toBe(8);
+    expect(c.lora_alpha).toBe(16);
+    expect(c.target_modules).toEqual(['fc1', 'fc2']);
+    expect(c.modules_to_save).toEqual(['fc3']);
+    expect(c.use_rslora).toBe(false);
+  });
+
+  test('--merged: fc1.weight, fc2.weight = W + s·A·B (torch layout), fc3 the trained head, no adapter keys', () => {
+    const merged = readSafetensors(join(out, 'merged.safetensors'));
+    const base = readSafetensors(join(MNIST_BASE, 'model.safetensors'));
+    const ad = readSafetensors(join(out, 'adapter', 'adapter_model.safetensors'));
+    expect([...merged.keys()].sort()).toEqual([...base.keys()].sort());
+    const s = 16 / 8;
+    for (const mod of ['fc1', 'fc2']) {
+      const W = base.get(`${mod}.weight`)!;
+      const A = ad.get(`base_model.model.${mod}.lora_A.weight`)! as SafeTensor; // [r, in]
+      const B = ad.get(`base_model.model.${mod}.lora_B.weight`)! as SafeTensor; // [out, r]
+      const [o, i] = W.shape;
+      expect(A.shape).toEqual([8, i]);
+      expect(B.shape).toEqual([o, 8]);
+      const M = merged.get(`${mod}.weight`)!;
+      expect(M.shape).toEqual([o, i]);
+      let moved = 0;
+      for (let a = 0; a < o; a++) {
+        for (let b = 0; b < i; b++) {
+          let d = 0;
+          for (let k = 0; k < 8; k++) d += A.data[k * i + b] * B.data[a * 8 + k];
+          const want = W.data[a * i + b] + s * d;
+          const got = M.data[a * i + b];
+          if (Math.abs(got - want) > 2 ** -23 * Math.abs(want) + 1e-30) throw new Error(`${mod}.weight[${a},${b}]: merged ${got}, W + s·A·B = ${want}`);
+          if (got !== W.data[a * i + b]) moved++;
+        }
+      }
+      expect(moved).toBeGreaterThan(o * i * 0.5);
+    }
+    for (const k of ['fc3.weight', 'fc3.bias']) expect(bits(f32(merged.get(k)!.data))).toEqual(bits(f32(ad.get(`base_model.model.${k}`)!.data)));
+    for (const k of ['fc1.bias', 'fc2.bias']) expect(bits(f32(merged.get(k)!.data))).toEqual(bits(f32(base.get(k)!.data)));
+  });
+
+  test('--init-adapter <the adapter just written>: the new run starts exactly where the first ended', () => {
+    const r = lorafa(['fashion-mnist', '--init-adapter', join(out, 'adapter'), '--steps', '1', '--lr', '1e-12', '--out', rerun]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/adapter: \d+ tensors from/);
+    const a = readReport(out);
+    const b = readReport(rerun);
+    expect(b.before.accuracy).toBe(a.after.accuracy);
+    expect(b.before.loss).toBe(a.after.loss);
+  });
+
+  describe('bad input: a clear message, exit 1, and the earlier run’s files untouched', () => {
+    function fails(args: string[], env: Record<string, string> = {}) {
+      const r = lorafa([...args, '--out', out], env);
+      expect(r.error).toBeUndefined();
+      expect(r.status, r.stdout + r.stderr).toBe(1);
+      expectUnchanged(out, good);
+      const msg = r.stderr.split('\n').filter((l) => !/^Warning: /.test(l)).join('\n');
+      expect(msg).toMatch(/^lorafa: /m);
+      expect(msg).toMatch(/\n {2}fix: \S/);
+      return msg;
+    }
+
+    test('(i) a truncated Fashion-MNIST training-image file is named', () => {
+      const dir = join(tmp, 'fashion-truncated');
+      mkdirSync(dir);
+      for (const f of readdirSync(SYSTEM_FASHION)) copyFileSync(join(SYSTEM_FASHION, f), join(dir, f));
+      const victim = join(dir, 'train-images-idx3-ubyte.gz');
+      truncateSync(victim, Math.floor(statSync(victim).size / 2));
+      const msg = fails(['fashion-mnist', '--steps', '2'], { LORAFA_FASHION_MNIST_DIR: dir });
+      expect(msg).toContain(`lorafa: ${victim}: `);
+      expect(msg).toMatch(/corrupt gzip|truncated/);
+      expect(msg).toMatch(/fix: .*dataset-fashion-mnist/);
+    });
+
+    test('(ii) --base with a wrong-shape fc1.weight: the key and both shapes', () => {
+      const dir = join(tmp, 'base-bad-shape');
+      mkdirSync(dir);
+      const t = readSafetensors(join(MNIST_BASE, 'model.safetensors'));
+      const tensors = new Map<string, TensorToWrite>([...t].map(([k, v]) => [k, { dtype: 'F32', shape: v.shape, data: v.data }]));
+      tensors.set('fc1.weight', { dtype: 'F32', shape: [256, 700], data: new Float32Array(256 * 700) });
+      writeSafetensors(join(dir, 'model.safetensors'), tensors);
+      const msg = fails(['fashion-mnist', '--steps', '2', '--base', dir]);
+      expect(msg).toContain(join(dir, 'model.safetensors'));
+      expect(msg).toContain('"fc1.weight"');
+      expect(msg).toContain('[256,700]');
+      expect(msg).toContain('[256,784]');
+    });
+
+    test('(iii) --init-adapter exported at another rank: names r and both values', () => {
+      const r = lorafa(['fashion-mnist', '--rank', '4', '--steps', '1', '--out', rank4]);
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(readFileSync(join(rank4, 'adapter', 'adapter_config.json'), 'utf8')).r).toBe(4);
+      const msg = fails(['fashion-mnist', '--steps', '2', '--init-adapter', join(rank4, 'adapter')]);
+      expect(msg).toContain(join(rank4, 'adapter'));
+      expect(msg).toMatch(/\br 4\b.*\b8\b/);
+      expect(msg).toMatch(/fix: .*--rank 4/);
+    });
+
+    test('(iv) --base pointing at a directory without model.safetensors', () => {
+      const dir = join(tmp, 'base-empty');
+      mkdirSync(dir);
+      const msg = fails(['fashion-mnist', '--steps', '2', '--base', dir]);
+      expect(msg).toContain(`lorafa: ${join(dir, 'model.safetensors')}: `);
+      expect(msg).toMatch(/no base model/);
+    });
+
+    test('(v) an unknown task lists the known ones; a fresh --out is not even created', () => {
+      const msg = fails(['fashion-mnst', '--steps', '2']);
+      expect(msg).toMatch(/fashion-mnst.*no task/);
+      expect(msg).toMatch(/fix: use one of: mnist, fashion-mnist, brown, spam/);
+      const fresh = join(tmp, 'never');
+      const r = lorafa(['fashion-mnst', '--out', fresh]);
+      expect(r.status).toBe(1);
+      expect(existsSync(fresh)).toBe(false);
+    });
+
+    test('(vi) --grad-correction with --mode lora', () => {
+      const msg = fails(['fashion-mnist', '--steps', '2', '--mode', 'lora', '--grad-correction']);
+      expect(msg).toMatch(/--grad-correction: .*mode is lora/);
+      expect(msg).toMatch(/fix: use --mode lora-fa/);
+    });
+  });
+});
