@@ -1,19 +1,10 @@
 // A picture of a memory plan: bytes live along the schedule, stacked by category, with the peak and
 // the start of backward marked. Plain SVG text, no dependencies.
 import { fmtBytes } from '../ir/format.ts';
-import { CATEGORIES, CATEGORY_LABELS, type Category, type MemoryPlan } from '../passes/memory-plan.ts';
+import { CATEGORIES, CATEGORY_LABELS, type MemoryPlan } from '../passes/memory-plan.ts';
+import { CATEGORY_COLORS, esc } from './svg.ts';
 
-const COLORS: Record<Category, string> = {
-  frozen: '#9e9e9e',
-  trainable: '#1e88e5',
-  optimizer: '#8e24aa',
-  inputs: '#6d4c41',
-  gradients: '#e53935',
-  saved: '#fb8c00',
-  workspace: '#43a047',
-};
-
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const COLORS = CATEGORY_COLORS;
 
 export function planSvg(p: MemoryPlan, title: string): string {
   const W = 960;

@@ -165,7 +165,8 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     params: g.params.map((p) => ({ ...resident(p.value), trainable: p.trainable, role: p.role })),
     inputs: g.inputs.map((i) => resident(i.value)),
     loss: slice(loss),
-    outputs: Object.fromEntries(Object.entries(g.outputs).map(([k, v]) => [k, resident(v)])),
+    // Outputs with storage (an inlined scalar constant has none: it is known without running).
+    outputs: Object.fromEntries(Object.entries(g.outputs).filter(([, v]) => byId.has(root(v))).map(([k, v]) => [k, resident(v)])),
     bytes: plan.buffers.reduce((s, b) => s + Math.max(4, Math.ceil(b.bytes / 4) * 4), 0),
   };
 }

@@ -2,18 +2,8 @@
 // SVG (plain text, no dependencies), and the numbers as Markdown and JSON.
 import { fmtBytes } from '../ir/format.ts';
 import { CATEGORIES, CATEGORY_LABELS, type Category } from '../passes/memory-plan.ts';
+import { CATEGORY_COLORS, esc, svgOpen } from '../cli/svg.ts';
 
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-
-export const CATEGORY_COLORS: Record<Category, string> = {
-  frozen: '#9e9e9e',
-  trainable: '#1e88e5',
-  optimizer: '#8e24aa',
-  inputs: '#6d4c41',
-  gradients: '#e53935',
-  saved: '#fb8c00',
-  workspace: '#43a047',
-};
 
 export interface Series {
   readonly label: string;
@@ -60,11 +50,7 @@ export function lineChartSvg(title: string, series: readonly Series[], axes: { x
   const ymax = Math.max(...ys, ymin + 1e-9) * 1.05;
   const X = (x: number) => left + ((x - xmin) / (xmax - xmin || 1)) * pw;
   const Y = (y: number) => top + ph - ((y - ymin) / (ymax - ymin)) * ph;
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${left}" y="24" font-size="15" font-weight="bold">${esc(title)}</text>`,
-  ];
+  const out: string[] = svgOpen(W, H, title, left);
   for (const t of niceTicks(ymin, ymax)) {
     out.push(`<line x1="${left}" x2="${left + pw}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="#eee"/>`);
     out.push(`<text x="${left - 6}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end">${t}</text>`);
@@ -116,11 +102,7 @@ export function memoryBarsSvg(title: string, bars: readonly MemoryBar[]): string
   const Y = (v: number) => top + ph - (v / ymax) * ph;
   const slot = pw / bars.length;
   const bw = Math.min(120, slot * 0.6);
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${left}" y="24" font-size="15" font-weight="bold">${esc(title)}</text>`,
-  ];
+  const out: string[] = svgOpen(W, H, title, left);
   for (const t of niceTicks(0, ymax)) {
     out.push(`<line x1="${left}" x2="${left + pw}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="#eee"/>`);
     out.push(`<text x="${left - 6}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end">${esc(fmtBytes(t))}</text>`);

@@ -156,16 +156,16 @@ export interface TaskContext {
   readonly seed: number;
 }
 
-export async function openTask(task: Task, seed: number, opts: { base?: string | null; tokenizerDir?: string } = {}): Promise<TaskContext> {
+export async function openTask(task: Task, seed: number, opts: { base?: string | null; tokenizerDir?: string; evalOn?: 'test' | 'validation' } = {}): Promise<TaskContext> {
   const model = await loadModel(join(ROOT, task.model));
   const cfg = model.def.configs[task.config];
   const needsTokenizer = task.name === 'brown' || task.name === 'spam';
   const tokDir = opts.tokenizerDir ?? baseDir(task, opts.base) ?? join(PRETRAINED_DIR, TASKS.brown.produces!);
-  const tokenizer = needsTokenizer ? loadTokenizer(tokDir) : undefined;
+  const tokenizer = needsTokenizer ? loadTokenizer(tokDir, opts.tokenizerDir === undefined && typeof opts.base === 'string') : undefined;
   if (tokenizer && typeof cfg.vocab === 'number' && tokenizer.vocabSize > cfg.vocab) {
     throw new LorafaError(`${task.model} config ${task.config}`, `vocab ${cfg.vocab} is smaller than the tokenizer's ${tokenizer.vocabSize} symbols`, 'raise vocab in the config');
   }
-  const data = task.open({ seed, batch: cfg.batch, seq: cfg.seq, tokenizer });
+  const data = task.open({ seed, batch: cfg.batch, seq: cfg.seq, tokenizer, evalOn: opts.evalOn });
   return { task, model, tokenizer, data, seed };
 }
 

@@ -51,7 +51,10 @@ export interface TaskData {
 
 export interface TaskDefaults {
   readonly steps: number;
-  /** Learning rate per mode (full fine-tuning takes a smaller one, as is usual). */
+  /**
+   * Peak learning rate per mode; for the fine-tuning tasks, what `npm run experiment` chose on the
+   * validation split (docs/results.md).
+   */
   readonly lr: Readonly<Record<Mode, number>>;
   readonly rank: number;
   readonly alpha: number;
@@ -78,28 +81,52 @@ export interface Task {
   /** What `npm run pretrain` writes, for pretraining tasks. */
   readonly produces?: string;
   readonly defaults: TaskDefaults;
-  open(ctx: { readonly seed: number; readonly batch: number; readonly seq?: number; readonly tokenizer?: CharTokenizer }): TaskData;
+  open(ctx: OpenContext): TaskData;
+}
+
+export interface OpenContext {
+  readonly seed: number;
+  readonly batch: number;
+  readonly seq?: number;
+  readonly tokenizer?: CharTokenizer;
+  /**
+   * 'test' (default): train on the whole training split, evaluate on the test split.
+   * 'validation': hold out every 10th training sample (a fixed choice, independent of the seed),
+   * train on the rest and evaluate on it: for choosing hyperparameters without seeing the test set.
+   */
+  readonly evalOn?: 'test' | 'validation';
+}
+
+/** Positions of a training list kept for training and held out for validation (every 10th). */
+export function holdout<T>(items: readonly T[]): { train: T[]; validation: T[] } {
+  return { train: items.filter((_, k) => k % 10 !== 9), validation: items.filter((_, k) => k % 10 === 9) };
 }
 
 export const TASK_NAMES = ['mnist', 'fashion-mnist', 'brown', 'spam'] as const;
 export type TaskName = (typeof TASK_NAMES)[number];
 
 function imageTask(name: ImageDatasetName) {
-  return (ctx: { seed: number; batch: number }): TaskData => {
+  return (ctx: OpenContext): TaskData => {
     const train = openImageDataset(name, 'train');
-    const test = openImageDataset(name, 'test');
-    const stream = classificationStream(train.count, ctx.batch, ctx.seed);
+    const all = Array.from({ length: train.count }, (_, i) => i);
+    const validation = ctx.evalOn === 'validation';
+    const { train: trainIdx, validation: valIdx } = validation ? holdout(all) : { train: all, validation: [] };
+    const test = validation ? train : openImageDataset(name, 'test');
+    const testIdx = validation ? valIdx : Array.from({ length: test.count }, (_, i) => i);
+    const stream = classificationStream(trainIdx.length, ctx.batch, ctx.seed);
     return {
-      description: `${name}: ${train.count} training / ${test.count} test images, 28×28 grey → 10 classes (${train.files.images})`,
-      trainCount: train.count,
-      testCount: test.count,
+      description: validation
+        ? `${name}: ${trainIdx.length} training / ${testIdx.length} validation images (every 10th training image held out), 28×28 grey → 10 classes`
+        : `${name}: ${train.count} training / ${test.count} test images, 28×28 grey → 10 classes (${train.files.images})`,
+      trainCount: trainIdx.length,
+      testCount: testIdx.length,
       batch: (t) => {
-        const b = train.batch(stream.indices(t));
+        const b = train.batch(stream.indices(t).map((k) => trainIdx[k]));
         return { x: b.x, labels: b.labels };
       },
       *evalSet(batch) {
-        for (const e of evalBatches(test.count, batch)) {
-          const b = test.batch(e.indices);
+        for (const e of evalBatches(testIdx.length, batch)) {
+          const b = test.batch(e.indices.map((k) => testIdx[k]));
           yield { feeds: { x: b.x, labels: b.labels }, labels: b.labels, valid: e.valid };
         }
       },
@@ -108,9 +135,17 @@ function imageTask(name: ImageDatasetName) {
 }
 
 /** The tokenizer shipped with a base model (models/pretrained/<base>/tokenizer.json). */
-export function loadTokenizer(dir: string): CharTokenizer {
+export function loadTokenizer(dir: string, userDir = false): CharTokenizer {
   const file = join(dir, 'tokenizer.json');
-  if (!existsSync(file)) throw new LorafaError(file, 'no tokenizer.json next to the base model', 'run `npm run pretrain -- --task brown` to rebuild the base model and its tokenizer');
+  if (!existsSync(file)) {
+    throw new LorafaError(
+      file,
+      'no tokenizer.json next to the base model: the decoder reads characters through the tokenizer it was pretrained with',
+      userDir
+        ? 'point --base at a decoder directory written by `npm run pretrain -- --task brown --out DIR` (model.safetensors + tokenizer.json), or drop --base'
+        : 'run `npm run pretrain -- --task brown` to rebuild the base model and its tokenizer, or `git checkout models/pretrained`',
+    );
+  }
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
@@ -150,10 +185,10 @@ export const TASKS: Readonly<Record<TaskName, Task>> = {
     config: 'mnist',
     base: 'mlp-mnist',
     defaults: {
-      steps: 600,
-      lr: { full: 1e-3, lora: 2e-3, 'lora-fa': 2e-3 },
-      rank: 8,
-      alpha: 16,
+      steps: 2000,
+      lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 1e-2 },
+      rank: 32,
+      alpha: 64,
       optimizer: { kind: 'adamw', weightDecay: 0 },
       warmup: 30,
       evalBatch: 1000,
@@ -223,7 +258,7 @@ export const TASKS: Readonly<Record<TaskName, Task>> = {
     base: 'llama-brown',
     defaults: {
       steps: 300,
-      lr: { full: 5e-4, lora: 3e-3, 'lora-fa': 3e-3 },
+      lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 3e-2 },
       rank: 8,
       alpha: 16,
       optimizer: { kind: 'adamw', weightDecay: 0 },
@@ -246,11 +281,13 @@ export const TASKS: Readonly<Record<TaskName, Task>> = {
         return { input_ids: ids, labels };
       };
       const encoded = corpus.messages.map((_, i) => encode(i));
-      const { train, test } = corpus.split;
+      const split = ctx.evalOn === 'validation' ? holdout(corpus.split.train) : { train: corpus.split.train, validation: corpus.split.test };
+      const { train, validation: test } = split;
+      const what = ctx.evalOn === 'validation' ? 'validation (every 10th training message held out)' : 'test';
       const stream = classificationStream(train.length, ctx.batch, ctx.seed);
       const spamTest = test.filter((i) => corpus.messages[i].label === 1).length;
       return {
-        description: `SpamAssassin: ${train.length} training / ${test.length} test messages (${spamTest} spam in test), subject + body, first ${seq} characters`,
+        description: `SpamAssassin: ${train.length} training / ${test.length} ${what} messages (${spamTest} spam), subject + body, first ${seq} characters`,
         trainCount: train.length,
         testCount: test.length,
         batch: (t) => rows(stream.indices(t).map((k) => train[k])),
