@@ -155,7 +155,7 @@ export async function finetuneCommand(taskName: string, flags: FinetuneFlags, co
   put(
     'memory.svg',
     memoryBarsSvg(
-      `${task.name}: one training step, planned for ${gpu.description.split(' ')[0]} (measured: ${mode})`,
+      `${task.name}: one training step, planned for this device (measured: ${mode})`,
       MODES.map((m) => ({ label: m, atPeak: plans.get(m)!.atPeak, peak: plans.get(m)!.peak, measured: m === mode ? r.gpu.measured : undefined })),
     ),
   );

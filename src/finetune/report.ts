@@ -103,7 +103,9 @@ export function memoryBarsSvg(title: string, bars: readonly MemoryBar[]): string
   const slot = pw / bars.length;
   const bw = Math.min(120, slot * 0.6);
   const out: string[] = svgOpen(W, H, title, left);
-  for (const t of niceTicks(0, ymax)) {
+  // Ticks at round numbers of KiB / MiB / GiB, not of bytes.
+  const unit = 1024 ** Math.max(0, Math.floor(Math.log(ymax) / Math.log(1024)));
+  for (const t of niceTicks(0, ymax / unit).map((v) => v * unit)) {
     out.push(`<line x1="${left}" x2="${left + pw}" y1="${Y(t).toFixed(1)}" y2="${Y(t).toFixed(1)}" stroke="#eee"/>`);
     out.push(`<text x="${left - 6}" y="${(Y(t) + 4).toFixed(1)}" text-anchor="end">${esc(fmtBytes(t))}</text>`);
   }
