@@ -504,6 +504,21 @@ describe('reductions over non-contiguous axes', () => {
     }, TIMEOUT);
   }
 
+  it('a long sum (512×768 terms, as an MSE loss) is summed in blocks: 0.1 × 393,216 within 2e-6 relative', async () => {
+    // One running f32 total over 393,216 equal terms drifts by far more than 1e-3 (each add
+    // rounds to an ulp of a total near 4·10⁴); blocks of 256 keep every total short.
+    const c = build('sum', { inputs: [f32([512, 768])], attrs: { axes: [0, 1], keepdims: false } }, 1);
+    const tenth = Math.fround(0.1);
+    const t = { shape: c.tensors[0].shape, data: new Float64Array(512 * 768).fill(tenth) };
+    const got = (await runNodeOnGpu(c.node, new Map([[c.ins[0].id, t]])))[0];
+    const want = tenth * 512 * 768;
+    expect(Math.abs(got - want) / want).toBeLessThan(2e-6);
+    // And a row-wise long sum (the non-tail path, 1,000 terms per output) likewise.
+    const r = build('sum', { inputs: [f32([1000, 3])], attrs: { axes: [0], keepdims: false } }, 2);
+    const rows = { shape: r.tensors[0].shape, data: new Float64Array(3000).fill(tenth) };
+    for (const v of await runNodeOnGpu(r.node, new Map([[r.ins[0].id, rows]]))) expect(Math.abs(v - 1000 * tenth) / (1000 * tenth)).toBeLessThan(5e-6);
+  });
+
   it('sum over a long strided axis (1,000 terms) stays within its accumulation bound', async () => {
     const c = build('sum', { inputs: [f32([1000, 3])], attrs: { axes: [0], keepdims: false } }, 5);
     expectClose(c.node, c.tensors, await runNodeOnGpu(c.node, c.byId), c.desc);
