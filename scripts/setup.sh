@@ -15,8 +15,14 @@
 #      DynamicIndexing required"), so when no adapter is found this installs
 #      Mesa 25 from bookworm-backports (needs root, or sudo).
 #
-# Usage: bash scripts/setup.sh
+#   5. With --peers: Debian's python3-torch and libopenblas0-pthread, for
+#      `npm run bench:peers` (PyTorch on the CPU and the sgemm limit); without
+#      them that benchmark skips PyTorch and says so.
+#
+# Usage: bash scripts/setup.sh [--peers]
 set -euo pipefail
+peers=0
+[[ ${1:-} == --peers ]] && peers=1
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -72,6 +78,20 @@ else
       die "apt-get install dataset-fashion-mnist failed"
   fi
   log "data: dataset-fashion-mnist $(dpkg-query -W -f='${Version}' dataset-fashion-mnist) installed"
+fi
+
+# --- 5 (optional). PyTorch for the peer benchmark ---------------------------------
+if (( peers )); then
+  if /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 && dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
+    log "peers: python3-torch and libopenblas0-pthread present"
+  else
+    log "peers: installing Debian's python3-torch and libopenblas0-pthread (PyTorch CPU for npm run bench:peers)"
+    root_cmd apt-get install -y -qq --no-install-recommends python3-torch libopenblas0-pthread python3-numpy >/dev/null 2>&1 || {
+      root_cmd apt-get update -qq || true
+      root_cmd apt-get install -y -qq --no-install-recommends python3-torch libopenblas0-pthread python3-numpy >/dev/null ||
+        die "apt-get install python3-torch libopenblas0-pthread failed"
+    }
+  fi
 fi
 
 # --- 4. WebGPU adapter ---------------------------------------------------------

@@ -1,0 +1,80 @@
+// lorafa's W1 runner for `npm run bench:peers`: the same command line and JSON line as every peer
+// runner. Compiles models/w1.ts in the variant's mode with the optimizer, plans it for this
+// adapter, loads W, A, B, x and target from the shared data file, and runs K steps, each read back
+// (StepRunner.step returns the loss from the GPU). GPU bytes: the device's createBuffer/destroy,
+// counted by the runtime's BufferMeter (peak while the runner lives).
+//   npx tsx bench/peers/lorafa.ts --variant lora-fa --optimizer sgd --data FILE --steps 12 --warmup 2
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { loadModel, trace } from '../../src/cli/load.ts';
+import { readSafetensors } from '../../src/io/safetensors.ts';
+import { optimizerFeeds, type OptimizerOptions } from '../../src/passes/optimizer.ts';
+import { StepRunner } from '../../src/runtime/executor.ts';
+import { acquireGpu } from '../../src/runtime/gpu.ts';
+import { planStepForGpu } from '../../src/runtime/session.ts';
+import { ROOT } from '../../src/finetune/tasks.ts';
+import { W1_HYPER } from './w1-data.ts';
+
+const flags = new Command('lorafa-w1')
+  .requiredOption('--variant <v>', 'lora | lora-fa')
+  .requiredOption('--optimizer <o>', 'sgd | adamw')
+  .requiredOption('--data <file>', 'the W1 data file (bench/peers/w1-data.ts)')
+  .option('--steps <k>', 'steps in all', Number, 12)
+  .option('--warmup <w>', 'steps not timed', Number, 2)
+  .parse()
+  .opts<{ variant: 'lora' | 'lora-fa'; optimizer: 'sgd' | 'adamw'; data: string; steps: number; warmup: number }>();
+
+const data = readSafetensors(flags.data);
+const [n, d] = data.get('x')!.shape;
+const r = data.get('layers.0.fc.lora_A')!.shape[1];
+let layers = 0;
+while (data.has(`layers.${layers}.fc.weight`)) layers++;
+
+const m = await loadModel(join(ROOT, 'models', 'w1.ts'));
+const graph = trace(m, 'w1', { batch: n, d, layers });
+const optimizer: OptimizerOptions =
+  flags.optimizer === 'sgd'
+    ? { kind: 'sgd' }
+    : { kind: 'adamw', beta1: W1_HYPER.adamw.beta1, beta2: W1_HYPER.adamw.beta2, eps: W1_HYPER.adamw.eps, weightDecay: W1_HYPER.adamw.weightDecay };
+const lr = flags.optimizer === 'sgd' ? W1_HYPER.sgd.lr : W1_HYPER.adamw.lr;
+const gpu = await acquireGpu();
+const before = gpu.memory.live;
+gpu.memory.resetPeak();
+const planned = planStepForGpu(graph, { mode: flags.variant, lora: { rank: r, alpha: W1_HYPER.alpha, targets: ['fc'] }, optimizer }, gpu);
+const runner = await StepRunner.create(planned.kernels, gpu);
+const values = new Map<string, { data: Float32Array }>();
+for (const p of planned.kernels.params) {
+  const t = data.get(p.name);
+  // Optimizer state starts at zero; everything else comes from the shared file.
+  values.set(p.name, { data: t ? Float32Array.from(t.data) : new Float32Array(p.shape.reduce((a, b) => a * b, 1)) });
+}
+runner.writeParams(values);
+const feeds = { x: Float32Array.from(data.get('x')!.data), target: Float32Array.from(data.get('target')!.data) };
+const losses: number[] = [];
+const ms: number[] = [];
+for (let t = 1; t <= flags.steps; t++) {
+  const t0 = performance.now();
+  const loss = await runner.step({ ...feeds, ...optimizerFeeds(optimizer, lr, t) });
+  const dt = performance.now() - t0;
+  losses.push(loss);
+  if (t > flags.warmup) ms.push(dt);
+}
+const peak = gpu.memory.peak - before;
+runner.destroy();
+const pkg = (name: string) => JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version as string;
+console.log(
+  JSON.stringify({
+    system: 'lorafa',
+    backend: 'webgpu',
+    variant: flags.variant,
+    optimizer: flags.optimizer,
+    steps: flags.steps,
+    losses,
+    ms,
+    memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes },
+    versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: pkg('webgpu') },
+    notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}`],
+  }),
+);
+process.exit(0);
