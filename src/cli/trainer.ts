@@ -6,9 +6,9 @@ import { absoluteInits, emitTrainer, type EmittedTrainer } from '../codegen/emit
 import { buildKernelPlan } from '../codegen/kernel-plan.ts';
 import type { TrainerSpec } from '../codegen/trainer-files.ts';
 import { fmtBytes } from '../ir/format.ts';
-import { compileTraining, type Mode } from '../passes/compile.ts';
-import { planMemory, type PlanOptions } from '../passes/memory-plan.ts';
+import type { Mode } from '../passes/compile.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
+import { planStep } from '../runtime/session.ts';
 import { syntheticTask } from '../runtime/synthetic.ts';
 import type { CompileFlags, ResolvedLimits, Setup } from './main.ts';
 
@@ -26,16 +26,10 @@ export interface WriteTrainerOptions {
 export async function writeTrainer(s: Setup, o: WriteTrainerOptions): Promise<EmittedTrainer> {
   const log = o.log ?? console.log;
   const { maxWorkgroupsPerDimension, ...limits } = o.limits;
-  const compiled = compileTraining(s.graph, { mode: o.mode, lora: s.lora, optimizer: o.optimizer, verify: o.flags.verify });
+  // As `lorafa plan` does: LoRA-FA is also tried in LoRA's layout (planStep), so its peak never
+  // exceeds LoRA's and the trainer allocates exactly what `plan` reports.
+  const { compiled, memory: plan } = planStep(s.graph, { mode: o.mode, lora: s.lora, optimizer: o.optimizer, verify: o.flags.verify }, limits);
   const step = compiled.step!;
-  // As `lorafa plan` does: LoRA-FA is also tried in LoRA's layout, so its peak never exceeds LoRA's
-  // and the trainer allocates exactly what `plan` reports.
-  let dominating: PlanOptions['dominating'];
-  if (o.mode === 'lora-fa') {
-    const l = compileTraining(s.graph, { mode: 'lora', lora: s.lora, optimizer: o.optimizer });
-    dominating = { graph: l.step!, plan: planMemory(l.step!, { limits, dtype: 'f32', gradients: l.gradients }) };
-  }
-  const plan = planMemory(step, { limits, dtype: 'f32', gradients: compiled.gradients, dominating });
   // Planned for this machine's adapter: use its subgroup matmul when it has one (the trainer then
   // needs that feature where it runs, which the runtime checks).
   const subgroupSize = o.preset === 'adapter' ? (await acquireGpu()).subgroupSize : undefined;

@@ -15,6 +15,8 @@ export interface StepSetup {
   readonly optimizer: OptimizerOptions;
   /** lora-fa only: gB ← (1/s²)(AᵀA)⁻¹·gB. */
   readonly gradCorrection?: boolean;
+  /** Run the verifier after every pass. */
+  readonly verify?: boolean;
 }
 
 export interface PlannedStep {
@@ -32,9 +34,12 @@ export function gpuLimits(gpu: Gpu): Limits {
   };
 }
 
-/** Plans a step for `limits`, as `lorafa plan` does (LoRA-FA also tried in LoRA's layout). */
+/**
+ * Plans a step for `limits`, as `lorafa plan` does: LoRA-FA is also tried in LoRA's layout (it does
+ * a subset of LoRA's work), so its peak never exceeds LoRA's. `compile -o` and `finetune` use this.
+ */
 export function planStep(graph: Graph, s: StepSetup, limits: Limits): { compiled: Compiled; memory: MemoryPlan } {
-  const compiled = compileTraining(graph, { mode: s.mode, lora: s.lora, optimizer: s.optimizer, gradCorrection: s.gradCorrection });
+  const compiled = compileTraining(graph, { mode: s.mode, lora: s.lora, optimizer: s.optimizer, gradCorrection: s.gradCorrection, verify: s.verify });
   const step = compiled.step!;
   let dominating: PlanOptions['dominating'];
   if (s.mode === 'lora-fa' && !s.gradCorrection) {
