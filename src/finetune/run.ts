@@ -10,14 +10,13 @@
 //    the learning rate, batch of step t from (seed, t)), evaluate again.
 // 4. GPU bytes are measured, not assumed: the device's createBuffer/destroy are counted
 //    (BufferMeter), and the training runner's peak is reported beside the plan's.
-import { readSafetensorsWithMetadata } from '../io/safetensors.ts';
 import { join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { loadModel, trace, type LoadedModel } from '../cli/load.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
 import type { Graph } from '../ir/types.ts';
-import { loadStateDict, stateDictLayout } from '../io/weights.ts';
+import { loadStateDict } from '../io/weights.ts';
 import { importPeftAdapter } from '../io/peft.ts';
 import type { Mode } from '../passes/compile.ts';
 import { applyLora, type LoraOptions } from '../passes/lora.ts';
@@ -129,16 +128,14 @@ export function loadBase(file: string, g: Graph, keyFor: ((n: string) => string)
     : `pass --base a directory whose model.safetensors holds ${g.name}'s weights (e.g. written by \`npm run pretrain -- --out DIR\` or \`lorafa finetune --mode full\`), or drop --base to start from the shipped base model`;
   if (!existsSync(file)) throw new LorafaError(file, 'no base model here (model.safetensors)', fix);
   let values: Map<string, Float32Array>;
+  let fresh: readonly string[] = [];
+  let unused: readonly string[] = [];
   try {
-    values = loadStateDict(file, g, { keyFor, strict: false });
+    values = loadStateDict(file, g, { keyFor, strict: false, onKeys: (k) => ([fresh, unused] = [k.missing, k.unexpected]) });
   } catch (e) {
     if (e instanceof LorafaError) throw new LorafaError(e.where, e.problem, fix);
     throw e;
   }
-  const layout = stateDictLayout(g, { keyFor });
-  const fresh = layout.filter((k) => !values.has(k.param.value.name)).map((k) => k.key);
-  const keys = [...readSafetensorsWithMetadata(file).tensors.keys()];
-  const unused = keys.filter((k) => !layout.some((l) => l.key === k));
   log(`base: ${values.size} tensors from ${rel(file)}` + (fresh.length ? `; new (initialised here): ${fresh.join(', ')}` : '') + (unused.length ? `; not used by this model: ${unused.join(', ')}` : ''));
   return values;
 }

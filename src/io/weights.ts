@@ -45,6 +45,8 @@ export interface LoadOptions extends KeyOptions {
   readonly strict?: boolean;
   /** Load only the parameters this accepts (by lorafa name); the others are neither expected nor returned. */
   readonly only?: (name: string) => boolean;
+  /** Told the expected keys the file lacks and the keys it has that are no parameter (non-strict loads report them). */
+  readonly onKeys?: (keys: { readonly missing: readonly string[]; readonly unexpected: readonly string[] }) => void;
 }
 
 const identity: KeyFor = (n) => n;
@@ -280,9 +282,10 @@ export function loadStateDict(file: string, g: Graph, opts: LoadOptions = {}): M
       "load the file into the model it was saved from, or pass a keyFor that maps lorafa's names to the file's (e.g. n => 'model.' + n)",
     );
   }
+  const missing = wanted.filter((k) => !tensors.has(k.key)).map((k) => k.key);
+  const unexpected = keysOf(tensors).filter((k) => !known.has(k));
+  opts.onKeys?.({ missing, unexpected });
   if (opts.strict ?? true) {
-    const missing = wanted.filter((k) => !tensors.has(k.key)).map((k) => k.key);
-    const unexpected = keysOf(tensors).filter((k) => !known.has(k));
     if (missing.length || unexpected.length) {
       const parts = [];
       if (missing.length) parts.push(`missing ${missing.length} key(s) of ${model}: ${listSome(missing)}`);
