@@ -11,7 +11,7 @@
 //    node of the step graph (batch included); elementwise work is listed as elements, not FLOPs.
 //    GPU bytes = what the runner allocated, next to the plan's peak (they must be equal).
 // 2. The matmul kernel alone on 512×768 · 768×768 (x·W, dy·Wᵀ, xᵀ·dy shapes of W1): median of 7
-//    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone().
+//    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone() (through quietly(): no busy poll).
 // 3. Where a W1 LoRA-FA step goes: every dispatch in its own compute pass with timestamp queries
 //    (when the adapter has 'timestamp-query'), summed per kernel.
 // 4. Prints a Markdown table and writes bench/results/gpu.md with date, adapter and Node version.
@@ -22,7 +22,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { loadModel, trace } from '../src/cli/load.ts';
 import { buildKernelPlan, type KernelPlan } from '../src/codegen/kernel-plan.ts';
 import { acquireGpu } from '../src/runtime/gpu.ts';
-import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING } from '../src/codegen/matmul.ts';
+import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING, ROW_LANES } from '../src/codegen/matmul.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
@@ -31,7 +31,7 @@ import { compileTraining, type Mode } from '../src/passes/compile.ts';
 import { planMemory } from '../src/passes/memory-plan.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
-import { PipelineCache, type Gpu } from '../src/runtime/gpu.ts';
+import { PipelineCache, quietly, type Gpu } from '../src/runtime/gpu.ts';
 import { initParams, rng } from '../src/runtime/init.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -212,7 +212,7 @@ async function profileSteps(gpu: BenchGpu, kp: KernelPlan, params: ReadonlyMap<s
     enc.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
     enc.copyBufferToBuffer(resolved, 0, readback, 0, 16 * n);
     device.queue.submit([enc.finish()]);
-    await readback.mapAsync(GPUMapMode.READ);
+    await quietly(() => readback.mapAsync(GPUMapMode.READ));
     const t = new BigUint64Array(readback.getMappedRange().slice(0));
     readback.unmap();
     if (rep === 0) continue; // warm-up: the first use of a pipeline compiles it on lavapipe
@@ -242,18 +242,24 @@ interface MatmulRow {
   readonly gflops: number;
 }
 
-async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, subgroup: boolean): Promise<MatmulRow> {
+type MatmulVariant = 'portable' | 'column lanes' | 'row lanes';
+
+async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, variant: MatmulVariant): Promise<MatmulRow> {
   const device = gpu.device;
   const b = new Builder();
   const a = b.input('a', transA ? [k, m] : [m, k]);
   const w = b.input('w', transB ? [n, k] : [k, n]);
   b.matmul(a, w, { transA, transB });
   const node = b.build().nodes.at(-1)!;
-  const ks = emitMatmul(node, {
-    constants: new Map(),
-    maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
-    subgroupSize: subgroup ? gpu.subgroupSize : undefined,
-  });
+  const ks = emitMatmul(
+    node,
+    {
+      constants: new Map(),
+      maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
+      subgroupSize: variant === 'portable' ? undefined : gpu.subgroupSize,
+    },
+    variant === 'column lanes' ? MATMUL_SUBGROUP_TILING : undefined,
+  );
   const u = rng(5);
   const make = (count: number) => {
     const buf = device.createBuffer({ size: count * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
@@ -272,7 +278,7 @@ async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n:
     pass.dispatchWorkgroups(...ks.workgroups);
     pass.end();
     device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
+    await quietly(() => device.queue.onSubmittedWorkDone());
     return performance.now() - t0;
   };
   await once();
@@ -281,11 +287,11 @@ async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n:
   for (let i = 0; i < 7; i++) times.push(await once());
   for (const x of bufs) x.destroy();
   const med = median(times);
-  const usesSubgroups = ks.wgsl.includes('subgroupBroadcast');
-  const t = usesSubgroups ? MATMUL_SUBGROUP_TILING : MATMUL_TILING;
+  const block =
+    variant === 'row lanes' ? `${ROW_LANES.tm}×${ROW_LANES.tn}/lane, ${8 * ROW_LANES.tm}×${ROW_LANES.tn}/subgroup` : `${(variant === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING).tm}×${(variant === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING).tn}/invocation`;
   return {
     what,
-    variant: `${usesSubgroups ? 'subgroup' : 'portable'} ${t.tm}×${t.tn}/invocation`,
+    variant: `${variant} ${block}`,
     median: med,
     min: Math.min(...times),
     max: Math.max(...times),
@@ -331,8 +337,8 @@ export async function runGpuBench(): Promise<string> {
     ['dy·Wᵀ (512×768 · (768×768)ᵀ)', 512, 768, 768, false, true],
     ['xᵀ·dy ((512×768)ᵀ · 512×768)', 768, 512, 768, true, false],
   ] as const;
-  for (const subgroup of gpu.subgroupSize ? [false, true] : [false]) {
-    for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, subgroup));
+  for (const variant of (gpu.subgroupSize ? ['portable', 'column lanes', 'row lanes'] : ['portable']) as MatmulVariant[]) {
+    for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, variant));
   }
 
   const cpu = cpus()[0]?.model?.trim() ?? 'unknown CPU';

@@ -77,7 +77,7 @@ describe('lorafa compile --emit ir', () => {
 
   test('an unknown stage lists the stages', async () => {
     expect(await run('compile', 'models/mlp.ts', '--emit', 'ir', '--stage', 'nope')).toBe(1);
-    expect(err.join('\n')).toMatch(/no stage "nope" in mode lora-fa\n\s+fix: stages: trace, lora, lora-fa, autodiff, dce/);
+    expect(err.join('\n')).toMatch(/no stage "nope" in mode lora-fa\n\s+fix: stages: trace, lora, lora-fa, autodiff, simplify, dce/);
   });
 });
 

@@ -7,9 +7,9 @@ import { compileTraining, MODES } from '../src/passes/compile.ts';
 import { toyModel } from './helpers.ts';
 
 const PASSES = {
-  full: ['trace', 'autodiff', 'dce'],
-  lora: ['trace', 'lora', 'autodiff', 'dce'],
-  'lora-fa': ['trace', 'lora', 'lora-fa', 'autodiff', 'dce'],
+  full: ['trace', 'autodiff', 'simplify', 'dce'],
+  lora: ['trace', 'lora', 'autodiff', 'simplify', 'dce'],
+  'lora-fa': ['trace', 'lora', 'lora-fa', 'autodiff', 'simplify', 'dce'],
 } as const;
 
 describe.each(MODES)('mlp, %s', async (mode) => {

@@ -1,8 +1,10 @@
-// The subgroup matmul variant (src/codegen/matmul.ts: A loaded once per subgroup of 8 and
-// broadcast), which only a device with fixed 8-wide subgroups gets (lavapipe). The portable kernel
-// is covered by gpu-ops.test.ts; here the variant runs on a device created with 'subgroups', on
-// shapes off its 8×8 block, every transpose flag and batch broadcast, against the float64 matmul.
-// Skipped (with a note) where the adapter has no such subgroups.
+// The subgroup matmul variants (src/codegen/matmul.ts), which only a device with fixed 8-wide
+// subgroups gets (lavapipe): row lanes (each lane its own rows of C, op(B) loaded once per
+// subgroup and broadcast) where k and n are multiples of 4 and m spans half a subgroup's rows,
+// column lanes (op(A) broadcast) otherwise. The portable kernel is covered by gpu-ops.test.ts;
+// here each variant runs on a device created with 'subgroups', on shapes off its block, every
+// transpose flag and batch broadcast, against the float64 matmul. Skipped (with a note) where
+// the adapter has no such subgroups.
 import { tmpdir } from 'node:os';
 import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -68,18 +70,52 @@ async function run(ashape: number[], bshape: number[], transA: boolean, transB: 
   const ref = OPS.matmul.ref(tensors, node.attrs as never, node.out.type);
   const abs = OPS.matmul.ref(tensors.map((t) => ({ ...t, data: t.data.map(Math.abs) })), node.attrs as never, node.out.type);
   const kk = transA ? ashape.at(-2)! : ashape.at(-1)!;
-  return { subgroup: k.wgsl.includes('subgroupBroadcast'), got, ref, bound: (i: number) => (kk + 1) * 2 ** -23 * abs[i] };
+  const variant = k.wgsl.startsWith('// lorafa matmul: row lanes') ? 'row' : k.wgsl.includes('subgroupBroadcast') ? 'column' : 'portable';
+  return { variant, got, ref, bound: (i: number) => (kk + 1) * 2 ** -23 * abs[i] };
 }
 
-describe('matmul, subgroup variant', () => {
-  it('off the 8×8 block, batch broadcast on either side, every transpose flag', async (ctx) => {
+describe('matmul, subgroup variants', () => {
+  it('row lanes: off the 32×16 block, narrow C, batch broadcast on either side, every transpose flag', async (ctx) => {
+    if (!device) return ctx.skip(why);
+    // k and n multiples of 4 (the variant's condition), m ≥ 16 (a multiple of 4 when A is
+    // transposed); m, k and n off the 32-row, 16-column block, and C narrower than 16 and 8.
+    const arb = fc.record({
+      m: fc.constantFrom(16, 20, 33, 64, 100),
+      k: fc.constantFrom(4, 8, 12, 36),
+      n: fc.constantFrom(4, 8, 12, 16, 20, 36, 100),
+      transA: fc.boolean(),
+      transB: fc.boolean(),
+      batch: fc.constantFrom([], [2], [3]),
+      side: fc.constantFrom('both', 'a', 'b'),
+      seed: fc.integer({ min: 1, max: 1e6 }),
+    });
+    await propertyAsync(
+      'gpu/matmul/row-lanes',
+      arb,
+      async (r) => {
+        const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
+        const m = r.transA && r.m % 4 ? r.m + (4 - (r.m % 4)) : r.m;
+        const res = await run([...ba, ...(r.transA ? [r.k, m] : [m, r.k])], [...bb, ...(r.transB ? [r.n, r.k] : [r.k, r.n])], r.transA, r.transB, r.seed);
+        expect(res.variant).toBe('row');
+        for (let i = 0; i < res.ref.length; i++) {
+          if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) {
+            expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
+          }
+        }
+      },
+      { numRuns: Math.max(4, Math.round(FC_RUNS / 8)) },
+    );
+  }, 180_000);
+
+  it('column lanes: off the 8×8 block, batch broadcast on either side, every transpose flag', async (ctx) => {
     if (!device) return ctx.skip(why);
     // n spans ≥ 8 column blocks of 8 (the variant's condition); m and k (multiples of 4 where A
-    // is read along them) are off the block.
+    // is read along them) are off the block; m < 16 or n not a multiple of 4 (else row lanes).
     const arb = fc.record({
       m: fc.constantFrom(4, 8, 12, 20, 36),
       k: fc.constantFrom(4, 8, 13, 36),
       n: fc.constantFrom(64, 65, 70, 100),
+      narrow: fc.boolean(),
       transA: fc.boolean(),
       transB: fc.boolean(),
       batch: fc.constantFrom([], [2], [3]),
@@ -92,8 +128,11 @@ describe('matmul, subgroup variant', () => {
       async (r) => {
         const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
         const k = !r.transA && r.k % 4 ? r.k + (4 - (r.k % 4)) : r.k; // A along k must be vec4
-        const res = await run([...ba, ...(r.transA ? [k, r.m] : [r.m, k])], [...bb, ...(r.transB ? [r.n, k] : [k, r.n])], r.transA, r.transB, r.seed);
-        expect(res.subgroup).toBe(true);
+        // keep out of the row-lane variant's shapes: m < 16, or n (or k) not a multiple of 4
+        const m = r.narrow ? r.m % 16 || 12 : r.m;
+        const n = !r.narrow && r.n % 4 === 0 && k % 4 === 0 && m >= 16 ? r.n + 1 : r.n;
+        const res = await run([...ba, ...(r.transA ? [k, m] : [m, k])], [...bb, ...(r.transB ? [n, k] : [k, n])], r.transA, r.transB, r.seed);
+        expect(res.variant).toBe('column');
         for (let i = 0; i < res.ref.length; i++) {
           if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) {
             expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
@@ -104,19 +143,22 @@ describe('matmul, subgroup variant', () => {
     );
   }, 180_000);
 
-  it('W1 shapes (x·W, dy·Wᵀ, xᵀ·dy, the LoRA products) are the variant and correct', async (ctx) => {
+  it('W1 shapes (x·W, dy·Wᵀ, xᵀ·dy, the LoRA products) take the expected variant and are correct', async (ctx) => {
     if (!device) return ctx.skip(why);
     void keep;
-    for (const [m, k, n, ta, tb] of [
-      [128, 96, 96, false, false],
-      [128, 96, 96, false, true],
-      [96, 128, 96, true, false],
-      [8, 128, 96, true, false],
-      [128, 8, 96, false, false],
-      [128, 8, 96, false, true],
+    for (const [m, k, n, ta, tb, variant] of [
+      [128, 96, 96, false, false, 'row'], // x·W
+      [128, 96, 96, false, true, 'row'], // dy·Wᵀ
+      [96, 128, 96, true, false, 'row'], // xᵀ·dy (dW under full fine-tuning)
+      [128, 96, 8, false, false, 'row'], // x·A
+      [128, 8, 96, false, false, 'row'], // (x·A)·B
+      [128, 96, 8, false, true, 'row'], // dy·Bᵀ
+      [128, 8, 96, false, true, 'row'], // (dy·Bᵀ)·Aᵀ
+      [96, 128, 8, true, false, 'row'], // xᵀ·(dy·Bᵀ) (dA under LoRA)
+      [8, 128, 96, true, false, 'column'], // (x·A)ᵀ·dy (dB)
     ] as const) {
       const res = await run(ta ? [k, m] : [m, k], tb ? [n, k] : [k, n], ta, tb, m + k + n);
-      expect(res.subgroup).toBe(true);
+      expect(res.variant, `${m}×${k}·${k}×${n} transA ${ta} transB ${tb}`).toBe(variant);
       let bad = 0;
       for (let i = 0; i < res.ref.length; i++) if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) bad++;
       expect(bad, `${m}×${k}·${k}×${n} transA ${ta} transB ${tb}`).toBe(0);

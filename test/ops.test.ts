@@ -70,6 +70,16 @@ const HAND: HandTable = {
       expected: [0, GELU_1, GELU_1 - 1, 2.996362607918227],
     },
   ],
+  gelu_grad: [
+    {
+      // gelu'(x) by high-precision numerical differentiation of the tanh form (mpmath, 40 digits)
+      what: "ct · gelu'(x) at 0, ±1, 3",
+      inputs: [f([4], [0, 1, -1, 3]), f([4], [2, 1, 1, -1])],
+      attrs: NONE,
+      shape: [4],
+      expected: [1, 1.0829640838457826, -0.082964083845782555, -1.0115841666309697],
+    },
+  ],
   silu: [
     {
       what: 'x·σ(x)',

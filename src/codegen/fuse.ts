@@ -1,6 +1,7 @@
 // Elementwise fusion: runs of map ops (add, mul, tanh, gelu, …) of one output shape become one
-// kernel that keeps the intermediates in registers. GELU's backward alone is ~20 map nodes over
-// [n, d] per layer; fused, it is one pass that reads h and the incoming gradient and writes dh.
+// kernel that keeps the intermediates in registers: W1's hidden layer forward (add of the x·W and
+// adapter paths, then gelu) and backward (the add summing the incoming gradients, then gelu_grad)
+// are one pass each; softmax's and RMSNorm's backward chains likewise.
 //
 // The memory plan is still the plan of the unfused graph: every value keeps its planned bytes,
 // and the fused kernel writes only the values someone outside the group reads (or that are graph

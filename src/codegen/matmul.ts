@@ -89,8 +89,155 @@ export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling):
   // A is read as vec4 (see emitMatmulWith): required by the subgroup variant.
   const aVec = (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
   const fits = (t: MatmulTiling) => ctx.subgroupSize === 8 && aVec && t.wgx === 8 && t.tm % 8 === 0 && Math.ceil(n / t.tn) >= 8;
+  if (!tiling && ctx.subgroupSize === 8 && rowLanesFit(node)) return emitMatmulRowLanes(node, ctx, key);
   const t = tiling ?? (fits(MATMUL_SUBGROUP_TILING) ? MATMUL_SUBGROUP_TILING : MATMUL_TILING);
   return emitMatmulWith(node, ctx, t, fits(t));
+}
+
+/** Rows of C per lane and columns per subgroup in the row-lane variant. */
+export const ROW_LANES = { tm: 4, tn: 16 } as const;
+
+/**
+ * Whether the row-lane variant takes this matmul: k and n multiples of 4 (A along k or Aᵀ along
+ * m, B along n or Bᵀ along k, and C are all read or written as vec4, with no k tail), m a
+ * multiple of 4 when A is transposed, and at least one subgroup's worth of rows (m ≥ 8·TM/2:
+ * below that most lanes would compute clamped copies; the column-lane variant takes such a C).
+ */
+function rowLanesFit(node: Node): boolean {
+  const a = node.inputs[0];
+  const { transA } = node.attrs as { transA: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const k = transA ? a.type.shape[a.type.shape.length - 2] : a.type.shape[a.type.shape.length - 1];
+  return k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= 4 * ROW_LANES.tm;
+}
+
+/**
+ * The row-lane subgroup variant (8-wide fixed subgroups: lavapipe). A workgroup is one subgroup;
+ * it computes an (8·TM)×TN block of C, lane s the TM rows row0 + s·TM …, all lanes the same TN
+ * columns. Per quad of k each lane loads its TM rows of op(A) (one vec4 per row along k, or one
+ * vec4 of 4 rows per k step when A is transposed) and 1/8 of the quad's TN vec4 of op(B), which
+ * subgroupBroadcast hands to the other lanes: TM + TN/8 loads for 4·TM·TN multiply-adds (the
+ * column-lane variant: 9 for 256; this one: 6 for 256). Loads clamp to the matrix; stores are
+ * guarded; every lane runs to the end (the broadcasts need them all).
+ */
+function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => number): KernelSource {
+  const TM = ROW_LANES.tm;
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const ra = a.type.shape.length;
+  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
+  // Narrow C (x·A at rank 8): fewer columns per subgroup rather than clamped copies.
+  const TN = n >= ROW_LANES.tn ? ROW_LANES.tn : n >= 8 ? 8 : 4;
+  const nv = TN / 4;
+  const batch = out.slice(0, -2);
+  const nb = numel(batch);
+  const aStr = broadcastStrides(a.type.shape.slice(0, -2), batch).map((s) => s * m * k);
+  const bStr = broadcastStrides(b.type.shape.slice(0, -2), batch).map((s) => s * k * n);
+  for (const [i, v] of [a, b].entries()) {
+    if (key(v) === key(node.out)) {
+      throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
+    }
+  }
+  const shared = key(a) === key(b);
+  const A = 'in0';
+  const B = shared ? 'in0' : 'in1';
+  const decls = ['@group(0) @binding(0) var<storage, read_write> in0: array<vec4<f32>>;'];
+  if (!shared) decls.push('@group(0) @binding(1) var<storage, read_write> in1: array<vec4<f32>>;');
+  decls.push(`@group(0) @binding(${shared ? 1 : 2}) var<storage, read_write> out: array<vec4<f32>>;`);
+
+  const pre: string[] = [];
+  const body: string[] = [];
+  // This lane's rows of op(A): aval(i, q) = op(A)[row0 + i, k0 + q].
+  let aval: (i: number, q: number) => string;
+  if (!transA) {
+    for (let i = 0; i < TM; i++) pre.push(`let ab${i} = (aOff + min(row0 + ${u(i)}, ${u(m - 1)}) * ${u(k)}) / 4u;`);
+    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A}[ab${i} + kq];`);
+    aval = (i, q) => `a${i}.${XYZW[q]}`;
+  } else {
+    // Aᵀ stored [k, m]: rows row0 … row0 + 3 at one k are one vec4 (TM = 4, m a multiple of 4).
+    pre.push(`let ag = (aOff / 4u) + min(row0 / 4u, ${u(m / 4 - 1)});`);
+    for (let q = 0; q < 4; q++) body.push(`let a_${q} = ${A}[ag + (kq * 4u + ${u(q)}) * ${u(m / 4)}];`);
+    aval = (i, q) => `a_${q}.${XYZW[i]}`;
+  }
+  // The quad's TN vec4 of op(B), e = 0 … TN - 1, spread over the lanes: lane s loads e = 8g + s
+  // (a clamped duplicate where TN < 8) and vector e lives in lane e % 8 of load g = e / 8.
+  const G = Math.ceil(TN / 8);
+  for (let g = 0; g < G; g++) {
+    pre.push(`let e${g} = min(${u(8 * g)} + sid, ${u(TN - 1)});`);
+    if (!transB) {
+      // vector e = (q, j): B[k0 + q, col0 + 4j … + 3]
+      pre.push(`let bq${g} = e${g} / ${u(nv)};`);
+      pre.push(`let bc${g} = (bOff / 4u) + min(col0 / 4u + e${g} % ${u(nv)}, ${u(n / 4 - 1)});`);
+      body.push(`let bl${g} = ${B}[bc${g} + (kq * 4u + bq${g}) * ${u(n / 4)}];`);
+    } else {
+      // Bᵀ stored [n, k]: vector e = column col0 + e along the quad's k
+      pre.push(`let bc${g} = (bOff + min(col0 + e${g}, ${u(n - 1)}) * ${u(k)}) / 4u;`);
+      body.push(`let bl${g} = ${B}[bc${g} + kq];`);
+    }
+  }
+  const bcast = (e: number) => `subgroupBroadcast(bl${Math.floor(e / 8)}, ${u(e % 8)})`;
+  if (!transB) {
+    for (let q = 0; q < 4; q++) {
+      for (let j = 0; j < nv; j++) {
+        body.push(`let b${q}_${j} = ${bcast(q * nv + j)};`);
+        for (let i = 0; i < TM; i++) body.push(`acc${i}_${j} = fma(vec4<f32>(${aval(i, q)}), b${q}_${j}, acc${i}_${j});`);
+      }
+    }
+  } else {
+    for (let c = 0; c < TN; c++) body.push(`let bt${c} = ${bcast(c)};`);
+    for (let q = 0; q < 4; q++) {
+      for (let j = 0; j < nv; j++) {
+        body.push(`let b${q}_${j} = vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${4 * j + c}.${XYZW[q]}`).join(', ')});`);
+        for (let i = 0; i < TM; i++) body.push(`acc${i}_${j} = fma(vec4<f32>(${aval(i, q)}), b${q}_${j}, acc${i}_${j});`);
+      }
+    }
+  }
+  const accs: string[] = [];
+  const stores: string[] = [];
+  const gx = Math.ceil(n / TN);
+  const gy = Math.ceil(m / (8 * TM));
+  const gz = Math.max(1, nb);
+  if (Math.max(gx, gy, gz) > ctx.maxWorkgroupsPerDimension) {
+    throw new Error(`matmul ${node.out.name}: grid ${gx}×${gy}×${gz} exceeds ${ctx.maxWorkgroupsPerDimension} workgroups per dimension`);
+  }
+  const rowsExact = m % (8 * TM) === 0;
+  const colsExact = n % TN === 0;
+  for (let i = 0; i < TM; i++) {
+    for (let j = 0; j < nv; j++) {
+      accs.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
+      const cond = [rowsExact ? '' : `row0 + ${u(i)} < ${u(m)}`, colsExact ? '' : `col0 / 4u + ${u(j)} < ${u(n / 4)}`].filter(Boolean).join(' && ');
+      const st = `out[(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}] = acc${i}_${j};`;
+      stores.push(cond ? `if (${cond}) { ${st} }` : st);
+    }
+  }
+  return {
+    bound: shared ? [a] : [a, b],
+    workgroups: [gx, gy, gz],
+    wgsl: `// lorafa matmul: row lanes ${TM}×${TN}
+enable subgroups;
+${decls.join('\n')}
+@compute @workgroup_size(8)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) sid: u32) {
+  let col0 = wid.x * ${u(TN)};
+  let row0 = wid.y * ${u(8 * TM)} + sid * ${u(TM)};
+  let bi = wid.z;
+  ${batchOffset('aOff', 'bi', batch, aStr)}
+  ${batchOffset('bOff', 'bi', batch, bStr)}
+  let cOff = bi * ${u(m * n)};
+  ${pre.join('\n  ')}
+  ${accs.join(' ')}
+  for (var kq = 0u; kq < ${u(k / 4)}; kq++) {
+    ${body.join('\n    ')}
+  }
+  ${stores.join('\n  ')}
+}
+`,
+  };
 }
 
 function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subgroup: boolean): KernelSource {

@@ -197,6 +197,8 @@ export class Builder {
   relu = (x: Value) => this.emit('relu', [x], {});
   /** GELU, tanh approximation (PyTorch's approximate='tanh'). */
   gelu = (x: Value) => this.emit('gelu', [x], {});
+  /** ct · gelu'(x): GELU's backward, one elementwise node. */
+  geluGrad = (x: Value, ct: Value) => this.emit('gelu_grad', [x, ct], {});
   silu = (x: Value) => this.emit('silu', [x], {});
   step = (x: Value) => this.emit('step', [x], {});
   stopGradient = (x: Value) => this.emit('stop_gradient', [x], {});

@@ -27,6 +27,8 @@ export interface OpAttrs {
   sigmoid: NoAttrs;
   relu: NoAttrs;
   gelu: NoAttrs;
+  /** gelu_grad(x, ct) = ct · gelu'(x): GELU's backward as one elementwise op (like PyTorch's). */
+  gelu_grad: NoAttrs;
   silu: NoAttrs;
   /** x > 0 ? 1 : 0; the derivative of relu. */
   step: NoAttrs;
@@ -251,6 +253,21 @@ function geluRef(x: number): number {
   return 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
 }
 
+/** gelu'(x) = ½(1+t) + ½x(1−t²)·u', t = tanh(u), u = c(x + 0.044715x³), u' = c(1 + 3·0.044715x²). */
+function geluDerivRef(x: number): number {
+  const t = Math.tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+  const du = SQRT_2_OVER_PI * (1 + 3 * GELU_C * x * x);
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du;
+}
+
+/** u = c(x + 0.044715x³), t = tanh(u) and u' = c(1 + 3·0.044715x²), built from IR ops. */
+function geluParts(b: Builder, x: Value): { t: Value; du: Value } {
+  const x2 = b.mul(x, x);
+  const u = b.mul(b.add(x, b.mul(b.mul(x2, x), b.scalar(GELU_C))), b.scalar(SQRT_2_OVER_PI));
+  const du = b.mul(b.add(b.scalar(1), b.mul(x2, b.scalar(3 * GELU_C))), b.scalar(SQRT_2_OVER_PI));
+  return { t: b.tanh(u), du };
+}
+
 function sigmoidRef(x: number): number {
   return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
 }
@@ -283,17 +300,33 @@ export const OPS: OpRegistry = {
   relu: unary((x) => (x > 0 ? x : 0), ({ b, ct, inputs: [x] }) => [b.mul(ct, b.step(x))], (x) => `max(${x}, 0.0)`, AWAY),
   gelu: unary(
     geluRef,
-    ({ b, ct, inputs: [x] }) => {
-      // u = c(x + 0.044715x³), t = tanh(u); gelu' = ½(1+t) + ½x(1−t²)·c(1 + 3·0.044715x²)
-      const x2 = b.mul(x, x);
-      const u = b.mul(b.add(x, b.mul(b.mul(x2, x), b.scalar(GELU_C))), b.scalar(SQRT_2_OVER_PI));
-      const t = b.tanh(u);
-      const du = b.mul(b.add(b.scalar(1), b.mul(x2, b.scalar(3 * GELU_C))), b.scalar(SQRT_2_OVER_PI));
-      const left = b.mul(b.add(b.scalar(1), t), b.scalar(0.5));
-      const right = b.mul(b.mul(b.mul(x, b.scalar(0.5)), b.sub(b.scalar(1), b.mul(t, t))), du);
-      return [b.mul(ct, b.add(left, right))];
-    },
+    ({ b, ct, inputs: [x] }) => [b.geluGrad(x, ct)],
     (x) => `(0.5 * ${x} * (1.0 + tanh(clamp(${SQRT_2_OVER_PI} * (${x} + ${GELU_C} * ${x} * ${x} * ${x}), -15.0, 15.0))))`,
+  ),
+  gelu_grad: binary(
+    (x, ct) => ct * geluDerivRef(x),
+    ({ b, ct, inputs: [x, g], wants }) => {
+      // d/dct = gelu'(x) = ½(1+t) + ½x(1−t²)u'
+      // d/dx = ct·gelu''(x), gelu'' = (1−t²)(u' − x·t·u'² + ½x·u''), u'' = 6·0.044715·c·x
+      const { t, du } = geluParts(b, x);
+      const oneMinusT2 = b.sub(b.scalar(1), b.mul(t, t));
+      let dx: Value | null = null;
+      if (wants[0]) {
+        const ddu = b.mul(x, b.scalar(6 * GELU_C * SQRT_2_OVER_PI));
+        const inner = b.add(b.sub(du, b.mul(b.mul(x, t), b.mul(du, du))), b.mul(b.mul(x, b.scalar(0.5)), ddu));
+        dx = b.mul(b.mul(ct, g), b.mul(oneMinusT2, inner));
+      }
+      let dg: Value | null = null;
+      if (wants[1]) {
+        const deriv = b.add(b.mul(b.add(b.scalar(1), t), b.scalar(0.5)), b.mul(b.mul(b.mul(x, b.scalar(0.5)), oneMinusT2), du));
+        dg = b.mul(ct, deriv);
+      }
+      return [dx, dg];
+    },
+    (x, ct) => {
+      const t = `tanh(clamp(${SQRT_2_OVER_PI} * (${x} + ${GELU_C} * ${x} * ${x} * ${x}), -15.0, 15.0))`;
+      return `(${ct} * (0.5 * (1.0 + ${t}) + 0.5 * ${x} * (1.0 - ${t} * ${t}) * ${SQRT_2_OVER_PI} * (1.0 + ${3 * GELU_C} * ${x} * ${x})))`;
+    },
   ),
   silu: unary(
     (x) => x * sigmoidRef(x),

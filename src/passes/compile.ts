@@ -5,6 +5,7 @@ import { verify } from '../ir/verify.ts';
 import type { Graph } from '../ir/types.ts';
 import { autodiff, type AutodiffReport } from './autodiff.ts';
 import { dce, type DceReport } from './dce.ts';
+import { simplify, type SimplifyReport } from './simplify.ts';
 import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
 import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
 import { applyGradCorrection, type GradCorrectionReport } from './grad-correction.ts';
@@ -34,7 +35,7 @@ export interface Compiled {
   readonly mode: Mode;
   /** The forward graph the gradients are taken of (after lora / lora-fa). */
   readonly forward: Graph;
-  /** Forward + backward, dead code removed. */
+  /** Forward + backward, simplified (simplify.ts), dead code removed. */
   readonly joint: Graph;
   /** With an optimizer: forward + backward + update, the whole training step. */
   readonly step?: Graph;
@@ -46,6 +47,7 @@ export interface Compiled {
     readonly lora?: LoraReport;
     readonly loraFa?: LoraFaReport;
     readonly autodiff: AutodiffReport;
+    readonly simplify: SimplifyReport;
     readonly dce: DceReport;
     readonly optimizer?: OptimizerReport;
     readonly gradCorrection?: GradCorrectionReport;
@@ -65,8 +67,10 @@ function train(g: Graph, check: (g: Graph, pass: string) => Graph) {
   }
   const ad = autodiff(g, { wrt });
   const withGrads = check(ad.graph, 'autodiff');
-  const d = dce(withGrads);
-  return { ad, withGrads, d, joint: check(d.graph, 'dce') };
+  const simple = simplify(withGrads);
+  const simplified = check(simple.graph, 'simplify');
+  const d = dce(simplified);
+  return { ad, withGrads, simple, simplified, d, joint: check(d.graph, 'dce') };
 }
 
 export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
@@ -93,7 +97,7 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     pruned = explainLoraFa(train(loraForward, check).joint, train(forward, check).joint);
   }
   const t = train(forward, check);
-  stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'dce', graph: t.joint });
+  stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'simplify', graph: t.simplified }, { pass: 'dce', graph: t.joint });
   let joint = t.joint;
   let gradCorrection: GradCorrectionReport | undefined;
   if (opts.gradCorrection) {
@@ -123,6 +127,6 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     step,
     gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection },
+    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection },
   };
 }

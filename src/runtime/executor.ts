@@ -5,7 +5,7 @@ import type { KernelPlan, Resident, Slice } from '../codegen/kernel-plan.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
 import { numel } from '../ir/types.ts';
-import { acquireGpu, checked, PipelineCache, readBuffer, type Gpu } from './gpu.ts';
+import { acquireGpu, checked, PipelineCache, quietly, readBuffer, type Gpu } from './gpu.ts';
 
 export class StepRunner {
   private constructor(
@@ -109,7 +109,7 @@ export class StepRunner {
       if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
       throw e;
     }
-    await this.staging.mapAsync(GPUMapMode.READ);
+    await quietly(() => this.staging.mapAsync(GPUMapMode.READ));
     const value = new Float32Array(this.staging.getMappedRange().slice(0))[0];
     this.staging.unmap();
     return value;

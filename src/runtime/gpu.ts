@@ -182,12 +182,47 @@ export async function checked<T>(device: GPUDevice, what: string, fn: () => T): 
   device.pushErrorScope('out-of-memory');
   device.pushErrorScope('validation');
   const result = fn();
-  const validation = await device.popErrorScope();
-  const oom = await device.popErrorScope();
+  const validation = await quietly(() => device.popErrorScope());
+  const oom = await quietly(() => device.popErrorScope());
   if (oom) throw new LorafaError(what, `the GPU is out of memory: ${oom.message}`, 'plan a smaller step (--batch, --seq, --dtype) and compare with `lorafa plan`');
   if (validation) throw new LorafaError(what, `WebGPU validation error: ${validation.message}`, 'this is a lorafa bug: report it with the model and command');
   return result;
 }
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Awaits a GPU promise (mapAsync, onSubmittedWorkDone, popErrorScope) without spinning a CPU
+ * core through the wait. Dawn's Node bindings resolve these promises by calling
+ * wgpuInstanceProcessEvents from `setImmediate`, rescheduled until nothing is pending
+ * (src/dawn/node/binding/AsyncRunner.cpp; its TODO, crbug.com/dawn/1127, says the frequency
+ * should come down): a busy loop on the JS thread for as long as the GPU works. On lavapipe the
+ * GPU *is* the CPU's cores, so that loop takes one of them from the kernels, and each dispatch
+ * waits for its slowest thread: W1's step took 2–3× as long. The bindings look `setImmediate`
+ * up on the global object each time, so while lorafa waits it is replaced by one that polls
+ * every millisecond (setTimeout) once the wait is past its first `SPIN_MS` (short waits keep
+ * their latency); the original is restored when the last wait ends. Other code calling
+ * setImmediate during such a wait gets a timer instead (the same callback, ≤ 1 ms later).
+ */
+export async function quietly<T>(start: () => Promise<T>): Promise<T> {
+  if (quietWaits++ === 0) {
+    const immediate = globalThis.setImmediate;
+    const t0 = performance.now();
+    realImmediate = immediate;
+    globalThis.setImmediate = ((fn: (...a: unknown[]) => void, ...args: unknown[]) =>
+      performance.now() - t0 < SPIN_MS ? immediate(fn, ...args) : setTimeout(fn, 1, ...args)) as typeof setImmediate;
+  }
+  try {
+    return await start();
+  } finally {
+    if (--quietWaits === 0 && realImmediate) globalThis.setImmediate = realImmediate;
+  }
+}
+
+/** How long a wait may spin before it polls by timer (ms). */
+const SPIN_MS = 1;
+let quietWaits = 0;
+let realImmediate: typeof setImmediate | undefined;
 
 /** Reads `size` bytes at `offset` of a STORAGE|COPY_SRC buffer. */
 export async function readBuffer(device: GPUDevice, src: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
@@ -195,7 +230,7 @@ export async function readBuffer(device: GPUDevice, src: GPUBuffer, offset: numb
   const enc = device.createCommandEncoder();
   enc.copyBufferToBuffer(src, offset, staging, 0, size);
   device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
+  await quietly(() => staging.mapAsync(GPUMapMode.READ));
   const copy = staging.getMappedRange().slice(0);
   staging.unmap();
   staging.destroy();
