@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { fmtBytes } from '../../src/ir/format.ts';
+import { agreement, DROP_RTOL, LOSS_RTOL, median, physicalLimit, targets, w1Flops, type Row, type SgemmRun } from './report.ts';
 import { w1Data, W1_HYPER, type W1Shape } from './w1-data.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -49,6 +50,7 @@ interface RunJson {
   ms: number[];
   memory?: { kind: string; peak: number | null; [k: string]: unknown };
   versions?: Record<string, string>;
+  adapter?: string;
   notes?: string[];
 }
 
@@ -85,28 +87,11 @@ function run(system: string, args: string[]): RunJson | string {
   }
 }
 
-const median = (xs: readonly number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
-/** Matmul FLOPs of one W1 training step (what the algorithm needs, the same for every system). */
-export function w1Flops(s: W1Shape, variant: string): number {
-  const { n, d, r, layers } = s;
-  const fwd = 2 * n * d * d + 2 * n * d * r + 2 * n * r * d;
-  const dB = 2 * n * r * d;
-  const dyBt = 2 * n * d * r;
-  const dA = variant === 'lora' ? 2 * n * d * r : 0;
-  // dx for every layer but the first: dy·Wᵀ and (dy·Bᵀ)·Aᵀ; dy·Bᵀ is needed by dA (LoRA) or dx.
-  const dx = 2 * n * d * d + 2 * n * r * d;
-  return layers * (fwd + dB + dA) + (layers - 1) * dx + (variant === 'lora' ? layers : layers - 1) * dyBt;
-}
-
 const file = w1Data(shape, 0);
 const t0 = Date.now();
 const runs: (RunJson & { round: number; key: string; id: string })[] = [];
 const skipped = new Map<string, string>();
-const sgemm: { threads: number; numpy_gflops: number; torch_gflops: number }[] = [];
+const sgemm: SgemmRun[] = [];
 for (let round = 1; round <= flags.rounds; round++) {
   for (const variant of flags.variants) {
     for (const optimizer of flags.optimizers) {
@@ -140,16 +125,10 @@ for (let round = 1; round <= flags.rounds; round++) {
 
 // ---------------------------------------------------------------------------------------------
 // The table.
-const LOSS_RTOL = 1e-4;
-const DROP_RTOL = 0.05;
 const rows: string[] = [];
-const out: Record<string, unknown>[] = [];
+const out: (Row & Record<string, unknown>)[] = [];
 const ref = (variant: string, optimizer: string) => runs.filter((r) => r.id === 'lorafa' && r.variant === variant && r.optimizer === optimizer);
-// The limit: the better of numpy and torch at the better thread count, each a median over rounds.
-const physical = Math.max(0, ...[1, 2].flatMap((t) => {
-  const g = sgemm.filter((s) => s.threads === t);
-  return g.length ? [median(g.map((s) => s.numpy_gflops)), median(g.map((s) => s.torch_gflops))] : [];
-}));
+const physical = physicalLimit(sgemm);
 for (const variant of flags.variants) {
   for (const optimizer of flags.optimizers) {
     const base = ref(variant, optimizer);
@@ -163,30 +142,29 @@ for (const variant of flags.variants) {
       const all = rs.flatMap((r) => r.ms);
       const gflops = w1Flops(shape, variant) / (med * 1e6);
       const last = rs[0].losses[rs[0].losses.length - 1];
-      let agree = 'reference';
-      if (system !== 'lorafa' && baseLoss) {
-        const l0 = baseLoss[0];
-        const lk = baseLoss[baseLoss.length - 1];
-        const drop = rs[0].losses[0] - last;
-        const okLoss = Math.abs(last - lk) <= LOSS_RTOL * Math.abs(lk);
-        const okDrop = Math.abs(drop - (l0 - lk)) <= DROP_RTOL * Math.abs(l0 - lk);
-        agree = okLoss && okDrop ? 'yes' : `**no** (Δloss ${(drop).toExponential(3)} vs ${(l0 - lk).toExponential(3)})`;
-      }
+      const a = system === 'lorafa' || !baseLoss ? undefined : agreement(baseLoss, rs[0].losses);
+      const agree = a ? (a.ok ? 'yes' : `**no** (${a.why})`) : 'reference';
       const mem = rs[0].memory;
       rows.push(
         `| ${system} | ${variant} | ${optimizer} | ${med.toFixed(1)} (${Math.min(...all).toFixed(1)}–${Math.max(...all).toFixed(1)}) | ${gflops.toFixed(2)} | ${mem?.peak != null ? `${fmtBytes(mem.peak)} (${mem.kind})` : `— (${mem?.kind ?? 'none'})`} | ${system === 'lorafa' ? '1.00' : (med / baseMs).toFixed(2)} | ${system === 'lorafa' ? '1.00' : mem?.peak != null && mem.kind === 'gpu-buffer-bytes' ? (mem.peak / baseMem).toFixed(2) : '—'} | ${last.toPrecision(8)} | ${agree} |`,
       );
-      out.push({ system, variant, optimizer, medianMs: med, minMs: Math.min(...all), maxMs: Math.max(...all), gflops, memory: mem, lossAfter: last, agree, runs: rs.length, versions: rs[0].versions, notes: rs[0].notes });
+      out.push({ system, variant, optimizer, medianMs: med, minMs: Math.min(...all), maxMs: Math.max(...all), gflops, memory: mem, lossAfter: last, agree: a ? a.ok : 'reference', runs: rs.length, versions: rs[0].versions, adapter: rs[0].adapter, notes: rs[0].notes });
     }
   }
 }
 const lorafaBest = Math.max(0, ...out.filter((o) => o.system === 'lorafa').map((o) => o.gflops as number));
+const goals = targets(out);
+const versions = new Map<string, string>();
+for (const r of runs) for (const [k, v] of Object.entries(r.versions ?? {})) versions.set(k, v);
+const adapter = runs.find((r) => r.adapter)?.adapter;
 const md = [
   `# W1 side by side: lorafa and its peers`,
   '',
   `\`npm run bench:peers${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}\` — ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ${cpus().length} × ${cpus()[0]?.model ?? '?'}, Node ${process.versions.node}; ${((Date.now() - t0) / 60000).toFixed(1)} min.`,
   '',
   `W1: n ${shape.n} tokens, d ${shape.d}, r ${shape.r}, ${shape.layers} layers of y = x·W + s·(x·A)·B (s = ${W1_HYPER.alpha}/${shape.r}) with GELU (tanh) between, W frozen, MSE. SGD lr ${W1_HYPER.sgd.lr}; AdamW lr ${W1_HYPER.adamw.lr}, weight decay ${W1_HYPER.adamw.weightDecay}. Every system starts from the same file (${file.replace(ROOT + '/', '')}), runs ${flags.steps} steps reading each loss back, the first ${flags.warmup} untimed; each figure is the median over ${flags.rounds} runs (min–max over all timed steps). GFLOP/s counts the step's matmul FLOPs (${(w1Flops(shape, 'lora-fa') / 1e9).toFixed(2)} GFLOP LoRA-FA, ${(w1Flops(shape, 'lora') / 1e9).toFixed(2)} LoRA). Losses agree when the loss after ${flags.steps} steps is within ${LOSS_RTOL} relative of lorafa's and the loss drop within ${100 * DROP_RTOL}% of lorafa's.`,
+  '',
+  `Adapter (every WebGPU system): ${adapter ?? 'not reported'}. Versions: ${[...versions].map(([k, v]) => `${k} ${v}`).join(', ')}.`,
   '',
   '| system | variant | optimizer | ms/step median (min–max) | GFLOP/s | memory | time ÷ lorafa | GPU bytes ÷ lorafa | loss after | agrees |',
   '|---|---|---|---|---|---|---|---|---|---|',
@@ -200,11 +178,13 @@ const md = [
         .join('; ')}); lorafa's best W1 step reaches ${lorafaBest.toFixed(2)} GFLOP/s, ${((100 * lorafaBest) / physical).toFixed(0)}% of it.`
     : 'Physical limit: not measured (PyTorch absent).',
   '',
+  ...goals.map((g) => `Target against ${g.peer} (W1 LoRA-FA SGD: ≥ 4× faster, ≤ ¼ of the GPU bytes): ${g.met ? 'met' : '**not met**'} — ${g.speedup.toFixed(2)}× faster, ${g.bytesRatio.toFixed(2)}× fewer bytes${g.met ? '' : ` (${g.why})`}.`),
+  '',
   ...[...skipped].map(([s, why]) => `- skipped ${s}: ${why}`),
   '',
 ].join('\n');
 console.log(md);
 mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
 writeFileSync(join(ROOT, 'bench', 'results', 'peers.md'), md);
-writeFileSync(join(ROOT, 'bench', 'results', 'peers.json'), JSON.stringify({ shape, flags, sgemm, results: out, skipped: Object.fromEntries(skipped), runs }, null, 1) + '\n');
+writeFileSync(join(ROOT, 'bench', 'results', 'peers.json'), JSON.stringify({ shape, flags, adapter, versions: Object.fromEntries(versions), sgemm, physical, targets: goals, results: out, skipped: Object.fromEntries(skipped), runs }, null, 1) + '\n');
 

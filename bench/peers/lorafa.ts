@@ -73,8 +73,9 @@ console.log(
     losses,
     ms,
     memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes },
+    adapter: gpu.description,
     versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: pkg('webgpu') },
-    notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}`],
+    notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}; GPU waits through quietly() (no busy poll)`],
   }),
 );
 process.exit(0);
