@@ -242,7 +242,8 @@ interface MatmulRow {
   readonly gflops: number;
 }
 
-type MatmulVariant = 'portable' | 'column lanes' | 'row lanes';
+/** portable: no subgroups; column lanes: that variant forced; default: what the compiler picks. */
+type MatmulVariant = 'portable' | 'column lanes' | 'default';
 
 async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, variant: MatmulVariant): Promise<MatmulRow> {
   const device = gpu.device;
@@ -287,11 +288,12 @@ async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n:
   for (let i = 0; i < 7; i++) times.push(await once());
   for (const x of bufs) x.destroy();
   const med = median(times);
-  const block =
-    variant === 'row lanes' ? `${ROW_LANES.tm}×${ROW_LANES.tn}/lane, ${8 * ROW_LANES.tm}×${ROW_LANES.tn}/subgroup` : `${(variant === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING).tm}×${(variant === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING).tn}/invocation`;
+  const ran = ks.wgsl.startsWith('// lorafa matmul: row lanes') ? 'row lanes' : ks.wgsl.includes('subgroupBroadcast') ? 'column lanes' : 'portable';
+  const t = ran === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING;
+  const block = ran === 'row lanes' ? `${ROW_LANES.tm}×${ROW_LANES.tn}/lane, ${8 * ROW_LANES.tm}×${ROW_LANES.tn}/subgroup` : `${t.tm}×${t.tn}/invocation`;
   return {
     what,
-    variant: `${variant} ${block}`,
+    variant: `${variant === 'default' ? 'default: ' : ''}${ran} ${block}`,
     median: med,
     min: Math.min(...times),
     max: Math.max(...times),
@@ -337,7 +339,7 @@ export async function runGpuBench(): Promise<string> {
     ['dy·Wᵀ (512×768 · (768×768)ᵀ)', 512, 768, 768, false, true],
     ['xᵀ·dy ((512×768)ᵀ · 512×768)', 768, 512, 768, true, false],
   ] as const;
-  for (const variant of (gpu.subgroupSize ? ['portable', 'column lanes', 'row lanes'] : ['portable']) as MatmulVariant[]) {
+  for (const variant of (gpu.subgroupSize ? ['portable', 'column lanes', 'default'] : ['portable']) as MatmulVariant[]) {
     for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, variant));
   }
 
@@ -362,7 +364,7 @@ export async function runGpuBench(): Promise<string> {
     '',
     '## The matmul kernel alone',
     '',
-    'One dispatch, median (min–max) of 7 after 2 warm-ups, each waited for with onSubmittedWorkDone().',
+    'One dispatch, median (min–max) of 7 after 2 warm-ups, each waited for with onSubmittedWorkDone() through quietly() (no busy poll). "default" = the variant the compiler picks for that product.',
     '',
     '| product | kernel | ms (min–max) | GFLOP/s |',
     '|---|---|--:|--:|',

@@ -31,6 +31,13 @@ export async function installNodeWebGPU(): Promise<NodeWebGPU> {
   process.env.XDG_RUNTIME_DIR ||= '/tmp';
   const { create, globals } = (await import('webgpu')) as { create: (flags: string[]) => GPU; globals: Record<string, any> };
   Object.assign(globalThis, globals);
+  if (process.env.PEERS_QUIET_WAITS === '1') {
+    // What-if, not the default: Dawn's bindings poll GPU promises through the global setImmediate,
+    // a busy loop for the whole wait (lorafa waits through quietly(), src/runtime/gpu.ts). A 1 ms
+    // timer in its place for the whole process shows what that loop costs this peer.
+    const timer = (fn: (...a: unknown[]) => void, ...args: unknown[]) => setTimeout(fn, 1, ...args);
+    globalThis.setImmediate = timer as unknown as typeof setImmediate;
+  }
   let alive = 0;
   let peak = 0;
   let count = 0;

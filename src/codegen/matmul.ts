@@ -10,21 +10,29 @@
 //   - loads clamp their row / column to the matrix, so the k loop has no branches; stores are
 //     guarded only where m or n is not a multiple of the block; the k % 4 leftover steps run
 //     after the loop (all of k, one step at a time, when neither operand can be read as vec4).
-// Subgroup (ctx.subgroupSize 8, i.e. lavapipe): 8×8 per invocation; the 8 lanes of a subgroup
-// share their 8 rows of C, so each lane loads one of those rows' vec4 of A per quad and
-// subgroupBroadcast hands it to the others: 1 + 8 loads per quad instead of 8 + 8, for twice
-// the multiply-adds of the portable block.
+// Subgroups (ctx.subgroupSize 8, i.e. lavapipe), two variants, both sharing loads across the 8
+// lanes of a subgroup with subgroupBroadcast:
+//   - row lanes (the default where k and n are multiples of 4 and m ≥ 16, unless A is transposed
+//     and column lanes fit too: see emitMatmul): a workgroup is one
+//     subgroup computing a 32×16 block of C, each lane 4 rows × the same 16 columns; per quad of
+//     k a lane loads its 4 rows of op(A) (4 vec4) and one of the quad's 16 vec4 of op(B), which
+//     the broadcasts hand round: 4 + 2 loads for 256 multiply-adds;
+//   - column lanes (small m, e.g. dB = (x·A)ᵀ·dy with m = r; n not a multiple of 4): 8×8 per
+//     invocation, the lanes of a subgroup share their 8 rows of C, so each lane loads one of those
+//     rows' vec4 of A per quad and broadcasts it: 1 + 8 loads per quad for 256.
 //
 // Why this shape: on lavapipe (llvmpipe) every storage load an invocation makes is a loop over
 // the 8 SIMD lanes with a bounds check per component (~1.4 ns per lane per vec4 here), and a
 // barrier is a coroutine switch, so cost is loads per multiply-add; the register arithmetic
-// alone reaches ~70 GFLOP per 2 CPU-seconds. Bigger blocks (8×8 portable, 16×8 subgroup) or
-// two quads per iteration were slower: their live values spill around the load loops.
-// Measured 512×768 · 768×768 (x·W; dy·Wᵀ; xᵀ·dy), one dispatch, median of 7 after warm-up,
-// GFLOP/s on the 2 cores idle / in GFLOP per 2 CPU-seconds with the cores shared with other jobs:
-//   previous 4×4 scalar-load kernel    8.7;  8.8; 10.1  /  10.5; 10.6; 10.4
-//   portable 4×8 vec4                  9.9; 11.0; 10.7  /  13.1; 14.2; 13.3
-//   subgroup 8×8                      22.4; 15.7; 18.7  /  27.0; 21.0; 26.5
+// alone reaches ~70 GFLOP per 2 CPU-seconds. A load every lane makes at the same address costs
+// as much as any other (measured: giving each lane its own rows and loading B uniformly was 2–4×
+// slower than broadcasting it). Bigger blocks (8×8 portable, 16×8 column lanes, 8×16 or 4×32 row
+// lanes) or two quads per iteration were no faster: their live values spill around the loads.
+// Measured 512×768 · 768×768 (x·W), one dispatch, median of 15 after warm-up, 2 idle cores, the
+// wait through quietly() (src/runtime/gpu.ts; with Dawn's busy poll every figure is ~half):
+//   portable 4×8 vec4        16.8 GFLOP/s
+//   column lanes 8×8         39.1
+//   row lanes 4×16 (32×16)   54.9      (row lanes 4×32: 57.2, 8×16: 49.7, 2×32: 51.1)
 // (the issue's textbook 16×16 workgroup-memory tile: ~0.7 GFLOP/s). On a discrete GPU the
 // portable kernel is a plain register-blocked one reading through L1/L2 rather than workgroup
 // memory: sane, not peak; a tiled variant for such adapters is future work.
@@ -89,7 +97,9 @@ export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling):
   // A is read as vec4 (see emitMatmulWith): required by the subgroup variant.
   const aVec = (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
   const fits = (t: MatmulTiling) => ctx.subgroupSize === 8 && aVec && t.wgx === 8 && t.tm % 8 === 0 && Math.ceil(n / t.tn) >= 8;
-  if (!tiling && ctx.subgroupSize === 8 && rowLanesFit(node)) return emitMatmulRowLanes(node, ctx, key);
+  // Row lanes wherever they fit, except a transposed A that column lanes also take: Aᵀ read along
+  // m at a stride of m per k step ran at 29 GFLOP/s in row lanes, 33 in column lanes (xᵀ·dy, W1).
+  if (!tiling && ctx.subgroupSize === 8 && rowLanesFit(node) && !(transA && fits(MATMUL_SUBGROUP_TILING))) return emitMatmulRowLanes(node, ctx, key);
   const t = tiling ?? (fits(MATMUL_SUBGROUP_TILING) ? MATMUL_SUBGROUP_TILING : MATMUL_TILING);
   return emitMatmulWith(node, ctx, t, fits(t));
 }
