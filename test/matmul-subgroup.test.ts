@@ -74,6 +74,28 @@ async function run(ashape: number[], bshape: number[], transA: boolean, transB: 
   return { variant, got, ref, bound: (i: number) => (kk + 1) * 2 ** -23 * abs[i] };
 }
 
+/** Transpose flags, a batch on either side or both, a seed: every property's layout of a case. */
+const LAYOUT = {
+  transA: fc.boolean(),
+  transB: fc.boolean(),
+  batch: fc.constantFrom<number[]>([], [2], [3]),
+  side: fc.constantFrom('both', 'a', 'b'),
+  seed: fc.integer({ min: 1, max: 1e6 }),
+};
+
+/** Runs op(A)[m, k] · op(B)[k, n] laid out as `r` says. */
+function runLayout(r: { transA: boolean; transB: boolean; batch: number[]; side: string; seed: number }, m: number, k: number, n: number) {
+  const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
+  return run([...ba, ...(r.transA ? [k, m] : [m, k])], [...bb, ...(r.transB ? [n, k] : [k, n])], r.transA, r.transB, r.seed);
+}
+
+/** Every element within its f32 bound of the float64 product. */
+function expectWithinBound(res: Awaited<ReturnType<typeof run>>): void {
+  for (let i = 0; i < res.ref.length; i++) {
+    if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
+  }
+}
+
 describe('matmul, subgroup variants', () => {
   it('row lanes: off the 32×16 block, narrow C, batch broadcast on either side, every transpose flag', async (ctx) => {
     if (!device) return ctx.skip(why);
@@ -83,27 +105,18 @@ describe('matmul, subgroup variants', () => {
       m: fc.constantFrom(16, 20, 33, 64, 100),
       k: fc.constantFrom(4, 8, 12, 36),
       n: fc.constantFrom(4, 8, 12, 16, 20, 36, 100),
-      transA: fc.boolean(),
-      transB: fc.boolean(),
-      batch: fc.constantFrom([], [2], [3]),
-      side: fc.constantFrom('both', 'a', 'b'),
-      seed: fc.integer({ min: 1, max: 1e6 }),
+      ...LAYOUT,
     });
     await propertyAsync(
       'gpu/matmul/row-lanes',
       arb,
       async (r) => {
-        const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
         const m = r.transA && r.m % 4 ? r.m + (4 - (r.m % 4)) : r.m;
         // a transposed A with ≥ 8 column blocks of 8 goes to column lanes (see emitMatmul)
         const n = r.transA && r.n > 56 ? 36 : r.n;
-        const res = await run([...ba, ...(r.transA ? [r.k, m] : [m, r.k])], [...bb, ...(r.transB ? [n, r.k] : [r.k, n])], r.transA, r.transB, r.seed);
+        const res = await runLayout(r, m, r.k, n);
         expect(res.variant).toBe('row');
-        for (let i = 0; i < res.ref.length; i++) {
-          if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) {
-            expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
-          }
-        }
+        expectWithinBound(res);
       },
       { numRuns: Math.max(4, Math.round(FC_RUNS / 8)) },
     );
@@ -118,28 +131,19 @@ describe('matmul, subgroup variants', () => {
       k: fc.constantFrom(4, 8, 13, 36),
       n: fc.constantFrom(64, 65, 70, 100),
       narrow: fc.boolean(),
-      transA: fc.boolean(),
-      transB: fc.boolean(),
-      batch: fc.constantFrom([], [2], [3]),
-      side: fc.constantFrom('both', 'a', 'b'),
-      seed: fc.integer({ min: 1, max: 1e6 }),
+      ...LAYOUT,
     });
     await propertyAsync(
       'gpu/matmul/subgroup',
       arb,
       async (r) => {
-        const [ba, bb] = r.side === 'a' ? [r.batch, []] : r.side === 'b' ? [[], r.batch] : [r.batch, r.batch];
         const k = !r.transA && r.k % 4 ? r.k + (4 - (r.k % 4)) : r.k; // A along k must be vec4
         // keep out of the row-lane variant's shapes: m < 16, or n (or k) not a multiple of 4
         const m = r.narrow ? r.m % 16 || 12 : r.m;
         const n = !r.narrow && r.n % 4 === 0 && k % 4 === 0 && m >= 16 ? r.n + 1 : r.n;
-        const res = await run([...ba, ...(r.transA ? [k, m] : [m, k])], [...bb, ...(r.transB ? [n, k] : [k, n])], r.transA, r.transB, r.seed);
+        const res = await runLayout(r, m, k, n);
         expect(res.variant).toBe('column');
-        for (let i = 0; i < res.ref.length; i++) {
-          if (!(Math.abs(res.got[i] - res.ref[i]) <= res.bound(i))) {
-            expect.fail(`element ${i}: gpu ${res.got[i]} vs ${res.ref[i]} (bound ${res.bound(i)})`);
-          }
-        }
+        expectWithinBound(res);
       },
       { numRuns: Math.max(4, Math.round(FC_RUNS / 8)) },
     );

@@ -81,18 +81,37 @@ function batchOffset(name: string, idx: string, shape: readonly number[], str: r
   return parts.join(' ');
 }
 
+/** A matmul node's operands, flags, sizes and per-batch operand offsets (element strides). */
+function matmulDims(node: Node) {
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const out = node.out.type.shape;
+  const m = out[out.length - 2];
+  const n = out[out.length - 1];
+  const ra = a.type.shape.length;
+  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
+  const batch = out.slice(0, -2);
+  const aStr = broadcastStrides(a.type.shape.slice(0, -2), batch).map((s) => s * m * k);
+  const bStr = broadcastStrides(b.type.shape.slice(0, -2), batch).map((s) => s * k * n);
+  return { a, b, transA, transB, m, n, k, batch, nb: numel(batch), aStr, bStr };
+}
+
+/** The output never aliases an operand (an invocation would read elements another one has overwritten). */
+function checkOutputApart(node: Node, key: (v: Value) => number): void {
+  for (const [i, v] of node.inputs.entries()) {
+    if (key(v) === key(node.out)) {
+      throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
+    }
+  }
+}
+
 /**
  * The kernel for one matmul node. With `ctx.subgroupSize` 8, an A read as vec4 and at least a
  * subgroup's worth of column blocks, the subgroup variant (A loaded once per subgroup and
  * broadcast); otherwise the portable one. `tiling` overrides the choice's tiling (benchmarks).
  */
 export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling): KernelSource {
-  const [a, b] = node.inputs;
-  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
-  const out = node.out.type.shape;
-  const m = out[out.length - 2];
-  const n = out[out.length - 1];
-  const k = transA ? a.type.shape[a.type.shape.length - 2] : a.type.shape[a.type.shape.length - 1];
+  const { a, b, transA, transB, m, n, k } = matmulDims(node);
   const key = ctx.storage ?? ((v: Value) => v.id);
   // A is read as vec4 (see emitMatmulWith): required by the subgroup variant.
   const aVec = (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
@@ -114,12 +133,7 @@ export const ROW_LANES = { tm: 4, tn: 16 } as const;
  * below that most lanes would compute clamped copies; the column-lane variant takes such a C).
  */
 function rowLanesFit(node: Node): boolean {
-  const a = node.inputs[0];
-  const { transA } = node.attrs as { transA: boolean };
-  const out = node.out.type.shape;
-  const m = out[out.length - 2];
-  const n = out[out.length - 1];
-  const k = transA ? a.type.shape[a.type.shape.length - 2] : a.type.shape[a.type.shape.length - 1];
+  const { transA, m, n, k } = matmulDims(node);
   return k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= 4 * ROW_LANES.tm;
 }
 
@@ -134,25 +148,11 @@ function rowLanesFit(node: Node): boolean {
  */
 function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => number): KernelSource {
   const TM = ROW_LANES.tm;
-  const [a, b] = node.inputs;
-  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
-  const out = node.out.type.shape;
-  const m = out[out.length - 2];
-  const n = out[out.length - 1];
-  const ra = a.type.shape.length;
-  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
+  const { a, b, transA, transB, m, n, k, batch, nb, aStr, bStr } = matmulDims(node);
+  checkOutputApart(node, key);
   // Narrow C (x·A at rank 8): fewer columns per subgroup rather than clamped copies.
   const TN = n >= ROW_LANES.tn ? ROW_LANES.tn : n >= 8 ? 8 : 4;
   const nv = TN / 4;
-  const batch = out.slice(0, -2);
-  const nb = numel(batch);
-  const aStr = broadcastStrides(a.type.shape.slice(0, -2), batch).map((s) => s * m * k);
-  const bStr = broadcastStrides(b.type.shape.slice(0, -2), batch).map((s) => s * k * n);
-  for (const [i, v] of [a, b].entries()) {
-    if (key(v) === key(node.out)) {
-      throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
-    }
-  }
   const shared = key(a) === key(b);
   const A = 'in0';
   const B = shared ? 'in0' : 'in1';
@@ -271,26 +271,11 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
       if (!subgroup) WGX *= 2;
     }
   }
-  const [a, b] = node.inputs;
-  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
-  const out = node.out.type.shape;
-  const m = out[out.length - 2];
-  const n = out[out.length - 1];
-  const ra = a.type.shape.length;
-  const k = transA ? a.type.shape[ra - 2] : a.type.shape[ra - 1];
-  const batch = out.slice(0, -2);
-  const nb = numel(batch);
-  const aStr = broadcastStrides(a.type.shape.slice(0, -2), batch).map((s) => s * m * k);
-  const bStr = broadcastStrides(b.type.shape.slice(0, -2), batch).map((s) => s * k * n);
+  const { a, b, transA, transB, m, n, k, batch, nb, aStr, bStr } = matmulDims(node);
 
-  // Bindings: operands with one storage are bound once; the output never aliases an operand
-  // (an invocation would read elements another one has overwritten).
+  // Bindings: operands with one storage are bound once.
   const key = ctx.storage ?? ((v: Value) => v.id);
-  for (const [i, v] of [a, b].entries()) {
-    if (key(v) === key(node.out)) {
-      throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
-    }
-  }
+  checkOutputApart(node, key);
   const shared = key(a) === key(b);
   const bound: Value[] = shared ? [a] : [a, b];
   const A = 'in0';
