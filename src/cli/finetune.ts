@@ -13,7 +13,7 @@ import { fmtBytes } from '../ir/format.ts';
 import { LorafaError } from '../ir/errors.ts';
 import { exportPeftAdapter } from '../io/peft.ts';
 import { saveMerged, saveStateDict, writeFileAtomic } from '../io/weights.ts';
-import { MODES, type Mode } from '../passes/compile.ts';
+import { MODES, type Compiled, type Mode } from '../passes/compile.ts';
 import { CATEGORIES, CATEGORY_LABELS, type MemoryPlan } from '../passes/memory-plan.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
 import { acquireGpu } from '../runtime/gpu.ts';
@@ -46,14 +46,14 @@ function show(p: string): string {
   return r && !r.startsWith('..') ? r : p;
 }
 
-/** Plans of the task's step in all three modes, with this device's limits. */
+/** Plans of the task's step in all three modes, with this device's limits (compiled steps included). */
 export async function comparePlans(task: Task, ctx: Awaited<ReturnType<typeof openTask>>, f: { rank?: number; alpha?: number; targets?: readonly string[]; optimizer: OptimizerOptions }) {
   const gpu = await acquireGpu();
   const graph = trace(ctx.model, task.config);
-  const plans = new Map<Mode, MemoryPlan>();
+  const plans = new Map<Mode, { compiled: Compiled; memory: MemoryPlan }>();
   for (const mode of MODES) {
     const lora = loraOptionsFor(task, ctx.model, { mode, rank: f.rank, alpha: f.alpha, targets: f.targets });
-    plans.set(mode, planStep(graph, { mode, lora, optimizer: f.optimizer }, gpuLimits(gpu)).memory);
+    plans.set(mode, planStep(graph, { mode, lora, optimizer: f.optimizer }, gpuLimits(gpu)));
   }
   return plans;
 }
@@ -86,7 +86,8 @@ export async function finetuneCommand(taskName: string, flags: FinetuneFlags, co
   log(`device: ${gpu.description}`);
 
   log(`\nmemory plan of one training step (${task.model} config ${task.config}, AdamW, f32, this device's limits)`);
-  const plans = await comparePlans(task, ctx, { rank: flags.rank, alpha: flags.alpha, targets, optimizer });
+  const compared = await comparePlans(task, ctx, { rank: flags.rank, alpha: flags.alpha, targets, optimizer });
+  const plans = new Map([...compared].map(([m, p]) => [m, p.memory]));
   for (const l of compareLines(plans)) log('  ' + l);
 
   log(`\ntraining: ${mode}${flags.gradCorrection ? ' + gradient correction' : ''}`);
@@ -101,6 +102,9 @@ export async function finetuneCommand(taskName: string, flags: FinetuneFlags, co
     targets,
     base,
     initAdapter: flags.initAdapter,
+    // The comparison planned this very step (same model, rank, targets, optimizer) unless the
+    // gradient correction changes it.
+    planned: flags.gradCorrection ? undefined : compared.get(mode),
     log,
     onStep: flags.progress === 'none' ? undefined : progress.step,
   });

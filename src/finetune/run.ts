@@ -18,7 +18,7 @@ import type { Tensor } from '../ir/shape.ts';
 import type { Graph } from '../ir/types.ts';
 import { loadStateDict } from '../io/weights.ts';
 import { importPeftAdapter } from '../io/peft.ts';
-import type { Mode } from '../passes/compile.ts';
+import type { Compiled, Mode } from '../passes/compile.ts';
 import { applyLora, type LoraOptions } from '../passes/lora.ts';
 import type { Category, MemoryPlan } from '../passes/memory-plan.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../passes/optimizer.ts';
@@ -44,6 +44,8 @@ export interface RunOptions {
   readonly base?: string | null;
   /** A PEFT adapter directory to start the adapters from. */
   readonly initAdapter?: string;
+  /** The step already planned with this GPU's limits for these options (`lorafa finetune`'s plan comparison). */
+  readonly planned?: { readonly compiled: Compiled; readonly memory: MemoryPlan };
   /** Evaluate every N steps as well (default: the task's). */
   readonly evalEvery?: number;
   /** Skip the evaluation before training (pretraining from scratch). */
@@ -222,7 +224,7 @@ export async function runTask(ctx: TaskContext, o: Omit<RunOptions, 'task' | 'se
 
   // 1. Plans: the training step, and the forward graph at the evaluation batch.
   const graph = trace(m, task.config);
-  const planned: PlannedStep = planStepForGpu(graph, { mode: o.mode, lora, optimizer, gradCorrection: o.gradCorrection }, gpu);
+  const planned: PlannedStep = planStepForGpu(graph, { mode: o.mode, lora, optimizer, gradCorrection: o.gradCorrection }, gpu, o.planned);
   const step = planned.compiled.step!;
   const evalBatch = Math.min(d.evalBatch, Math.max(1, ctx.data.testCount));
   const evalModel = trace(m, task.config, { batch: evalBatch });

@@ -49,9 +49,12 @@ export function planStep(graph: Graph, s: StepSetup, limits: Limits): { compiled
   return { compiled, memory: planMemory(step, { limits, dtype: 'f32', gradients: compiled.gradients, dominating }) };
 }
 
-/** The training step planned and lowered for this GPU. */
-export function planStepForGpu(graph: Graph, s: StepSetup, gpu: Gpu): PlannedStep {
-  const { compiled, memory } = planStep(graph, s, gpuLimits(gpu));
+/**
+ * The training step planned and lowered for this GPU. `planned`: the same step already planned
+ * with this GPU's limits (`planStep(graph, s, gpuLimits(gpu))`), so it is not compiled again.
+ */
+export function planStepForGpu(graph: Graph, s: StepSetup, gpu: Gpu, planned?: { compiled: Compiled; memory: MemoryPlan }): PlannedStep {
+  const { compiled, memory } = planned ?? planStep(graph, s, gpuLimits(gpu));
   const kernels = buildKernelPlan(compiled.step!, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
   return { compiled, memory, kernels };
 }
