@@ -17,7 +17,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { fmtBytes } from '../src/ir/format.ts';
-import { LorafaError } from '../src/ir/errors.ts';
+import { asCommand, LorafaError } from '../src/ir/errors.ts';
 import type { Mode } from '../src/passes/compile.ts';
 import { openTask, runTask, type RunResult } from '../src/finetune/run.ts';
 import { ROOT, taskByName, type TaskName } from '../src/finetune/tasks.ts';
@@ -225,13 +225,4 @@ function report(rows: readonly Row[], sweep: readonly Row[], grid: readonly (Row
   return out.join('\n') + '\n';
 }
 
-try {
-  await runAll();
-  process.exit(0);
-} catch (e) {
-  if (e instanceof LorafaError) {
-    console.error(`lorafa: ${e.message}`);
-    process.exit(1);
-  }
-  throw e;
-}
+process.exit(await asCommand(runAll));

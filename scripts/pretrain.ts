@@ -15,7 +15,7 @@ import { Command, Option } from 'commander';
 import { brownCorpus, CharTokenizer } from '../src/data/index.ts';
 import { saveStateDict } from '../src/io/weights.ts';
 import { writeFileAtomic } from '../src/io/weights.ts';
-import { LorafaError } from '../src/ir/errors.ts';
+import { asCommand } from '../src/ir/errors.ts';
 import { stepProgress } from '../src/finetune/progress.ts';
 import { fmtMetrics, openTask, runTask } from '../src/finetune/run.ts';
 import { PRETRAINED_DIR, ROOT, TASKS, type Task } from '../src/finetune/tasks.ts';
@@ -79,15 +79,10 @@ async function pretrain(task: Task): Promise<void> {
   console.log(`wrote ${relative(ROOT, join(dir, 'model.safetensors'))} and metrics.json`);
 }
 
-try {
-  const which = flags.task === 'all' ? [TASKS.mnist, TASKS.brown] : [TASKS[flags.task as 'mnist' | 'brown']];
-  for (const t of which) await pretrain(t);
-  if (resolve(flags.out) === PRETRAINED_DIR) writeModelsReadme();
-  process.exit(0);
-} catch (e) {
-  if (e instanceof LorafaError) {
-    console.error(`lorafa: ${e.message}`);
-    process.exit(1);
-  }
-  throw e;
-}
+process.exit(
+  await asCommand(async () => {
+    const which = flags.task === 'all' ? [TASKS.mnist, TASKS.brown] : [TASKS[flags.task as 'mnist' | 'brown']];
+    for (const t of which) await pretrain(t);
+    if (resolve(flags.out) === PRETRAINED_DIR) writeModelsReadme();
+  }),
+);

@@ -1,6 +1,6 @@
 // The lorafa command line.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { LorafaError } from '../ir/errors.ts';
+import { asCommand, LorafaError } from '../ir/errors.ts';
 import { printGraph } from '../ir/print.ts';
 import { compileTraining, isMode, MODES, type Mode } from '../passes/compile.ts';
 import { LIMIT_PRESETS, planMemory, STORAGE_DTYPES, type Limits, type StorageDType } from '../passes/memory-plan.ts';
@@ -337,15 +337,7 @@ function commandLine(): string {
 
 export async function main(argv: readonly string[]): Promise<number> {
   invocation = argv;
-  try {
+  return asCommand(async () => {
     await program().parseAsync([...argv], { from: 'user' });
-    return typeof process.exitCode === 'number' ? process.exitCode : 0;
-  } catch (e) {
-    // A trainer importing another lorafa checkout throws that copy's LorafaError.
-    if (e instanceof LorafaError || (e instanceof Error && 'where' in e && 'problem' in e)) {
-      console.error(`lorafa: ${e.message}`);
-      return 1;
-    }
-    throw e;
-  }
+  });
 }

@@ -12,6 +12,24 @@ export class LorafaError extends Error {
   }
 }
 
+/**
+ * Runs a command's body and turns a LorafaError (or another lorafa copy's: a trainer may import a
+ * different checkout) into its message on stderr and exit status 1; anything else is a bug and
+ * propagates. Resolves to the status: 0, or the body's own `process.exitCode`.
+ */
+export async function asCommand(body: () => Promise<void>): Promise<number> {
+  try {
+    await body();
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof LorafaError || (e instanceof Error && 'where' in e && 'problem' in e)) {
+      console.error(`lorafa: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
 /** A shape rule failed: names the op, the operand shapes and names, and the model's source line. */
 export class ShapeError extends LorafaError {
   constructor(
