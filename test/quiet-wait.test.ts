@@ -30,8 +30,20 @@ describe('quietly', () => {
     expect(quiet).toBeLessThanOrEqual(60);
   });
 
-  it('puts the original setImmediate back after a resolved, a rejected and nested waits', async () => {
+  it('clearImmediate cancels a callback scheduled during a wait, whichever way it was scheduled', async () => {
+    let ran = 0;
+    await quietly(async () => {
+      globalThis.clearImmediate(globalThis.setImmediate(() => ran++)); // within the first ms: an immediate
+      await new Promise((r) => setTimeout(r, 5));
+      globalThis.clearImmediate(globalThis.setImmediate(() => ran++)); // past it: a timer
+      await new Promise((r) => setTimeout(r, 10));
+    });
+    expect(ran).toBe(0);
+  });
+
+  it('puts the original setImmediate and clearImmediate back after a resolved, a rejected and nested waits', async () => {
     const original = globalThis.setImmediate;
+    const originalClear = globalThis.clearImmediate;
     await quietly(() => new Promise((r) => setTimeout(r, 5)));
     expect(globalThis.setImmediate).toBe(original);
     await expect(quietly(() => new Promise((_, reject) => setTimeout(() => reject(new Error('lost device')), 5)))).rejects.toThrow('lost device');
@@ -46,5 +58,6 @@ describe('quietly', () => {
     ]);
     expect(inner).not.toBe(original);
     expect(globalThis.setImmediate).toBe(original);
+    expect(globalThis.clearImmediate).toBe(originalClear);
   });
 });

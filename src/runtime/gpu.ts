@@ -189,8 +189,6 @@ export async function checked<T>(device: GPUDevice, what: string, fn: () => T): 
   return result;
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
 /**
  * Awaits a GPU promise (mapAsync, onSubmittedWorkDone, popErrorScope) without spinning a CPU
  * core through the wait. Dawn's Node bindings resolve these promises by calling
@@ -202,27 +200,41 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  * up on the global object each time, so while lorafa waits it is replaced by one that polls
  * every millisecond (setTimeout) once the wait is past its first `SPIN_MS` (short waits keep
  * their latency); the original is restored when the last wait ends. Other code calling
- * setImmediate during such a wait gets a timer instead (the same callback, ≤ 1 ms later).
+ * setImmediate during such a wait gets a timer instead (the same callback, ≤ 1 ms later; and
+ * clearImmediate cancels it, as it would the immediate).
  */
 export async function quietly<T>(start: () => Promise<T>): Promise<T> {
   if (quietWaits++ === 0) {
     const immediate = globalThis.setImmediate;
+    const clear = globalThis.clearImmediate;
+    const timers = new WeakSet<object>();
     const t0 = performance.now();
-    realImmediate = immediate;
-    globalThis.setImmediate = ((fn: (...a: unknown[]) => void, ...args: unknown[]) =>
-      performance.now() - t0 < SPIN_MS ? immediate(fn, ...args) : setTimeout(fn, 1, ...args)) as typeof setImmediate;
+    saved = { immediate, clear };
+    globalThis.setImmediate = ((fn: (...a: unknown[]) => void, ...args: unknown[]) => {
+      if (performance.now() - t0 < SPIN_MS) return immediate(fn, ...args);
+      const t = setTimeout(fn, 1, ...args);
+      timers.add(t);
+      return t;
+    }) as typeof setImmediate;
+    globalThis.clearImmediate = ((h?: NodeJS.Immediate | NodeJS.Timeout) => {
+      if (h && timers.has(h)) clearTimeout(h as NodeJS.Timeout);
+      else clear(h as NodeJS.Immediate | undefined);
+    }) as typeof clearImmediate;
   }
   try {
     return await start();
   } finally {
-    if (--quietWaits === 0 && realImmediate) globalThis.setImmediate = realImmediate;
+    if (--quietWaits === 0 && saved) {
+      globalThis.setImmediate = saved.immediate;
+      globalThis.clearImmediate = saved.clear;
+    }
   }
 }
 
 /** How long a wait may spin before it polls by timer (ms). */
 const SPIN_MS = 1;
 let quietWaits = 0;
-let realImmediate: typeof setImmediate | undefined;
+let saved: { immediate: typeof setImmediate; clear: typeof clearImmediate } | undefined;
 
 /** Reads `size` bytes at `offset` of a STORAGE|COPY_SRC buffer. */
 export async function readBuffer(device: GPUDevice, src: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
