@@ -1,5 +1,6 @@
-// Node WebGPU (Dawn via the npm `webgpu` package) setup plus a GPUBuffer byte meter, shared by the
-// JS peers (jax-js, TF.js) in `npm run bench:peers`.
+// Node WebGPU (Dawn via the npm `webgpu` package) setup plus a GPUBuffer byte meter, shared by
+// every WebGPU runner in `npm run bench:peers` (jax-js, TF.js, and lorafa's, which checks it
+// against the runtime's own BufferMeter), so all GPU bytes are counted by the same code.
 //
 // installNodeWebGPU() puts `navigator.gpu` and the WebGPU globals on globalThis and wraps
 // GPUDevice.prototype.createBuffer / GPUBuffer.prototype.destroy so every buffer made on any device

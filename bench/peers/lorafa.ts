@@ -1,8 +1,9 @@
 // lorafa's W1 runner for `npm run bench:peers`: the same command line and JSON line as every peer
 // runner. Compiles models/w1.ts in the variant's mode with the optimizer, plans it for this
 // adapter, loads W, A, B, x and target from the shared data file, and runs K steps, each read back
-// (StepRunner.step returns the loss from the GPU). GPU bytes: the device's createBuffer/destroy,
-// counted by the runtime's BufferMeter (peak while the runner lives).
+// (StepRunner.step returns the loss from the GPU). GPU bytes: the peers' meter (gpu-meter.ts:
+// GPUDevice/GPUBuffer prototypes patched before any device exists, peak over the whole run), so
+// every WebGPU system is counted by the same code; the runtime's own BufferMeter must agree.
 //   npx tsx bench/peers/lorafa.ts --variant lora-fa --optimizer sgd --data FILE --steps 12 --warmup 2
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import { StepRunner } from '../../src/runtime/executor.ts';
 import { acquireGpu } from '../../src/runtime/gpu.ts';
 import { planStepForGpu } from '../../src/runtime/session.ts';
 import { ROOT } from '../../src/finetune/tasks.ts';
+import { installNodeWebGPU } from './gpu-meter.ts';
 import { W1_HYPER } from './w1-data.ts';
 
 const flags = new Command('lorafa-w1')
@@ -38,6 +40,7 @@ const optimizer: OptimizerOptions =
     ? { kind: 'sgd' }
     : { kind: 'adamw', beta1: W1_HYPER.adamw.beta1, beta2: W1_HYPER.adamw.beta2, eps: W1_HYPER.adamw.eps, weightDecay: W1_HYPER.adamw.weightDecay };
 const lr = flags.optimizer === 'sgd' ? W1_HYPER.sgd.lr : W1_HYPER.adamw.lr;
+const node = await installNodeWebGPU();
 const gpu = await acquireGpu();
 const before = gpu.memory.live;
 gpu.memory.resetPeak();
@@ -60,7 +63,9 @@ for (let t = 1; t <= flags.steps; t++) {
   losses.push(loss);
   if (t > flags.warmup) ms.push(dt);
 }
-const peak = gpu.memory.peak - before;
+const peak = node.meter.peak();
+const own = gpu.memory.peak - before;
+if (own !== peak) throw new Error(`GPU bytes: the peers' meter counted ${peak}, lorafa's BufferMeter ${own}`);
 runner.destroy();
 const pkg = (name: string) => JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version as string;
 console.log(
@@ -72,7 +77,7 @@ console.log(
     steps: flags.steps,
     losses,
     ms,
-    memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes },
+    memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes, bufferMeter: own },
     adapter: gpu.description,
     versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: pkg('webgpu') },
     notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}; GPU waits through quietly() (no busy poll)`],
