@@ -7,7 +7,8 @@
 // Every system starts from the same data file, runs K steps reading each loss back, and must agree
 // with lorafa's losses (stated tolerance below), or its figures are marked as not comparable.
 // Each runner is its own process (its own device, its own memory) printing one JSON line; a runner
-// that is missing or fails is skipped with the reason. Writes bench/results/peers.md and peers.json.
+// that is missing or fails is skipped with the reason. Writes bench/results/peers.md and peers.json;
+// exits 1 when any system's losses disagree with lorafa's.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -188,3 +189,10 @@ mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
 writeFileSync(join(ROOT, 'bench', 'results', 'peers.md'), md);
 writeFileSync(join(ROOT, 'bench', 'results', 'peers.json'), JSON.stringify({ shape, flags, adapter, versions: Object.fromEntries(versions), sgemm, physical, targets: goals, results: out, skipped: Object.fromEntries(skipped), runs }, null, 1) + '\n');
 
+// A system that computed something else makes the run a failure (its figures are not comparable);
+// missed targets do not (they are figures, not tests).
+const disagree = out.filter((o) => o.agree === false);
+if (disagree.length) {
+  console.error(`bench:peers: ${disagree.length} row(s) computed something else than lorafa: ${disagree.map((o) => `${o.system} ${o.variant} ${o.optimizer}`).join(', ')}`);
+  process.exitCode = 1;
+}
