@@ -118,6 +118,27 @@ function checkKernelPlan(kp: KernelPlan, plan: MemoryPlan, runner: StepRunner): 
  */
 const GRAPH_TOL = 1e-5;
 
+/**
+ * One training step of `step` (laid out by `plan`) on the GPU and in referenceStep, from the same
+ * seeded parameters (f32-rounded, random B) and feeds; the kernel plan checked against the memory
+ * plan on the way.
+ */
+async function stepBoth(step: Graph, plan: MemoryPlan, seed: number, intBound: (name: string) => number, optimizer: OptimizerOptions, lr: number) {
+  const kp = buildKernelPlan(step, plan);
+  const feeds = { ...feedsFor(step, seed, intBound), ...optimizerFeeds(optimizer, lr, 1) };
+  const params = new Map([...paramsWithRandomB(step, seed)].map(([k, v]) => [k, { shape: v.shape, data: deviceValues(v.data, 'f32') }]));
+  const ref = referenceStep(step, { feeds, params });
+  const runner = await StepRunner.create(kp, gpu);
+  try {
+    checkKernelPlan(kp, plan, runner);
+    runner.writeParams(params);
+    const loss = await runner.step(feeds);
+    return { loss, ref, params, after: await runner.readParams(), updated: new Set(step.updates.map((u) => u.target)) };
+  } finally {
+    runner.destroy();
+  }
+}
+
 function expectCloseAll(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
   expect(got.length, `${what}: length`).toBe(want.length);
   for (let i = 0; i < want.length; i++) {
@@ -417,24 +438,12 @@ describe('random Builder models: one training step under random limits', () => {
         const step = c.step!;
         const limits = randomLimits(caseGen(gen, fc), step);
         const plan = planMemory(step, { limits, gradients: c.gradients });
-        const kp = buildKernelPlan(step, plan);
-        const feeds = { ...feedsFor(step, seed, () => 2 + (spec.width % 3)), ...optimizerFeeds(optimizer, 0.05, 1) };
-        const params = new Map([...paramsWithRandomB(step, seed)].map(([k, v]) => [k, { shape: v.shape, data: deviceValues(v.data, 'f32') }]));
-        const ref = referenceStep(step, { feeds, params });
-        const runner = await StepRunner.create(kp, gpu);
-        try {
-          checkKernelPlan(kp, plan, runner);
-          runner.writeParams(params);
-          expectCloseAll('loss', [await runner.step(feeds)], ref.outputs.loss.data, GRAPH_TOL);
-          const after = await runner.readParams();
-          const updated = new Set(step.updates.map((u) => u.target));
-          for (const p of step.params) {
-            const name = p.value.name;
-            if (updated.has(name)) expectCloseAll(`${mode} ${optimizer.kind}: ${name}`, after.get(name)!, ref.params.get(name)!.data, GRAPH_TOL);
-            else expectExact(`${mode}: frozen ${name}`, after.get(name)!, params.get(name)!.data);
-          }
-        } finally {
-          runner.destroy();
+        const { loss, ref, params, after, updated } = await stepBoth(step, plan, seed, () => 2 + (spec.width % 3), optimizer, 0.05);
+        expectCloseAll('loss', [loss], ref.outputs.loss.data, GRAPH_TOL);
+        for (const p of step.params) {
+          const name = p.value.name;
+          if (updated.has(name)) expectCloseAll(`${mode} ${optimizer.kind}: ${name}`, after.get(name)!, ref.params.get(name)!.data, GRAPH_TOL);
+          else expectExact(`${mode}: frozen ${name}`, after.get(name)!, params.get(name)!.data);
         }
       },
       { numRuns: FEW },
@@ -466,46 +475,33 @@ describe.each(modelFiles())('model %s (toy size), one SGD step on the GPU', (nam
     const c = compileTraining(graph, { mode, optimizer, lora: { rank: 2, alpha: 4, targets, modulesToSave } });
     const step = c.step!;
     const plan = planMemory(step, { limits: { ...LIMIT_PRESETS.webgpu, alignment: ALIGN }, gradients: c.gradients });
-    const kp = buildKernelPlan(step, plan);
     const seed = 11 + MODES.indexOf(mode);
-    const feeds = { ...feedsFor(step, seed, intBoundsFor(cfg)), ...optimizerFeeds(optimizer, lr, 1) };
-    const params = new Map([...paramsWithRandomB(step, seed)].map(([k, v]) => [k, { shape: v.shape, data: deviceValues(v.data, 'f32') }]));
-    const ref = referenceStep(step, { feeds, params });
-    const runner = await StepRunner.create(kp, gpu);
-    try {
-      checkKernelPlan(kp, plan, runner);
-      runner.writeParams(params);
-      const loss = await runner.step(feeds);
-      // The loss: a forward pass of a few hundred f32 ops. 1e-6·(1 + |loss|): measured ≤ 7.5e-8.
-      expectCloseAll(`${name} ${mode}: loss`, [loss], ref.outputs.loss.data, 1e-6);
-      const after = await runner.readParams();
-      const updated = new Set(step.updates.map((u) => u.target));
-      expect(updated.size).toBeGreaterThan(0);
-      for (const p of step.params) {
-        const pname = p.value.name;
-        const got = after.get(pname)!;
-        const before = params.get(pname)!.data;
-        if (!updated.has(pname)) {
-          expectExact(`${name} ${mode}: frozen ${pname}`, got, before);
-          continue;
-        }
-        // p' = p − lr·g: compare the steps taken, Δ = p' − p, against the reference's, scaled by
-        // the parameter's largest step: |Δgpu − Δref| ≤ 1e-5·max|Δref| + 2^-23·|p'| (the
-        // rounding of p' itself). Measured ≤ 8.5e-7·max|Δref|; a gradient off by 0.001% of its
-        // largest entry fails.
-        const want = ref.params.get(pname)!.data;
-        let maxStep = 0;
-        for (let i = 0; i < want.length; i++) maxStep = Math.max(maxStep, Math.abs(want[i] - before[i]));
-        for (let i = 0; i < want.length; i++) {
-          const d = Math.abs(got[i] - before[i] - (want[i] - before[i]));
-          const bound = 1e-5 * maxStep + 2 ** -23 * Math.abs(want[i]);
-          if (!(d <= bound)) {
-            throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound}`);
-          }
+    const { loss, ref, params, after, updated } = await stepBoth(step, plan, seed, intBoundsFor(cfg), optimizer, lr);
+    // The loss: a forward pass of a few hundred f32 ops. 1e-6·(1 + |loss|): measured ≤ 7.5e-8.
+    expectCloseAll(`${name} ${mode}: loss`, [loss], ref.outputs.loss.data, 1e-6);
+    expect(updated.size).toBeGreaterThan(0);
+    for (const p of step.params) {
+      const pname = p.value.name;
+      const got = after.get(pname)!;
+      const before = params.get(pname)!.data;
+      if (!updated.has(pname)) {
+        expectExact(`${name} ${mode}: frozen ${pname}`, got, before);
+        continue;
+      }
+      // p' = p − lr·g: compare the steps taken, Δ = p' − p, against the reference's, scaled by
+      // the parameter's largest step: |Δgpu − Δref| ≤ 1e-5·max|Δref| + 2^-23·|p'| (the
+      // rounding of p' itself). Measured ≤ 8.5e-7·max|Δref|; a gradient off by 0.001% of its
+      // largest entry fails.
+      const want = ref.params.get(pname)!.data;
+      let maxStep = 0;
+      for (let i = 0; i < want.length; i++) maxStep = Math.max(maxStep, Math.abs(want[i] - before[i]));
+      for (let i = 0; i < want.length; i++) {
+        const d = Math.abs(got[i] - before[i] - (want[i] - before[i]));
+        const bound = 1e-5 * maxStep + 2 ** -23 * Math.abs(want[i]);
+        if (!(d <= bound)) {
+          throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound}`);
         }
       }
-    } finally {
-      runner.destroy();
     }
   });
 });
