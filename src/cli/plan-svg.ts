@@ -2,20 +2,13 @@
 // the start of backward marked. Plain SVG text, no dependencies.
 import { fmtBytes } from '../ir/format.ts';
 import { CATEGORIES, CATEGORY_LABELS, type MemoryPlan } from '../passes/memory-plan.ts';
-import { CATEGORY_COLORS, esc } from './svg.ts';
+import { CATEGORY_COLORS, esc, plotArea } from './svg.ts';
 
 const COLORS = CATEGORY_COLORS;
 
 export function planSvg(p: MemoryPlan, title: string): string {
-  const W = 960;
-  const H = 420;
-  const left = 80;
-  // Room for the legend's longest line ("trainable parameters 1023 KiB") at font-size 11.
-  const right = 250;
-  const top = 40;
-  const bottom = 50;
-  const plotW = W - left - right;
-  const plotH = H - top - bottom;
+  // right: room for the legend's longest line ("trainable parameters 1023 KiB") at font-size 11.
+  const { W, H, left, right, top, pw: plotW, ph: plotH } = plotArea(960, 420, { left: 80, right: 250, top: 40, bottom: 50 });
   const steps = p.timeline.length;
   // One column per pixel at most: each column shows the step with the most live bytes in it.
   const cols = Math.min(steps, plotW);

@@ -14,6 +14,22 @@ export const CATEGORY_COLORS: Record<Category, string> = {
   workspace: '#43a047',
 };
 
+/** A W×H picture's margins and the plot area (pw × ph) they leave. */
+export interface PlotArea {
+  readonly W: number;
+  readonly H: number;
+  readonly left: number;
+  readonly right: number;
+  readonly top: number;
+  readonly bottom: number;
+  readonly pw: number;
+  readonly ph: number;
+}
+
+export function plotArea(W: number, H: number, m: { left: number; right: number; top: number; bottom: number }): PlotArea {
+  return { W, H, ...m, pw: W - m.left - m.right, ph: H - m.top - m.bottom };
+}
+
 /** The opening of a W×H picture: the svg element, a white background and a bold title at `left`. */
 export function svgOpen(W: number, H: number, title: string, left: number): string[] {
   return [

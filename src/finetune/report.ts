@@ -2,8 +2,7 @@
 // SVG (plain text, no dependencies), and the numbers as Markdown and JSON.
 import { fmtBytes } from '../ir/format.ts';
 import { CATEGORIES, CATEGORY_LABELS, type Category } from '../passes/memory-plan.ts';
-import { CATEGORY_COLORS, esc, svgOpen } from '../cli/svg.ts';
-
+import { CATEGORY_COLORS, esc, plotArea, svgOpen } from '../cli/svg.ts';
 
 export interface Series {
   readonly label: string;
@@ -34,14 +33,7 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
 
 /** A line chart: x = step, y = loss; several series, a legend, axes with ticks. */
 export function lineChartSvg(title: string, series: readonly Series[], axes: { x: string; y: string }): string {
-  const W = 900;
-  const H = 420;
-  const left = 70;
-  const right = 220;
-  const top = 40;
-  const bottom = 50;
-  const pw = W - left - right;
-  const ph = H - top - bottom;
+  const { W, H, left, top, pw, ph } = plotArea(900, 420, { left: 70, right: 220, top: 40, bottom: 50 });
   const all = series.flatMap((s) => s.points);
   const xmax = Math.max(1, ...all.map((p) => p.x));
   const xmin = Math.min(0, ...all.map((p) => p.x));
@@ -90,14 +82,7 @@ export interface MemoryBar {
 
 /** Stacked bars, one per mode, of the bytes live at each plan's peak by category. */
 export function memoryBarsSvg(title: string, bars: readonly MemoryBar[]): string {
-  const W = 900;
-  const H = 420;
-  const left = 90;
-  const right = 230;
-  const top = 40;
-  const bottom = 60;
-  const pw = W - left - right;
-  const ph = H - top - bottom;
+  const { W, H, left, top, pw, ph } = plotArea(900, 420, { left: 90, right: 230, top: 40, bottom: 60 });
   const ymax = Math.max(1, ...bars.map((b) => Math.max(b.peak, b.measured ?? 0))) * 1.08;
   const Y = (v: number) => top + ph - (v / ymax) * ph;
   const slot = pw / bars.length;
