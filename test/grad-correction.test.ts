@@ -280,16 +280,25 @@ describe('the training step', () => {
     }
   });
 
+  /**
+   * One step with the correction (float64 reference) from seeded params and feeds, and the
+   * uncorrected LoRA-FA gradients of the same point.
+   */
+  const correctedStep = (s: Setup, opt: OptimizerOptions, lr: number, seed: number) => {
+    const c = stepOf(s, opt, true);
+    const plain = compileTraining(s.graph, { mode: 'lora-fa', lora: loraFor(s) });
+    const params = paramsWithRandomB(plain.joint, seed);
+    const feeds = feedsFor(plain.joint, seed, s.intBound);
+    const gB = runReference(plain.joint, { feeds, params }).outputs;
+    const r = referenceStep(c.step!, { feeds: { ...feeds, ...optimizerFeeds(opt, lr, 1) }, params });
+    return { c, params, gB, r };
+  };
+
   test.each(['mlp', 'llama'])('%s, SGD: B′ = B − lr·(1/s²)(AᵀA)⁻¹·gB', (model) => {
     const s = setups.get(model)!;
     const opt = { kind: 'sgd' } as const;
     const lr = 0.05;
-    const c = stepOf(s, opt, true);
-    const plain = compileTraining(s.graph, { mode: 'lora-fa', lora: loraFor(s) });
-    const params = paramsWithRandomB(plain.joint, 5);
-    const feeds = feedsFor(plain.joint, 5, s.intBound);
-    const gB = runReference(plain.joint, { feeds, params }).outputs;
-    const r = referenceStep(c.step!, { feeds: { ...feeds, ...optimizerFeeds(opt, lr, 1) }, params });
+    const { c, params, gB, r } = correctedStep(s, opt, lr, 5);
     for (const a of c.forward.adapters) {
       const B = params.get(a.B)!.data;
       const g = expectedCorrected(a, params.get(a.A)!, gB[`grad.${a.B}`]);
@@ -304,12 +313,7 @@ describe('the training step', () => {
     const s = setups.get(model)!;
     const [b1, b2, eps, wd, lr] = [0.8, 0.95, 1e-3, 0.1, 0.01];
     const opt = { kind: 'adamw', beta1: b1, beta2: b2, eps, weightDecay: wd } as const;
-    const c = stepOf(s, opt, true);
-    const plain = compileTraining(s.graph, { mode: 'lora-fa', lora: loraFor(s) });
-    const params = paramsWithRandomB(plain.joint, 6);
-    const feeds = feedsFor(plain.joint, 6, s.intBound);
-    const gB = runReference(plain.joint, { feeds, params }).outputs;
-    const r = referenceStep(c.step!, { feeds: { ...feeds, ...optimizerFeeds(opt, lr, 1) }, params });
+    const { c, params, gB, r } = correctedStep(s, opt, lr, 6);
     const bc1 = 1 / (1 - b1);
     const bc2 = 1 / (1 - b2);
     const adam = (B: Float64Array, g: Float64Array) => B.map((b, i) => b - lr * (((1 - b1) * g[i] * bc1) / (Math.sqrt((1 - b2) * g[i] * g[i] * bc2) + eps) + wd * b));
