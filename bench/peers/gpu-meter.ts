@@ -8,7 +8,7 @@
 // kept reachable for the process lifetime (Dawn segfaults if it is collected).
 //
 // "alive" = created and neither destroyed nor garbage-collected; "peak" = max of alive over time.
-import { createRequire } from 'node:module';
+import { packageVersion } from './w1-data.ts';
 
 export interface GpuMeter {
   readonly alive: () => number;
@@ -84,14 +84,9 @@ export async function installNodeWebGPU(): Promise<NodeWebGPU> {
   const prev = (globalThis as any).navigator;
   const userAgent: string = prev?.userAgent ?? `Node.js/${process.versions.node}`;
   Object.defineProperty(globalThis, 'navigator', { value: { userAgent, language: prev?.language ?? 'en-US', gpu }, configurable: true });
-  let version: string | null = null;
-  try {
-    const req = createRequire(import.meta.url);
-    version = (req('webgpu/package.json') as { version: string }).version;
-  } catch {}
   installed = {
     gpu,
-    version,
+    version: packageVersion('webgpu'),
     meter: { alive: () => alive, peak: () => peak, resetPeak: () => { peak = alive; }, buffers: () => count },
   };
   return installed;

@@ -6,12 +6,10 @@
 //     --data FILE --steps 12 --warmup 2
 // GPU bytes (webgpu): GPUBuffers alive, counted by bench/peers/gpu-meter.ts (createBuffer/destroy
 // wrapped before jax-js requests its device); peak over the whole run, setup included.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { readSafetensors } from '../../src/io/safetensors.ts';
-import { W1_HYPER } from './w1-data.ts';
+import { median } from './report.ts';
+import { packageVersion, W1_HYPER } from './w1-data.ts';
 
 const flags = new Command('jaxjs-w1')
   .requiredOption('--backend <b>', 'webgpu | wasm')
@@ -178,20 +176,10 @@ if (meter) {
 if (flags.backend === 'wasm') notes.push('wasm backend runs single-threaded in Node (no SharedArrayBuffer workers)');
 if (adapterInfo) notes.push(`adapter: ${[adapterInfo.vendor, adapterInfo.architecture, adapterInfo.device, adapterInfo.description].filter(Boolean).join(' / ')}`);
 
-const sorted = [...ms].sort((a, b) => a - b);
-const median = sorted.length ? (sorted[(sorted.length - 1) >> 1] + sorted[sorted.length >> 1]) / 2 : NaN;
-log(`loss ${losses[0].toPrecision(6)} → ${losses.at(-1)!.toPrecision(6)}; median ${median.toFixed(1)} ms/step; ${(total / 1000).toFixed(1)} s for ${flags.steps} steps`);
+log(`loss ${losses[0].toPrecision(6)} → ${losses.at(-1)!.toPrecision(6)}; median ${median(ms).toFixed(1)} ms/step; ${(total / 1000).toFixed(1)} s for ${flags.steps} steps`);
 
-// package.json is not in these packages' "exports": find it under node_modules, walking up.
-const version = (p: string): string | null => {
-  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
-    const f = join(dir, 'node_modules', p, 'package.json');
-    if (existsSync(f)) return (JSON.parse(readFileSync(f, 'utf8')) as { version: string }).version;
-    if (dirname(dir) === dir) return null;
-  }
-};
-const versions: Record<string, string | null> = { '@jax-js/jax': version('@jax-js/jax'), node: process.version };
-if (meter) versions.webgpu = meter.version ?? version('webgpu');
+const versions: Record<string, string | null> = { '@jax-js/jax': packageVersion('@jax-js/jax'), node: process.version };
+if (meter) versions.webgpu = meter.version;
 
 process.stdout.write(
   JSON.stringify({ system: 'jax-js', backend: flags.backend, variant: flags.variant, optimizer: flags.optimizer, steps: flags.steps, losses, ms, memory, versions, notes }) + '\n',

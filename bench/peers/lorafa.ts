@@ -16,7 +16,7 @@ import { acquireGpu } from '../../src/runtime/gpu.ts';
 import { planStepForGpu } from '../../src/runtime/session.ts';
 import { ROOT } from '../../src/finetune/tasks.ts';
 import { installNodeWebGPU } from './gpu-meter.ts';
-import { W1_HYPER } from './w1-data.ts';
+import { packageVersion, W1_HYPER } from './w1-data.ts';
 
 const flags = new Command('lorafa-w1')
   .requiredOption('--variant <v>', 'lora | lora-fa')
@@ -67,7 +67,6 @@ const peak = node.meter.peak();
 const own = gpu.memory.peak - before;
 if (own !== peak) throw new Error(`GPU bytes: the peers' meter counted ${peak}, lorafa's BufferMeter ${own}`);
 runner.destroy();
-const pkg = (name: string) => JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version as string;
 console.log(
   JSON.stringify({
     system: 'lorafa',
@@ -79,7 +78,7 @@ console.log(
     ms,
     memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes, bufferMeter: own },
     adapter: gpu.description,
-    versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: pkg('webgpu') },
+    versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: packageVersion('webgpu') },
     notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}; GPU waits through quietly() (no busy poll)`],
   }),
 );

@@ -10,15 +10,14 @@
 // --steps is the total step count; the first --warmup of them are untimed (their losses are still
 // reported). Each step ends with the loss read back (await loss.data()), so it truly completed.
 // Human lines go to stderr; the last stdout line is one JSON object.
-import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { readSafetensors } from '../../src/io/safetensors.ts';
-import { W1_HYPER } from './w1-data.ts';
+import { median } from './report.ts';
+import { packageVersion, W1_HYPER } from './w1-data.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const require = createRequire(import.meta.url);
 const log = (...a: unknown[]) => console.error(...a);
 
 const { values: args } = parseArgs({
@@ -45,8 +44,7 @@ if (!(Number.isInteger(steps) && steps > 0 && Number.isInteger(warmup) && warmup
 }
 
 const notes: string[] = [];
-const versions: Record<string, string> = { node: process.version };
-const pkgVersion = (p: string) => (require(join(ROOT, 'node_modules', p, 'package.json')) as { version: string }).version;
+const versions: Record<string, string | null> = { node: process.version };
 
 // WebGPU setup (before TF.js creates its device): bench/peers/gpu-meter.ts puts the Dawn globals
 // and navigator.gpu in place and counts bytes of GPUBuffers alive (createBuffer / destroy wrapped).
@@ -55,7 +53,7 @@ let meter: import('./gpu-meter.ts').GpuMeter | undefined;
 async function setupWebgpu(): Promise<void> {
   const node = await (await import('./gpu-meter.ts')).installNodeWebGPU();
   meter = node.meter;
-  versions.webgpu = node.version ?? pkgVersion('webgpu');
+  versions.webgpu = node.version;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -66,10 +64,10 @@ async function main(): Promise<void> {
   versions.tfjs = tf.version.tfjs;
   if (backend === 'webgpu') {
     await import('@tensorflow/tfjs-backend-webgpu');
-    versions['tfjs-backend-webgpu'] = pkgVersion('@tensorflow/tfjs-backend-webgpu');
+    versions['tfjs-backend-webgpu'] = packageVersion('@tensorflow/tfjs-backend-webgpu');
   } else {
     const wasm = await import('@tensorflow/tfjs-backend-wasm');
-    versions['tfjs-backend-wasm'] = pkgVersion('@tensorflow/tfjs-backend-wasm');
+    versions['tfjs-backend-wasm'] = packageVersion('@tensorflow/tfjs-backend-wasm');
     const setWasmPaths = (wasm as any).setWasmPaths ?? (wasm as any).default?.setWasmPaths;
     setWasmPaths(join(ROOT, 'node_modules', '@tensorflow', 'tfjs-backend-wasm', 'dist') + '/');
   }
@@ -178,9 +176,7 @@ async function main(): Promise<void> {
     log(`step ${t}: loss ${loss.toPrecision(8)}  ${elapsed.toFixed(1)} ms${t <= warmup ? ' (warm-up)' : ''}`);
   }
   const total = performance.now() - t0;
-  const sorted = [...ms].sort((a, b) => a - b);
-  const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
-  log(`median ${median.toFixed(1)} ms/step over ${ms.length} timed steps; ${(total / 1000).toFixed(1)} s for all ${steps} steps`);
+  log(`median ${median(ms).toFixed(1)} ms/step over ${ms.length} timed steps; ${(total / 1000).toFixed(1)} s for all ${steps} steps`);
 
   if (!losses.every(Number.isFinite)) notes.push('non-finite loss');
   notes.push(`steps = total steps; the first ${warmup} are warm-up (untimed), ms has ${ms.length} entries`);

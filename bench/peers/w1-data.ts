@@ -11,7 +11,7 @@
 //   layers.<i>.fc.weight [d, d]  kaiming-uniform (bound 1/√d, as nn.Linear)
 //   layers.<i>.fc.lora_A [d, r]  kaiming-uniform a=√5 (bound 1/√d, as PEFT)
 //   layers.<i>.fc.lora_B [r, d]  zeros (as PEFT)
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSafetensors } from '../../src/io/safetensors.ts';
@@ -30,6 +30,12 @@ export const W1_HYPER = {
   sgd: { lr: 50 },
   adamw: { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 },
 } as const;
+
+/** The version of an installed npm package (its package.json under the checkout's node_modules), or null. */
+export function packageVersion(name: string): string | null {
+  const f = join(resolve(dirname(fileURLToPath(import.meta.url)), '..', '..'), 'node_modules', name, 'package.json');
+  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as { version: string }).version : null;
+}
 
 export const CACHE = resolve(dirname(fileURLToPath(import.meta.url)), '..', '.cache');
 
