@@ -15,7 +15,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { LorafaError } from '../src/ir/errors.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';

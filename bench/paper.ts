@@ -2,7 +2,7 @@
 // published figures. Same pipeline as `lorafa plan --compare` (AdamW, limits none), for the
 // settings the document assumes; prints one Markdown table. Each row is also one CLI command,
 // printed under the table.
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
 import { LIMIT_PRESETS, planMemory, type MemoryPlan, type StorageDType } from '../src/passes/memory-plan.ts';

@@ -16,12 +16,8 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { fmtBytes } from '../src/ir/format.ts';
-import { asCommand, LorafaError } from '../src/ir/errors.ts';
-import type { Mode } from '../src/passes/compile.ts';
-import { openTask, runTask, type RunResult } from '../src/finetune/run.ts';
-import { ROOT, taskByName, type TaskName } from '../src/finetune/tasks.ts';
-import { writeFileAtomic } from '../src/io/weights.ts';
+import { asCommand, finetune, fmtBytes, LorafaError, presetByName, writeFileAtomic, type Metrics, type Mode } from '../src/index.ts';
+import { PACKAGE_ROOT as ROOT } from '../src/train/presets.ts';
 
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const cmd = new Command('experiment')
@@ -53,7 +49,49 @@ const VARIANTS: readonly Variant[] = [
   { key: 'lora-fa-gc', label: 'LoRA-FA + gradient correction', mode: 'lora-fa', gc: true },
 ];
 
-type Row = Omit<RunResult, 'values' | 'forward' | 'memory' | 'model' | 'losses'> & { key: string; lossesEvery10: number[] };
+interface Row {
+  readonly key: string;
+  readonly task: string;
+  readonly mode: Mode;
+  readonly gradCorrection: boolean;
+  readonly seed: number;
+  readonly steps: number;
+  readonly lr: number;
+  readonly lora?: { rank: number; alpha: number; targets: readonly string[]; modulesToSave: readonly string[] };
+  readonly data: string;
+  readonly before: Metrics;
+  readonly after: Metrics;
+  readonly msPerStep: number;
+  readonly firstStepMs: number;
+  readonly gpu: { readonly measured: number; readonly planned: number };
+  readonly trainable: number;
+  readonly device: string;
+  readonly lossesEvery10: number[];
+}
+
+/** One run of a preset, through the same finetune() as `lorafa finetune`, no files written. */
+async function runTask(task: string, seed: number, key: string, o: { evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number }): Promise<Row> {
+  const r = await finetune({ model: task, seed, compare: false, progress: 'none', log: () => {}, ...o });
+  return {
+    key,
+    task,
+    mode: o.mode,
+    gradCorrection: !!o.gradCorrection,
+    seed,
+    steps: r.endStep,
+    lr: r.lr,
+    lora: r.program.spec.lora,
+    data: r.data,
+    before: r.before!,
+    after: r.after!,
+    msPerStep: r.msPerStep,
+    firstStepMs: r.firstStepMs,
+    gpu: { measured: r.measuredBytes, planned: r.program.step.bytes },
+    trainable: r.trainable,
+    device: r.device,
+    lossesEvery10: r.losses.filter((l) => l.step % 10 === 0).map((l) => Number(l.loss.toFixed(5))),
+  };
+}
 
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: readonly number[]) => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / (xs.length - 1)));
@@ -67,25 +105,19 @@ async function runAll(): Promise<void> {
   const grid: (Row & { chosen?: boolean })[] = [];
   const chosen = new Map<string, number>();
   let device = '';
-  const slim = (key: string, r: RunResult): Row => {
-    const { values: _v, forward: _f, memory: _m, model: _mo, losses, ...rest } = r;
-    return { ...rest, key, lossesEvery10: losses.filter((l) => l.step % 10 === 0).map((l) => Number(l.loss.toFixed(5))) };
-  };
   for (const name of flags.tasks) {
-    const task = taskByName(name);
+    const task = presetByName(name);
     if (task.role !== 'finetune') throw new LorafaError(name, 'is a pretraining task', 'use fashion-mnist or spam');
-    // 1. Tuning on the validation split.
-    const tuneCtx = flags.tune ? await openTask(task, TUNING_SEED, { evalOn: 'validation' }) : undefined;
     for (const v of VARIANTS) {
       const key = `${name}/${v.key}`;
-      if (!tuneCtx) {
+      if (!flags.tune) {
         chosen.set(key, task.defaults.lr[v.mode]);
         continue;
       }
       const tried: (Row & { chosen?: boolean })[] = [];
       for (const lr of v.mode === 'full' ? flags.fullLrGrid : flags.lrGrid) {
-        const r = await runTask(tuneCtx, { mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr });
-        tried.push(slim(v.key, r));
+        const r = await runTask(name, TUNING_SEED, v.key, { evalOn: 'validation', mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr });
+        tried.push(r);
         console.log(`tune ${name} ${v.key.padEnd(11)} lr ${lr}: validation accuracy ${pct(r.after.accuracy!)}%, loss ${r.after.loss.toFixed(4)}`);
       }
       const best = tried.reduce((a, b) => (b.after.accuracy! > a.after.accuracy! || (b.after.accuracy === a.after.accuracy && b.after.loss < a.after.loss) ? b : a));
@@ -95,12 +127,11 @@ async function runAll(): Promise<void> {
     }
     // 2. Every seed, each variant at its chosen learning rate, scored on the test split.
     for (const seed of flags.seeds) {
-      const ctx = await openTask(task, seed);
       for (const v of VARIANTS) {
         const t0 = Date.now();
-        const r = await runTask(ctx, { mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
+        const r = await runTask(name, seed, v.key, { mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
         device = r.device;
-        rows.push(slim(v.key, r));
+        rows.push(r);
         console.log(
           `${name} seed ${seed} ${v.key.padEnd(11)} accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%  ` +
             `GPU ${r.gpu.measured} B measured / ${r.gpu.planned} B planned  ${r.msPerStep.toFixed(1)} ms/step  (${((Date.now() - t0) / 1000).toFixed(0)} s)`,
@@ -112,7 +143,7 @@ async function runAll(): Promise<void> {
             // The task's own rank and alpha = 2r is the run just made (runs are deterministic): reused.
             const same = rank === task.defaults.rank && task.defaults.alpha === 2 * rank;
             const prior = same ? rows.find((r) => r.task === name && r.seed === seed && r.key === mode) : undefined;
-            const row = prior ? { ...prior, key: `${mode}@${rank}` } : slim(`${mode}@${rank}`, await runTask(ctx, { mode, rank, alpha: 2 * rank, steps: flags.steps, lr: chosen.get(`${name}/${mode}`) }));
+            const row = prior ? { ...prior, key: `${mode}@${rank}` } : await runTask(name, seed, `${mode}@${rank}`, { mode, rank, alpha: 2 * rank, steps: flags.steps, lr: chosen.get(`${name}/${mode}`) });
             sweep.push(row);
             console.log(`${name} seed ${seed} ${mode} r=${rank}: accuracy ${pct(row.after.accuracy!)}%  GPU ${row.gpu.measured} B${prior ? ' (the run above)' : ''}`);
           }
@@ -164,7 +195,7 @@ function report(rows: readonly Row[], sweep: readonly Row[], grid: readonly (Row
     '',
   ];
   for (const name of flags.tasks) {
-    const task = taskByName(name as TaskName);
+    const task = presetByName(name);
     const of = (k: string) => rows.filter((r) => r.task === name && r.key === k);
     const any = of('lora-fa')[0] ?? rows.find((r) => r.task === name)!;
     const d = task.defaults;

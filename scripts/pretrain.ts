@@ -1,25 +1,21 @@
 // `npm run pretrain [-- --task mnist|brown|all] [--seed N] [--steps N] [--out DIR]`
 //
 // Pretrains the shipped base models with lorafa itself (full training, AdamW, on this machine's
-// GPU), reproducibly from a seed:
+// GPU), reproducibly from a seed, through the same finetune() and training loop as every other run:
 //   mnist → models/pretrained/mlp-mnist     the MLP on MNIST digits
 //   brown → models/pretrained/llama-brown   the LLaMA-style decoder on the Brown corpus, by
 //                                            character (its tokenizer.json is built first, from
 //                                            the training files)
 // Each directory gets model.safetensors (a PyTorch-layout state dict with Hugging Face key names,
 // written atomically) and metrics.json (command, seed, steps, final metrics, time); the table in
-// models/README.md is regenerated from the metrics files.
-import { mkdirSync } from 'node:fs';
+// models/README.md is regenerated from the metrics files. The run itself (checkpoints, report,
+// loss curve) is in out/pretrain-<task>/.
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { brownCorpus, CharTokenizer } from '../src/data/index.ts';
-import { saveStateDict } from '../src/io/weights.ts';
-import { writeFileAtomic } from '../src/io/weights.ts';
-import { asCommand } from '../src/ir/errors.ts';
-import { stepProgress } from '../src/finetune/progress.ts';
-import { fmtMetrics, openTask, runTask } from '../src/finetune/run.ts';
-import { PRETRAINED_DIR, ROOT, TASKS, type Task } from '../src/finetune/tasks.ts';
-import { writeModelsReadme } from '../src/finetune/models-readme.ts';
+import { asCommand, brownCorpus, CharTokenizer, finetune, fmtMetrics, writeFileAtomic } from '../src/index.ts';
+import { PACKAGE_ROOT as ROOT, PRESETS, PRETRAINED_DIR, type Preset } from '../src/train/presets.ts';
+import { writeModelsReadme } from './models-readme.ts';
 
 const cmd = new Command('pretrain')
   .description('pretrain the shipped base models (full training from a seed)')
@@ -31,43 +27,47 @@ const cmd = new Command('pretrain')
   .parse();
 const flags = cmd.opts<{ task: string; seed: number; steps?: number; out: string; lines?: boolean }>();
 
-async function pretrain(task: Task): Promise<void> {
+async function pretrain(task: Preset): Promise<void> {
   const dir = resolve(flags.out, task.produces!);
   mkdirSync(dir, { recursive: true });
   const started = Date.now();
+  let tokenizer: string | undefined;
   if (task.name === 'brown') {
     // The character vocabulary of the training files (every character seen), shipped with the model.
     const tok = CharTokenizer.fromText(brownCorpus().train.text, { minCount: 1 });
-    writeFileAtomic(join(dir, 'tokenizer.json'), Buffer.from(JSON.stringify(tok.toJSON(), null, 1) + '\n'));
-    console.log(`tokenizer: ${tok.vocabSize} symbols → ${relative(ROOT, join(dir, 'tokenizer.json'))}`);
+    tokenizer = join(dir, 'tokenizer.json');
+    writeFileAtomic(tokenizer, Buffer.from(JSON.stringify(tok.toJSON(), null, 1) + '\n'));
+    console.log(`tokenizer: ${tok.vocabSize} symbols → ${relative(ROOT, tokenizer)}`);
   }
-  const ctx = await openTask(task, flags.seed, { base: null, tokenizerDir: dir });
-  console.log(`${task.name}: ${task.description}\ndata: ${ctx.data.description}`);
-  const progress = stepProgress(task.name, { lines: flags.lines });
-  const r = await runTask(ctx, {
-    mode: 'full', steps: flags.steps, base: null, skipBefore: true, log: (s) => console.log(s), onStep: progress.step,
-  });
-  progress.end();
-  console.log(`${task.name}: ${fmtMetrics(r.after)}; ${r.msPerStep.toFixed(1)} ms/step`);
   const command = `npm run pretrain -- --task ${task.name} --seed ${flags.seed}${flags.steps ? ` --steps ${flags.steps}` : ''}`;
-  const meta = {
-    model: task.model,
-    config: task.config,
-    task: task.name,
-    seed: String(flags.seed),
-    steps: String(r.steps),
+  const meta = { model: task.model, config: task.config, task: task.name, seed: String(flags.seed), command };
+  const work = join(ROOT, 'out', `pretrain-${task.name}`);
+  const r = await finetune({
+    model: task.name,
+    mode: 'full',
+    base: null,
+    seed: flags.seed,
+    steps: flags.steps,
+    tokenizer,
+    compare: false,
+    out: work,
     command,
-  };
-  saveStateDict(join(dir, 'model.safetensors'), r.forward, r.values, { keyFor: r.model.def.stateDictKey, metadata: meta });
+    progress: flags.lines ? 'lines' : 'auto',
+    evalBefore: false,
+  });
+  const after = r.after!;
+  console.log(`${task.name}: ${fmtMetrics(after)}; ${r.msPerStep.toFixed(1)} ms/step`);
+  // The weights the run exported, with the metadata of the shipped files.
+  writeFileAtomic(join(dir, 'model.safetensors'), readFileSync(join(work, 'model.safetensors')));
   const metrics = {
     ...meta,
+    steps: r.endStep,
     seed: flags.seed,
-    steps: r.steps,
     lr: r.lr,
-    optimizer: task.defaults.optimizer,
-    batch: r.model.def.configs[task.config].batch,
+    optimizer: r.program.spec.optimizer,
+    batch: r.program.spec.batch,
     data: r.data,
-    final: r.after,
+    final: after,
     firstLoss: r.losses[0].loss,
     lastLoss: r.losses[r.losses.length - 1].loss,
     msPerStep: Number(r.msPerStep.toFixed(2)),
@@ -76,12 +76,12 @@ async function pretrain(task: Task): Promise<void> {
     date: new Date().toISOString().slice(0, 10),
   };
   writeFileAtomic(join(dir, 'metrics.json'), Buffer.from(JSON.stringify(metrics, null, 2) + '\n'));
-  console.log(`wrote ${relative(ROOT, join(dir, 'model.safetensors'))} and metrics.json`);
+  console.log(`wrote ${relative(ROOT, join(dir, 'model.safetensors'))} and metrics.json (the run: ${relative(ROOT, work)}/)`);
 }
 
 process.exit(
   await asCommand(async () => {
-    const which = flags.task === 'all' ? [TASKS.mnist, TASKS.brown] : [TASKS[flags.task as 'mnist' | 'brown']];
+    const which = flags.task === 'all' ? [PRESETS.mnist, PRESETS.brown] : [PRESETS[flags.task as 'mnist' | 'brown']];
     for (const t of which) await pretrain(t);
     if (resolve(flags.out) === PRETRAINED_DIR) writeModelsReadme();
   }),

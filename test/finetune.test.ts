@@ -1,4 +1,5 @@
-// Fine-tuning on real data (src/finetune, `lorafa finetune`), on the GPU (Dawn on lavapipe here):
+// Fine-tuning on real data (src/train: finetune() and the one training loop, `lorafa finetune`), on
+// the GPU (Dawn on lavapipe here):
 // - the learning-rate schedule;
 // - the shipped MNIST base, loaded and evaluated, reproduces the accuracy it recorded;
 // - Fashion-MNIST runs in lora / lora-fa / lora-fa + gradient correction: bytes measured at
@@ -15,9 +16,13 @@ import { join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { trace } from '../src/cli/load.ts';
-import { lrAt, openTask, runTask, type RunResult, type TaskContext } from '../src/finetune/run.ts';
-import { TASKS } from '../src/finetune/tasks.ts';
+import { loadModel, trace } from '../src/model/load.ts';
+import { finetune, type FinetuneOptions, type FinetuneResult } from '../src/train/finetune.ts';
+import { PRESETS } from '../src/train/presets.ts';
+import { defaultWarmup, lrAt, type LrSchedule } from '../src/train/schedule.ts';
+import { openTrainingData } from '../src/train/data.ts';
+import { layoutGraph } from '../src/train/program.ts';
+import { openImageDataset } from '../src/data/images.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import type { Graph } from '../src/ir/types.ts';
 import { exportPeftAdapter } from '../src/io/peft.ts';
@@ -29,7 +34,11 @@ import { initParams, rng } from '../src/runtime/init.ts';
 import { referenceStep, runReference } from '../src/runtime/reference.ts';
 import { property, ROOT } from './helpers.ts';
 
-const FASHION = TASKS['fashion-mnist'];
+const FASHION = PRESETS['fashion-mnist'];
+
+/** A preset run in process, no files, no progress. */
+const run = (o: Partial<FinetuneOptions> & { model: string }) => finetune({ compare: false, progress: 'none', log: () => {}, ...o });
+type RunResult = FinetuneResult;
 const MNIST_BASE = join(ROOT, 'models', 'pretrained', 'mlp-mnist');
 const SYSTEM_FASHION = '/usr/share/datasets/fashion-mnist';
 const tmp = mkdtempSync(join(tmpdir(), 'lorafa-finetune-'));
@@ -55,16 +64,19 @@ function baseValues(dir = MNIST_BASE): Map<string, Float32Array> {
 
 // ---------------------------------------------------------------------------------------------
 
-describe('lrAt: warm-up, then cosine to lr/10', () => {
-  test('linear warm-up (at most a tenth of the run) to the peak, lr/10 at the last step, non-increasing after the warm-up', () => {
+describe('lrAt: warm-up, then cosine (or linear) to lr × minRatio, or constant', () => {
+  const cosine = (steps: number, lr: number, warmupCap: number): LrSchedule => ({ kind: 'cosine', lr, warmup: defaultWarmup(steps, warmupCap), steps, minRatio: 0.1 });
+  test('linear warm-up (by default at most a tenth of the run) to the peak, lr/10 at the last step, non-increasing after the warm-up', () => {
     property(
       'lrAt schedule',
-      fc.record({ warmupAsked: fc.integer({ min: 0, max: 60 }), extra: fc.integer({ min: 1, max: 400 }), lr: fc.double({ min: 1e-6, max: 1, noNaN: true }) }),
-      ({ warmupAsked, extra, lr }) => {
+      fc.record({ warmupAsked: fc.integer({ min: 0, max: 60 }), extra: fc.integer({ min: 1, max: 400 }), lr: fc.double({ min: 1e-6, max: 1, noNaN: true }), kind: fc.constantFrom('cosine', 'linear') as fc.Arbitrary<'cosine' | 'linear'> }),
+      ({ warmupAsked, extra, lr, kind }) => {
         const steps = warmupAsked + extra;
         // A short run warms up for a tenth of its steps, so it still reaches the peak and decays.
         const warmup = Math.min(warmupAsked, Math.floor(steps / 10));
-        const at = (t: number) => lrAt(t, steps, lr, warmupAsked);
+        const s = { ...cosine(steps, lr, warmupAsked), kind };
+        expect(s.warmup).toBe(warmup);
+        const at = (t: number) => lrAt(s, t);
         for (let t = 1; t <= warmup; t++) {
           const want = (lr * t) / warmup;
           if (Math.abs(at(t) - want) > 1e-12 * lr) throw new Error(`warm-up: lrAt(${t}) = ${at(t)}, want ${want}`);
@@ -79,12 +91,16 @@ describe('lrAt: warm-up, then cosine to lr/10', () => {
     );
   });
 
-  test('a hand-checked point: halfway through the decay the rate is lr·(0.1 + 0.45)', () => {
-    expect(lrAt(60, 110, 1, 10)).toBeCloseTo(0.55, 14);
-    expect(lrAt(5, 110, 1, 10)).toBeCloseTo(0.5, 14);
+  test('hand-checked points: halfway through the decay, cosine gives lr·(0.1 + 0.45), linear the same; constant stays at lr', () => {
+    expect(lrAt(cosine(110, 1, 10), 60)).toBeCloseTo(0.55, 14);
+    expect(lrAt(cosine(110, 1, 10), 5)).toBeCloseTo(0.5, 14);
+    expect(lrAt({ ...cosine(110, 1, 10), kind: 'linear' }, 60)).toBeCloseTo(0.55, 14);
+    expect(lrAt({ ...cosine(110, 1, 10), kind: 'linear' }, 35)).toBeCloseTo(1 - 0.9 * 0.25, 14);
+    expect(lrAt({ ...cosine(110, 1, 10), kind: 'constant' }, 100)).toBe(1);
+    expect(lrAt({ ...cosine(110, 1, 10), minRatio: 0 }, 110)).toBeCloseTo(0, 14);
     // 20 steps asked to warm up for 30: two warm-up steps, the peak at step 2, then the decay.
-    expect(lrAt(2, 20, 1, 30)).toBeCloseTo(1, 14);
-    expect(lrAt(20, 20, 1, 30)).toBeCloseTo(0.1, 14);
+    expect(lrAt(cosine(20, 1, 30), 2)).toBeCloseTo(1, 14);
+    expect(lrAt(cosine(20, 1, 30), 20)).toBeCloseTo(0.1, 14);
   });
 });
 
@@ -93,8 +109,7 @@ describe('lrAt: warm-up, then cosine to lr/10', () => {
 describe('the shipped MNIST base', () => {
   test('loaded into models/mlp.ts (mnist) and evaluated on the MNIST test set, it scores what metrics.json recorded', async () => {
     const metrics = JSON.parse(readFileSync(join(MNIST_BASE, 'metrics.json'), 'utf8')) as { final: { accuracy: number; loss: number; count: number } };
-    const ctx = await openTask(TASKS.mnist, 0);
-    const r = await runTask(ctx, { mode: 'full', base: MNIST_BASE, steps: 1 });
+    const r = await run({ model: 'mnist', mode: 'full', base: MNIST_BASE, steps: 1 });
     expect(r.before!.count).toBe(metrics.final.count);
     expect(Math.abs(r.before!.accuracy! - metrics.final.accuracy)).toBeLessThanOrEqual(1e-9);
     expect(Math.abs(r.before!.loss - metrics.final.loss)).toBeLessThanOrEqual(1e-5 * metrics.final.loss);
@@ -107,55 +122,56 @@ describe('the shipped MNIST base', () => {
 describe('fine-tuning fashion-mnist in process: lora, lora-fa, lora-fa + gradient correction', () => {
   const STEPS = 30;
   const SEED = 0;
-  let ctx: TaskContext;
   let lora: RunResult;
   let fa: RunResult;
   let fa2: RunResult;
   let gc: RunResult;
   beforeAll(async () => {
-    ctx = await openTask(FASHION, SEED);
-    lora = await runTask(ctx, { mode: 'lora', steps: STEPS });
-    fa = await runTask(ctx, { mode: 'lora-fa', steps: STEPS });
-    gc = await runTask(ctx, { mode: 'lora-fa', gradCorrection: true, steps: STEPS });
-    // Determinism across a fresh open of the data, too.
-    fa2 = await runTask(await openTask(FASHION, SEED), { mode: 'lora-fa', steps: STEPS });
+    const o = { model: 'fashion-mnist', seed: SEED, steps: STEPS } as const;
+    lora = await run({ ...o, mode: 'lora' });
+    fa = await run({ ...o, mode: 'lora-fa' });
+    gc = await run({ ...o, mode: 'lora-fa', gradCorrection: true });
+    fa2 = await run({ ...o, mode: 'lora-fa' });
   });
+  const measured = (r: RunResult) => r.measuredBytes;
+  const planned = (r: RunResult) => r.program.step.bytes;
 
   test('GPU bytes measured at createBuffer are the plan’s plus the 4-byte loss readback', () => {
     for (const r of [lora, fa, gc, fa2]) {
-      expect(r.gpu.measured, `${r.mode}${r.gradCorrection ? ' + gc' : ''}`).toBe(r.gpu.planned + 4);
-      expect(r.gpu.planned).toBeGreaterThanOrEqual(r.gpu.lowerBound);
+      expect(measured(r), `${r.program.spec.mode}${r.program.spec.gradCorrection ? ' + gc' : ''}`).toBe(planned(r) + 4);
+      expect(planned(r)).toBeGreaterThanOrEqual(r.program.memory.lowerBound);
     }
   });
 
   test('LoRA − LoRA-FA measured is exactly the plans’ difference, and positive', () => {
-    const planned = lora.gpu.planned - fa.gpu.planned;
-    expect(planned).toBeGreaterThan(0);
-    expect(lora.gpu.measured - fa.gpu.measured).toBe(planned);
+    const diff = planned(lora) - planned(fa);
+    expect(diff).toBeGreaterThan(0);
+    expect(measured(lora) - measured(fa)).toBe(diff);
   });
 
   test('under lora-fa, A keeps its seeded init and W, biases keep the base’s values, bit for bit; B and the head train', () => {
     const base = baseValues();
-    const init = initParams(fa.forward, { seed: SEED });
-    const adapters = fa.forward.adapters;
+    const forward = layoutGraph(fa.program.weights);
+    const init = initParams(forward, { seed: SEED });
+    const adapters = forward.adapters;
     expect(adapters.map((a) => a.module)).toEqual(['fc1', 'fc2']);
     for (const r of [fa, gc, fa2]) {
-      for (const k of ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']) expect(bits(r.values.get(k)!), k).toEqual(bits(base.get(k)!));
+      for (const k of ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']) expect(bits(r.forwardValues.get(k)!), k).toEqual(bits(base.get(k)!));
       for (const a of adapters) {
-        expect(bits(r.values.get(a.A)!), a.A).toEqual(bits(f32(init.get(a.A)!.data)));
-        expect(r.values.get(a.B)!.some((v) => v !== 0), `${a.B} trained`).toBe(true);
+        expect(bits(r.forwardValues.get(a.A)!), a.A).toEqual(bits(f32(init.get(a.A)!.data)));
+        expect(r.forwardValues.get(a.B)!.some((v) => v !== 0), `${a.B} trained`).toBe(true);
       }
-      expect(bits(r.values.get('fc3.weight')!)).not.toEqual(bits(base.get('fc3.weight')!));
+      expect(bits(r.forwardValues.get('fc3.weight')!)).not.toEqual(bits(base.get('fc3.weight')!));
     }
     // Under LoRA, A does train (so the comparison above can tell the modes apart).
-    for (const a of adapters) expect(bits(lora.values.get(a.A)!)).not.toEqual(bits(f32(init.get(a.A)!.data)));
-    for (const k of ['fc1.weight', 'fc2.weight']) expect(bits(lora.values.get(k)!)).toEqual(bits(base.get(k)!));
+    for (const a of adapters) expect(bits(lora.forwardValues.get(a.A)!)).not.toEqual(bits(f32(init.get(a.A)!.data)));
+    for (const k of ['fc1.weight', 'fc2.weight']) expect(bits(lora.forwardValues.get(k)!)).toEqual(bits(base.get(k)!));
   });
 
   test('the gradient correction changes what B learns (same A, other B)', () => {
-    for (const a of fa.forward.adapters) {
-      expect(bits(gc.values.get(a.A)!)).toEqual(bits(fa.values.get(a.A)!));
-      expect(bits(gc.values.get(a.B)!)).not.toEqual(bits(fa.values.get(a.B)!));
+    for (const a of fa.program.weights.adapters) {
+      expect(bits(gc.forwardValues.get(a.A)!)).toEqual(bits(fa.forwardValues.get(a.A)!));
+      expect(bits(gc.forwardValues.get(a.B)!)).not.toEqual(bits(fa.forwardValues.get(a.B)!));
     }
     expect(gc.losses.map((l) => l.loss)).not.toEqual(fa.losses.map((l) => l.loss));
   });
@@ -163,8 +179,8 @@ describe('fine-tuning fashion-mnist in process: lora, lora-fa, lora-fa + gradien
   test('training improves test accuracy from the frozen base, in every mode', () => {
     for (const r of [lora, fa, gc]) {
       expect(r.before!.count).toBe(10000);
-      expect(r.after.accuracy!, `${r.mode}${r.gradCorrection ? ' + gc' : ''}: ${r.before!.accuracy} → ${r.after.accuracy}`).toBeGreaterThan(r.before!.accuracy!);
-      expect(r.after.loss).toBeLessThan(r.before!.loss);
+      expect(r.after!.accuracy!, `${r.program.spec.mode}: ${r.before!.accuracy} → ${r.after!.accuracy}`).toBeGreaterThan(r.before!.accuracy!);
+      expect(r.after!.loss).toBeLessThan(r.before!.loss);
     }
     // Every run starts from the same frozen base.
     expect(fa.before).toEqual(lora.before);
@@ -175,7 +191,7 @@ describe('fine-tuning fashion-mnist in process: lora, lora-fa, lora-fa + gradien
     expect(fa2.losses).toEqual(fa.losses);
     expect(fa.losses.map((l) => l.step)).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
     expect(fa2.after).toEqual(fa.after);
-    for (const [k, v] of fa.values) expect(bits(fa2.values.get(k)!), k).toEqual(bits(v));
+    for (const [k, v] of fa.forwardValues) expect(bits(fa2.forwardValues.get(k)!), k).toEqual(bits(v));
   });
 });
 
@@ -195,6 +211,17 @@ function smallTestSet(dir: string, n: number): void {
   writeFileSync(join(dir, 't10k-labels-idx1-ubyte'), Buffer.concat([lh, labels.subarray(8, 8 + n)]));
 }
 
+function withEnvSync<T>(name: string, value: string, f: () => T): T {
+  const old = process.env[name];
+  process.env[name] = value;
+  try {
+    return f();
+  } finally {
+    if (old === undefined) delete process.env[name];
+    else process.env[name] = old;
+  }
+}
+
 async function withEnv<T>(name: string, value: string, f: () => Promise<T>): Promise<T> {
   const old = process.env[name];
   process.env[name] = value;
@@ -211,16 +238,14 @@ describe('against the float64 reference (lora-fa + gradient correction, started 
   // adapter's A, the one actually trained with, not the seed's.
   const N_TEST = 1000;
   const SGD = { kind: 'sgd' } as const;
-  let ctx: TaskContext;
   let r: RunResult;
   let start: Map<string, Float64Array>;
   let evalGraph: Graph;
+  let data: string;
   beforeAll(async () => {
-    const data = join(tmp, 'fashion-1000');
+    data = join(tmp, 'fashion-1000');
     smallTestSet(data, N_TEST);
-    ctx = await withEnv('LORAFA_FASHION_MNIST_DIR', data, () => openTask(FASHION, 1));
-    expect(ctx.data.testCount).toBe(N_TEST);
-    const m = ctx.model;
+    const m = await loadModel(join(ROOT, FASHION.model));
     const lora = { rank: 8, alpha: 16, targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] };
     const fwd = compileTraining(trace(m, 'mnist'), { mode: 'lora-fa', lora }).forward;
     const mine = initParams(fwd, { seed: 77 });
@@ -232,20 +257,23 @@ describe('against the float64 reference (lora-fa + gradient correction, started 
     for (const k of ['fc3.weight', 'fc3.bias']) mine.set(k, { shape: mine.get(k)!.shape, data: Float64Array.from(base.get(k)!) });
     const adapterDir = join(tmp, 'adapter-77');
     exportPeftAdapter(adapterDir, fwd, mine, { targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] });
-    r = await runTask(ctx, { mode: 'lora-fa', gradCorrection: true, steps: 1, rank: 8, alpha: 16, initAdapter: adapterDir, optimizer: SGD, lr: 3 });
+    r = await withEnv('LORAFA_FASHION_MNIST_DIR', data, () =>
+      run({ model: 'fashion-mnist', seed: 1, mode: 'lora-fa', gradCorrection: true, steps: 1, rank: 8, alpha: 16, initAdapter: adapterDir, optimizer: 'sgd', lr: 3, evalBatch: N_TEST }),
+    );
+    expect(r.after!.count).toBe(N_TEST);
     // The starting point, assembled here: base weights, then the adapter's (float32) tensors.
     start = new Map([...base].map(([k, v]) => [k, Float64Array.from(v)]));
     for (const a of fwd.adapters) for (const k of [a.A, a.B]) start.set(k, Float64Array.from(f32(mine.get(k)!.data)));
-    evalGraph = applyLora(trace(m, 'mnist', { batch: N_TEST }), r.lora!).graph;
+    evalGraph = applyLora(trace(m, 'mnist', { batch: N_TEST }), lora).graph;
     // The seed's A really differs from the adapter's.
     expect(bits(f32(initParams(fwd, { seed: 1 }).get('fc1.lora_A')!.data))).not.toEqual(bits(f32(start.get('fc1.lora_A')!)));
   });
 
   test('the evaluation (loss and accuracy on the 1000 test images) matches the reference forward of the final values', () => {
-    const batch = [...ctx.data.evalSet(N_TEST)];
-    expect(batch.length).toBe(1);
-    expect(batch[0].valid).toBe(N_TEST);
-    const params = new Map<string, Tensor>(evalGraph.params.map((p) => [p.value.name, { shape: p.value.type.shape, data: Float64Array.from(r.values.get(p.value.name)!) }]));
+    const test = withEnvSync('LORAFA_FASHION_MNIST_DIR', data, () => openImageDataset('fashion-mnist', 'test'));
+    const b = test.batch(Array.from({ length: N_TEST }, (_, i) => i));
+    const batch = [{ feeds: { x: b.x, labels: b.labels }, labels: b.labels }];
+    const params = new Map<string, Tensor>(evalGraph.params.map((p) => [p.value.name, { shape: p.value.type.shape, data: Float64Array.from(r.forwardValues.get(p.value.name)!) }]));
     const out = runReference(evalGraph, { feeds: batch[0].feeds, params }).outputs;
     const logits = out.logits.data;
     const labels = batch[0].labels!;
@@ -261,22 +289,23 @@ describe('against the float64 reference (lora-fa + gradient correction, started 
       loss += Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0)) + max - row[labels[i]];
     }
     loss /= N_TEST;
-    expect(r.after.count).toBe(N_TEST);
-    expect(Math.abs(r.after.loss - loss)).toBeLessThanOrEqual(1e-6 * loss);
+    expect(r.after!.count).toBe(N_TEST);
+    expect(Math.abs(r.after!.loss - loss)).toBeLessThanOrEqual(1e-6 * loss);
     expect(Math.abs(out.loss.data[0] - loss)).toBeLessThanOrEqual(1e-9 * loss);
-    expect(Math.abs(r.after.accuracy! * N_TEST - correct)).toBeLessThanOrEqual(nearTies);
+    expect(Math.abs(r.after!.accuracy! * N_TEST - correct)).toBeLessThanOrEqual(nearTies);
     // And the before-evaluation saw the starting point (the adapter), not the seed's adapters.
     const p0 = new Map<string, Tensor>(evalGraph.params.map((p) => [p.value.name, { shape: p.value.type.shape, data: start.get(p.value.name)! }]));
     const out0 = runReference(evalGraph, { feeds: batch[0].feeds, params: p0 }).outputs;
     expect(Math.abs(r.before!.loss - out0.loss.data[0])).toBeLessThanOrEqual(1e-6 * out0.loss.data[0]);
   });
 
-  test('one GPU step (SGD) equals the reference step: B moves by lr·(1/s²)(AᵀA)⁻¹·gB, A and W stay', () => {
-    const graph = trace(ctx.model, 'mnist');
-    const lr1 = lrAt(1, 1, r.lr, FASHION.defaults.warmup);
-    const feeds = { ...ctx.data.batch(1), ...optimizerFeeds(SGD, lr1, 1) };
+  test('one GPU step (SGD) equals the reference step: B moves by lr·(1/s²)(AᵀA)⁻¹·gB, A and W stay', async () => {
+    const graph = trace(r.model, 'mnist');
+    const lr1 = lrAt(r.schedule, 1);
+    const ds = await withEnv('LORAFA_FASHION_MNIST_DIR', data, () => openTrainingData(r.program, { data: 'fashion-mnist' }, { seed: 1 }));
+    const feeds = { ...(await ds.batch(1, 64)), ...optimizerFeeds(SGD, lr1, 1) };
     const run = (gradCorrection: boolean) => {
-      const step = compileTraining(graph, { mode: 'lora-fa', lora: r.lora!, optimizer: SGD, gradCorrection }).step!;
+      const step = compileTraining(graph, { mode: 'lora-fa', lora: { rank: 8, alpha: 16, targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] }, optimizer: SGD, gradCorrection }).step!;
       // lora_gc is left to the reference: (AᵀA)⁻¹ of the A given.
       const params = new Map<string, Tensor>(step.params.filter((p) => start.has(p.value.name)).map((p) => [p.value.name, { shape: p.value.type.shape, data: start.get(p.value.name)! }]));
       expect(params.size).toBe(10);
@@ -285,7 +314,7 @@ describe('against the float64 reference (lora-fa + gradient correction, started 
     const ref = run(true);
     const uncorrected = run(false);
     for (const name of ['fc1.lora_B', 'fc2.lora_B', 'fc3.weight', 'fc3.bias']) {
-      const got = r.values.get(name)!;
+      const got = r.forwardValues.get(name)!;
       const want = ref.get(name)!.data;
       const before = start.get(name)!;
       let move = 0;
@@ -302,7 +331,7 @@ describe('against the float64 reference (lora-fa + gradient correction, started 
       if (name.endsWith('lora_B')) expect(off, name).toBeGreaterThan(0.1 * move);
       else expect(off, name).toBe(0);
     }
-    for (const k of ['fc1.lora_A', 'fc2.lora_A', 'fc1.weight', 'fc2.bias']) expect(bits(r.values.get(k)!), k).toEqual(bits(f32(start.get(k)!)));
+    for (const k of ['fc1.lora_A', 'fc2.lora_A', 'fc1.weight', 'fc2.bias']) expect(bits(r.forwardValues.get(k)!), k).toEqual(bits(f32(start.get(k)!)));
   });
 });
 
@@ -343,7 +372,7 @@ interface Report {
   gpuBytes: { measured: number; planned: number };
   plans: Record<string, { peak: number; lowerBound: number }>;
   losses: { step: number; loss: number }[];
-  lora: { rank: number; alpha: number; targets: string[]; modulesToSave: string[] } | null;
+  lora: { rank: number; alpha: number; targets: string[]; rslora: boolean; modulesToSave: string[] } | null;
 }
 const readReport = (dir: string) => JSON.parse(readFileSync(join(dir, 'report.json'), 'utf8')) as Report;
 
@@ -361,7 +390,7 @@ describe('lorafa finetune (CLI)', () => {
 
   test('writes the report, the charts, the PEFT adapter and the merged weights, and nothing else', () => {
     expect([...good.keys()].sort()).toEqual(
-      ['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'loss.svg', 'memory.svg', 'merged.safetensors', 'report.json', 'report.md'].sort(),
+      ['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'checkpoints/step-000020.safetensors', 'loss.svg', 'memory.svg', 'merged.safetensors', 'report.json', 'report.md'].sort(),
     );
     for (const svg of ['loss.svg', 'memory.svg']) expect(good.get(svg)!.toString()).toMatch(/^<svg[\s\S]*<\/svg>\s*$/);
     expect(first.stdout).toMatch(/wrote .*cli-run/);
@@ -383,7 +412,7 @@ describe('lorafa finetune (CLI)', () => {
     }
     expect(r.losses.map((l) => l.step)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
     expect(r.losses.every((l) => Number.isFinite(l.loss))).toBe(true);
-    expect(r.lora).toEqual({ rank: 8, alpha: 16, targets: ['fc1', 'fc2'], modulesToSave: ['fc3'] });
+    expect(r.lora).toEqual({ rank: 8, alpha: 16, targets: ['fc1', 'fc2'], rslora: false, modulesToSave: ['fc3'] });
     const md = good.get('report.md')!.toString();
     expect(md).toContain(`${(100 * r.after.accuracy).toFixed(2)}%`);
     expect(md).toContain(`${r.gpuBytes.measured} measured at createBuffer, ${r.gpuBytes.planned} planned`);
@@ -494,13 +523,13 @@ describe('lorafa finetune (CLI)', () => {
       mkdirSync(dir);
       const msg = fails(['fashion-mnist', '--steps', '2', '--base', dir]);
       expect(msg).toContain(`lorafa: ${join(dir, 'model.safetensors')}: `);
-      expect(msg).toMatch(/no base model/);
+      expect(msg).toMatch(/no base weights here/);
     });
 
-    test('(v) an unknown task lists the known ones; a fresh --out is not even created', () => {
+    test('(v) an unknown preset (and no such file) lists the presets; a fresh --out is not even created', () => {
       const msg = fails(['fashion-mnst', '--steps', '2']);
-      expect(msg).toMatch(/fashion-mnst.*no task/);
-      expect(msg).toMatch(/fix: use one of: mnist, fashion-mnist, brown, spam/);
+      expect(msg).toMatch(/fashion-mnst: no model file and no preset of that name/);
+      expect(msg).toMatch(/fix: pass a model file \(\.ts\), or one of the presets: mnist, fashion-mnist, brown, spam/);
       const fresh = join(tmp, 'never');
       const r = lorafa(['fashion-mnst', '--out', fresh]);
       expect(r.status).toBe(1);

@@ -3,7 +3,7 @@
 // every plan fused too, against the float64 reference).
 import { resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
 import { planFusion } from '../src/codegen/fuse.ts';
 import { sameShape } from '../src/ir/types.ts';

@@ -19,7 +19,7 @@ import { OP_NAMES, OPS, type CaseGen, type Domain, type OpDef, type OpName } fro
 import { broadcastsTo, type Tensor } from '../src/ir/shape.ts';
 import { fmtType, numel, type Graph, type TensorType, type Value } from '../src/ir/types.ts';
 import { verify } from '../src/ir/verify.ts';
-import type { ModelConfig } from '../src/model.ts';
+import type { ModelConfig } from '../src/model/define.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';
 import { alignUp, LIMIT_PRESETS, planMemory, type Limits, type MemoryPlan } from '../src/passes/memory-plan.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';

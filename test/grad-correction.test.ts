@@ -6,7 +6,7 @@
 //   adapter; SGD and AdamW update B from the corrected gradient.
 import fc from 'fast-check';
 import { beforeAll, describe, expect, test } from 'vitest';
-import type { LoadedModel } from '../src/cli/load.ts';
+import type { LoadedModel } from '../src/model/load.ts';
 import { LorafaError } from '../src/ir/errors.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import type { Graph, LoraAdapter } from '../src/ir/types.ts';

@@ -4,7 +4,7 @@ import type fc from 'fast-check';
 import type { CaseGen, Domain } from '../src/ir/ops.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { rng } from '../src/runtime/init.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..');
@@ -142,7 +142,7 @@ export async function propertyAsync<T>(
 // ---------------------------------------------------------------------------------------------
 // Whole-model helpers (models, lora, lorafa tests). Imports sit here so this block stays appendable.
 import { readdirSync } from 'node:fs';
-import type { ModelConfig } from '../src/model.ts';
+import type { ModelConfig } from '../src/model/define.ts';
 import { initParams } from '../src/runtime/init.ts';
 
 export const MODELS_DIR = resolve(ROOT, 'models');

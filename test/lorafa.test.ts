@@ -6,10 +6,10 @@
 // - reports.pruned lists exactly those inputs, once per distinct tensor, with their bytes.
 import fc from 'fast-check';
 import { beforeAll, describe, expect, test } from 'vitest';
-import type { LoadedModel } from '../src/cli/load.ts';
+import type { LoadedModel } from '../src/model/load.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { byteSize, fmtType, type Graph, type LoraAdapter, type Node, type Value } from '../src/ir/types.ts';
-import type { ModelConfig } from '../src/model.ts';
+import type { ModelConfig } from '../src/model/define.ts';
 import { compileTraining, type Compiled } from '../src/passes/compile.ts';
 import type { LoraOptions } from '../src/passes/lora.ts';
 import { adapterInputs, savedActivations } from '../src/passes/lora-fa.ts';

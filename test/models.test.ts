@@ -3,10 +3,10 @@
 // against central finite differences of the loss, element-wise and along a random direction.
 // LoRA B is randomised: at its zero init dA ≡ 0 and the whole A path would go unchecked.
 import { beforeAll, describe, expect, test } from 'vitest';
-import type { LoadedModel } from '../src/cli/load.ts';
+import type { LoadedModel } from '../src/model/load.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
-import type { ModelConfig } from '../src/model.ts';
+import type { ModelConfig } from '../src/model/define.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';
 import { rng } from '../src/runtime/init.ts';
 import { runReference } from '../src/runtime/reference.ts';

@@ -7,7 +7,7 @@
 // `step` graph (with a learning-rate schedule fed each step) must track the hand-written optimizer
 // applied to the gradients `runReference` computes on the joint graph, parameters and state alike.
 import { beforeAll, describe, expect, test } from 'vitest';
-import type { LoadedModel } from '../src/cli/load.ts';
+import type { LoadedModel } from '../src/model/load.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import type { Graph } from '../src/ir/types.ts';
 import { compileTraining, MODES, type Compiled, type Mode } from '../src/passes/compile.ts';

@@ -3,7 +3,7 @@
 // the loss-agreement and target checks against cases that must pass and must fail.
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { compileTraining } from '../src/passes/compile.ts';
 import { agreement, DROP_RTOL, LOSS_RTOL, median, physicalLimit, targets, w1Flops, type Row } from '../bench/peers/report.ts';
 import { ROOT } from './helpers.ts';

@@ -5,7 +5,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadModel, trace, type LoadedModel } from '../src/cli/load.ts';
+import { loadModel, trace, type LoadedModel } from '../src/model/load.ts';
 import { LorafaError } from '../src/ir/errors.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { numel, type Graph } from '../src/ir/types.ts';

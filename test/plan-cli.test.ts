@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { main } from '../src/cli/main.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';
@@ -237,13 +237,15 @@ describe('--svg', () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe('bad input: exit 1 with the problem and the fix', () => {
+describe('bad input: exit 1 (2 for a usage error) with the problem and the fix', () => {
   test.each([
-    [['--rank', '0'], /option '--rank <r>' argument '0' is invalid\. --rank must be a positive integer, got "0"/],
-    [['--batch', '0'], /option '--batch <n>' argument '0' is invalid\. --batch must be a positive integer, got "0"/],
-    [['--seq', '0'], /option '--seq <n>' argument '0' is invalid\. --seq must be a positive integer, got "0"/],
-  ])('commander rejects %j', async (args, message) => {
-    expect(await plan('models/llama.ts', ...args)).toBe(1);
+    [['--rank', '0'], /option '--rank <r>' argument '0' is invalid\. --rank must be a whole number ≥ 1, got "0"/],
+    [['--batch', '0'], /option '--batch <n>' argument '0' is invalid\. --batch must be a whole number ≥ 1, got "0"/],
+    [['--seq', '0'], /option '--seq <n>' argument '0' is invalid\. --seq must be a whole number ≥ 1, got "0"/],
+    [['--rank', 'Infinity'], /option '--rank <r>' argument 'Infinity' is invalid\. --rank must be a finite number, got "Infinity"/],
+    [['--alpha', 'NaN'], /option '--alpha <a>' argument 'NaN' is invalid\. --alpha must be a finite number, got "NaN"/],
+  ])('commander rejects %j: a usage error, exit 2', async (args, message) => {
+    expect(await plan('models/llama.ts', ...args)).toBe(2);
     expect(stderr()).toMatch(message);
     expect(out).toEqual([]);
   });
@@ -269,10 +271,10 @@ describe('bad input: exit 1 with the problem and the fix', () => {
     );
   });
 
-  test('the installed bin exits 1 on a rejected option value', () => {
+  test('the installed bin exits 2 on a rejected option value (a usage error)', () => {
     const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'lorafa.mjs'), 'plan', 'models/mlp.ts', '--batch', '0'], { cwd: ROOT, encoding: 'utf8' });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/--batch must be a positive integer, got "0"/);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--batch must be a whole number ≥ 1, got "0"/);
     expect(r.stdout).toBe('');
   });
 });

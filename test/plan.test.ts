@@ -12,7 +12,7 @@
 import { resolve } from 'node:path';
 import fc from 'fast-check';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { opDef } from '../src/ir/ops.ts';
 import { bytesPerElement, numel, type Graph, type Node, type Value } from '../src/ir/types.ts';

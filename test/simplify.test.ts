@@ -4,7 +4,7 @@
 // the W1 plan's peak down.
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadModel, trace } from '../src/cli/load.ts';
+import { loadModel, trace } from '../src/model/load.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { OPS, type OpName } from '../src/ir/ops.ts';
 import type { Graph } from '../src/ir/types.ts';

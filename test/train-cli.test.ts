@@ -1,15 +1,15 @@
-// `lorafa train <dir>` and `npx tsx <dir>/trainer.ts` as real processes: checkpoints, a run
-// killed with SIGKILL and resumed, damaged and foreign checkpoints.
+// `lorafa train <dir>` as real processes, through the one training loop: checkpoints, a run killed
+// with SIGKILL and resumed, damaged and foreign checkpoints, settings a resume must keep.
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { main } from '../src/cli/main.ts';
-import type { PlanFile } from '../src/codegen/trainer-files.ts';
 import { LorafaError } from '../src/ir/errors.ts';
-import { checkpointFile, listCheckpoints, readCheckpoint } from '../src/runtime/checkpoint.ts';
-import { loadTrainer, train } from '../src/runtime/train.ts';
+import { checkpointFile, listCheckpoints, readCheckpoint } from '../src/train/checkpoint.ts';
+import { runTrainer, type TrainFlags } from '../src/train/trainer.ts';
+import type { PlanFile } from '../src/train/trainer-files.ts';
 import { ROOT } from './helpers.ts';
 
 const bin = join(ROOT, 'bin', 'lorafa.mjs');
@@ -35,13 +35,18 @@ function fresh(name: string): string {
   return dir;
 }
 
+// The synthetic task at a constant lr: a run may be extended past its first --steps.
+const RUN = ['--data', 'synthetic', '--lr-schedule', 'constant', '--progress', 'lines'];
+
 function lorafa(args: string[], env: Record<string, string> = {}) {
   return spawnSync(process.execPath, [bin, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ...env } });
 }
 
 const ckpt = (dir: string, step: number) => checkpointFile(join(dir, 'checkpoints'), step);
 const steps = (dir: string) => listCheckpoints(join(dir, 'checkpoints')).map((c) => c.step).sort((a, b) => a - b);
-const spec = () => (JSON.parse(readFileSync(join(compiled, 'plan.json'), 'utf8')) as PlanFile).spec;
+const planFile = (dir: string) => JSON.parse(readFileSync(join(dir, 'plan.json'), 'utf8')) as PlanFile;
+const quiet = { progress: 'none', data: 'synthetic', lrSchedule: 'constant' } as const;
+const flags = (f: Partial<TrainFlags>): TrainFlags => ({ ...quiet, ...f }) as TrainFlags;
 
 /** Bit-for-bit equality of two checkpoints, tensor by tensor (a readable failure), then byte by byte. */
 function expectSameCheckpoint(a: string, b: string) {
@@ -49,55 +54,51 @@ function expectSameCheckpoint(a: string, b: string) {
   const y = readCheckpoint(b);
   expect([...y.tensors.keys()]).toEqual([...x.tensors.keys()]);
   for (const [name, t] of x.tensors) expect(new Uint32Array(y.tensors.get(name)!.data.buffer), name).toEqual(new Uint32Array(t.data.buffer));
-  expect(y.meta).toEqual(x.meta);
-  expect(readFileSync(b).equals(readFileSync(a))).toBe(true);
+  const { command: _c, ...ym } = y.meta;
+  const { command: _d, ...xm } = x.meta;
+  expect(ym).toEqual(xm);
 }
 
 let uninterrupted: string;
+let firstRun: ReturnType<typeof lorafa>;
 
 beforeAll(async () => {
   await compileTo(compiled, 'mlp');
   // The uninterrupted run every resumed run must end exactly like.
   uninterrupted = fresh('uninterrupted');
-  const r = lorafa(['train', uninterrupted, '--steps', '40', '--checkpoint-every', '5', '--lr', '1e-2']);
-  expect(r.status, r.stderr).toBe(0);
+  firstRun = lorafa(['train', uninterrupted, '--steps', '40', '--checkpoint-every', '5', '--lr', '1e-2', ...RUN]);
+  expect(firstRun.status, firstRun.stderr).toBe(0);
 });
 
 describe('lorafa train', () => {
   test('prints plain progress lines when not a TTY, and keeps the newest two checkpoints with full metadata', () => {
     const a = uninterrupted;
+    expect(firstRun.stdout).toMatch(/^data: synthetic classification: .* \[synthetic\]$/m);
+    expect(firstRun.stdout).toMatch(/^step 40\/40 {2}loss \d\.\d{4} {2}[\d.]+ ms\/step {2}[\d,]+ samples\/s {2}ETA \d+s {2}GPU [\d.]+ KiB$/m);
+    expect(firstRun.stdout).toMatch(/lr 0\.01, warm-up 4 steps, then constant/);
     expect(steps(a)).toEqual([35, 40]);
     const c = readCheckpoint(ckpt(a, 40));
-    const s = spec();
-    expect(c.meta).toMatchObject({ step: '40', model: 'mlp', config: 'toy', mode: 'lora-fa', lr: '0.01', seed: '0', data: 'synthetic', plan_hash: s.planHash });
+    const s = planFile(a).spec;
+    expect(c.meta).toMatchObject({ step: '40', model: 'mlp', config: 'toy', mode: 'lora-fa', lr: '0.01', seed: '0', grad_accum: '1', plan_hash: s.planHash });
     expect(JSON.parse(c.meta.optimizer)).toEqual({ kind: 'adamw' });
-    expect(c.meta.data_task).toMatch(/^synthetic classification/);
-    // Every trainable parameter and optimizer state tensor, nothing frozen.
-    const plan = (JSON.parse(readFileSync(join(a, 'plan.json'), 'utf8')) as PlanFile).kernelPlan;
-    const want = plan.params.filter((p) => p.trainable || p.role === 'optimizer_state').map((p) => p.name).sort();
+    expect(JSON.parse(c.meta.schedule)).toEqual({ kind: 'constant', warmup: 4, minRatio: 0.1, steps: null });
+    expect(c.meta.data).toMatch(/^synthetic:synthetic classification/);
+    // Every trainable parameter, optimizer state tensor and adapter (A too: the adapter exports
+    // and resumes from the checkpoint alone); no frozen base weight.
+    const plan = planFile(a).step;
+    const want = plan.params.filter((p) => p.trainable || p.role === 'optimizer_state' || p.role === 'lora_A' || p.role === 'lora_B').map((p) => p.name).sort();
     expect([...c.tensors.keys()].sort()).toEqual(want);
     expect(want.some((n) => n.startsWith('optim.m.')) && want.some((n) => n.startsWith('optim.v.'))).toBe(true);
-    expect(want.some((n) => n.endsWith('lora_A'))).toBe(false);
-  });
-
-  test('runs directly with tsx from another directory (absolute runtime import), and says what it trains on', () => {
-    const dir = fresh('direct');
-    const r = spawnSync(process.execPath, [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), join(dir, 'trainer.ts'), '--steps', '3', '--lr', '1e-2'], {
-      cwd: tmpdir(),
-      encoding: 'utf8',
-    });
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^lorafa train: mlp \(config toy\), lora-fa, AdamW lr=0\.01/m);
-    expect(r.stdout).toMatch(/^data: synthetic classification: .* \[synthetic\]$/m);
-    expect(r.stdout).toMatch(/^step 3\/3 {2}loss \d\.\d{4} {2}[\d.]+ ms\/step {2}\d+ samples\/s {2}GPU [\d.]+ KiB {2}data synthetic$/m);
-    // Same seed, same data, same steps: the first three steps of the uninterrupted run's trainer.
-    expect(steps(dir)).toEqual([3]);
+    expect(want.some((n) => n.endsWith('lora_A'))).toBe(true);
+    expect(want.some((n) => n.endsWith('.weight') && !n.startsWith('optim.') && !n.startsWith('fc3'))).toBe(false);
+    // And the run's outputs beside the trainer: the PEFT adapter (A and B), the report, the loss curve.
+    for (const f of ['adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'report.json', 'report.md', 'loss.svg', 'memory.svg']) expect(existsSync(join(a, f)), f).toBe(true);
   });
 
   test('a run killed with SIGKILL mid-run, then resumed, ends bit for bit as the uninterrupted run', async () => {
     const b = fresh('killed');
     // A step delay stretches the run so the kill lands mid-run (the toy steps take ~3 ms).
-    const child = spawn(process.execPath, [bin, 'train', b, '--steps', '40', '--checkpoint-every', '5', '--lr', '1e-2'], {
+    const child = spawn(process.execPath, [bin, 'train', b, '--steps', '40', '--checkpoint-every', '5', '--lr', '1e-2', ...RUN], {
       cwd: ROOT,
       env: { ...process.env, LORAFA_STEP_DELAY_MS: '25' },
       stdio: 'ignore',
@@ -114,45 +115,49 @@ describe('lorafa train', () => {
     const at = Math.max(...steps(b));
     expect(at).toBeLessThan(40);
 
-    const r = lorafa(['train', b, '--steps', '40', '--checkpoint-every', '5', '--resume']);
+    // --lr is left out: a resumed run takes the checkpoint's.
+    const r = lorafa(['train', b, '--steps', '40', '--checkpoint-every', '5', '--resume', '--data', 'synthetic', '--progress', 'lines']);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`resuming from .*step-0000${String(at).padStart(2, '0')}\\.safetensors \\(step ${at}\\)`));
-    expect(r.stdout).toMatch(/AdamW lr=0\.01/); // the checkpoint's lr, not the default
+    expect(r.stdout).toMatch(/lr 0\.01, warm-up 4 steps, then constant/); // the checkpoint's settings, not the defaults
     expectSameCheckpoint(ckpt(uninterrupted, 40), ckpt(b, 40));
+    // The exported adapters are the same bytes too.
+    expect(readFileSync(join(b, 'adapter', 'adapter_model.safetensors')).equals(readFileSync(join(uninterrupted, 'adapter', 'adapter_model.safetensors')))).toBe(true);
 
     // A truncated newest checkpoint is refused, naming it and the previous one…
     truncateSync(ckpt(b, 40), readFileSync(ckpt(b, 40)).length - 100);
-    const refused = lorafa(['train', b, '--steps', '40', '--resume']);
+    const refused = lorafa(['train', b, '--steps', '40', '--resume', '--data', 'synthetic']);
     expect(refused.status).toBe(1);
     expect(refused.stderr).toMatch(/lorafa: \S*step-000040\.safetensors: newest checkpoint: unusable checkpoint: not a valid safetensors file: .*file body has/);
     expect(refused.stderr).toMatch(/fix: continue from the previous checkpoint \(step 35\): --resume-from \S*step-000035\.safetensors/);
     // …which still resumes, to the same end.
-    const again = lorafa(['train', b, '--steps', '40', '--resume-from', ckpt(b, 35)]);
+    const again = lorafa(['train', b, '--steps', '40', '--resume-from', ckpt(b, 35), '--data', 'synthetic']);
     expect(again.status, again.stderr).toBe(0);
     expectSameCheckpoint(ckpt(uninterrupted, 40), ckpt(b, 40));
   });
 
-  test('a checkpoint damaged after writing fails its checksum; a different --lr or --seed is refused', async () => {
+  test('a checkpoint damaged after writing fails its checksum; a different --lr, --seed or schedule is refused', async () => {
     const d = fresh('damaged');
     mkdirSync(join(d, 'checkpoints'));
     copyFileSync(ckpt(uninterrupted, 35), ckpt(d, 35));
     const bytes = readFileSync(ckpt(uninterrupted, 40));
     bytes[bytes.length - 3] ^= 0x40; // one bit of the last tensor's data
     writeFileSync(ckpt(d, 40), bytes);
-    const t = loadTrainer(d, spec());
-    const quiet = { progress: 'none' as const, log: () => {} };
-    await expect(train(t, { steps: 45, resume: true, ...quiet })).rejects.toThrow(
+    const spec = planFile(d).spec;
+    await expect(runTrainer(d, spec, flags({ steps: 45, resume: true }))).rejects.toThrow(
       /step-000040\.safetensors: newest checkpoint: unusable checkpoint: checksum mismatch: the file was damaged after it was written\n\s+fix: continue from the previous checkpoint \(step 35\): --resume-from \S+step-000035\.safetensors/,
     );
-    await expect(train(t, { steps: 45, resumeFrom: ckpt(d, 35), lr: 0.1, ...quiet })).rejects.toThrow(
-      /step-000035\.safetensors: cannot resume: this checkpoint was trained with --lr 0\.01, this run asks for --lr 0\.1\n\s+fix: drop --lr \(the checkpoint's is used\) or pass --lr 0\.01/,
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lr: 0.1 }))).rejects.toThrow(
+      /step-000035\.safetensors: cannot resume: this checkpoint was trained with other --lr: 0\.01 there, 0\.1 now\n\s+fix: resume with the run's own settings \(--lr 0\.01\)/,
     );
-    await expect(train(t, { steps: 45, resumeFrom: ckpt(d, 35), seed: 7, ...quiet })).rejects.toThrow(/was trained with --seed 0, this run asks for --seed 7/);
-    await expect(train(t, { steps: 45, resumeFrom: ckpt(d, 35), lr: 0.01, seed: 0, ...quiet })).resolves.toMatchObject({ startStep: 35, endStep: 45 });
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), seed: 7 }))).rejects.toThrow(/trained with other --seed: 0 there, 7 now/);
+    // A decaying schedule depends on --steps: extending a cosine run would change every step's lr.
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lrSchedule: 'cosine' }))).rejects.toThrow(/trained with other the learning-rate schedule/);
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lr: 0.01, seed: 0 }))).resolves.toMatchObject({ startStep: 35, endStep: 45 });
     // The run removed the damaged step 40 (a timeline it replaced) and kept the newest two.
     expect(steps(d)).toEqual([35, 45]);
     // A fresh run (no --resume) never discards an earlier run's checkpoints.
-    await expect(train(t, { steps: 3, ...quiet })).rejects.toThrow(/checkpoints: holds checkpoints of an earlier run \(newest: step 45\)\n\s+fix: continue it with --resume, or delete \S+checkpoints to start over/);
+    await expect(runTrainer(d, spec, flags({ steps: 3 }))).rejects.toThrow(/checkpoints: holds checkpoints of an earlier run \(newest: step 45\)\n\s+fix: continue it with --resume, or delete \S+checkpoints/);
   });
 
   test("another model's checkpoint is refused, naming the file, what differs and the fix", async () => {
@@ -160,23 +165,34 @@ describe('lorafa train', () => {
     await compileTo(e, 'llama');
     mkdirSync(join(e, 'checkpoints'));
     copyFileSync(ckpt(uninterrupted, 40), ckpt(e, 40));
-    const r = lorafa(['train', e, '--steps', '45', '--resume']);
+    const r = lorafa(['train', e, '--steps', '45', '--resume', '--data', 'synthetic']);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(
-      /lorafa: \S*step-000040\.safetensors: newest checkpoint: cannot resume: this checkpoint was written by a different trainer: model mlp ≠ llama \(this trainer\); sizes /,
-    );
+    expect(r.stderr).toMatch(/lorafa: \S*step-000040\.safetensors: newest checkpoint: cannot resume: this checkpoint was written by a different program: model mlp ≠ llama \(this trainer\); sizes /);
     expect(r.stderr).toMatch(/plan_hash sha256:\w+ ≠ sha256:\w+ \(this trainer\)/);
-    expect(r.stderr).toMatch(/fix: resume it with the trainer compiled for mlp \(lora-fa\), or move it out of \S*checkpoints and train this model from scratch \(drop --resume\)/);
+    expect(r.stderr).toMatch(/fix: resume it with the trainer compiled for mlp \(lora-fa\), or move the checkpoints away and start from scratch \(drop --resume\)/);
     expect(existsSync(ckpt(e, 45))).toBe(false);
     // --resume-from names it the same way; the error is a LorafaError in-process too.
-    const t = loadTrainer(e, (JSON.parse(readFileSync(join(e, 'plan.json'), 'utf8')) as PlanFile).spec);
-    await expect(train(t, { steps: 45, resumeFrom: ckpt(e, 40), progress: 'none', log: () => {} })).rejects.toBeInstanceOf(LorafaError);
+    await expect(runTrainer(e, planFile(e).spec, flags({ steps: 45, resumeFrom: ckpt(e, 40) }))).rejects.toBeInstanceOf(LorafaError);
     expect(basename(ckpt(e, 40))).toBe('step-000040.safetensors');
+  });
+
+  test('flags compiled into the trainer are refused with the recompile command; --data is required', () => {
+    const dir = fresh('flags');
+    const batch = lorafa(['train', dir, '--steps', '2', '--data', 'synthetic', '--batch', '8']);
+    expect(batch.status).toBe(1);
+    expect(batch.stderr).toMatch(/lorafa: --batch: this trainer was compiled with --batch 4; 8 needs another step\n\s+fix: drop --batch, or recompile the trainer with it: lorafa compile models\/mlp\.ts .*--batch 8 -o <dir>/);
+    const accum = lorafa(['train', dir, '--steps', '2', '--data', 'synthetic', '--grad-accum', '4']);
+    expect(accum.status).toBe(1);
+    expect(accum.stderr).toMatch(/--grad-accum: this program was compiled without gradient accumulators.*\n\s+fix: recompile it with --grad-accum 4/);
+    const nodata = lorafa(['train', dir, '--steps', '2']);
+    expect(nodata.status).toBe(1);
+    expect(nodata.stderr).toMatch(/lorafa: --data: no training data given\n\s+fix: pass --data FILE/);
+    expect(existsSync(join(dir, 'checkpoints'))).toBe(false);
   });
 
   test('lorafa train on a directory with no trainer says how to make one', () => {
     const r = lorafa(['train', join(tmp, 'nothing-here'), '--steps', '2']);
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/no compiled trainer here \(trainer\.ts and plan\.json\)\n\s+fix: compile one first: lorafa compile models\/mlp\.ts --mode lora-fa -o /);
+    expect(r.stderr).toMatch(/no compiled trainer here \(trainer\.ts and plan\.json\)\n\s+fix: compile one first: lorafa compile model\.ts --mode lora-fa -o /);
   });
 });

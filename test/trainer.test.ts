@@ -1,5 +1,6 @@
 // The generated trainer (lorafa compile -o): its files, its type check, and its training on the
-// GPU (Dawn on lavapipe here) against the float64 reference, step by step.
+// GPU (Dawn on lavapipe here) through the one training loop, against the float64 reference, step
+// by step.
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -8,18 +9,19 @@ import { Project, ts } from 'ts-morph';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { main } from '../src/cli/main.ts';
 import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
-import { readPlanFiles, type PlanFile, type TrainerSpec } from '../src/codegen/trainer-files.ts';
+import { readProgram, type PlanFile } from '../src/train/trainer-files.ts';
+import type { ProgramSpec } from '../src/train/program.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
 import { planMemory, type Limits, type PlanOptions } from '../src/passes/memory-plan.ts';
 import { optimizerFeeds } from '../src/passes/optimizer.ts';
 import { acquireGpu } from '../src/runtime/gpu.ts';
 import { referenceStep } from '../src/runtime/reference.ts';
-import { syntheticTask } from '../src/runtime/synthetic.ts';
-import { initialValues, loadTrainer, train, type TrainResult } from '../src/runtime/train.ts';
+import { syntheticDataset } from '../src/data/synthetic.ts';
+import { runTraining, type TrainResult } from '../src/train/loop.ts';
 import { ROOT, toyModel } from './helpers.ts';
 
-// out/ inside the checkout (a relative runtime import) and in the OS temp dir (an absolute one).
+// out/ inside the checkout and in the OS temp dir: the trainer is the same either way.
 const inRepo = join(ROOT, 'out');
 const dirs: string[] = [];
 function outDir(where: 'repo' | 'tmp', name: string): string {
@@ -44,8 +46,17 @@ async function compileTo(dir: string, model: string, mode: Mode, ...extra: strin
   }
 }
 
-async function importSpec(dir: string): Promise<TrainerSpec> {
-  return ((await import(pathToFileURL(join(dir, 'trainer.ts')).href)) as { spec: TrainerSpec }).spec;
+async function importSpec(dir: string): Promise<ProgramSpec> {
+  return ((await import(pathToFileURL(join(dir, 'trainer.ts')).href)) as { spec: ProgramSpec }).spec;
+}
+
+/** The trainer's program, trained through runTraining on the synthetic task at a constant lr. */
+async function trainDir(dir: string, steps: number, lr: number, extra: Partial<Parameters<typeof runTraining>[1]> = {}) {
+  const spec = await importSpec(dir);
+  const p = readProgram(dir, spec); // also checks the plan hash trainer.ts carries
+  const data = syntheticDataset(p.inputs, spec.sizes, spec.seed);
+  const result = await runTraining(p, { steps, lr, schedule: 'constant', warmup: 0, data, progress: 'none', readFrozen: true, log: () => {}, ...extra });
+  return { p, spec, data, result };
 }
 
 /** The same step graph the CLI compiled, built here independently. */
@@ -89,19 +100,21 @@ describe.each(CASES)('$model $mode (out/ in $where)', ({ model, mode, where }) =
   test('writes trainer.ts, plan.json and one kernels/NNN.wgsl per distinct kernel; they agree with buildKernelPlan', async () => {
     expect(existsSync(join(dir, 'trainer.ts'))).toBe(true);
     const doc = JSON.parse(readFileSync(join(dir, 'plan.json'), 'utf8')) as PlanFile;
-    expect(doc.data.kind).toBe('synthetic');
-    expect(doc.spec.data).toBe('synthetic');
-    expect(doc.memory.peak).toBe(doc.kernelPlan.bytes);
+    expect(doc.format).toBe('lorafa-plan/2');
+    expect(doc.memory.peak).toBe(doc.step.bytes);
+    // The forward graph's weights travel with the trainer (for --base and the adapter export).
+    expect(doc.weights.adapters.length).toBeGreaterThan(0);
+    expect(doc.weights.params.some((p) => p.role === 'lora_A')).toBe(true);
     expect(Object.keys(doc.memory.atPeak).sort()).toEqual(['frozen', 'gradients', 'inputs', 'optimizer', 'saved', 'trainable', 'workspace']);
 
     const spec = await importSpec(dir);
-    const loaded = readPlanFiles(dir, spec); // also checks the plan hash trainer.ts carries
+    const loaded = readProgram(dir, spec); // also checks the plan hash trainer.ts carries
     const { preset: _, ...limits } = doc.memory.limits;
     expect(doc.memory.limits.preset).toBe('adapter');
     const { c, plan } = await memoryPlan(model, mode, limits);
     const gpu = await acquireGpu();
     const expected = buildKernelPlan(c.step!, plan, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
-    expect(loaded.plan).toEqual(expected);
+    expect(loaded.step).toEqual(expected);
     expect(doc.memory.peak).toBe(plan.peak);
     // …which is the peak `lorafa plan --limits adapter` reports.
     const out: string[] = [];
@@ -112,44 +125,46 @@ describe.each(CASES)('$model $mode (out/ in $where)', ({ model, mode, where }) =
       write.mockRestore();
     }
     expect(JSON.parse(out.join('')).peak).toBe(doc.memory.peak);
+    // One file per distinct kernel text of the step and the evaluation plan together.
     const files = readdirSync(join(dir, 'kernels')).sort();
-    expect(files).toEqual(expected.kernels.map((_, i) => `${String(i).padStart(3, '0')}.wgsl`));
-    expect(new Set(expected.kernels.map((k) => k.wgsl)).size).toBe(files.length);
+    const distinct = new Set([...loaded.step.kernels, ...loaded.eval.kernels].map((k) => k.wgsl));
+    expect(files).toEqual([...distinct].map((_, i) => `${String(i).padStart(3, '0')}.wgsl`));
+    expect(new Set(files.map((f) => readFileSync(join(dir, 'kernels', f), 'utf8'))).size).toBe(files.length);
   });
 
-  test('trainer.ts type-checks against the runtime and @webgpu/types, and imports it by a path that works from there', () => {
+  test('trainer.ts imports lorafa by name, never a path, and type-checks against the package\'s API', () => {
     const text = readFileSync(join(dir, 'trainer.ts'), 'utf8');
-    const spec = /from '([^']+\/src\/runtime\/train\.ts)'/.exec(text)![1];
-    if (where === 'repo') expect(spec.startsWith('../')).toBe(true);
-    else expect(spec).toBe(join(ROOT, 'src', 'runtime', 'train.ts'));
-    // Same settings as emitTrainer (ESNext + Bundler: ts-morph does not infer module formats).
+    const imports = [...text.matchAll(/from '([^']+)'/g)].map((m) => m[1]);
+    expect(imports).toEqual(['lorafa']);
+    // ESNext + Bundler as emitTrainer checks it (ts-morph does not infer module formats); `lorafa`
+    // maps to the package door, as it resolves for a project with the package installed.
     project ??= new Project({
       tsConfigFilePath: join(ROOT, 'tsconfig.json'),
       skipAddingFilesFromTsConfig: true,
-      compilerOptions: { module: ts.ModuleKind.ESNext, moduleResolution: ts.ModuleResolutionKind.Bundler },
+      compilerOptions: { module: ts.ModuleKind.ESNext, moduleResolution: ts.ModuleResolutionKind.Bundler, paths: { lorafa: [join(ROOT, 'src', 'index.ts')] } },
     });
     const file = project.addSourceFileAtPath(join(dir, 'trainer.ts'));
     const diagnostics = project.getPreEmitDiagnostics().filter((d) => d.getSourceFile()?.getFilePath() === file.getFilePath());
     expect(project.formatDiagnosticsWithColorAndContext(diagnostics)).toBe('');
-    // And it really resolved lorafa's runtime and the WebGPU types.
+    // And it really resolved lorafa's door and the WebGPU types.
     const paths = project.getProgram().compilerObject.getSourceFiles().map((f) => f.fileName);
-    expect(paths).toContain(resolve(ROOT, 'src/runtime/train.ts'));
+    expect(paths).toContain(resolve(ROOT, 'src/index.ts'));
     expect(paths.some((p) => p.includes('@webgpu/types'))).toBe(true);
   });
 
   test('5 AdamW steps on the GPU match the float64 reference: losses, parameters and optimizer state', async () => {
-    const spec = await importSpec(dir);
-    const t = loadTrainer(dir, spec);
-    const result = await train(t, { steps: 5, lr: LR, progress: 'none', readFrozen: true, log: () => {} });
+    const { p: t, spec, data, result } = await trainDir(dir, 5, LR);
     expect(result.losses.map((l) => l.step)).toEqual([1, 2, 3, 4, 5]);
 
     // The reference: the same step graph, the same f32-rounded initial values, the same batches.
     const c = await stepGraph(model, mode);
-    const data = syntheticTask(t.plan.inputs, spec.sizes, spec.seed);
-    let params = new Map<string, Tensor>([...initialValues(t, spec.seed)].map(([k, v]) => [k, { shape: t.plan.params.find((p) => p.name === k)!.shape, data: Float64Array.from(v) }]));
+    const plan = t.step;
+    let params = new Map<string, Tensor>(
+      plan.params.map((p) => [p.name, { shape: p.shape, data: Float64Array.from(result.initial.get(p.name)!) }]),
+    );
     const refLoss: number[] = [];
     for (let step = 1; step <= 5; step++) {
-      const r = referenceStep(c.step!, { feeds: { ...data.batch(step), ...optimizerFeeds({ kind: 'adamw' }, LR, step) }, params });
+      const r = referenceStep(c.step!, { feeds: { ...(await data.batch(step, spec.batch)), ...optimizerFeeds({ kind: 'adamw' }, LR, step) }, params });
       refLoss.push(r.outputs.loss.data[0]);
       params = r.params;
     }
@@ -159,7 +174,7 @@ describe.each(CASES)('$model $mode (out/ in $where)', ({ model, mode, where }) =
     if (process.env.LORAFA_REPORT) console.log(model, mode, 'loss rel err', result.losses.map((l, i) => (Math.abs(l.loss - refLoss[i]) / refLoss[i]).toExponential(1)).join(' '));
     result.losses.forEach((l, i) => expect(Math.abs(l.loss - refLoss[i]), `loss at step ${i + 1}`).toBeLessThanOrEqual(1e-5 * Math.abs(refLoss[i])));
     let checked = 0;
-    for (const p of t.plan.params) {
+    for (const p of plan.params) {
       const got = result.params.get(p.name)!;
       const want = params.get(p.name)!.data;
       const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
@@ -169,14 +184,14 @@ describe.each(CASES)('$model $mode (out/ in $where)', ({ model, mode, where }) =
       if (process.env.LORAFA_REPORT) console.log(`${model} ${mode} ${p.name}: worst ${worst.toExponential(2)} of ${scale.toExponential(2)} = ${(worst / (scale || 1)).toExponential(2)}`);
       checked++;
     }
-    expect(checked).toBe(t.plan.params.length);
+    expect(checked).toBe(plan.params.length);
 
     // Allocated GPU bytes are exactly the memory plan's peak.
     const doc = JSON.parse(readFileSync(join(dir, 'plan.json'), 'utf8')) as PlanFile;
     expect(result.allocatedBytes).toBe(doc.memory.peak);
-    expect(result.allocatedBytes).toBe(t.plan.bytes);
+    expect(result.allocatedBytes).toBe(plan.bytes);
 
-    if (mode === 'lora-fa') assertFrozenUnchanged(result, t.plan.params);
+    if (mode === 'lora-fa') assertFrozenUnchanged(result, plan.params);
   });
 });
 
@@ -200,13 +215,12 @@ test('the loss falls on the synthetic task: 30 steps of mlp lora-fa end below 0.
   const dir = outDir('tmp', 'out');
   // batch 64 keeps one batch's loss close to the expected loss; lr 3e-2 ends near 0.5 × the start.
   await compileTo(dir, 'mlp', 'lora-fa', '--batch', '64');
-  const t = loadTrainer(dir, await importSpec(dir));
   const lines: string[] = [];
-  const r = await train(t, { steps: 30, lr: 3e-2, progress: 'lines', logEvery: 10, log: (s) => lines.push(s) });
+  const { result: r } = await trainDir(dir, 30, 3e-2, { progress: 'lines', logEvery: 10, log: (s) => lines.push(s) });
   const first = r.losses[0].loss;
   const last = r.losses[r.losses.length - 1].loss;
   expect(last, r.losses.map((l) => l.loss.toFixed(3)).join(' ')).toBeLessThan(0.8 * first);
-  // Plain progress lines (not a TTY): loss, step time, throughput, GPU bytes, and the data's label.
-  expect(lines.join('\n')).toMatch(/^step 10\/30 {2}loss \d\.\d{4} {2}[\d.]+ ms\/step {2}\d+ samples\/s {2}GPU [\d.]+ (?:B|KiB|MiB) {2}data synthetic$/m);
+  // Plain progress lines (not a TTY): loss, step time, throughput, time left, GPU bytes; the data's label.
+  expect(lines.join('\n')).toMatch(/^step 10\/30 {2}loss \d\.\d{4} {2}[\d.]+ ms\/step {2}[\d,]+ samples\/s {2}ETA \d+s {2}GPU [\d.]+ (?:B|KiB|MiB)$/m);
   expect(lines.join('\n')).toMatch(/^data: synthetic classification: .*\[synthetic\]$/m);
 });

@@ -8,13 +8,13 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { loadModel, trace } from '../../src/cli/load.ts';
+import { loadModel, trace } from '../../src/model/load.ts';
 import { readSafetensors } from '../../src/io/safetensors.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../../src/passes/optimizer.ts';
 import { StepRunner } from '../../src/runtime/executor.ts';
 import { acquireGpu } from '../../src/runtime/gpu.ts';
 import { planStepForGpu } from '../../src/runtime/session.ts';
-import { ROOT } from '../../src/finetune/tasks.ts';
+import { PACKAGE_ROOT as ROOT } from '../../src/train/presets.ts';
 import { installNodeWebGPU } from './gpu-meter.ts';
 import { packageVersion, W1_HYPER } from './w1-data.ts';
 

@@ -1,49 +1,68 @@
-// The lorafa command line.
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { asCommand, LorafaError } from '../ir/errors.ts';
-import { printGraph } from '../ir/print.ts';
-import { compileTraining, isMode, MODES, type Mode } from '../passes/compile.ts';
-import { LIMIT_PRESETS, planMemory, STORAGE_DTYPES, type Limits, type StorageDType } from '../passes/memory-plan.ts';
-import { OPTIMIZERS, type OptimizerOptions } from '../passes/optimizer.ts';
-import { compareTable, planJson, planTable, topTable, writeSvg, type PlannedMode } from './plan.ts';
-import { resolveConfig } from '../model.ts';
-import { formatAdapterReport, probeAdapter } from '../runtime/device.ts';
-import { loadModel, trace } from './load.ts';
-import { summarize } from './summary.ts';
-import { writeTrainer } from './trainer.ts';
-import { finetuneCommand, type FinetuneFlags } from './finetune.ts';
-import { TASK_NAMES } from '../finetune/tasks.ts';
-import { addTrainOptions, type TrainFlags } from '../runtime/train.ts';
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+// The lorafa command line: thin shells over the package's API (src/index.ts), the same functions a
+// script gets from `import … from 'lorafa'`.
+//
+//   compile <model>         the training step: summary, IR, or (-o) a runnable trainer folder
+//   plan <model>            every byte of one step, by category; --compare, --top, --json, --svg
+//   train <dir>             train a compiled trainer folder (same as npx tsx <dir>/trainer.ts)
+//   finetune <model|preset> compile + train on data in one command, with a report
+//   doctor                  the WebGPU adapter Dawn finds
+//
+// Exit codes: 0 success, 1 a failure (a LorafaError: bad model, data, weights, …), 2 a usage error
+// (unknown command or flag, a flag value that does not parse).
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-
-function positiveInt(name: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
-    return n;
-  };
-}
-
-function nonNegativeNumber(name: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!(n >= 0)) throw new InvalidArgumentError(`${name} must be a number ≥ 0, got "${v}"`);
-    return n;
-  };
-}
-
-function positiveNumber(name: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!(n > 0)) throw new InvalidArgumentError(`${name} must be a positive number, got "${v}"`);
-    return n;
-  };
-}
+import { Command, Option } from 'commander';
+import {
+  addCompiledOptions,
+  addDataOptions,
+  addRunOptions,
+  addTrainOptions,
+  acquireGpu,
+  asCommand,
+  compareTable,
+  compileProgram,
+  compileRegex,
+  compileTraining,
+  emitTrainer,
+  finetune,
+  fmtBytes,
+  formatAdapterReport,
+  gpuLimits,
+  LIMIT_PRESETS,
+  loadModel,
+  LorafaError,
+  MODES,
+  nonNegativeInt,
+  nonNegativeNumber,
+  OPTIMIZERS,
+  planJson,
+  planMemory,
+  planStep,
+  planSvgText,
+  planTable,
+  positiveInt,
+  positiveNumber,
+  printGraph,
+  probeAdapter,
+  PRESET_NAMES,
+  registerLoaders,
+  resolveConfig,
+  STORAGE_DTYPES,
+  summarize,
+  topTable,
+  trace,
+  writeFileAtomic,
+  type Limits,
+  type Mode,
+  type OptimizerOptions,
+  type PlannedMode,
+  type StorageDType,
+  type TrainFlags,
+} from '../index.ts';
 
 interface CommonFlags {
-  mode: string;
+  mode: Mode;
   rank: number;
   alpha?: number;
   targets?: string;
@@ -68,12 +87,15 @@ interface LimitFlags {
   alignment?: number;
 }
 
-export interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> {
+interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> {
   emit: 'ir' | 'summary';
   stage?: string;
   locations?: boolean;
   out?: string;
   seed: number;
+  gradAccum?: number;
+  gradCorrection?: boolean;
+  evalBatch?: number;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
@@ -84,59 +106,19 @@ interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
   svg?: string;
 }
 
-function checkMode(mode: string): Mode {
-  if (!isMode(mode)) throw new LorafaError('--mode', `unknown mode "${mode}"`, `use one of: ${MODES.join(', ')}`);
-  return mode;
-}
-
-export type Setup = Awaited<ReturnType<typeof setup>>;
-
 async function setup(modelPath: string, flags: CommonFlags) {
   const m = await loadModel(modelPath);
   const overrides: Record<string, number> = {};
   if (flags.batch !== undefined) overrides.batch = flags.batch;
   if (flags.seq !== undefined) overrides.seq = flags.seq;
   const graph = trace(m, flags.config, overrides);
-  const targets = flags.targetsRegex
-    ? new RegExp(flags.targetsRegex)
-    : flags.targets
-      ? flags.targets.split(',').map((s) => s.trim()).filter(Boolean)
-      : m.def.defaultTargets ?? [];
-  const lora = {
-    rank: flags.rank,
-    alpha: flags.alpha ?? 2 * flags.rank,
-    targets,
-    rslora: flags.rslora,
-    modulesToSave: m.def.modulesToSave,
-  };
+  const targets = flags.targetsRegex !== undefined ? compileRegex(flags.targetsRegex) : flags.targets ? splitList(flags.targets) : (m.def.defaultTargets ?? []);
+  const lora = { rank: flags.rank, alpha: flags.alpha ?? 2 * flags.rank, targets, rslora: flags.rslora, modulesToSave: m.def.modulesToSave };
   const config = flags.config ?? m.def.defaultConfig;
-  return { m, graph, lora, config, cfg: resolveConfig(m.def, { config, overrides }) };
+  return { m, graph, lora, config, overrides, cfg: resolveConfig(m.def, { config, overrides }) };
 }
 
-async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Command): Promise<void> {
-  const mode = checkMode(flags.mode);
-  const setupResult = await setup(modelPath, flags);
-  const { m, graph, lora, config, cfg } = setupResult;
-  if (flags.out) {
-    const optimizer = optimizerOptions(flags);
-    const preset = flags.limits ?? 'adapter';
-    const limits = await resolveLimits({ ...flags, limits: preset });
-    await writeTrainer(setupResult, { mode, flags, optimizer, limits, preset, command: commandLine() });
-    // --emit given explicitly still prints; by default -o prints only what it wrote.
-    if (cmd.getOptionValueSource('emit') !== 'cli') return;
-  }
-  const compiled = compileTraining(graph, { mode, verify: flags.verify, lora });
-  if (flags.emit === 'ir') {
-    const stage = flags.stage ?? 'dce';
-    const s = compiled.stages.find((x) => x.pass === stage);
-    if (!s) {
-      throw new LorafaError('--stage', `no stage "${stage}" in mode ${mode}`, `stages: ${compiled.stages.map((x) => x.pass).join(', ')}`);
-    }
-    process.stdout.write(printGraph(s.graph, { locations: flags.locations }));
-    return;
-  }
-  console.log(summarize(compiled, { file: m.displayFile, config, cfg }));
-}
+const splitList = (s: string) => s.split(',').map((x) => x.trim()).filter(Boolean);
 
 function optimizerOptions(flags: OptimizerFlags): OptimizerOptions {
   if (flags.optimizer === 'sgd') return { kind: 'sgd', momentum: flags.momentum, weightDecay: flags.weightDecay };
@@ -144,7 +126,12 @@ function optimizerOptions(flags: OptimizerFlags): OptimizerOptions {
   throw new LorafaError('--optimizer', `unknown optimizer "${flags.optimizer}"`, `use one of: ${OPTIMIZERS.join(', ')}`);
 }
 
-export interface ResolvedLimits extends Limits {
+export function describeOptimizer(o: OptimizerOptions): string {
+  if (o.kind === 'sgd') return `SGD${o.momentum ? ` momentum=${o.momentum}` : ''}${o.weightDecay ? ` weight_decay=${o.weightDecay}` : ''}`;
+  return `AdamW weight_decay=${o.weightDecay ?? 0.01}`;
+}
+
+interface ResolvedLimits extends Limits {
   /** The adapter's, with --limits adapter (kernels fold larger grids into 2-D). */
   readonly maxWorkgroupsPerDimension?: number;
 }
@@ -155,11 +142,7 @@ async function resolveLimits(flags: LimitFlags): Promise<ResolvedLimits> {
   if (flags.limits === 'adapter') {
     const r = await probeAdapter();
     if (!r.ok) throw new LorafaError('--limits adapter', r.reason, `${r.fix}; or plan for a preset: --limits webgpu`);
-    base = {
-      alignment: r.limits.minStorageBufferOffsetAlignment,
-      maxBindingSize: r.limits.maxStorageBufferBindingSize,
-      maxBufferSize: r.limits.maxBufferSize,
-    };
+    base = { alignment: r.limits.minStorageBufferOffsetAlignment, maxBindingSize: r.limits.maxStorageBufferBindingSize, maxBufferSize: r.limits.maxBufferSize };
     maxWorkgroupsPerDimension = r.limits.maxComputeWorkgroupsPerDimension;
   } else if (flags.limits in LIMIT_PRESETS) {
     base = LIMIT_PRESETS[flags.limits as keyof typeof LIMIT_PRESETS];
@@ -174,6 +157,56 @@ async function resolveLimits(flags: LimitFlags): Promise<ResolvedLimits> {
   return maxWorkgroupsPerDimension ? { ...limits, maxWorkgroupsPerDimension } : limits;
 }
 
+function shown(p: string): string {
+  const r = relative(process.cwd(), p);
+  return r && !r.startsWith('..') ? r : p;
+}
+
+async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Command): Promise<void> {
+  const s = await setup(modelPath, flags);
+  if (flags.out) {
+    const preset = flags.limits ?? 'adapter';
+    const { maxWorkgroupsPerDimension, ...limits } = await resolveLimits({ ...flags, limits: preset });
+    // Planned for this machine's adapter: use its subgroup matmul when it has one (the trainer then
+    // needs that feature where it runs, which the runtime checks).
+    const subgroupSize = preset === 'adapter' ? (await acquireGpu()).subgroupSize : undefined;
+    const program = compileProgram(s.m, {
+      config: s.config,
+      overrides: s.overrides,
+      mode: flags.mode,
+      lora: flags.mode === 'full' ? undefined : s.lora,
+      optimizer: optimizerOptions(flags),
+      gradCorrection: flags.gradCorrection,
+      accumulate: (flags.gradAccum ?? 1) > 1,
+      evalBatch: flags.evalBatch,
+      seed: flags.seed,
+      command: commandLine(),
+      verify: flags.verify,
+      limits: { ...limits, preset },
+      maxWorkgroupsPerDimension,
+      subgroupSize,
+    });
+    const emitted = emitTrainer({ outDir: flags.out, program });
+    const dir = shown(emitted.outDir);
+    const spec = program.spec;
+    console.log(`wrote ${dir}/trainer.ts, ${dir}/plan.json, ${dir}/kernels/ (${emitted.kernels} kernels; ${program.step.dispatches.length} dispatches per step, ${program.eval.dispatches.length} per evaluation batch)`);
+    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}; limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
+    console.log(`train it:  npx lorafa train ${dir} --data <file> --steps 100${spec.accumulate ? ` --grad-accum ${flags.gradAccum}` : ''}`);
+    console.log(`       or: npx tsx ${dir}/trainer.ts --data <file> --steps 100   (where the lorafa package is installed)`);
+    // --emit given explicitly still prints; by default -o prints only what it wrote.
+    if (cmd.getOptionValueSource('emit') !== 'cli') return;
+  }
+  const compiled = compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
+  if (flags.emit === 'ir') {
+    const stage = flags.stage ?? 'dce';
+    const st = compiled.stages.find((x) => x.pass === stage);
+    if (!st) throw new LorafaError('--stage', `no stage "${stage}" in mode ${flags.mode}`, `stages: ${compiled.stages.map((x) => x.pass).join(', ')}`);
+    process.stdout.write(printGraph(st.graph, { locations: flags.locations }));
+    return;
+  }
+  console.log(summarize(compiled, { file: s.m.displayFile, config: s.config, cfg: s.cfg }));
+}
+
 async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   const optimizer = optimizerOptions(flags);
   if (!(STORAGE_DTYPES as readonly string[]).includes(flags.dtype)) {
@@ -181,8 +214,9 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   }
   const dtype = flags.dtype as StorageDType;
   const { maxWorkgroupsPerDimension: _, ...limits } = await resolveLimits(flags);
+  const svg = flags.svg ? resolve(flags.svg) : undefined;
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
-  const modes: Mode[] = flags.compare ? [...MODES] : [checkMode(flags.mode)];
+  const modes: Mode[] = flags.compare ? [...MODES] : [flags.mode];
   const planned: PlannedMode[] = [];
   for (const mode of modes) {
     const t0 = performance.now();
@@ -190,8 +224,8 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
     const loraPlan = mode === 'lora-fa' ? planned.find((p) => p.mode === 'lora') : undefined;
     const dominating = loraPlan ? { graph: loraPlan.compiled.step!, plan: loraPlan.plan } : undefined;
-    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients, dominating });
-    planned.push({ mode, compiled, plan, ms: performance.now() - t0 });
+    const plan = planMemory(compiled.step ?? compileTraining(graph, { mode, lora, optimizer }).step!, { limits, dtype, gradients: compiled.gradients, dominating });
+    planned.push({ mode, compiled: compiled.step ? compiled : compileTraining(graph, { mode, lora, optimizer }), plan, ms: performance.now() - t0 });
   }
   const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
   if (flags.json) {
@@ -201,29 +235,11 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     console.log(flags.compare ? compareTable(ctx, planned) : planTable(ctx, planned[0]));
     if (flags.top) for (const p of planned) console.log(`\n[${p.mode}] ${topTable(p, flags.top)}`);
   }
-  if (flags.svg) {
+  if (svg) {
     const target = planned.find((p) => p.mode === (flags.compare ? 'lora-fa' : planned[0].mode))!;
-    writeSvg(flags.svg, ctx, target);
-    if (!flags.json) console.log(`\nwrote ${flags.svg}`);
+    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, target)));
+    if (!flags.json) console.log(`\nwrote ${shown(svg)}`);
   }
-}
-
-export function describeOptimizer(o: OptimizerOptions): string {
-  if (o.kind === 'sgd') return `SGD${o.momentum ? ` momentum=${o.momentum}` : ''}${o.weightDecay ? ` weight_decay=${o.weightDecay}` : ''}`;
-  return `AdamW weight_decay=${o.weightDecay ?? 0.01}`;
-}
-
-/** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
-function byteSize(name: string) {
-  return (v: string) => {
-    const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
-    if (!m) throw new InvalidArgumentError(`${name} must be a byte count like 134217728 or 128MiB, got "${v}"`);
-    const unit = (m[2] ?? 'B').toLowerCase();
-    const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
-    const n = Math.floor(Number(m[1]) * mult[unit]);
-    if (n < 1) throw new InvalidArgumentError(`${name} must be positive, got "${v}"`);
-    return n;
-  };
 }
 
 function commonOptions(c: Command, defaultMode: Mode): Command {
@@ -241,14 +257,48 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
     .option('--verify', 'run the IR verifier after every pass');
 }
 
+/** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
+function byteSize(name: string) {
+  return (v: string) => {
+    const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
+    if (!m) throw new LorafaError(name, `must be a byte count like 134217728 or 128MiB, got "${v}"`);
+    const unit = (m[2] ?? 'B').toLowerCase();
+    const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
+    const n = Math.floor(Number(m[1]) * mult[unit]);
+    if (!(n >= 1 && Number.isSafeInteger(n))) throw new LorafaError(name, `must be a positive byte count, got "${v}"`);
+    return n;
+  };
+}
+
+function packageVersion(): string {
+  const pkg = resolve(import.meta.dirname, '..', '..', 'package.json');
+  return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}
+
+interface FinetuneCliFlags extends TrainFlags {
+  mode: Mode;
+  rank?: number;
+  alpha?: number;
+  targets?: string;
+  targetsRegex?: string;
+  rslora?: boolean;
+  config?: string;
+  seq?: number;
+  gradCorrection?: boolean;
+  fromScratch?: boolean;
+  verify?: boolean;
+}
+
 export function program(): Command {
   const p = new Command('lorafa')
     .description('compile neural-network training to WGSL for WebGPU, built around LoRA-FA')
-    .showHelpAfterError();
+    .version(packageVersion(), '-V, --version')
+    .showHelpAfterError()
+    .exitOverride();
   const optimizerAndLimits = (c: Command, defaultLimits: string | undefined) =>
     c
       .option('--optimizer <name>', `optimizer: ${OPTIMIZERS.join(' | ')}`, 'adamw')
-      .option('--momentum <m>', 'SGD momentum', positiveNumber('--momentum'))
+      .option('--momentum <m>', 'SGD momentum', nonNegativeNumber('--momentum'))
       .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
       .option(
         '--limits <preset>',
@@ -258,16 +308,15 @@ export function program(): Command {
       .option('--max-binding-size <bytes>', 'override maxStorageBufferBindingSize', byteSize('--max-binding-size'))
       .option('--max-buffer-size <bytes>', 'override maxBufferSize', byteSize('--max-buffer-size'))
       .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'));
-  optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer'), 'lora-fa'), undefined)
+  optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer folder'), 'lora-fa'), undefined)
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
-    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, autodiff, dce)')
+    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, autodiff, simplify, dce)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
-    .option('-o, --out <dir>', 'write a runnable trainer there: trainer.ts, plan.json, kernels/*.wgsl')
-    .option('--seed <n>', "with -o: the trainer's default seed of the init and the synthetic data", (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--seed must be an integer ≥ 0, got "${v}"`);
-      return n;
-    }, 0)
+    .option('-o, --out <dir>', 'write a runnable trainer folder there: trainer.ts, plan.json, kernels/*.wgsl')
+    .option('--seed <n>', "with -o: the trainer's default seed of the init and the data order", nonNegativeInt('--seed'), 0)
+    .option('--grad-accum <k>', 'with -o: compile gradient accumulators (the trainer then takes --grad-accum k)', positiveInt('--grad-accum'))
+    .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
+    .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .option('--dtype <d>', `storage of frozen weights and activations: ${STORAGE_DTYPES.join(' | ')} (trainable state stays f32)`, 'f32')
@@ -279,33 +328,25 @@ export function program(): Command {
   addTrainOptions(
     p
       .command('train')
-      .description("train a compiled trainer (lorafa compile … -o <dir>) on this machine's GPU; the same as npx tsx <dir>/trainer.ts")
-      .argument('<dir>', 'the directory lorafa compile -o wrote'),
+      .description("train a compiled trainer folder (lorafa compile … -o <dir>) on this machine's GPU; the same as npx tsx <dir>/trainer.ts")
+      .argument('<dir>', 'the folder lorafa compile -o wrote'),
   ).action(trainCommand);
-  p.command('finetune')
-    .description('fine-tune a shipped base model on a real data set (fashion-mnist, spam) or pretrain one (mnist, brown), with a report')
-    .argument('<task>', `one of: ${TASK_NAMES.join(', ')}`)
-    .option('--mode <mode>', 'full | lora | lora-fa', 'lora-fa')
+  const ft = p
+    .command('finetune')
+    .description(`compile a model and train it on data, with a report and the adapter: a model file (lorafa finetune model.ts --data train.csv) or a preset (${PRESET_NAMES.join(', ')})`)
+    .argument('<model>', `a model file, or a preset: ${PRESET_NAMES.join(', ')}`)
+    .addOption(new Option('--mode <mode>', 'what trains').choices([...MODES]).default('lora-fa'))
+    .option('--rank <r>', "LoRA rank (default: the preset's, else 8)", positiveInt('--rank'))
+    .option('--alpha <a>', "LoRA alpha (default: the preset's, else 2·rank)", positiveNumber('--alpha'))
+    .option('--targets <names>', "LoRA target modules, comma-separated (PEFT target_modules; default: the model's)")
+    .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name')
+    .option('--rslora', 'rank-stabilised scale alpha/√rank')
+    .option('--config <name>', "a named size from the model file (default: the preset's or the model's)")
+    .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
-    .option('--steps <n>', "training steps (default: the task's)", positiveInt('--steps'))
-    .option('--lr <x>', "peak learning rate (default: the task's, per mode)", positiveNumber('--lr'))
-    .option('--seed <n>', 'seed of the init, the adapters and the data order', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`--seed must be an integer ≥ 0, got "${v}"`);
-      return n;
-    }, 0)
-    .option('--rank <r>', "LoRA rank (default: the task's)", positiveInt('--rank'))
-    .option('--alpha <a>', "LoRA alpha (default: the task's)", positiveNumber('--alpha'))
-    .option('--targets <list>', 'LoRA target modules, comma-separated (PEFT target_modules)')
-    .option('--base <dir>', "base model directory holding model.safetensors (default: the task's shipped one)")
-    .option('--from-scratch', 'start from the seeded init, not a base model')
-    .option('--init-adapter <dir>', 'start the adapters from a PEFT adapter directory')
-    .option('--merged', 'also write merged.safetensors (adapters folded into the base weights)')
-    .option('--out <dir>', 'where the report, adapter and weights go (default out/finetune-<task>-<mode>)')
-    .addOption(new Option('--progress <how>', 'a progress bar (on a terminal), plain lines, or nothing').choices(['auto', 'bar', 'lines', 'none']).default('auto'))
-    .action(async (task: string, flags: FinetuneFlags) => {
-      await finetuneCommand(task, flags, commandLine());
-    });
+    .option('--from-scratch', "a preset: start from the seeded init, not the shipped base model")
+    .option('--verify', 'run the IR verifier after every pass');
+  addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
   p.command('doctor')
     .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
     .action(async () => {
@@ -316,12 +357,30 @@ export function program(): Command {
   return p;
 }
 
+async function finetuneCommand(model: string, f: FinetuneCliFlags): Promise<void> {
+  if (f.fromScratch && f.base) throw new LorafaError('--from-scratch', 'both --from-scratch and --base given', 'start from the seeded init (--from-scratch) or from base weights (--base), not both');
+  const name = PRESET_NAMES.includes(model as never) && !existsSync(resolve(model)) ? model : (model.split(/[\\/]/).pop() ?? model).replace(/\.m?ts$/, '');
+  const out = resolve(f.out ?? join('out', `finetune-${name}-${f.mode}${f.gradCorrection ? '-gc' : ''}`));
+  if (existsSync(out) && !statSync(out).isDirectory()) throw new LorafaError(out, 'is a file, not a folder', 'pass --out a folder (created if missing), or move the file');
+  await finetune({
+    ...f,
+    model,
+    targets: f.targets ? splitList(f.targets) : undefined,
+    optimizer: f.optimizer as 'adamw' | 'sgd' | undefined,
+    base: f.fromScratch ? null : f.base,
+    out,
+    command: commandLine(),
+    progress: f.progress,
+  });
+}
+
 /** `lorafa train <dir>`: imports <dir>/trainer.ts and calls its run(), so both ways run the same code. */
 async function trainCommand(dir: string, flags: TrainFlags): Promise<void> {
   const trainer = resolve(dir, 'trainer.ts');
   if (!existsSync(trainer) || !existsSync(join(dir, 'plan.json'))) {
-    throw new LorafaError(dir, 'no compiled trainer here (trainer.ts and plan.json)', `compile one first: lorafa compile models/mlp.ts --mode lora-fa -o ${dir}`);
+    throw new LorafaError(dir, 'no compiled trainer here (trainer.ts and plan.json)', `compile one first: lorafa compile model.ts --mode lora-fa -o ${dir}`);
   }
+  await registerLoaders();
   const mod = (await import(pathToFileURL(trainer).href)) as { run?: (f: TrainFlags) => Promise<unknown> };
   if (typeof mod.run !== 'function') throw new LorafaError(trainer, 'exports no run(flags)', `regenerate it with lorafa compile … -o ${dir}`);
   await mod.run(flags);
@@ -329,7 +388,7 @@ async function trainCommand(dir: string, flags: TrainFlags): Promise<void> {
 
 let invocation: readonly string[] = [];
 
-/** The command line as typed, for the trainer's "re-run this" note. */
+/** The command line as typed, for reports and the trainer's "re-run this" note. */
 function commandLine(): string {
   const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
   return ['lorafa', ...invocation].map(quote).join(' ');
@@ -341,3 +400,5 @@ export async function main(argv: readonly string[]): Promise<number> {
     await program().parseAsync([...argv], { from: 'user' });
   });
 }
+
+export { gpuLimits, planStep };

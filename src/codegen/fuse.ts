@@ -20,6 +20,8 @@
 //    is the very same bytes read element for element: then the operand is read through that
 //    output's binding (WebGPU rejects two overlapping writable bindings), as in place.
 // 5. At most 8 storage bindings (the WebGPU default per shader stage).
+// 6. With `separateUpdate` (a graph with gradient accumulators), update-phase nodes and the rest
+//    never share a group: micro-steps that do not update skip the update's kernels.
 //
 // Measured on W1 (LoRA-FA, SGD, lavapipe on 2 cores): dispatches 113 → 52; median step with the
 // subgroup matmul 329 → 246 ms (cores idle; bench/results/gpu.md, "no fusion" row), and in CPU
@@ -60,6 +62,8 @@ export interface FusionOptions {
   /** Root ids of the graph's outputs (always stored). */
   readonly outputs: ReadonlySet<number>;
   readonly maxBindings?: number;
+  /** Rule 6: an update-phase node joins only update-phase groups, any other node only others. */
+  readonly separateUpdate?: boolean;
 }
 
 const isMapOp = (n: Node) => OPS[n.op as OpName]?.wgsl.kind === 'map';
@@ -150,6 +154,7 @@ export function planFusion(schedule: readonly Node[], opts: FusionOptions): Map<
     return { stored, inPlace };
   };
 
+  const isUpdate = (n: Node) => n.phase === 'update';
   /** Greedy grouping of `nodes` (in schedule order): each joins the groups it reads from. */
   const form = (nodes: readonly Node[], strict: boolean): Group[] => {
     const groupOf = new Map<number, Group>();
@@ -157,6 +162,7 @@ export function planFusion(schedule: readonly Node[], opts: FusionOptions): Map<
       const feeders: Group[] = [];
       for (const x of n.inputs) {
         const g = groupOf.get(x.id);
+        if (opts.separateUpdate && g && isUpdate(g.nodes[0]) !== isUpdate(n)) continue; // 6.
         if (g && !feeders.includes(g) && sameShape(x.type.shape, n.out.type.shape)) feeders.push(g);
       }
       // Largest merge first, then each feeder alone, else a group of its own.

@@ -28,6 +28,12 @@ export interface Dispatch {
   readonly label: string;
   readonly bindings: readonly Slice[];
   readonly workgroups: readonly [number, number, number];
+  /**
+   * Only in plans with gradient accumulators (grad-accum.ts): whether this dispatch belongs to the
+   * optimizer update (phase 'update'), which micro-steps that do not update skip. Absent
+   * otherwise, so plans without accumulators (and their hashes) are as they were.
+   */
+  readonly update?: boolean;
 }
 
 export interface Resident {
@@ -107,6 +113,10 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
   };
   const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root, subgroupSize: opts.subgroupSize };
   const dispatched = (n: Node) => !isView(n) && !constants.has(n.out.id);
+  // With accumulators, a kernel is all update or none of it (fuse.ts rule 6), so a micro-step
+  // can run the forward, backward and accumulation dispatches without the update's.
+  const accumulates = g.params.some((p) => p.role === 'grad_accumulator');
+  const phaseOf = (nodes: readonly Node[]) => (accumulates ? { update: nodes.some((m) => m.phase === 'update') } : {});
   const fused =
     opts.fuse === false
       ? new Map<number, FusedGroup>()
@@ -119,6 +129,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
             return t && { buffer: t.buffer, offset: t.offset, size: t.bytes };
           },
           outputs: new Set(Object.values(g.outputs).map(root)),
+          separateUpdate: accumulates,
         });
   for (const n of plan.schedule) {
     if (!dispatched(n)) continue;
@@ -138,6 +149,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
         label: `fused ${group.nodes.length} ${n.out.name}`,
         bindings: [...k.bound.map(slice), ...group.stored.map(slice)],
         workgroups: k.workgroups,
+        ...phaseOf(group.nodes),
       });
       continue;
     }
@@ -153,6 +165,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
       label: `${n.op} ${n.out.name}`,
       bindings: [...k.bound.map(slice), slice(n.out)],
       workgroups: k.workgroups,
+      ...phaseOf([n]),
     });
   }
   const resident = (v: Value): Resident => ({ name: v.name, shape: v.type.shape, dtype: v.type.dtype, slice: slice(v) });

@@ -98,11 +98,18 @@ export interface LMBatch {
   readonly labels: Int32Array;
 }
 
+/** A token sequence read by range: an Int32Array, or a TokenStore spilled to disk (tokens.ts). */
+export interface TokenSource {
+  readonly length: number;
+  /** Tokens start … end−1. */
+  subarray(start: number, end: number): Int32Array;
+}
+
 /**
  * Random windows of seq+1 tokens: row b of step t starts at a uniform offset in
  * [0, tokens.length − seq − 1] drawn from streamFor(seed, `lm/${t}`).
  */
-export function languageModelStream(tokens: Int32Array, batch: number, seq: number, seed: number): { batch(t: number): LMBatch } {
+export function languageModelStream(tokens: TokenSource, batch: number, seq: number, seed: number): { batch(t: number): LMBatch } {
   const where = 'languageModelStream';
   positiveInt(where, 'batch', batch);
   positiveInt(where, 'seq', seq);
@@ -118,8 +125,9 @@ export function languageModelStream(tokens: Int32Array, batch: number, seq: numb
       const labels = new Int32Array(batch * seq);
       for (let b = 0; b < batch; b++) {
         const s = Math.floor(u() * starts);
-        input_ids.set(tokens.subarray(s, s + seq), b * seq);
-        labels.set(tokens.subarray(s + 1, s + seq + 1), b * seq);
+        const w = tokens.subarray(s, s + seq + 1);
+        input_ids.set(w.subarray(0, seq), b * seq);
+        labels.set(w.subarray(1, seq + 1), b * seq);
       }
       return { input_ids, labels };
     },

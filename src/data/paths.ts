@@ -1,7 +1,7 @@
 // Where the datasets live. Every dataset ships with an installed package (npm or Debian), so
 // nothing is ever downloaded at run time; an environment variable points a loader at another copy
 // (tests use this to feed corrupted files). Missing data is a LorafaError that says how to reinstall.
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
@@ -20,7 +20,19 @@ export function npmPackageDir(pkg: string): string {
       if (dirname(d) === d) break;
     }
   }
-  throw new LorafaError(`npm package ${pkg}`, 'is not installed (cannot resolve its package.json)', REINSTALL_NPM);
+  // lorafa's built-in data sets are optional peer dependencies of the package (devDependencies of a checkout).
+  let version = '';
+  try {
+    const own = JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { peerDependencies?: Record<string, string> };
+    version = own.peerDependencies?.[pkg] ? `@${own.peerDependencies[pkg]}` : '';
+  } catch {
+    /* the plain fix below */
+  }
+  throw new LorafaError(
+    `npm package ${pkg}`,
+    'is not installed (cannot resolve its package.json); lorafa\'s built-in data sets come as optional packages',
+    `install it beside lorafa: npm install ${pkg}${version}; in a lorafa checkout, ${REINSTALL_NPM}`,
+  );
 }
 
 /** `$env` when set (resolved against the cwd), else `fallback()`; the directory must exist. */

@@ -14,7 +14,8 @@ export class LorafaError extends Error {
 
 /**
  * Runs a command's body and turns a LorafaError (or another lorafa copy's: a trainer may import a
- * different checkout) into its message on stderr and exit status 1; anything else is a bug and
+ * different checkout) into its message on stderr and exit status 1, and a command-line usage error
+ * (commander's, which it has already printed) into status 2; anything else is a bug and
  * propagates. Resolves to the status: 0, or the body's own `process.exitCode`.
  */
 export async function asCommand(body: () => Promise<void>): Promise<number> {
@@ -25,6 +26,11 @@ export async function asCommand(body: () => Promise<void>): Promise<number> {
     if (e instanceof LorafaError || (e instanceof Error && 'where' in e && 'problem' in e)) {
       console.error(`lorafa: ${e.message}`);
       return 1;
+    }
+    // commander (with exitOverride) has printed its message; --help and --version are not errors.
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('commander.')) {
+      return code === 'commander.helpDisplayed' || code === 'commander.help' || code === 'commander.version' ? 0 : 2;
     }
     throw e;
   }

@@ -14,8 +14,12 @@ export interface SourceLoc {
   readonly column?: number;
 }
 
-/** Which part of a training step produced a node. The memory planner reads this boundary. */
-export type Phase = 'forward' | 'backward' | 'update';
+/**
+ * Which part of a training step produced a node. The memory planner reads this boundary.
+ * 'accumulate': gradient accumulation (grad-accum.ts) adding a micro-batch's gradient into its
+ * accumulator; it runs on every micro-step, 'update' only on the last one of an optimizer step.
+ */
+export type Phase = 'forward' | 'backward' | 'accumulate' | 'update';
 
 /** A value written back into a persistent tensor (a parameter or optimizer state) at the end of a step. */
 export interface Update {
@@ -59,8 +63,11 @@ export type Init =
    */
   | { readonly kind: 'gram_inverse'; readonly of: string; readonly scale: number };
 
-/** What a parameter is for; the LoRA passes and the memory planner read it. */
-export type ParamRole = 'weight' | 'bias' | 'lora_A' | 'lora_B' | 'buffer' | 'optimizer_state';
+/**
+ * What a parameter is for; the LoRA passes and the memory planner read it. 'grad_accumulator':
+ * the running sum of a parameter's micro-batch gradients (grad-accum.ts), planned as gradients.
+ */
+export type ParamRole = 'weight' | 'bias' | 'lora_A' | 'lora_B' | 'buffer' | 'optimizer_state' | 'grad_accumulator';
 
 export interface Param {
   readonly value: Value;

@@ -9,6 +9,7 @@ import { simplify, type SimplifyReport } from './simplify.ts';
 import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
 import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
 import { applyGradCorrection, type GradCorrectionReport } from './grad-correction.ts';
+import { applyGradAccum, type GradAccumReport } from './grad-accum.ts';
 import { applyOptimizer, type OptimizerOptions, type OptimizerReport } from './optimizer.ts';
 
 export const MODES = ['full', 'lora', 'lora-fa'] as const;
@@ -24,6 +25,12 @@ export interface CompileOptions {
   readonly optimizer?: OptimizerOptions;
   /** lora-fa only: correct each B gradient to (1/s²)·(AᵀA)⁻¹·gB (grad-correction.ts). */
   readonly gradCorrection?: boolean;
+  /**
+   * Gradient accumulation (grad-accum.ts; needs `optimizer`): the step adds each micro-batch's
+   * gradient into a persistent accumulator on every run, and the optimizer updates from their
+   * mean only on runs with `update` (StepRunner.step, referenceStep). Feeds: accumFeeds(j, K).
+   */
+  readonly gradAccum?: boolean;
 }
 
 export interface Stage {
@@ -39,7 +46,10 @@ export interface Compiled {
   readonly joint: Graph;
   /** With an optimizer: forward + backward + update, the whole training step. */
   readonly step?: Graph;
-  /** Ids (in `step`) of each trainable parameter's final gradient. */
+  /**
+   * Ids (in `step`) of each trainable parameter's final gradient; with gradAccum also of the
+   * mean ĝ = acc′·scale the optimizer reads.
+   */
   readonly gradients: ReadonlySet<number>;
   /** The graph after each pass, in order, for golden tests and --emit. */
   readonly stages: readonly Stage[];
@@ -51,6 +61,7 @@ export interface Compiled {
     readonly dce: DceReport;
     readonly optimizer?: OptimizerReport;
     readonly gradCorrection?: GradCorrectionReport;
+    readonly gradAccum?: GradAccumReport;
     /** Lora-fa only: what freezing A removed, against the same model compiled as LoRA. */
     readonly pruned?: LoraFaExplanation;
   };
@@ -75,6 +86,9 @@ function train(g: Graph, check: (g: Graph, pass: string) => Graph) {
 
 export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   const check = (g: Graph, pass: string) => (opts.verify ? verify(g, pass) : g);
+  if (opts.gradAccum && !opts.optimizer) {
+    throw new LorafaError(model.file ?? model.name, 'gradient accumulation needs an optimizer: it accumulates gradients for the update', 'pass an optimizer (e.g. --optimizer adamw), or drop --grad-accum');
+  }
   const stages: Stage[] = [{ pass: 'trace', graph: check(model, 'trace') }];
   let forward = model;
   let loraReport: LoraReport | undefined;
@@ -109,11 +123,21 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     gradCorrection = c.report;
     stages.push({ pass: 'grad-correction', graph: joint });
   }
-  const gradients = new Set(Object.entries(joint.outputs).filter(([k]) => k.startsWith('grad.')).map(([, v]) => v.id));
+  const gradIds = (g: Graph) => Object.entries(g.outputs).filter(([k]) => k.startsWith('grad.')).map(([, v]) => v.id);
+  const gradients = new Set(gradIds(joint));
   let step: Graph | undefined;
   let optimizerReport: OptimizerReport | undefined;
+  let gradAccum: GradAccumReport | undefined;
   if (opts.optimizer) {
-    const o = applyOptimizer(joint, opts.optimizer);
+    let trained = joint;
+    if (opts.gradAccum) {
+      const a = applyGradAccum(joint);
+      trained = check(a.graph, 'grad-accum');
+      gradAccum = a.report;
+      stages.push({ pass: 'grad-accum', graph: trained });
+      for (const id of gradIds(trained)) gradients.add(id);
+    }
+    const o = applyOptimizer(trained, opts.optimizer);
     optimizerReport = o.report;
     // Forward outputs other than the loss (logits…) are not read back during training.
     const trimmed = { ...o.graph, outputs: { loss: o.graph.outputs.loss } };
@@ -127,6 +151,6 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     step,
     gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection },
+    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection, gradAccum },
   };
 }

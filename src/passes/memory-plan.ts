@@ -3,12 +3,14 @@
 // 1. Storage: each value gets a storage dtype from its category (mixed precision keeps trainable
 //    parameters, their gradients, optimizer state and the update's arithmetic in f32), and a
 //    root: views (reshape, stop_gradient) share their input's bytes, scalar constants are inlined
-//    into kernels, and write-backs are done in place in their target's persistent tensor.
+//    into kernels, and write-backs are done in place in their target's persistent tensor (a
+//    gradient accumulator's acc + g as well as acc′; see accumulatedInPlace).
 // 2. Schedule: every candidate order from schedule.ts; lifetimes are inclusive step ranges
 //    [definition, last read] (an output lives to the end), so a kernel never writes over a tensor
 //    it is still reading. The candidate with the lowest lower bound wins.
-// 3. Persistent regions: frozen weights, trainable parameters, optimizer state and the step's
-//    data inputs, each packed in order into buffers of at most maxBufferSize.
+// 3. Persistent regions: frozen weights, trainable parameters, optimizer state, the step's data
+//    inputs and gradient accumulators (category gradients), each packed in order into buffers of
+//    at most maxBufferSize. A graph without accumulators has no such region.
 // 4. The transient arena: interval packing of the rest, best fit by decreasing size, then by
 //    decreasing lifetime, then by start; the packing with the smallest total wins. Offsets are
 //    multiples of the alignment; the arena splits into several buffers rather than pass
@@ -17,9 +19,10 @@
 //    sizes live at one step, persistent included), peak (all buffers) and fragmentation.
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
-import { numel, fmtType, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
+import { opDef } from '../ir/ops.ts';
+import { numel, fmtType, sameShape, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
 import { dependencies, isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
-import { BC1_INPUT, BC2_INPUT, LR_INPUT } from './optimizer.ts';
+import { ACCUM_FIRST_INPUT, BC1_INPUT, BC2_INPUT, GRAD_SCALE_INPUT, LR_INPUT } from './optimizer.ts';
 
 export interface Limits {
   /** minStorageBufferOffsetAlignment: every offset is a multiple of it. */
@@ -59,6 +62,12 @@ export const CATEGORY_LABELS: Record<Category, string> = {
 };
 
 export const PERSISTENT: readonly Category[] = ['frozen', 'trainable', 'optimizer', 'inputs'];
+
+/**
+ * The order of the persistent regions: PERSISTENT, then the gradient accumulators (grad-accum.ts),
+ * which are gradients that persist from one micro-step to the next.
+ */
+const PERSISTENT_REGIONS: readonly Category[] = [...PERSISTENT, 'gradients'];
 
 export interface PlanOptions {
   readonly limits?: Limits;
@@ -131,6 +140,35 @@ function storageBytes(v: Value, category: Category, dtype: StorageDType, update 
   const master = update || category === 'trainable' || category === 'optimizer' || category === 'gradients';
   const d: DType = master ? 'f32' : dtype;
   return { dtype: d, bytes: numel(v.type.shape) * (d === 'f32' ? 4 : 2) };
+}
+
+/** The optimizer's arithmetic and gradient accumulation stay f32 (see storageBytes). */
+const isUpdate = (phase: string | undefined) => phase === 'update' || phase === 'accumulate';
+
+/**
+ * For each accumulator's write-back acc′ = where(first, g, acc + g) (grad-accum.ts): the sum
+ * acc + g, when it can be computed in place in the accumulator as acc′ is. That takes an
+ * elementwise node of the accumulator's shape that reads it element for element and is its only
+ * reader (so nothing reads the old value after it is overwritten), whose result nothing but the
+ * `where` reads. Otherwise the sum is left out (and planned as a transient). Sum id → target id.
+ */
+function accumulatedInPlace(g: Graph): Map<number, number> {
+  const result = new Map<number, number>();
+  const accumulators = new Map(g.params.filter((p) => p.role === 'grad_accumulator').map((p) => [p.value.name, p.value]));
+  if (!accumulators.size) return result;
+  const producer = new Map(g.nodes.map((n) => [n.out.id, n]));
+  const readers = new Map<number, number>();
+  for (const n of g.nodes) for (const x of new Set(n.inputs.map((v) => v.id))) readers.set(x, (readers.get(x) ?? 0) + 1);
+  const outputs = new Set(Object.values(g.outputs).map((v) => v.id));
+  for (const u of g.updates) {
+    const acc = accumulators.get(u.target);
+    const where = producer.get(u.value.id);
+    const sum = acc && where?.op === 'where' ? producer.get(where.inputs[2].id) : undefined;
+    if (!acc || !sum || opDef(sum.op).wgsl.kind !== 'map' || !sameShape(sum.out.type.shape, acc.type.shape)) continue;
+    if (!sum.inputs.some((x) => x.id === acc.id && sameShape(x.type.shape, acc.type.shape))) continue;
+    if (readers.get(acc.id) === 1 && readers.get(sum.out.id) === 1 && !outputs.has(sum.out.id)) result.set(sum.out.id, acc.id);
+  }
+  return result;
 }
 
 interface Item {
@@ -212,16 +250,17 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     // The value is computed in place, in its target's storage.
     aliases.set(r, target.value.id);
   }
+  for (const [sum, acc] of accumulatedInPlace(g)) aliases.set(sum, acc);
   const persistentCategory = new Map<number, Category>();
   for (const p of g.params) {
-    persistentCategory.set(p.value.id, p.role === 'optimizer_state' ? 'optimizer' : p.trainable ? 'trainable' : 'frozen');
+    persistentCategory.set(p.value.id, p.role === 'optimizer_state' ? 'optimizer' : p.role === 'grad_accumulator' ? 'gradients' : p.trainable ? 'trainable' : 'frozen');
   }
   for (const i of g.inputs) persistentCategory.set(i.value.id, 'inputs');
 
   // 2. schedule and lifetimes
   // The bytes the plan will give a transient (gradients and the update stay f32 under f16), so
   // the schedules are compared on what they will really hold.
-  const nodeBytes = (n: Node) => alignUp(storageBytes(n.out, gradients.has(n.out.id) ? 'gradients' : 'workspace', dtype, n.phase === 'update').bytes, align);
+  const nodeBytes = (n: Node) => alignUp(storageBytes(n.out, gradients.has(n.out.id) ? 'gradients' : 'workspace', dtype, isUpdate(n.phase)).bytes, align);
   const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : nodeBytes(n));
   const outputs = new Set(Object.values(g.outputs).map((v) => rootOf(v.id)));
   const lossId = g.outputs.loss ? rootOf(g.outputs.loss.id) : undefined;
@@ -289,7 +328,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
       );
     }
   };
-  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT]);
+  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT]);
   const persistentItems: Item[] = [];
   const addPersistent = (v: Value, category: Category) => {
     const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name));
@@ -305,7 +344,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     const v = valueById.get(id)!;
     const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
     const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
-    const st = storageBytes(v, category, dtype, phaseOf.get(id) === 'update');
+    const st = storageBytes(v, category, dtype, isUpdate(phaseOf.get(id)));
     check(v.name, v, st);
     transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
   }
@@ -313,7 +352,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   // 4. persistent regions (one run of buffers per category), then the arena
   const tensors: PlannedTensor[] = [];
   const buffers: PlanBuffer[] = [];
-  for (const category of PERSISTENT) {
+  for (const category of PERSISTENT_REGIONS) {
     let current: { index: number; bytes: number } | undefined;
     for (const it of persistentItems.filter((x) => x.t.category === category)) {
       if (!current || current.bytes + it.size > limits.maxBufferSize) {
@@ -355,6 +394,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   let peakStep = 0;
   timeline.forEach((row, s) => {
     for (const c of PERSISTENT) row[c] = persistentBytes[c];
+    row.gradients += persistentBytes.gradients;
     const total = CATEGORIES.reduce((acc, c) => acc + row[c], 0);
     if (total > lowerBound) {
       lowerBound = total;

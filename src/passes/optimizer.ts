@@ -35,6 +35,10 @@ export const OPTIMIZERS = ['sgd', 'adamw'] as const;
 export const LR_INPUT = 'optim.lr';
 export const BC1_INPUT = 'optim.bias_correction1';
 export const BC2_INPUT = 'optim.bias_correction2';
+/** Gradient accumulation (grad-accum.ts): 1 on the first micro-step of an optimizer step, else 0. */
+export const ACCUM_FIRST_INPUT = 'optim.accum_first';
+/** Gradient accumulation: 1/K, the weight of each of the K micro-batch gradients in their mean. */
+export const GRAD_SCALE_INPUT = 'optim.grad_scale';
 
 export function stateName(slot: 'm' | 'v' | 'momentum', param: string): string {
   return `optim.${slot}.${param}`;
@@ -70,6 +74,22 @@ export function optimizerFeeds(opts: OptimizerOptions, lr: number, t: number): R
   const b1 = opts.beta1 ?? 0.9;
   const b2 = opts.beta2 ?? 0.999;
   return { [LR_INPUT]: [lr], [BC1_INPUT]: [1 / (1 - b1 ** t)], [BC2_INPUT]: [1 / (1 - b2 ** t)] };
+}
+
+/** The persistent running sum of `param`'s micro-batch gradients. */
+export function accumulatorName(param: string): string {
+  return `optim.grad_acc.${param}`;
+}
+
+/**
+ * The accumulation feeds of micro-step j (0-based) of K. Only the last micro-step (j = K − 1)
+ * updates: pass `{ update: j === K - 1 }` to StepRunner.step and referenceStep. Feed them with
+ * optimizerFeeds(…, t) of the optimizer step t they belong to.
+ */
+export function accumFeeds(j: number, K: number): Record<string, number[]> {
+  if (!(Number.isInteger(K) && K >= 1)) throw new LorafaError('--grad-accum', `the number of micro-batches per optimizer step must be a whole number ≥ 1, got ${K}`, 'pass e.g. --grad-accum 4');
+  if (!(Number.isInteger(j) && j >= 0 && j < K)) throw new LorafaError('--grad-accum', `micro-step ${j} is not one of 0 … ${K - 1}`, 'count micro-steps from 0 within each optimizer step');
+  return { [ACCUM_FIRST_INPUT]: [j === 0 ? 1 : 0], [GRAD_SCALE_INPUT]: [1 / K] };
 }
 
 export interface OptimizerReport {

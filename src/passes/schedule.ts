@@ -135,6 +135,9 @@ function listSchedule(g: Graph, sizeOf: SizeOf, key: readonly number[], greedy: 
  * first consumer, instead of being held from the start of the step.
  */
 function eagerUpdateKeys(g: Graph): number[] {
+  // Gradient accumulation (grad-accum.ts) moves with the update: each acc′ = where(first, g,
+  // acc + g) runs as soon as g exists, so g dies there, as it would at its update.
+  const movable = (n: Node) => n.phase === 'update' || n.phase === 'accumulate';
   const deps = dependencies(g);
   const n = g.nodes.length;
   const tiny = (i: number) => (i + 1) / (n + 1) / (n + 2);
@@ -142,7 +145,7 @@ function eagerUpdateKeys(g: Graph): number[] {
   const needsGrad = new Array<boolean>(n).fill(false);
   // Program order is topological, so one forward pass settles the ASAP keys.
   for (let i = 0; i < n; i++) {
-    if (g.nodes[i].phase !== 'update') {
+    if (!movable(g.nodes[i])) {
       key[i] = i;
       continue;
     }
@@ -152,7 +155,7 @@ function eagerUpdateKeys(g: Graph): number[] {
   const succ: number[][] = g.nodes.map(() => []);
   deps.forEach((ds, i) => ds.forEach((d) => succ[d].push(i)));
   for (let i = n - 1; i >= 0; i--) {
-    if (g.nodes[i].phase === 'update' && !needsGrad[i] && succ[i].length) key[i] = Math.min(...succ[i].map((s) => key[s])) - tiny(i);
+    if (movable(g.nodes[i]) && !needsGrad[i] && succ[i].length) key[i] = Math.min(...succ[i].map((s) => key[s])) - tiny(i);
   }
   return key;
 }

@@ -98,12 +98,24 @@ export class StepRunner {
     }
   }
 
-  /** One training step on the inputs written; resolves to the loss. */
-  async step(feeds?: Readonly<Record<string, ArrayLike<number>>>): Promise<number> {
+  /**
+   * One training step on the inputs written; resolves to the loss. With `update: false` (a
+   * micro-step of gradient accumulation that does not end an optimizer step; see accumFeeds) only
+   * the forward, backward and accumulation dispatches run: parameters and optimizer state keep
+   * their bytes, and each accumulator takes in this micro-batch's gradient.
+   */
+  async step(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean } = {}): Promise<number> {
+    const update = opts.update ?? true;
+    if (!update && !this.plan.params.some((p) => p.role === 'grad_accumulator')) {
+      throw new LorafaError(
+        'step',
+        'a step without its update was asked of a plan that has no gradient accumulators: its gradients would be lost',
+        'compile with gradAccum (--grad-accum K), or run every step with its update',
+      );
+    }
     if (feeds) this.writeInputs(feeds);
-    const device = this.gpu.device;
     try {
-      await this.encodeStep();
+      await this.encodeStep(update);
     } catch (e) {
       // The whole step failed validation: find the kernel, so the error names it and its IR node.
       if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
@@ -115,12 +127,13 @@ export class StepRunner {
     return value;
   }
 
-  private encodeStep(): Promise<void> {
+  private encodeStep(update: boolean): Promise<void> {
     const device = this.gpu.device;
     return checked(device, 'a training step', () => {
       const enc = device.createCommandEncoder({ label: 'lorafa step' });
       const pass = enc.beginComputePass();
-      for (const p of this.passes) {
+      for (const [i, p] of this.passes.entries()) {
+        if (!update && this.plan.dispatches[i].update) continue;
         pass.setPipeline(p.pipeline);
         pass.setBindGroup(0, p.bind);
         pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);

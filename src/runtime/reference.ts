@@ -65,6 +65,15 @@ export function runReference(g: Graph, opts: ReferenceOptions): ReferenceResult 
   return { outputs, values, params };
 }
 
+export interface StepOptions {
+  /**
+   * Default true. False: a micro-step of gradient accumulation that does not update (see
+   * accumFeeds): only the write-backs into gradient accumulators are applied; parameters and
+   * optimizer state keep their values.
+   */
+  readonly update?: boolean;
+}
+
 /**
  * One training step: runs the graph and applies its write-backs (optimizer updates) to a copy of
  * the parameter map, which it returns with the outputs.
@@ -72,9 +81,14 @@ export function runReference(g: Graph, opts: ReferenceOptions): ReferenceResult 
 export function referenceStep(
   g: Graph,
   opts: ReferenceOptions,
+  step: StepOptions = {},
 ): { outputs: Record<string, Tensor>; params: Map<string, Tensor> } {
   const r = runReference(g, opts);
   const params = new Map(r.params);
-  for (const u of g.updates) params.set(u.target, r.values.get(u.value.id)!);
+  const accumulators = new Set(g.params.filter((p) => p.role === 'grad_accumulator').map((p) => p.value.name));
+  for (const u of g.updates) {
+    if (step.update === false && !accumulators.has(u.target)) continue;
+    params.set(u.target, r.values.get(u.value.id)!);
+  }
   return { outputs: r.outputs, params };
 }

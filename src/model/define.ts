@@ -1,7 +1,7 @@
 // What a model file exports, and how it is traced into a graph.
-import { Builder } from './ir/builder.ts';
-import { LorafaError, ModelError } from './ir/errors.ts';
-import type { Graph } from './ir/types.ts';
+import { Builder } from '../ir/builder.ts';
+import { LorafaError, ModelError } from '../ir/errors.ts';
+import type { Graph } from '../ir/types.ts';
 
 /** Sizes of one configuration. batch (and seq, for sequence models) are always present. */
 export interface ModelConfig {

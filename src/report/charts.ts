@@ -2,7 +2,7 @@
 // SVG (plain text, no dependencies), and the numbers as Markdown and JSON.
 import { fmtBytes } from '../ir/format.ts';
 import { CATEGORIES, CATEGORY_LABELS, type Category } from '../passes/memory-plan.ts';
-import { CATEGORY_COLORS, esc, plotArea, svgOpen } from '../cli/svg.ts';
+import { CATEGORY_COLORS, esc, plotArea, svgOpen } from './svg.ts';
 
 export interface Series {
   readonly label: string;

@@ -12,17 +12,14 @@
 //    by (seed, "synthetic/<t>/<input>"), so a resumed run sees exactly the data an uninterrupted
 //    run sees.
 import { LorafaError } from '../ir/errors.ts';
-import { numel, type DType } from '../ir/types.ts';
-import { streamFor } from './init.ts';
+import { numel } from '../ir/types.ts';
+import type { Dataset, Feeds, InputSpec } from './dataset.ts';
+import { streamFor } from '../runtime/init.ts';
 
 export const DATA_SOURCES = ['synthetic'] as const;
 export type DataSourceName = (typeof DATA_SOURCES)[number];
 
-export interface InputSpec {
-  readonly name: string;
-  readonly shape: readonly number[];
-  readonly dtype: DType;
-}
+export type { InputSpec };
 
 export interface DataSource {
   readonly name: DataSourceName;
@@ -154,5 +151,42 @@ export function syntheticTask(allInputs: readonly InputSpec[], sizes: Readonly<R
       out.labels = out[target.name].map((x) => (x + 1) % V);
       return out;
     },
+  };
+}
+
+/**
+ * The synthetic task as a Dataset (`--data synthetic`): batches of any row count (a grad-accum
+ * step asks for batch × K rows; each input's first dimension is scaled), no evaluation set.
+ */
+export function syntheticDataset(inputs: readonly InputSpec[], sizes: Readonly<Record<string, unknown>>, seed: number): Dataset {
+  const data = inputs.filter((i) => !i.name.startsWith('optim.'));
+  const base = syntheticTask(data, sizes, seed);
+  const B = data[0]?.shape[0] ?? 1;
+  const tasks = new Map<number, DataSource>([[B, base]]);
+  const taskFor = (rows: number) => {
+    let t = tasks.get(rows);
+    if (!t) {
+      const scaled = data.map((i) => ({ ...i, shape: [(i.shape[0] / B) * rows, ...i.shape.slice(1)] }));
+      tasks.set(rows, (t = syntheticTask(scaled, sizes, seed)));
+    }
+    return t;
+  };
+  return {
+    kind: base.unit === 'tokens' && data.some((i) => i.name === 'input_ids') ? 'lm' : data.some((i) => i.name === 'labels') ? 'classify' : 'regression',
+    description: `${base.description} [synthetic]`,
+    unit: base.unit,
+    unitsPerRow: base.perStep / B,
+    trainCount: Infinity,
+    evalCount: 0,
+    notes: [],
+    fingerprint: `synthetic:${base.description}`,
+    async batch(t, rows) {
+      const b = taskFor(rows).batch(t);
+      const out: Feeds = {};
+      for (const i of data) out[i.name] = i.dtype === 'i32' ? Int32Array.from(b[i.name]) : Float32Array.from(b[i.name]);
+      return out;
+    },
+    async *evalBatches() {},
+    close() {},
   };
 }

@@ -1,6 +1,5 @@
 // `lorafa plan`: the memory plan of one training step as a table, a comparison of modes, the
 // largest saved activations, JSON for machines and an SVG picture.
-import { writeFileSync } from 'node:fs';
 import { fmtBytes } from '../ir/format.ts';
 import { fmtType, type Graph } from '../ir/types.ts';
 import type { Compiled, Mode } from '../passes/compile.ts';
@@ -163,8 +162,9 @@ export function planJson(ctx: PlanContext, pm: PlannedMode): unknown {
   };
 }
 
-export function writeSvg(path: string, ctx: PlanContext, pm: PlannedMode): void {
-  writeFileSync(path, planSvg(pm.plan, `${ctx.file} (${ctx.config}), ${pm.mode}, ${ctx.optimizer}, ${pm.plan.dtype}`));
+/** The plan as an SVG picture of live bytes along the schedule. */
+export function planSvgText(ctx: PlanContext, pm: PlannedMode): string {
+  return planSvg(pm.plan, `${ctx.file} (${ctx.config}), ${pm.mode}, ${ctx.optimizer}, ${pm.plan.dtype}`);
 }
 
 export type { Category };

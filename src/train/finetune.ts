@@ -1,0 +1,285 @@
+// finetune: compile a model and train it on data, in one call — what `lorafa finetune`, `npm
+// start`, `npm run pretrain` and the experiment run, and the training entry point of the API.
+//
+// `model` is a model file (the user's own) or a preset name (mnist, fashion-mnist, brown, spam:
+// a shipped model file, config, base model, data set and defaults; src/train/presets.ts). Either
+// way: trace → compile (full / lora / lora-fa) → plan for this GPU → lower → open the data → the
+// one training loop (loop.ts). With `compare`, the step is also planned in the other two modes, for
+// the memory table and memory.svg.
+import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import type { Dataset } from '../data/dataset.ts';
+import { LorafaError } from '../ir/errors.ts';
+import { loadModel, trace, type LoadedModel } from '../model/load.ts';
+import { isMode, MODES, type Mode } from '../passes/compile.ts';
+import type { LoraOptions } from '../passes/lora.ts';
+import type { OptimizerOptions } from '../passes/optimizer.ts';
+import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
+import { gpuLimits } from '../runtime/session.ts';
+import { openTrainingData, type DataFlags } from './data.ts';
+import { runTraining, type TrainOptions, type TrainResult } from './loop.ts';
+import { compareLines } from './outputs.ts';
+import { isPreset, PRESET_NAMES, PRESETS, PRETRAINED_DIR, presetModelFile, type Preset } from './presets.ts';
+import { compileProgram, memorySummary, planStep, type MemorySummary, type TrainingProgram } from './program.ts';
+import type { ProgressMode } from './progress.ts';
+import type { LrScheduleName } from './schedule.ts';
+import { join } from 'node:path';
+
+export interface FinetuneOptions extends DataFlags {
+  /** A model file, or a preset (mnist, fashion-mnist, brown, spam). */
+  readonly model: string;
+  readonly config?: string;
+  readonly batch?: number;
+  readonly seq?: number;
+  readonly mode?: Mode;
+  readonly rank?: number;
+  readonly alpha?: number;
+  /** PEFT target_modules: names or suffixes. */
+  readonly targets?: readonly string[];
+  /** A regular expression that must match the whole module name. */
+  readonly targetsRegex?: string;
+  readonly rslora?: boolean;
+  readonly optimizer?: 'adamw' | 'sgd';
+  readonly weightDecay?: number;
+  readonly momentum?: number;
+  readonly gradCorrection?: boolean;
+  readonly gradAccum?: number;
+  readonly evalBatch?: number;
+  readonly steps?: number;
+  readonly lr?: number;
+  readonly lrSchedule?: LrScheduleName;
+  readonly warmup?: number;
+  readonly minLrRatio?: number;
+  readonly seed?: number;
+  readonly evalEvery?: number;
+  readonly checkpointEvery?: number;
+  readonly resume?: boolean;
+  readonly resumeFrom?: string;
+  readonly out?: string;
+  /** Base weights (a safetensors file or folder); a preset's shipped base by default; null: from the seeded init. */
+  readonly base?: string | null;
+  readonly initAdapter?: string;
+  readonly merged?: boolean;
+  /** Plan the other two modes too, for the report (default true). */
+  readonly compare?: boolean;
+  /** Presets: evaluate on the test split (default) or on every 10th training row. */
+  readonly evalOn?: 'test' | 'validation';
+  readonly verify?: boolean;
+  readonly progress?: ProgressMode;
+  readonly logEvery?: number;
+  readonly log?: (line: string) => void;
+  readonly onStep?: TrainOptions['onStep'];
+  /** Write weights and reports (default true with `out`). */
+  readonly exportWeights?: boolean;
+  readonly reports?: boolean;
+  readonly command?: string;
+  /** A dataset already opened for this program's inputs (the experiment reuses one across runs). */
+  readonly dataset?: Dataset;
+  readonly readFrozen?: boolean;
+  /** Evaluate before training (default true). */
+  readonly evalBefore?: boolean;
+}
+
+export interface FinetuneResult extends TrainResult {
+  readonly program: TrainingProgram;
+  readonly model: LoadedModel;
+  readonly preset?: Preset;
+  /** The plans of the three modes (with `compare`). */
+  readonly plans?: ReadonlyMap<Mode, MemorySummary>;
+}
+
+/** Settings a run takes from its preset, or the general defaults. */
+export interface ResolvedSetup {
+  readonly model: LoadedModel;
+  readonly preset?: Preset;
+  readonly config: string;
+  readonly mode: Mode;
+  readonly lora?: LoraOptions;
+  readonly optimizer: OptimizerOptions;
+  readonly overrides: Record<string, number>;
+  readonly evalBatch?: number;
+  readonly steps: number;
+  readonly lr: number;
+  readonly warmupCap?: number;
+  readonly evalEvery: number;
+  readonly base?: string;
+  readonly baseLabel?: string;
+  readonly baseFix?: string;
+  readonly data?: string;
+}
+
+function checkPositiveInt(flag: string, v: number | undefined): void {
+  if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new LorafaError(flag, `must be a positive integer, got ${v}`, `e.g. ${flag} 8`);
+}
+
+export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
+  const mode = o.mode ?? 'lora-fa';
+  if (!isMode(mode)) throw new LorafaError('--mode', `unknown mode "${mode as string}"`, `use one of: ${MODES.join(', ')}`);
+  if (o.gradCorrection && mode !== 'lora-fa') throw new LorafaError('--grad-correction', `the gradient correction is for LoRA-FA (A frozen); mode is ${mode}`, 'use --mode lora-fa, or drop --grad-correction');
+  if (o.initAdapter && mode === 'full') throw new LorafaError('--init-adapter', 'full fine-tuning has no adapters to start from', 'use --mode lora or lora-fa');
+  for (const [flag, v] of [['--batch', o.batch], ['--seq', o.seq], ['--rank', o.rank], ['--eval-batch', o.evalBatch], ['--grad-accum', o.gradAccum], ['--steps', o.steps]] as const) checkPositiveInt(flag, v);
+  const preset = isPreset(o.model) && !existsSync(resolve(o.model)) ? PRESETS[o.model] : undefined;
+  if (!preset && !existsSync(resolve(o.model)) && !/\.m?tsx?$/.test(o.model)) {
+    throw new LorafaError(o.model, 'no model file and no preset of that name', `pass a model file (.ts), or one of the presets: ${PRESET_NAMES.join(', ')}`);
+  }
+  const model = await loadModel(preset ? presetModelFile(preset) : o.model);
+  const d = preset?.defaults;
+  const config = o.config ?? preset?.config ?? model.def.defaultConfig;
+  const overrides: Record<string, number> = {};
+  if (o.batch !== undefined) overrides.batch = o.batch;
+  if (o.seq !== undefined) overrides.seq = o.seq;
+  const rank = o.rank ?? d?.rank ?? 8;
+  const lora: LoraOptions | undefined =
+    mode === 'full'
+      ? undefined
+      : {
+          rank,
+          alpha: o.alpha ?? d?.alpha ?? 2 * rank,
+          targets: o.targetsRegex !== undefined ? compileRegex(o.targetsRegex) : (o.targets ?? d?.targets ?? model.def.defaultTargets ?? []),
+          rslora: o.rslora,
+          modulesToSave: model.def.modulesToSave,
+        };
+  const kind = o.optimizer ?? d?.optimizer.kind ?? 'adamw';
+  if (kind !== 'adamw' && kind !== 'sgd') throw new LorafaError('--optimizer', `unknown optimizer "${kind as string}"`, 'use one of: adamw, sgd');
+  const optimizer: OptimizerOptions =
+    kind === 'sgd'
+      ? { kind: 'sgd', momentum: o.momentum, weightDecay: o.weightDecay }
+      : { kind: 'adamw', weightDecay: o.weightDecay ?? (d?.optimizer.kind === 'adamw' ? d.optimizer.weightDecay : undefined) };
+  if (o.momentum !== undefined && kind !== 'sgd') throw new LorafaError('--momentum', 'momentum is an SGD setting', 'use --optimizer sgd, or drop --momentum');
+  let base: string | undefined;
+  let baseLabel: string | undefined;
+  let baseFix: string | undefined;
+  if (o.base === null) base = undefined;
+  else if (o.base !== undefined) base = o.base;
+  else if (preset?.base) {
+    base = join(PRETRAINED_DIR, preset.base);
+    baseLabel = `models/pretrained/${preset.base}/model.safetensors`;
+    baseFix = 'restore the shipped base models with `git checkout models/pretrained` (or reinstall lorafa), or rebuild them with `npm run pretrain`';
+  }
+  if (o.base && preset) {
+    baseFix = `pass --base a folder (or file) whose model.safetensors holds ${model.def.name}'s weights (e.g. written by \`npm run pretrain -- --out DIR\` or \`lorafa finetune --mode full\`), or drop --base to start from the shipped base model`;
+  }
+  return {
+    model,
+    preset,
+    config,
+    mode,
+    lora,
+    optimizer,
+    overrides,
+    evalBatch: o.evalBatch ?? d?.evalBatch,
+    steps: o.steps ?? d?.steps ?? 100,
+    lr: o.lr ?? d?.lr[mode] ?? 1e-3,
+    warmupCap: d?.warmup,
+    evalEvery: o.evalEvery ?? d?.evalEvery ?? 0,
+    base,
+    baseLabel,
+    baseFix,
+    data: o.data ?? preset?.data,
+  };
+}
+
+/** `--targets-regex`: a pattern, checked here so that a bad one names the flag. */
+export function compileRegex(source: string): RegExp {
+  try {
+    return new RegExp(source);
+  } catch (e) {
+    throw new LorafaError('--targets-regex', `not a valid regular expression: ${(e as Error).message}`, 'e.g. --targets-regex "layers\\.\\d+\\.self_attn\\.(q|v)_proj"');
+  }
+}
+
+/** Plans of the step in all three modes for this device (the memory comparison). */
+export function comparePlans(s: ResolvedSetup, gpu: Gpu, rank: number, alpha: number): Map<Mode, { compiled: ReturnType<typeof planStep>['compiled']; memory: ReturnType<typeof planStep>['memory'] }> {
+  const graph = trace(s.model, s.config, s.overrides);
+  const plans = new Map<Mode, ReturnType<typeof planStep>>();
+  for (const mode of MODES) {
+    const lora = mode === 'full' ? undefined : { ...(s.lora ?? { targets: s.model.def.defaultTargets ?? [], modulesToSave: s.model.def.modulesToSave }), rank, alpha };
+    plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer }, gpuLimits(gpu)));
+  }
+  return plans;
+}
+
+export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
+  const log = o.log ?? ((line: string) => void process.stdout.write(line + '\n'));
+  const s = await resolveSetup(o);
+  const gpu = await acquireGpu();
+  const seed = o.seed ?? 0;
+  const limits = { ...gpuLimits(gpu), preset: 'adapter' };
+  const accumulate = (o.gradAccum ?? 1) > 1;
+  let compared: ReturnType<typeof comparePlans> | undefined;
+  if (o.compare !== false && !accumulate) {
+    const rank = s.lora?.rank ?? o.rank ?? s.preset?.defaults.rank ?? 8;
+    const alpha = s.lora?.alpha ?? o.alpha ?? s.preset?.defaults.alpha ?? 2 * rank;
+    compared = comparePlans(s, gpu, rank, alpha);
+  }
+  // The comparison planned this very step (same model, LoRA settings, optimizer) unless the
+  // gradient correction changes it.
+  const planned = compared && !o.gradCorrection ? compared.get(s.mode) : undefined;
+  const program = compileProgram(s.model, {
+    config: s.config,
+    overrides: s.overrides,
+    mode: s.mode,
+    lora: s.lora,
+    optimizer: s.optimizer,
+    gradCorrection: o.gradCorrection,
+    accumulate,
+    evalBatch: s.evalBatch,
+    seed,
+    command: o.command ?? '',
+    verify: o.verify,
+    limits,
+    maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
+    subgroupSize: gpu.subgroupSize,
+    planned,
+  });
+  const plans = compared ? new Map([...compared].map(([m, p]) => [m, memorySummary(p.memory, limits)])) : undefined;
+  log(s.preset ? `${s.preset.name}: ${s.preset.description}` : `${s.model.displayFile} (${s.model.def.name}), config ${s.config}`);
+  if (plans) {
+    log(`memory plan of one training step (${s.preset?.model ?? s.model.displayFile} config ${s.config}, ${s.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, f32, this device's limits)`);
+    for (const l of compareLines(plans)) log('  ' + l);
+  }
+  log(`training: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}`);
+  const data = o.dataset ?? (await openTrainingData(program, { ...o, data: s.data }, { seed, base: s.base, evalOn: o.evalOn }));
+  try {
+    const r = await runTraining(program, {
+      steps: s.steps,
+      lr: s.lr,
+      schedule: o.lrSchedule,
+      warmup: o.warmup,
+      warmupCap: s.warmupCap,
+      minLrRatio: o.minLrRatio,
+      gradAccum: o.gradAccum,
+      seed,
+      data,
+      evalEvery: s.evalEvery,
+      evalBefore: o.evalBefore,
+      checkpointEvery: o.checkpointEvery,
+      resume: o.resume,
+      resumeFrom: o.resumeFrom,
+      out: o.out,
+      base: s.base,
+      baseLabel: s.baseLabel,
+      baseFix: s.baseFix,
+      initAdapter: o.initAdapter,
+      export: {
+        weights: o.exportWeights,
+        merged: o.merged,
+        reports: o.reports,
+        baseModel: s.preset?.base ? `models/pretrained/${s.preset.base}` : undefined,
+        metadata: s.preset ? { 'lorafa.task': s.preset.name } : undefined,
+      },
+      compare: plans,
+      command: o.command,
+      title: s.preset ? `${s.preset.name}: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}` : undefined,
+      progress: o.progress,
+      logEvery: o.logEvery,
+      log,
+      onStep: o.onStep,
+      readFrozen: o.readFrozen,
+      gpu,
+    });
+    return { ...r, program, model: s.model, preset: s.preset, plans };
+  } finally {
+    if (!o.dataset) data.close();
+  }
+}

@@ -1,0 +1,143 @@
+// The command-line options of the training loop, shared by `lorafa finetune`, `lorafa train` and a
+// generated trainer's own command line (`npx tsx trainer.ts`), so every entry point takes the same
+// flags with the same checks. Numbers are checked where they are parsed: NaN, ±Infinity and values
+// past the safe range are refused with the flag's name (a usage error, exit code 2).
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { DATA_FORMATS } from '../data/rows.ts';
+import { PROGRESS_MODES, type ProgressMode } from './progress.ts';
+import { LR_SCHEDULES, type LrScheduleName } from './schedule.ts';
+
+function num(flag: string, v: string): number {
+  const n = Number(v.trim());
+  if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${flag} must be a finite number, got "${v}"`);
+  return n;
+}
+
+export function positiveInt(flag: string) {
+  return (v: string) => {
+    const n = num(flag, v);
+    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${flag} must be a whole number ≥ 1, got "${v}"`);
+    return n;
+  };
+}
+
+export function nonNegativeInt(flag: string) {
+  return (v: string) => {
+    const n = num(flag, v);
+    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${flag} must be a whole number ≥ 0, got "${v}"`);
+    return n;
+  };
+}
+
+export function positiveNumber(flag: string) {
+  return (v: string) => {
+    const n = num(flag, v);
+    if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number > 0, got "${v}"`);
+    return n;
+  };
+}
+
+export function nonNegativeNumber(flag: string) {
+  return (v: string) => {
+    const n = num(flag, v);
+    if (!(n >= 0)) throw new InvalidArgumentError(`${flag} must be a number ≥ 0, got "${v}"`);
+    return n;
+  };
+}
+
+export function fraction(flag: string) {
+  return (v: string) => {
+    const n = num(flag, v);
+    if (!(n > 0 && n < 1)) throw new InvalidArgumentError(`${flag} must be a fraction strictly between 0 and 1, got "${v}"`);
+    return n;
+  };
+}
+
+/** What the data options parse to (see src/train/data.ts). */
+export interface DataFlagValues {
+  data?: string;
+  evalData?: string;
+  evalSplit?: number;
+  format?: string;
+  labels?: string;
+  evalLabels?: string;
+  textField?: string;
+  labelField?: string;
+  featureFields?: string;
+  tokenizer?: string;
+}
+
+/** What the run options parse to. */
+export interface RunFlagValues {
+  steps?: number;
+  lr?: number;
+  lrSchedule?: LrScheduleName;
+  warmup?: number;
+  minLrRatio?: number;
+  gradAccum?: number;
+  seed?: number;
+  evalEvery?: number;
+  checkpointEvery?: number;
+  resume?: boolean;
+  resumeFrom?: string;
+  out?: string;
+  base?: string;
+  initAdapter?: string;
+  merged?: boolean;
+  progress: ProgressMode;
+  logEvery?: number;
+}
+
+export function addDataOptions(c: Command): Command {
+  return c
+    .option('--data <file|preset>', 'training data: a file (.jsonl .csv .tsv .parquet .txt .idx .npy .safetensors), a built-in set (mnist, fashion-mnist, brown, spam), or synthetic')
+    .option('--eval-data <file>', 'evaluation data (same format and fields as --data)')
+    .option('--eval-split <fraction>', 'hold out this fraction of --data for evaluation (evenly spaced rows)', fraction('--eval-split'))
+    .addOption(new Option('--format <format>', 'the data format, when the file name does not say it').choices([...DATA_FORMATS]))
+    .option('--labels <file>', 'a labels file beside array data (IDX, .npy): one label per row')
+    .option('--eval-labels <file>', 'the labels file of --eval-data')
+    .option('--text-field <name>', 'the text column (default "text")')
+    .option('--label-field <name>', 'the label column (default "label"; regression: comma-separated target columns)')
+    .option('--feature-fields <names>', 'comma-separated numeric feature columns (default: every column but the label)')
+    .option('--tokenizer <file>', "a tokenizer.json (default: the --base folder's, else the shipped character tokenizer)");
+}
+
+/** Options of the loop itself. `defaults`: a preset's or the trainer's, shown in --help. */
+export function addRunOptions(c: Command, what: { outHelp: string }): Command {
+  return c
+    .option('--steps <n>', 'train until optimizer step n (a resumed run keeps its numbering)', positiveInt('--steps'))
+    .option('--lr <x>', 'peak learning rate (AdamW / SGD)', nonNegativeNumber('--lr'))
+    .addOption(new Option('--lr-schedule <kind>', 'after the warm-up: cosine or linear decay to lr × --min-lr-ratio, or constant (default cosine)').choices([...LR_SCHEDULES]))
+    .option('--warmup <n>', 'linear warm-up steps (default: a tenth of the run, at most 100)', nonNegativeInt('--warmup'))
+    .option('--min-lr-ratio <r>', 'where cosine/linear decay ends, as a fraction of lr (default 0.1)', nonNegativeNumber('--min-lr-ratio'))
+    .option('--grad-accum <k>', 'micro-batches per optimizer step: the update of one k-times-larger batch, with one batch of activations', positiveInt('--grad-accum'))
+    .option('--seed <n>', 'seed of the init, the adapters and the data order', nonNegativeInt('--seed'))
+    .option('--eval-every <n>', 'also evaluate every n steps (loss, and accuracy or perplexity; plotted in loss.svg)', nonNegativeInt('--eval-every'))
+    .option('--checkpoint-every <n>', 'checkpoint every n steps (the last step always is; the newest two are kept)', positiveInt('--checkpoint-every'))
+    .option('--resume', 'continue from the newest checkpoint in <out>/checkpoints (from scratch if there is none)')
+    .option('--resume-from <file>', 'continue from this checkpoint')
+    .option('-o, --out <dir>', what.outHelp)
+    .option('--base <path>', 'base weights: a safetensors file, or a folder holding model.safetensors (Hugging Face key names)')
+    .option('--init-adapter <dir>', 'start the adapters from a PEFT adapter folder')
+    .option('--merged', 'also write merged.safetensors (the adapters folded into the base weights)')
+    .addOption(new Option('--progress <how>', 'a progress bar (on a terminal), plain lines, or nothing').choices([...PROGRESS_MODES]).default('auto'))
+    .option('--log-every <n>', 'with plain lines: one every n steps', positiveInt('--log-every'));
+}
+
+/** Options that are compiled into the step (a trainer takes them only as they were compiled). */
+export interface CompiledFlagValues {
+  batch?: number;
+  optimizer?: string;
+  weightDecay?: number;
+  momentum?: number;
+  evalBatch?: number;
+}
+
+export function addCompiledOptions(c: Command): Command {
+  return c
+    .option('--batch <n>', "rows per (micro-)batch (default: the model config's)", positiveInt('--batch'))
+    .addOption(new Option('--optimizer <name>', 'adamw (default) or sgd').choices(['adamw', 'sgd']))
+    .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
+    .option('--momentum <m>', 'SGD momentum', nonNegativeNumber('--momentum'))
+    .option('--eval-batch <n>', 'rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'));
+}

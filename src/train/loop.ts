@@ -1,0 +1,496 @@
+// The training loop: the one every entry point runs (`lorafa finetune`, a generated trainer through
+// `lorafa train` or `npx tsx trainer.ts`, `npm start`, `npm run pretrain`, the experiment, and
+// the `train` function of the API).
+//
+// 1. Start: every parameter from its seeded init, then the base weights (--base), then a PEFT
+//    adapter (--init-adapter); derived buffers ((AᵀA)⁻¹) from the values actually used; uploaded
+//    as f32 into buffers exactly as planned. With --resume, a checkpoint that passes every check
+//    (integrity, the same program, data, base and schedule) then overrides the trainable
+//    parameters, the optimizer state and the adapters.
+// 2. Evaluate the starting point (loss, and accuracy or perplexity) when there is evaluation data.
+// 3. Optimizer step t = start+1 … steps: the effective batch of t (batch × grad-accum rows, a
+//    function of (seed, t) only) in K micro-batches; each runs forward and backward into the
+//    gradient accumulators, the last one also the update, at lrAt(schedule, t) with t's bias
+//    corrections. A non-finite loss stops the run. Every --eval-every steps: evaluate; every
+//    --checkpoint-every steps and at the end: a checkpoint (atomic; the newest two are kept).
+// 4. Evaluate the result; write the outputs: the weights (a PEFT adapter with A and B, or
+//    model.safetensors for full fine-tuning; merged.safetensors with --merged), report.md and
+//    report.json, loss.svg (training loss and evaluations), memory.svg.
+// GPU bytes are measured, not assumed: the device's createBuffer/destroy are counted (BufferMeter).
+import { setTimeout as sleep } from 'node:timers/promises';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { fileFingerprint, type Dataset, type Feeds } from '../data/dataset.ts';
+import { LorafaError } from '../ir/errors.ts';
+import { fmtBytes } from '../ir/format.ts';
+import { numel, type Param } from '../ir/types.ts';
+import { importPeftAdapter } from '../io/peft.ts';
+import { loadStateDict } from '../io/weights.ts';
+import type { Mode } from '../passes/compile.ts';
+import { accumFeeds, optimizerFeeds, type OptimizerOptions } from '../passes/optimizer.ts';
+import { StepRunner } from '../runtime/executor.ts';
+import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
+import { initParam, resolveDerived } from '../runtime/init.ts';
+import { listCheckpoints, readCheckpoint, removeStaleTemps, writeCheckpoint, type Checkpoint, type CheckpointTensor } from './checkpoint.ts';
+import { writeOutputs } from './outputs.ts';
+import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } from './program.ts';
+import { progress, type ProgressMode } from './progress.ts';
+import { checkSchedule, defaultWarmup, describeSchedule, lrAt, type LrSchedule, type LrScheduleName } from './schedule.ts';
+import { evaluate, fmtMetrics, type Metrics } from './metrics.ts';
+
+export interface ExportOptions {
+  /** Write the weights (adapter or model.safetensors); default true when there is an out dir. */
+  readonly weights?: boolean;
+  /** Also merged.safetensors (adapters folded into the base weights). */
+  readonly merged?: boolean;
+  /** adapter_config.json's task_type (default: from the data: SEQ_CLS for text classification, CAUSAL_LM for language modelling). */
+  readonly taskType?: string | null;
+  /** adapter_config.json's base_model_name_or_path (default: --base as given). */
+  readonly baseModel?: string | null;
+  /** Extra safetensors metadata on every weights file. */
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** report.md/report.json, loss.svg, memory.svg (default true when there is an out dir). */
+  readonly reports?: boolean;
+}
+
+export interface TrainOptions {
+  /** Train until this optimizer step (a resumed run keeps its numbering). */
+  readonly steps: number;
+  /** Peak learning rate. */
+  readonly lr: number;
+  readonly schedule?: LrScheduleName;
+  /** Warm-up steps (default: a tenth of the run, at most `warmupCap`). */
+  readonly warmup?: number;
+  readonly warmupCap?: number;
+  readonly minLrRatio?: number;
+  /** K micro-batches per optimizer step (default 1); K > 1 needs a program compiled with accumulators. */
+  readonly gradAccum?: number;
+  /** Default: the program's seed. */
+  readonly seed?: number;
+  readonly data: Dataset;
+  /** Evaluate every N steps (0: before and after only). */
+  readonly evalEvery?: number;
+  /** Evaluate before training (default true). */
+  readonly evalBefore?: boolean;
+  readonly checkpointEvery?: number;
+  /** Continue from the newest checkpoint in <out>/checkpoints (from scratch if there is none). */
+  readonly resume?: boolean;
+  readonly resumeFrom?: string;
+  /** Where checkpoints, weights and reports go; nothing is written without it. */
+  readonly out?: string;
+  /** Base weights: a safetensors file or a folder holding model.safetensors. */
+  readonly base?: string;
+  /** What to call the base in messages (a preset's shipped model, say). */
+  readonly baseLabel?: string;
+  /** Fix line when the base does not fit. */
+  readonly baseFix?: string;
+  /** Start the adapters from a PEFT adapter folder. */
+  readonly initAdapter?: string;
+  readonly export?: ExportOptions;
+  /** Plans of the other modes (finetune's comparison), for the report and memory.svg. */
+  readonly compare?: ReadonlyMap<Mode, MemorySummary>;
+  /** The command line, for reports and metadata. */
+  readonly command?: string;
+  /** Title of the reports (default: the model and mode). */
+  readonly title?: string;
+  readonly progress?: ProgressMode;
+  readonly logEvery?: number;
+  readonly log?: (line: string) => void;
+  readonly onStep?: (step: number, steps: number, loss: number, ms: number) => void;
+  /** Also return the frozen parameters' final values (tests). */
+  readonly readFrozen?: boolean;
+  readonly gpu?: Gpu;
+}
+
+export interface TrainResult {
+  readonly startStep: number;
+  readonly endStep: number;
+  readonly lr: number;
+  readonly schedule: LrSchedule;
+  readonly gradAccum: number;
+  readonly seed: number;
+  readonly data: string;
+  readonly classes?: readonly string[];
+  readonly losses: readonly { readonly step: number; readonly loss: number }[];
+  readonly evals: readonly { readonly step: number; readonly metrics: Metrics }[];
+  readonly before?: Metrics;
+  readonly after?: Metrics;
+  /** Final values read back from the GPU: trainable parameters, optimizer state and adapters (all with readFrozen). */
+  readonly params: ReadonlyMap<string, Float32Array>;
+  /** Final values of the forward graph's parameters (base, adapters, heads). */
+  readonly forwardValues: ReadonlyMap<string, Float32Array>;
+  /** Initial values uploaded (f32). */
+  readonly initial: ReadonlyMap<string, Float32Array>;
+  readonly allocatedBytes: number;
+  /** Peak GPU bytes created while the training step ran (BufferMeter), readbacks included. */
+  readonly measuredBytes: number;
+  readonly checkpoints: readonly string[];
+  readonly resumedFrom?: string;
+  /** Mean optimizer-step time, the first step of the process (shader compilation) left out. */
+  readonly msPerStep: number;
+  readonly firstStepMs: number;
+  readonly trainable: number;
+  readonly device: string;
+  /** Files written under `out`. */
+  readonly files: readonly string[];
+}
+
+export function rel(p: string): string {
+  const r = relative(process.cwd(), p);
+  return r && !r.startsWith('..') ? r : p;
+}
+
+export function checkpointDir(outDir: string): string {
+  return join(outDir, 'checkpoints');
+}
+
+/** The tensors a checkpoint holds: what training changes, and the adapters (A too: exact resume, export). */
+export function checkpointed(p: TrainingProgram) {
+  return p.step.params.filter((q) => q.trainable || q.role === 'optimizer_state' || q.role === 'lora_A' || q.role === 'lora_B');
+}
+
+/** A Param record for a plan parameter (initParam takes the IR's). */
+function paramOf(name: string, shape: readonly number[], dtype: string, init: TrainingProgram['inits'][string]): Param {
+  return { value: { id: 0, name, type: { dtype: dtype as never, shape } }, init, trainable: false, role: 'weight' };
+}
+
+/** Seeded initial values of every parameter of the step and the evaluation plan (float64). */
+export function seededValues(p: TrainingProgram, seed: number): Map<string, Float64Array> {
+  const out = new Map<string, Float64Array>();
+  const files = new Map();
+  for (const q of [...p.step.params, ...p.eval.params]) {
+    if (out.has(q.name)) continue;
+    const init = p.inits[q.name];
+    if (!init) throw new LorafaError(q.name, 'the program has no init for this parameter', 'recompile the trainer');
+    out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype, init), { seed }, files).data);
+  }
+  return out;
+}
+
+function resolveBaseFile(base: string): string {
+  const full = resolve(base);
+  if (existsSync(full) && statSync(full).isDirectory()) return join(full, 'model.safetensors');
+  return full;
+}
+
+/** What the run's metadata records so that --resume refuses a different run. */
+function runMeta(p: TrainingProgram, s: LrSchedule, o: { seed: number; gradAccum: number; data: Dataset; baseFp: string; adapterFp: string }): Record<string, string> {
+  const spec = p.spec;
+  return {
+    model: spec.model,
+    config: spec.config,
+    sizes: JSON.stringify(spec.sizes),
+    mode: spec.mode,
+    lora: JSON.stringify(spec.lora ?? null),
+    optimizer: JSON.stringify(spec.optimizer),
+    plan_hash: spec.planHash,
+    lr: String(s.lr),
+    schedule: JSON.stringify({ kind: s.kind, warmup: s.warmup, minRatio: s.minRatio, steps: s.kind === 'constant' ? null : s.steps }),
+    seed: String(o.seed),
+    grad_accum: String(o.gradAccum),
+    data: o.data.fingerprint,
+    classes: JSON.stringify(o.data.classes ?? []),
+    base: o.baseFp,
+    init_adapter: o.adapterFp,
+  };
+}
+
+const META_NAMES: Record<string, string> = {
+  lr: '--lr',
+  schedule: 'the learning-rate schedule (--lr-schedule, --warmup, --min-lr-ratio, and --steps for a decaying schedule)',
+  seed: '--seed',
+  grad_accum: '--grad-accum',
+  data: 'the data (--data, --eval-data, fields)',
+  classes: 'the class names of the data',
+  base: '--base',
+  init_adapter: '--init-adapter',
+};
+
+/** Why checkpoint `c` cannot continue this run, or undefined when it can. */
+export function incompatibility(p: TrainingProgram, c: Checkpoint, want: Record<string, string>): { problem: string; fix: string } | undefined {
+  const program = ['model', 'config', 'sizes', 'mode', 'lora', 'optimizer', 'plan_hash'];
+  const diffs = program.filter((k) => c.meta[k] !== want[k]).map((k) => `${k} ${c.meta[k] ?? '(missing)'} ≠ ${want[k]} (this trainer)`);
+  if (diffs.length) {
+    return {
+      problem: `was written by a different program: ${diffs.join('; ')}`,
+      fix: `resume it with the trainer compiled for ${c.meta.model ?? 'its model'} (${c.meta.mode ?? '?'}), or move the checkpoints away and start from scratch (drop --resume)`,
+    };
+  }
+  for (const q of checkpointed(p)) {
+    const got = c.tensors.get(q.name);
+    if (!got) return { problem: `has no tensor "${q.name}"`, fix: 'resume from a checkpoint this program wrote' };
+    if (got.shape.join(',') !== q.shape.join(',')) return { problem: `holds "${q.name}" as [${got.shape.join(',')}], this program's is [${q.shape.join(',')}]`, fix: 'resume from a checkpoint this program wrote' };
+  }
+  const names = new Set(checkpointed(p).map((q) => q.name));
+  const extra = [...c.tensors.keys()].filter((k) => !names.has(k));
+  if (extra.length) return { problem: `holds tensors this program does not have: ${extra.slice(0, 5).join(', ')}`, fix: 'resume from a checkpoint this program wrote' };
+  for (const k of Object.keys(META_NAMES)) {
+    if (c.meta[k] !== want[k]) {
+      return {
+        problem: `was trained with other ${META_NAMES[k]}: ${c.meta[k] ?? '(missing)'} there, ${want[k]} now`,
+        fix: `resume with the run's own settings (${k === 'lr' ? `--lr ${c.meta.lr}` : k === 'seed' ? `--seed ${c.meta.seed}` : 'as it was started'}), or start a new run in another --out`,
+      };
+    }
+  }
+  return undefined;
+}
+
+function loadCompatible(p: TrainingProgram, file: string, want: Record<string, string>): Checkpoint {
+  const c = readCheckpoint(file);
+  const why = incompatibility(p, c, want);
+  if (why) throw new LorafaError(rel(file), `cannot resume: this checkpoint ${why.problem}`, why.fix);
+  return c;
+}
+
+/** The newest checkpoint, which must be usable; a damaged newest one is refused, naming the newest usable. */
+function findResume(p: TrainingProgram, dir: string, want: Record<string, string>): Checkpoint | undefined {
+  const all = listCheckpoints(dir);
+  if (!all.length) return undefined;
+  try {
+    return loadCompatible(p, all[0].file, want);
+  } catch (e) {
+    if (!(e instanceof LorafaError)) throw e;
+    const previous = all.slice(1).find((c) => {
+      try {
+        loadCompatible(p, c.file, want);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    const fix = previous
+      ? `continue from the previous checkpoint (step ${previous.step}): --resume-from ${rel(previous.file)}${e.fix ? `; or ${e.fix}` : `; or delete ${rel(all[0].file)}`}`
+      : (e.fix ?? `delete ${rel(all[0].file)} and train from scratch (no usable checkpoint is left)`);
+    throw new LorafaError(rel(all[0].file), `newest checkpoint: ${e.problem}`, fix);
+  }
+}
+
+/** Rows [r0, r1) of every feed of an effective batch of `rows` rows. */
+function sliceRows(feeds: Feeds, rows: number, r0: number, r1: number): Feeds {
+  const out: Feeds = {};
+  for (const [k, v] of Object.entries(feeds)) {
+    const per = v.length / rows;
+    out[k] = v.subarray(r0 * per, r1 * per) as Int32Array | Float32Array;
+  }
+  return out;
+}
+
+export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<TrainResult> {
+  const log = o.log ?? ((s: string) => void process.stdout.write(s + '\n'));
+  const spec = p.spec;
+  const data = o.data;
+  if (!(Number.isInteger(o.steps) && o.steps >= 1)) throw new LorafaError('--steps', `must be a positive integer, got ${o.steps}`, 'e.g. --steps 100');
+  const K = o.gradAccum ?? 1;
+  if (!(Number.isInteger(K) && K >= 1)) throw new LorafaError('--grad-accum', `must be a positive integer, got ${K}`, 'e.g. --grad-accum 4');
+  if (K > 1 && !spec.accumulate) {
+    throw new LorafaError('--grad-accum', `this program was compiled without gradient accumulators, so it cannot run ${K} micro-batches per step`, `recompile it with --grad-accum ${K} (lorafa compile … --grad-accum ${K} -o DIR), or drop --grad-accum`);
+  }
+  const seed = o.seed ?? spec.seed;
+  const schedule = checkSchedule({
+    kind: o.schedule ?? 'cosine',
+    lr: o.lr,
+    warmup: o.warmup ?? defaultWarmup(o.steps, o.warmupCap),
+    steps: o.steps,
+    minRatio: o.minLrRatio ?? 0.1,
+  });
+  const optimizer: OptimizerOptions = spec.optimizer;
+  const gpu = o.gpu ?? (await acquireGpu());
+  const out = o.out ? resolve(o.out) : undefined;
+  if (out) {
+    if (existsSync(out) && !statSync(out).isDirectory()) throw new LorafaError(out, 'is a file, not a folder', 'pass --out a folder (created if missing)');
+    mkdirSync(out, { recursive: true });
+  }
+
+  // 1. Starting values.
+  const values = seededValues(p, seed);
+  const layout = layoutGraph(p.weights);
+  const keyFor = keyForLayout(p.weights);
+  let baseFp = 'none';
+  if (o.base) {
+    const file = resolveBaseFile(o.base);
+    if (!existsSync(file)) throw new LorafaError(file, 'no base weights here (a safetensors file, or a folder holding model.safetensors)', o.baseFix ?? 'pass --base a model.safetensors file or its folder');
+    let fresh: readonly string[] = [];
+    let unused: readonly string[] = [];
+    let loaded: Map<string, Float32Array>;
+    try {
+      loaded = loadStateDict(file, layout, { keyFor, strict: false, onKeys: (k) => ([fresh, unused] = [k.missing, k.unexpected]) });
+    } catch (e) {
+      if (e instanceof LorafaError && o.baseFix) throw new LorafaError(e.where, e.problem, o.baseFix);
+      throw e;
+    }
+    for (const [k, v] of loaded) values.set(k, Float64Array.from(v));
+    log(`base: ${loaded.size} tensors from ${o.baseLabel ?? rel(file)}` + (fresh.length ? `; new (initialised here): ${fresh.join(', ')}` : '') + (unused.length ? `; not used by this model: ${unused.join(', ')}` : ''));
+    baseFp = fileFingerprint(file);
+  }
+  let adapterFp = 'none';
+  if (o.initAdapter) {
+    if (spec.mode === 'full') throw new LorafaError('--init-adapter', 'full fine-tuning has no adapters to start from', 'use --mode lora or lora-fa');
+    const a = importPeftAdapter(o.initAdapter, layout, { keyFor });
+    for (const [k, v] of a.values) values.set(k, Float64Array.from(v));
+    log(`adapter: ${a.values.size} tensors from ${rel(resolve(o.initAdapter))}`);
+    adapterFp = fileFingerprint(join(o.initAdapter, 'adapter_model.safetensors'));
+  }
+  const allParams = [...p.step.params, ...p.eval.params];
+  resolveDerived(
+    allParams.map((q) => ({ name: q.name, shape: q.shape, init: p.inits[q.name] })),
+    (n) => values.get(n),
+    (n, d) => values.set(n, Float64Array.from(d)),
+  );
+  const initial = new Map([...values].map(([k, v]) => [k, Float32Array.from(v)]));
+
+  // 2. Resume.
+  const want = runMeta(p, schedule, { seed, gradAccum: K, data, baseFp, adapterFp });
+  const dir = out ? checkpointDir(out) : undefined;
+  if (dir) removeStaleTemps(dir);
+  if ((o.resume || o.resumeFrom) && !dir) throw new LorafaError('--resume', 'resuming needs the folder that holds the checkpoints', 'pass --out, the folder of the run to continue');
+  const resumed = o.resumeFrom ? loadCompatible(p, o.resumeFrom, want) : o.resume && dir ? findResume(p, dir, want) : undefined;
+  const existing = dir ? listCheckpoints(dir) : [];
+  if (!resumed && existing.length) {
+    throw new LorafaError(rel(dir!), `holds checkpoints of an earlier run (newest: step ${existing[0].step})`, `continue it with --resume, or delete ${rel(dir!)} (or use another --out) to start over`);
+  }
+  const start = resumed?.step ?? 0;
+  if (start > o.steps) throw new LorafaError(rel(resumed!.file), `this checkpoint is at step ${start}, past --steps ${o.steps}`, `pass --steps greater than ${start}`);
+  const current = new Map<string, Float32Array>(initial);
+  if (resumed) for (const [k, t] of resumed.tensors) current.set(k, t.data as Float32Array);
+
+  log(`device: ${gpu.description}`);
+  log(`data: ${data.description}`);
+  for (const n of data.notes) log(`data: ${n}`);
+  if (o.resume && !resumed) log(`no checkpoint in ${rel(dir!)}: starting at step 0`);
+  if (resumed) log(`resuming from ${rel(resumed.file)} (step ${start})`);
+
+  // 3. The evaluation runner first (its bytes are not the training step's), then the training
+  //    runner, measured from here.
+  const evalRunner = await StepRunner.create(p.eval, gpu);
+  const checkpoints: string[] = [];
+  try {
+    const evalNames = new Set(p.eval.params.map((q) => q.name));
+    const toEval = (vals: ReadonlyMap<string, Float32Array>) => evalRunner.writeParams(new Map([...vals].filter(([k]) => evalNames.has(k)).map(([k, v]) => [k, { data: v }])));
+    const classes = p.classes;
+    const evals: { step: number; metrics: Metrics }[] = [];
+    const runEval = async (t: number, vals: ReadonlyMap<string, Float32Array>) => {
+      if (!data.evalCount) return undefined;
+      toEval(vals);
+      const m = await evaluate(evalRunner, data.evalBatches(spec.evalBatch), data.kind, classes);
+      if (m) evals.push({ step: t, metrics: m });
+      return m;
+    };
+    const before = o.evalBefore === false || resumed ? undefined : await runEval(start, current);
+    if (before) log(`step ${start} (before training): ${fmtMetrics(before, data.unit)}`);
+
+    const baseline = gpu.memory.live;
+    gpu.memory.resetPeak();
+    const runner = await StepRunner.create(p.step, gpu);
+    let measured = 0;
+    const losses: { step: number; loss: number }[] = [];
+    const times: number[] = [];
+    let finalValues: Map<string, Float32Array>;
+    const rows = spec.batch * K;
+    const perStep = rows * data.unitsPerRow;
+    const meta = (step: number) => ({ ...want, data_description: data.description, step: String(step), command: o.command ?? '' });
+    try {
+      runner.writeParams(new Map([...current].map(([k, v]) => [k, { data: v }])));
+      log(`GPU buffers ${fmtBytes(runner.allocatedBytes)} (plan peak ${fmtBytes(p.step.bytes)}); ${spec.batch} rows × ${K} micro-batch${K > 1 ? 'es' : ''} per step; ${describeSchedule(schedule)}`);
+      if (start === o.steps) log(`already at step ${start}: nothing to do`);
+      const bar = progress({ mode: o.progress ?? 'auto', first: start, total: o.steps, unit: data.unit, perStep, suffix: `GPU ${fmtBytes(runner.allocatedBytes)}`, every: o.logEvery, log });
+      const replaced = existing.filter((c) => c.step > start);
+      const delay = Number(process.env.LORAFA_STEP_DELAY_MS ?? 0);
+      const save = async (step: number): Promise<string> => {
+        const vals = await runner.readParams();
+        const tensors = new Map<string, CheckpointTensor>(checkpointed(p).map((q) => [q.name, { shape: q.shape, data: vals.get(q.name)! }]));
+        return writeCheckpoint(dir!, step, tensors, meta(step));
+      };
+      try {
+        for (let t = start + 1; t <= o.steps; t++) {
+          const big = await data.batch(t, rows);
+          const opt = optimizerFeeds(optimizer, lrAt(schedule, t), t);
+          const t0 = performance.now();
+          let loss = 0;
+          for (let j = 0; j < K; j++) {
+            const feeds = K === 1 ? big : sliceRows(big, rows, j * spec.batch, (j + 1) * spec.batch);
+            const l = await runner.step({ ...feeds, ...opt, ...(spec.accumulate ? accumFeeds(j, K) : {}) }, { update: j === K - 1 });
+            loss += l / K;
+          }
+          const ms = performance.now() - t0;
+          times.push(ms);
+          if (!Number.isFinite(loss)) {
+            throw new LorafaError(`step ${t}`, `the loss is ${loss}`, `train again with a lower --lr (${schedule.lr} now), or check the data and base weights for NaN/Inf`);
+          }
+          losses.push({ step: t, loss });
+          bar.step(t, loss, ms);
+          o.onStep?.(t, o.steps, loss, ms);
+          if (t === o.steps) measured = gpu.memory.peak - baseline;
+          if (o.evalEvery && t % o.evalEvery === 0 && t !== o.steps) {
+            const m = await runEval(t, await runner.readParams());
+            if (m) bar.note(`step ${t}: train loss ${loss.toFixed(4)}, eval ${fmtMetrics(m, data.unit)}`);
+          }
+          if (dir && (t === o.steps || (o.checkpointEvery && t % o.checkpointEvery === 0))) {
+            // Checkpoints after the one this run resumed from belong to the timeline it replaces.
+            for (const c of replaced.splice(0)) {
+              rmSync(c.file, { force: true });
+              bar.note(`removed ${rel(c.file)} (after step ${start}: replaced by this run)`);
+            }
+            const file = await save(t);
+            checkpoints.push(file);
+            if (t !== o.steps) bar.note(`checkpoint ${rel(file)}`);
+          }
+          if (delay > 0) await sleep(delay);
+        }
+      } finally {
+        bar.end();
+      }
+      if (start === o.steps) measured = gpu.memory.peak - baseline;
+      finalValues = await runner.readParams();
+    } finally {
+      runner.destroy();
+    }
+    // Frozen parameters that training never touched keep their uploaded values.
+    const forwardValues = new Map<string, Float32Array>();
+    for (const q of p.weights.params) forwardValues.set(q.value.name, finalValues.get(q.value.name) ?? current.get(q.value.name)!);
+    const after = await runEval(o.steps, finalValues);
+    const steady = times.length > 1 ? times.slice(1) : times;
+    const msPerStep = steady.reduce((a, b) => a + b, 0) / Math.max(1, steady.length);
+    if (losses.length) {
+      log(`done: steps ${start + 1}–${o.steps}, loss ${losses[0].loss.toFixed(4)} → ${losses[losses.length - 1].loss.toFixed(4)}, ${msPerStep.toFixed(1)} ms/step (first step ${(times[0] ?? 0).toFixed(0)} ms, with shader compilation)`);
+    }
+    if (after) log(`after ${o.steps} steps: ${fmtMetrics(after, data.unit)}`);
+    if (before?.accuracy !== undefined && after?.accuracy !== undefined) {
+      log(`accuracy: ${(100 * before.accuracy).toFixed(2)}% (start) → ${(100 * after.accuracy).toFixed(2)}% (${spec.mode})`);
+    }
+    const keep = new Set(checkpointed(p).map((q) => q.name));
+    const params = new Map([...finalValues].filter(([k]) => o.readFrozen || keep.has(k)));
+    const trainable = p.step.params.filter((q) => q.trainable).reduce((s, q) => s + numel(q.shape), 0);
+    const result: TrainResult = {
+      startStep: start,
+      endStep: o.steps,
+      lr: schedule.lr,
+      schedule,
+      gradAccum: K,
+      seed,
+      data: data.description,
+      classes: data.classes,
+      losses,
+      evals,
+      before,
+      after,
+      params,
+      forwardValues,
+      initial,
+      allocatedBytes: runner.allocatedBytes,
+      measuredBytes: measured,
+      checkpoints,
+      resumedFrom: resumed?.file,
+      msPerStep,
+      firstStepMs: times[0] ?? 0,
+      trainable,
+      device: gpu.description,
+      files: [],
+    };
+    if (!out) return result;
+    const files = writeOutputs(out, p, result, o, data);
+    log(`wrote ${rel(out)}/: ${files.join(', ')}`);
+    return { ...result, files };
+  } finally {
+    evalRunner.destroy();
+  }
+}
