@@ -448,10 +448,10 @@ describe('Parquet', () => {
     await checkSource(src, file, ['s', 'n', 'i', 'b', 'l'], expected, (i) => `${file} row ${i}`);
   });
 
-  it('decodes only the row groups its rows are in, and keeps the last two decoded', async () => {
+  it('decodes only the row groups its rows are in, and keeps the last two decoded (past the byte budget)', async () => {
     const file = fresh('groups.parquet');
     parquetWriteFile({ filename: file, columnData: columnData(), rowGroupSize: 3 }); // groups [0,3) [3,6) [6,8)
-    const src = await openRows(file);
+    const src = await openRows(file, { cacheBytes: 1 });
     const decoded = () => readObjects.mock.calls.map(([o]) => [o.rowStart, o.rowEnd]);
     expect(await src.read([7])).toEqual([expected[7]]);
     expect(decoded()).toEqual([[6, 8]]);
@@ -468,6 +468,16 @@ describe('Parquet', () => {
     expect(decoded()).toEqual([[6, 8], [0, 3], [3, 6], [6, 8]]);
     expect(await src.read([3])).toEqual([expected[3]]);
     expect(decoded()).toEqual([[6, 8], [0, 3], [3, 6], [6, 8], [3, 6]]);
+    src.close();
+  });
+
+  it('within the byte budget (the default 256 MiB), every row group is decoded once however the reads jump', async () => {
+    const file = fresh('groups-all.parquet');
+    parquetWriteFile({ filename: file, columnData: columnData(), rowGroupSize: 3 });
+    const src = await openRows(file);
+    const before = readObjects.mock.calls.length;
+    for (const idx of [[7], [0, 7, 1], [4], [5, 0], [7], [3], [2, 6]]) expect(await src.read(idx)).toEqual(idx.map((i) => expected[i]));
+    expect(readObjects.mock.calls.length - before).toBe(3);
     src.close();
   });
 

@@ -64,6 +64,8 @@ export interface OpenRowsOptions {
   readonly format?: DataFormat;
   /** A second file with one label per row (IDX labels, .npy): the "label" column. */
   readonly labels?: string;
+  /** Parquet: uncompressed bytes of decoded row groups kept in memory (default 256 MiB, at least two groups). */
+  readonly cacheBytes?: number;
 }
 
 /** The format a file name implies, or undefined. */
@@ -108,14 +110,14 @@ export async function openRows(file: string, opts: OpenRowsOptions = {}): Promis
   }
   if (format === 'idx') return (await import('./formats/idx.ts')).openIdx(file, opts.labels);
   // The reader's module first (a reader loads only its own dependencies), then the file.
-  const open = await readerOf(format);
+  const open = await readerOf(format, opts.cacheBytes);
   const { openFile } = await import('./formats/common.ts');
   return open(file, openFile(file), opts.labels);
 }
 
 type Opener = (file: string, opened: import('./formats/common.ts').OpenFile, labels?: string) => RowSource | Promise<RowSource>;
 
-async function readerOf(format: Exclude<DataFormat, 'idx'>): Promise<Opener> {
+async function readerOf(format: Exclude<DataFormat, 'idx'>, cacheBytes?: number): Promise<Opener> {
   switch (format) {
     case 'jsonl': {
       const { openJsonl } = await import('./formats/jsonl.ts');
@@ -130,8 +132,10 @@ async function readerOf(format: Exclude<DataFormat, 'idx'>): Promise<Opener> {
       const { openText } = await import('./formats/text.ts');
       return (file, opened) => openText(file, opened);
     }
-    case 'parquet':
-      return (await import('./formats/parquet.ts')).openParquet;
+    case 'parquet': {
+      const { openParquet } = await import('./formats/parquet.ts');
+      return (file, opened) => openParquet(file, opened, cacheBytes);
+    }
     case 'npy':
       return (await import('./formats/npy.ts')).openNpy;
     case 'safetensors':

@@ -1,6 +1,8 @@
 // Parquet (Hugging Face datasets' format) through hyparquet and hyparquet-compressors. Opening
 // reads only the footer (row count, top-level columns, row groups); read() decodes just the row
-// groups its rows are in, keeping the last two decoded. Values become Cells: INT64 → number when
+// groups its rows are in and keeps the most recently used ones decoded, as many as fit
+// `cacheBytes` of their uncompressed size (at least two): a file up to that size is decoded once,
+// however randomly the batches draw from it; a larger one decodes a group per batch it touches. Values become Cells: INT64 → number when
 // exact, lists → arrays, dates → ISO strings; a struct, map or binary value is an error naming
 // the column and row.
 import { parquetMetadataAsync, parquetReadObjects, parquetSchema, type AsyncBuffer, type FileMetaData } from 'hyparquet';
@@ -11,18 +13,19 @@ import { closeQuietly, noRows, readAt, readUpTo, refuseGzip, rowSource, showByte
 
 const MAGIC = Buffer.from('PAR1');
 const AGAIN = 'the file is damaged or cut short (an interrupted download or copy?): fetch or write it again';
-const CACHE = 2;
+/** Uncompressed bytes of decoded row groups kept by default. */
+export const PARQUET_CACHE_BYTES = 256 * 1024 * 1024;
 
-export async function openParquet(file: string, opened: OpenFile): Promise<RowSource> {
+export async function openParquet(file: string, opened: OpenFile, cacheBytes = PARQUET_CACHE_BYTES): Promise<RowSource> {
   try {
-    return await open(file, opened);
+    return await open(file, opened, cacheBytes);
   } catch (e) {
     closeQuietly(opened.fd);
     throw e;
   }
 }
 
-async function open(file: string, { fd, size }: OpenFile): Promise<RowSource> {
+async function open(file: string, { fd, size }: OpenFile, cacheBytes: number): Promise<RowSource> {
   if (size === 0) throw noRows(file, 'the file is empty', 'write the table with pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet');
   refuseGzip(file, fd, 'parquet');
   const head = readUpTo(fd, 0, 4);
@@ -80,6 +83,7 @@ async function open(file: string, { fd, size }: OpenFile): Promise<RowSource> {
     }
     return lo;
   };
+  const groupBytes = (g: number) => Number(metadata.row_groups[g].total_byte_size);
   const cache = new Map<number, Promise<Record<string, unknown>[]>>(); // most recent last
   const group = (g: number): Promise<Record<string, unknown>[]> => {
     let rows = cache.get(g);
@@ -92,7 +96,13 @@ async function open(file: string, { fd, size }: OpenFile): Promise<RowSource> {
       });
     }
     cache.set(g, rows);
-    while (cache.size > CACHE) cache.delete(cache.keys().next().value!);
+    let bytes = 0;
+    for (const k of cache.keys()) bytes += groupBytes(k);
+    while (cache.size > 2 && bytes > cacheBytes) {
+      const lru = cache.keys().next().value!;
+      bytes -= groupBytes(lru);
+      cache.delete(lru);
+    }
     return rows;
   };
   return rowSource({
