@@ -10,7 +10,7 @@
 // written atomically) and metrics.json (command, seed, steps, final metrics, time); the table in
 // models/README.md is regenerated from the metrics files. The run itself (checkpoints, report,
 // loss curve) is in out/pretrain-<task>/.
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { asCommand, brownCorpus, CharTokenizer, finetune, fmtMetrics, writeFileAtomic } from '../src/index.ts';
@@ -41,7 +41,9 @@ async function pretrain(task: Preset): Promise<void> {
   }
   const command = `npm run pretrain -- --task ${task.name} --seed ${flags.seed}${flags.steps ? ` --steps ${flags.steps}` : ''}`;
   const meta = { model: task.model, config: task.config, task: task.name, seed: String(flags.seed), command };
+  // The run's own folder (checkpoints, report, loss curve), started afresh each time.
   const work = join(ROOT, 'out', `pretrain-${task.name}`);
+  rmSync(work, { recursive: true, force: true });
   const r = await finetune({
     model: task.name,
     mode: 'full',

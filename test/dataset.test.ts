@@ -73,6 +73,19 @@ describe('splitRows', () => {
   });
 });
 
+describe('CharTokenizer.encodePrefix', () => {
+  test('is encode(s) cut to n ids, for any text (astral characters, lowercase, unknowns)', () => {
+    const lower = CharTokenizer.fromText('abcdefghijklmnopqrstuvwxyzİ😀', { lowercase: true });
+    property(
+      'encodePrefix',
+      fc.record({ s: fc.string({ unit: fc.constantFrom('a', 'B', 'z', 'İ', '😀', '\n', 'é', 'Q'), maxLength: 40 }), n: fc.integer({ min: 0, max: 45 }) }),
+      ({ s, n }) => {
+        for (const t of [tok, lower]) expect([...t.encodePrefix(s, n)]).toEqual([...t.encode(s).subarray(0, n)]);
+      },
+    );
+  });
+});
+
 describe('text classification', () => {
   const rows = [
     { text: 'abc', label: 'spam' },

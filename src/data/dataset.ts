@@ -47,7 +47,12 @@ export interface RowView {
 export interface TextTokenizer {
   readonly vocabSize: number;
   encode(text: string): Int32Array;
+  /** At most the first n ids, without tokenising the rest of a long text (optional). */
+  encodePrefix?(text: string, n: number): Int32Array;
 }
+
+/** The first n ids of a text (n + 1 tells whether it was longer). */
+const prefix = (tok: TextTokenizer, text: string, n: number) => (tok.encodePrefix ? tok.encodePrefix(text, n) : tok.encode(text).subarray(0, n));
 
 export interface MappingOptions {
   /** The text column (default "text"). */
@@ -336,7 +341,7 @@ export async function openDataset(o: OpenDatasetOptions): Promise<Dataset> {
         if (shape.kind === 'classify-text') {
           const text = row[textField];
           if (typeof text !== 'string') throw missingField(at(), textField, row, '--text-field');
-          if (tok!.encode(text).length > shape.seq) truncated[vi]++;
+          if (prefix(tok!, text, shape.seq + 1).length > shape.seq) truncated[vi]++;
         } else {
           featureVector(row, features!, width, at);
         }
@@ -383,7 +388,7 @@ export async function openDataset(o: OpenDatasetOptions): Promise<Dataset> {
     let labels: Int32Array | undefined;
     if (shape.kind === 'classify-text') {
       const ids = new Int32Array(n * shape.seq);
-      rows.forEach((r, k) => ids.set(fixedLength(tok!.encode(r[textField] as string), shape.seq), k * shape.seq));
+      rows.forEach((r, k) => ids.set(fixedLength(prefix(tok!, r[textField] as string, shape.seq), shape.seq), k * shape.seq));
       feeds[shape.ids.name] = ids;
     } else {
       const x = new Float32Array(n * width);

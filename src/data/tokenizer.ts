@@ -59,6 +59,18 @@ export class CharTokenizer {
     return out;
   }
 
+  /** The ids of the first `n` code points at most: encode(s).subarray(0, n) without reading the rest. */
+  encodePrefix(s: string, n: number): Int32Array {
+    // Lowercasing never shortens a text, so 2n code units hold at least its first n code points.
+    const out = new Int32Array(n);
+    let k = 0;
+    for (const ch of this.lowercase ? s.slice(0, 2 * n).toLowerCase() : s) {
+      if (k === n) break;
+      out[k++] = this.ids.get(ch) ?? UNK_ID;
+    }
+    return k === n ? out : out.slice(0, k);
+  }
+
   /** Ids → text: <pad> is dropped, <unk> becomes U+FFFD; an id outside the vocabulary throws. */
   decode(ids: ArrayLike<number>): string {
     let s = '';
