@@ -42,7 +42,7 @@ function imageRows(name: ImageDatasetName, split: ImageSplit): RowSource {
         return { x: b.x.subarray(0, row), label: b.labels[0] };
       },
     },
-    { name: `${name} ${split} (${d.files.images})`, columns: ['x', 'label'], where: (i) => `${d.files.images} image ${i}` },
+    { name: d.files.images, columns: ['x', 'label'], where: (i) => `${d.files.images} image ${i}` },
   );
 }
 
