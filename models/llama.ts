@@ -1,11 +1,35 @@
-// A LLaMA-style decoder: RMSNorm, rotary position embedding, causal multi-head attention and a
-// SwiGLU MLP, next-token cross-entropy. Names follow Hugging Face's LlamaForCausalLM, so PEFT's
-// target_modules (q_proj, v_proj, …) mean the same layers.
+// A LLaMA-style decoder: RMSNorm, rotary position embedding, causal (grouped-query) attention and a
+// SwiGLU MLP, next-token cross-entropy; or, with `classes`, a sequence classifier over the last
+// real token, as Hugging Face's LlamaForSequenceClassification. Names follow Hugging Face's
+// LlamaForCausalLM, so PEFT's target_modules (q_proj, v_proj, …) mean the same layers, and a
+// checkpoint's config.json gives the sizes (`huggingFace` below).
 import { defineModel } from 'lorafa';
 
-export default defineModel({
+interface LlamaConfig {
+  readonly batch: number;
+  readonly seq: number;
+  readonly vocab: number;
+  readonly d: number;
+  readonly heads: number;
+  /** Key/value heads (grouped-query attention); default: heads. */
+  readonly kvHeads?: number;
+  readonly layers: number;
+  readonly ffn: number;
+  readonly ropeBase: number;
+  /** RMSNorm epsilon (rms_norm_eps); default 1e-6. */
+  readonly eps?: number;
+  /** The LM head is the token embedding, transposed (tie_word_embeddings). */
+  readonly tie?: boolean;
+  /** A sequence classifier with this many classes. */
+  readonly classes?: number;
+  /** How a classifier pools the final hidden states: the last real token (Hugging Face's) or their mean. */
+  readonly pool?: 'last' | 'mean';
+  readonly [key: string]: number | string | boolean | undefined;
+}
+
+export default defineModel<LlamaConfig>({
   name: 'llama',
-  description: 'LLaMA-style decoder (RMSNorm, RoPE, SwiGLU, causal attention)',
+  description: 'LLaMA-style decoder (RMSNorm, RoPE, SwiGLU, causal grouped-query attention)',
   configs: {
     toy: { batch: 2, seq: 8, vocab: 64, d: 32, heads: 4, layers: 2, ffn: 48, ropeBase: 10000 },
     '7b': { batch: 8, seq: 1024, vocab: 32000, d: 4096, heads: 32, layers: 32, ffn: 11008, ropeBase: 10000 },
@@ -14,7 +38,7 @@ export default defineModel({
     brown: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000 },
     // The same decoder as a sequence classifier (SpamAssassin spam/ham): mean-pooled final hidden
     // states → `score` (as Hugging Face's LlamaForSequenceClassification names its head).
-    spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2 },
+    spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean' },
   },
   defaultConfig: 'toy',
   defaultTargets: ['q_proj', 'v_proj'],
@@ -22,22 +46,55 @@ export default defineModel({
   modulesToSave: ['score'],
   // Hugging Face's LlamaForCausalLM / LlamaForSequenceClassification state-dict keys.
   stateDictKey: (name) => (name === 'lm_head' || name === 'score' || name.startsWith('lm_head.') || name.startsWith('score.') ? name : `model.${name}`),
+  huggingFace: {
+    architectures: ['LlamaForCausalLM', 'LlamaForSequenceClassification'],
+    config: (hf, arch) => {
+      const num = (k: string, fallback?: number): number => {
+        const v = hf[k] ?? fallback;
+        if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`"${k}" is ${JSON.stringify(hf[k])}, expected a number`);
+        return v;
+      };
+      const classifier = arch === 'LlamaForSequenceClassification';
+      const labels = hf.id2label && typeof hf.id2label === 'object' ? Object.keys(hf.id2label).length : undefined;
+      return {
+        vocab: num('vocab_size'),
+        d: num('hidden_size'),
+        heads: num('num_attention_heads'),
+        kvHeads: num('num_key_value_heads', num('num_attention_heads')),
+        layers: num('num_hidden_layers'),
+        ffn: num('intermediate_size'),
+        ropeBase: num('rope_theta', 10000),
+        eps: num('rms_norm_eps', 1e-6),
+        tie: hf.tie_word_embeddings === true,
+        maxSeq: num('max_position_embeddings', 2048),
+        ...(classifier ? { classes: num('num_labels', labels ?? 2), pool: 'last' as const } : {}),
+      };
+    },
+  },
   build(b, cfg) {
-    const { batch, seq, d, heads } = cfg as typeof cfg & { seq: number };
+    const { batch, seq, d, heads } = cfg;
+    const kvHeads = cfg.kvHeads ?? heads;
+    if (heads % kvHeads !== 0) throw new Error(`${heads} attention heads cannot share ${kvHeads} key/value heads evenly`);
+    const hd = d / heads;
     const ids = b.input('input_ids', [batch, seq], 'i32');
-    let h = b.reshape(b.embedding(ids, 'embed_tokens', cfg.vocab, d), [batch * seq, d]);
+    const pooled = cfg.classes !== undefined && cfg.pool !== 'mean';
+    // Which tokens are real (1) or padding (0): the classifier pools its last real token, and no
+    // token attends to padding, as in Hugging Face (with right or left padding alike).
+    const mask = pooled ? b.input('attention_mask', [batch, seq]) : undefined;
+    const embed = b.scope('embed_tokens', () => b.param('weight', [cfg.vocab, d], { init: { kind: 'normal', std: 0.02 } }));
+    let h = b.reshape(b.scope('embed_tokens', () => b.emit('gather', [embed, ids], {}, 'lookup')), [batch * seq, d]);
     for (let i = 0; i < cfg.layers; i++) {
       h = b.scope(`layers.${i}`, () => {
-        const a = b.rmsNorm(h, 'input_layernorm');
+        const a = b.rmsNorm(h, 'input_layernorm', { eps: cfg.eps });
         const attn = b.scope('self_attn', () => {
-          const proj = (name: string) => b.splitHeads(b.linear(a, name, d, { bias: false }), batch, seq, heads);
-          const q = b.rope(proj('q_proj'), { base: cfg.ropeBase });
-          const k = b.rope(proj('k_proj'), { base: cfg.ropeBase });
-          const v = proj('v_proj');
-          return b.linear(b.mergeHeads(b.attention(q, k, v, { causal: true })), 'o_proj', d, { bias: false });
+          const proj = (name: string, n: number) => b.splitHeads(b.linear(a, name, n * hd, { bias: false }), batch, seq, n);
+          const q = b.rope(proj('q_proj', heads), { base: cfg.ropeBase });
+          const k = b.repeatKv(b.rope(proj('k_proj', kvHeads), { base: cfg.ropeBase }), heads / kvHeads);
+          const v = b.repeatKv(proj('v_proj', kvHeads), heads / kvHeads);
+          return b.linear(b.mergeHeads(b.attention(q, k, v, { causal: true, keyMask: mask })), 'o_proj', d, { bias: false });
         });
         const r = b.add(h, attn);
-        const m = b.rmsNorm(r, 'post_attention_layernorm');
+        const m = b.rmsNorm(r, 'post_attention_layernorm', { eps: cfg.eps });
         const mlp = b.scope('mlp', () => {
           const gate = b.silu(b.linear(m, 'gate_proj', cfg.ffn, { bias: false }));
           const up = b.linear(m, 'up_proj', cfg.ffn, { bias: false });
@@ -46,18 +103,20 @@ export default defineModel({
         return b.add(r, mlp);
       });
     }
-    const final = b.rmsNorm(h, 'norm');
+    const final = b.rmsNorm(h, 'norm', { eps: cfg.eps });
     if (cfg.classes !== undefined) {
-      // Sequence classification: one label per sequence, the mean of its final hidden states.
+      // Sequence classification: one label per sequence, from the last real token's hidden state
+      // (or the mean over all positions, the shipped spam preset's pooling).
       const labels = b.input('labels', [batch], 'i32');
-      const pooled = b.mean(b.reshape(final, [batch, seq, d]), [1]);
-      const logits = b.linear(pooled, 'score', cfg.classes as number, { bias: false });
+      const states = b.reshape(final, [batch, seq, d]);
+      const pooledState = mask ? b.lastToken(states, mask) : b.mean(states, [1]);
+      const logits = b.linear(pooledState, 'score', cfg.classes, { bias: false });
       b.output('logits', logits);
       b.loss(b.crossEntropy(logits, labels));
       return;
     }
     const targets = b.input('labels', [batch * seq], 'i32');
-    const logits = b.linear(final, 'lm_head', cfg.vocab, { bias: false });
+    const logits = cfg.tie ? b.tiedLinear(final, 'lm_head', embed) : b.linear(final, 'lm_head', cfg.vocab, { bias: false });
     b.output('logits', logits);
     b.loss(b.crossEntropy(logits, targets));
   },

@@ -68,6 +68,7 @@ export { addCompiledOptions, addDataOptions, addRunOptions, nonNegativeInt, nonN
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
 export { PRESETS, PRESET_NAMES, presetByName, type Preset } from './train/presets.ts';
+export { chooseModel, HF_ARCHITECTURES, openHfCheckpoint, type HfCheckpoint, type ModelChoice } from './train/hf.ts';
 export { listCheckpoints, readCheckpoint, type Checkpoint } from './train/checkpoint.ts';
 
 // Data.

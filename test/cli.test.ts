@@ -84,7 +84,7 @@ describe('lorafa compile --emit ir', () => {
 describe('errors exit 1 with the place and the fix', () => {
   test('unknown target', async () => {
     expect(await run('compile', 'models/mlp.ts', '--targets', 'fc9')).toBe(1);
-    expect(err.join('\n')).toMatch(/^lorafa: models\/mlp\.ts: unknown LoRA target "fc9".*\n\s+fix: target one of the linear layer names: fc1, fc2, fc3/);
+    expect(err.join('\n')).toMatch(/^lorafa: models\/mlp\.ts: unknown LoRA target "fc9".*\n\s+fix: target one of the linear layers: fc1 \(12→16\), fc2 \(16→16\), fc3 \(16→3\), or all-linear/);
   });
 
   test('rank larger than a targeted layer', async () => {

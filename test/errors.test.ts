@@ -83,16 +83,21 @@ describe('LoRA targets', () => {
       expect(e.message).toContain(relative(process.cwd(), m.file));
       for (const l of graph.linears) expect(e.message).toContain(`${l.name} (${l.inFeatures}→${l.outFeatures})`);
       expectFix(e);
-      expect(e.fix).toContain('fc1, fc2, fc3');
+      expect(e.fix).toContain('fc1 (12→16), fc2 (16→16), fc3 (16→3), or all-linear');
     }
   });
 
-  test('in a deep model the hint lists the short layer names, and every layer', async () => {
+  test('in a deep model the hint is short: the layer names grouped and counted, not every layer', async () => {
     const m = await loadModel(resolve(ROOT, 'models/llama.ts'));
     const graph = trace(m);
     const e = await failure(() => compileTraining(graph, { mode: 'lora-fa', lora: { rank: 2, alpha: 4, targets: ['qproj'] } }));
-    expect(e.fix).toContain('q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head');
-    for (const l of graph.linears) expect(e.message).toContain(l.name);
+    expect(e.fix).toBe('target one of the linear layers: q_proj ×2, k_proj ×2, v_proj ×2, o_proj ×2, gate_proj ×2, up_proj ×2, down_proj ×2, lm_head (32→64), or all-linear');
+    // LLaMA-7B's 225 layers: the same eight names, counted.
+    const big = trace(m, '7b');
+    const e7 = await failure(() => compileTraining(big, { mode: 'lora-fa', lora: { rank: 2, alpha: 4, targets: ['qproj'] } }));
+    expect(e7.fix).toContain('q_proj ×32, k_proj ×32');
+    expect(e7.message.length).toBeLessThan(400);
+    expect(e7.message).not.toContain('layers.0.');
   });
 });
 

@@ -59,6 +59,14 @@ export function feedsFor(g: Graph, seed: number, intBound: (name: string) => num
   const feeds: Record<string, Float64Array> = {};
   for (const i of g.inputs) {
     const n = numel(i.value.type.shape);
+    if (i.value.name === 'attention_mask') {
+      // Real tokens then padding, as a tokenizer pads on the right: each row 1…seq real tokens.
+      const [rows, seq] = i.value.type.shape;
+      const m = new Float64Array(n);
+      for (let r = 0; r < rows; r++) m.fill(1, r * seq, r * seq + 1 + Math.floor(u() * seq));
+      feeds[i.value.name] = m;
+      continue;
+    }
     feeds[i.value.name] =
       i.value.type.dtype === 'i32'
         ? new Float64Array(n).map(() => Math.floor(u() * intBound(i.value.name)))

@@ -62,6 +62,26 @@ describe('targets', async () => {
     expect(e.message).toContain('q_proj');
   });
 
+  test('all-linear (PEFT\'s meaning): every linear layer but the output layer and modules_to_save', async () => {
+    // The causal LM: everything but lm_head, which makes the logits.
+    const lm = modules(lora(llama, { targets: ['all-linear'] }).graph);
+    expect(lm).toHaveLength(14);
+    expect(lm).not.toContain('lm_head');
+    // The classifier: everything but its head `score` (the output layer, and in modules_to_save).
+    const { graph: cls } = await toyModel('llama', 'spam');
+    const c = modules(lora(cls, { targets: ['all-linear'], modulesToSave: ['score'] }).graph);
+    expect(c).toHaveLength(21);
+    expect(c).not.toContain('score');
+    // The MLP with a bias on its output layer: the add after fc3's x·W makes the logits.
+    expect(modules(lora(mlp, { targets: ['all-linear'] }).graph)).toEqual(['fc1', 'fc2']);
+    // RoBERTa's head: classifier.dense is in modules_to_save, classifier.out_proj the output layer.
+    const { graph: roberta } = await toyModel('bert', 'roberta-toy');
+    const r = modules(lora(roberta, { targets: ['all-linear'], modulesToSave: ['classifier'] }).graph);
+    expect(r.filter((n) => n.startsWith('classifier'))).toEqual([]);
+    expect(r).toHaveLength(2 * 6);
+    expect(thrown(() => lora(llama, { targets: ['all-linear', 'q_proj'] })).message).toContain('"all-linear" already takes every linear layer');
+  });
+
   test('a RegExp must match the whole module name', () => {
     expect(modules(lora(llama, { targets: /.*\.q_proj/ }).graph)).toEqual(['layers.0.self_attn.q_proj', 'layers.1.self_attn.q_proj']);
     expect(modules(lora(llama, { targets: /layers\.0\..*/ }).graph)).toHaveLength(7);
@@ -71,7 +91,7 @@ describe('targets', async () => {
     expect(modules(lora(llama, { targets: /layers\.0\..*/g }).graph)).toHaveLength(7);
     const e = thrown(() => lora(llama, { targets: /q_proj/ }));
     expect(e.message).toContain('matches no linear layer');
-    expect(e.message).toContain('layers.0.self_attn.q_proj (32→32)');
+    expect(e.message).toContain('q_proj ×2');
     expect(thrown(() => lora(mlp, { targets: /fc/ })).message).toContain('matches no linear layer');
   });
 });

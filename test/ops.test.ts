@@ -80,6 +80,26 @@ const HAND: HandTable = {
       expected: [1, 1.0829640838457826, -0.082964083845782555, -1.0115841666309697],
     },
   ],
+  gelu_erf: [
+    {
+      // x·Φ(x) with Φ from Python's math.erf
+      what: 'exact GELU at 0, ±1, 3',
+      inputs: [f([4], [0, 1, -1, 3])],
+      attrs: NONE,
+      shape: [4],
+      expected: [0, 0.8413447460685429, -0.15865525393145707, 2.99595030590511],
+    },
+  ],
+  gelu_erf_grad: [
+    {
+      // ct · (Φ(x) + x·φ(x)), from Python's math.erf and math.exp
+      what: "ct · gelu_erf'(x) at 0, ±1, 3",
+      inputs: [f([4], [0, 1, -1, 3]), f([4], [2, 1, 1, -1])],
+      attrs: NONE,
+      shape: [4],
+      expected: [1, 1.0833154705876864, -0.08331547058768629, -1.011945647204184],
+    },
+  ],
   silu: [
     {
       what: 'x·σ(x)',

@@ -560,6 +560,21 @@ const CLOSED_FORMS: Record<string, (c: Record<string, number>, t: TargetSet) => 
     const bs = c.batch * c.seq;
     return t === 'default' ? { elements: c.layers * bs * c.d, kept: [] } : { elements: c.layers * (3 * bs * c.d + bs * c.ffn) + bs * c.d, kept: [] };
   },
+  // c_attn reads ln_1's [b·s, d] output. All linears: per layer also the merged heads (attn.c_proj),
+  // ln_2's output (c_fc) and the [b·s, 4d] GELU output (mlp.c_proj); plus ln_f's output, the input
+  // of the LM head tied to wte (frozen: no dW).
+  gpt2: (c, t) => {
+    const bs = c.batch * c.seq;
+    return t === 'default' ? { elements: c.layers * bs * c.d, kept: [] } : { elements: c.layers * (3 * bs * c.d + 4 * bs * c.d) + bs * c.d, kept: [] };
+  },
+  // query and value share the layer's [b·s, d] input. All linears: per layer also the merged heads
+  // (attention.output.dense), the attention block's LayerNorm output (intermediate.dense) and the
+  // [b·s, ffn] GELU output (output.dense); plus the first token [b, d] (pooler.dense). The classifier
+  // trains its weights (modulesToSave): its input, the pooler's tanh, stays.
+  bert: (c, t) => {
+    const bs = c.batch * c.seq;
+    return t === 'default' ? { elements: c.layers * bs * c.d, kept: [] } : { elements: c.layers * (3 * bs * c.d + bs * c.ffn) + c.batch * c.d, kept: ['classifier'] };
+  },
 };
 
 const savedBytes = (p: MemoryPlan) => p.tensors.filter((t) => t.category === 'saved').reduce((s, t) => s + t.bytes, 0);

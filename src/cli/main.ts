@@ -20,6 +20,7 @@ import {
   addTrainOptions,
   acquireGpu,
   asCommand,
+  chooseModel,
   compareTable,
   compileProgram,
   compileRegex,
@@ -107,7 +108,10 @@ interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
 }
 
 async function setup(modelPath: string, flags: CommonFlags) {
-  const m = await loadModel(modelPath);
+  // A model file, or a Hugging Face checkpoint folder (its config.json picks the model and sizes).
+  const choice = await chooseModel(modelPath, { config: flags.config });
+  const m = choice.model;
+  flags = { ...flags, config: choice.config };
   const overrides: Record<string, number> = {};
   if (flags.batch !== undefined) overrides.batch = flags.batch;
   if (flags.seq !== undefined) overrides.seq = flags.seq;
@@ -244,14 +248,14 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
 
 function commonOptions(c: Command, defaultMode: Mode): Command {
   return c
-    .argument('<model>', 'model file, e.g. models/llama.ts')
+    .argument('<model>', 'a model file (e.g. models/llama.ts), or a Hugging Face checkpoint folder')
     .addOption(new Option('--mode <mode>', 'what trains').choices([...MODES]).default(defaultMode))
     .option('--rank <r>', 'LoRA rank', positiveInt('--rank'), 8)
     .option('--alpha <a>', 'LoRA alpha (scale = alpha/rank); default 2·rank', positiveNumber('--alpha'))
     .option('--targets <names>', "comma-separated linear layer names or suffixes (PEFT target_modules); default: the model's")
     .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name')
     .option('--rslora', 'rank-stabilised scale alpha/√rank')
-    .option('--config <name>', "a named size from the model file (default: the model's default)")
+    .option('--config <name>', "a named size from the model file, or a Hugging Face config.json (default: the model's default)")
     .option('--batch <n>', 'override the batch size', positiveInt('--batch'))
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
     .option('--verify', 'run the IR verifier after every pass');
@@ -286,6 +290,7 @@ interface FinetuneCliFlags extends TrainFlags {
   seq?: number;
   gradCorrection?: boolean;
   fromScratch?: boolean;
+  initMissing?: boolean;
   verify?: boolean;
 }
 
@@ -344,7 +349,8 @@ export function program(): Command {
     .option('--config <name>', "a named size from the model file (default: the preset's or the model's)")
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
-    .option('--from-scratch', "a preset: start from the seeded init, not the shipped base model")
+    .option('--from-scratch', "a preset or checkpoint folder: start from the seeded init, not its base weights")
+    .option('--init-missing', "initialise weights the base checkpoint lacks from the model's init, instead of failing (a new classifier head never needs it)")
     .option('--verify', 'run the IR verifier after every pass');
   addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
   p.command('doctor')

@@ -22,7 +22,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { LorafaError } from '../ir/errors.ts';
 import { numel, type DType } from '../ir/types.ts';
-import { classificationStream, evalBatches as evalIndexBatches, fixedLength, languageModelStream, type ClassificationStream } from './batches.ts';
+import { classificationStream, evalBatches as evalIndexBatches, languageModelStream, type ClassificationStream } from './batches.ts';
 import type { Cell, Row, RowSource } from './rows.ts';
 import { TokenWriter, type TokenStore } from './tokens.ts';
 
@@ -46,13 +46,26 @@ export interface RowView {
 /** What text goes through: the shipped character tokenizer, or (later) a Hugging Face one. */
 export interface TextTokenizer {
   readonly vocabSize: number;
+  /** The ids of a text, with the tokenizer's own special tokens (a Hugging Face BOS, [CLS]…[SEP]). */
   encode(text: string): Int32Array;
   /** At most the first n ids, without tokenising the rest of a long text (optional). */
   encodePrefix?(text: string, n: number): Int32Array;
+  /** At most `max` ids, special tokens kept, the text cut on the tokenizer's truncation side (optional). */
+  encodeTruncated?(text: string, max: number): { ids: Int32Array; truncated: boolean };
+  /** The padding id (lorafa's character tokenizer: 0). */
+  readonly padId?: number;
+  /** The tokenizer's padding side (Hugging Face's padding_side); default: see padText. */
+  readonly paddingSide?: 'left' | 'right';
+  /** Ids between two documents of a language-modelling corpus (default: the ids of "\n"). */
+  separator?(): Int32Array;
 }
 
-/** The first n ids of a text (n + 1 tells whether it was longer). */
-const prefix = (tok: TextTokenizer, text: string, n: number) => (tok.encodePrefix ? tok.encodePrefix(text, n) : tok.encode(text).subarray(0, n));
+/** A text as at most `max` ids, and whether it was longer. */
+function truncate(tok: TextTokenizer, text: string, max: number): { ids: Int32Array; truncated: boolean } {
+  if (tok.encodeTruncated) return tok.encodeTruncated(text, max);
+  const ids = tok.encodePrefix ? tok.encodePrefix(text, max + 1) : tok.encode(text);
+  return { ids: ids.subarray(0, max), truncated: ids.length > max };
+}
 
 export interface MappingOptions {
   /** The text column (default "text"). */
@@ -115,9 +128,9 @@ export interface Dataset {
 }
 
 type Shape =
-  | { readonly kind: 'classify-text'; readonly ids: InputSpec; readonly labels: InputSpec; readonly seq: number }
+  | { readonly kind: 'classify-text'; readonly ids: InputSpec; readonly labels: InputSpec; readonly seq: number; readonly mask?: InputSpec }
   | { readonly kind: 'classify-features'; readonly x: InputSpec; readonly labels: InputSpec; readonly width: number }
-  | { readonly kind: 'lm'; readonly ids: InputSpec; readonly labels: InputSpec; readonly seq: number }
+  | { readonly kind: 'lm'; readonly ids: InputSpec; readonly labels: InputSpec; readonly seq: number; readonly mask?: InputSpec }
   | { readonly kind: 'regression'; readonly x: InputSpec; readonly target: InputSpec; readonly width: number; readonly targetWidth: number };
 
 const fmtInput = (i: InputSpec) => `${i.name} ${i.dtype}[${i.shape.join(',')}]`;
@@ -135,8 +148,9 @@ export function inferTask(all: readonly InputSpec[], where = 'the model'): Shape
   const labels = inputs.find((i) => i.name === 'labels');
   const target = inputs.find((i) => i.name === 'target' && i.dtype === 'f32');
   const ids = inputs.find((i) => i.name === 'input_ids');
-  const floats = inputs.filter((i) => i.dtype === 'f32' && i !== target);
-  const known = new Set([labels, target, ids, ...floats.slice(0, 1)].filter(Boolean));
+  const mask = ids ? inputs.find((i) => i.name === 'attention_mask' && i.dtype === 'f32' && i.shape.join() === ids.shape.join()) : undefined;
+  const floats = inputs.filter((i) => i.dtype === 'f32' && i !== target && i !== mask);
+  const known = new Set([labels, target, ids, mask, ...floats.slice(0, 1)].filter(Boolean));
   const extra = inputs.filter((i) => !known.has(i));
   if (extra.length) unsupported(`lorafa does not know what to put in ${extra.map(fmtInput).join(', ')}`);
   if (ids) {
@@ -144,8 +158,8 @@ export function inferTask(all: readonly InputSpec[], where = 'the model'): Shape
     if (floats.length) unsupported('a text model with a float input as well');
     if (!labels || labels.dtype !== 'i32') return unsupported('a text model needs an i32 "labels" input');
     const [B, S] = ids.shape;
-    if (numel(labels.shape) === B && labels.shape.length === 1) return { kind: 'classify-text', ids, labels, seq: S };
-    if (numel(labels.shape) === B * S) return { kind: 'lm', ids, labels, seq: S };
+    if (numel(labels.shape) === B && labels.shape.length === 1) return { kind: 'classify-text', ids, labels, seq: S, mask };
+    if (numel(labels.shape) === B * S) return { kind: 'lm', ids, labels, seq: S, mask };
     return unsupported(`labels [${labels.shape.join(',')}] is neither [batch] (a class per text) nor [batch·seq] (the next token at every position)`);
   }
   const x = floats[0];
@@ -307,6 +321,15 @@ export async function openDataset(o: OpenDatasetOptions): Promise<Dataset> {
   for (const v of views) checkColumns(v, fields, { text: shape.kind === 'classify-text', label: true, features: !!features });
   const tok = shape.kind === 'classify-text' ? o.tokenizer : undefined;
   if (shape.kind === 'classify-text' && !tok) throw new LorafaError(trainName, 'text needs a tokenizer', 'pass --tokenizer FILE (or a --base folder with tokenizer.json)');
+  // Padding: the tokenizer's side and id; lorafa's character tokenizer pads with 0, on the right
+  // when the model reads an attention_mask (it then ignores padding), else on the left (the last
+  // position is then always the text's last character).
+  const hasMask = shape.kind === 'classify-text' && !!shape.mask;
+  const side = tok?.paddingSide ?? (hasMask ? 'right' : 'left');
+  const padId = tok?.padId ?? 0;
+  if (tok && hasMask && tok.padId === undefined && 'paddingSide' in tok) {
+    throw new LorafaError(trainName, 'the tokenizer has no padding token, and batches of texts need one', 'set "pad_token" in tokenizer_config.json (the EOS token is the usual choice for GPT-2 and LLaMA classifiers)');
+  }
   if (tok) checkVocab(tok, o, trainName);
 
   // The scan: validate every row, count truncations, and find the classes: integer labels are
@@ -341,7 +364,7 @@ export async function openDataset(o: OpenDatasetOptions): Promise<Dataset> {
         if (shape.kind === 'classify-text') {
           const text = row[textField];
           if (typeof text !== 'string') throw missingField(at(), textField, row, '--text-field');
-          if (prefix(tok!, text, shape.seq + 1).length > shape.seq) truncated[vi]++;
+          if (truncate(tok!, text, shape.seq).truncated) truncated[vi]++;
         } else {
           featureVector(row, features!, width, at);
         }
@@ -388,8 +411,16 @@ export async function openDataset(o: OpenDatasetOptions): Promise<Dataset> {
     let labels: Int32Array | undefined;
     if (shape.kind === 'classify-text') {
       const ids = new Int32Array(n * shape.seq);
-      rows.forEach((r, k) => ids.set(fixedLength(prefix(tok!, r[textField] as string, shape.seq), shape.seq), k * shape.seq));
+      const mask = shape.mask ? new Float32Array(n * shape.seq) : undefined;
+      rows.forEach((r, k) => {
+        const t = truncate(tok!, r[textField] as string, shape.seq).ids;
+        const at = side === 'left' ? shape.seq - t.length : 0;
+        ids.fill(padId, k * shape.seq, (k + 1) * shape.seq);
+        ids.set(t, k * shape.seq + at);
+        mask?.fill(1, k * shape.seq + at, k * shape.seq + at + t.length);
+      });
       feeds[shape.ids.name] = ids;
+      if (mask) feeds[shape.mask!.name] = mask;
     } else {
       const x = new Float32Array(n * width);
       rows.forEach((r, k) => x.set(featureVector(r, features!, width, at(k)), k * width));
@@ -526,7 +557,7 @@ async function openLanguageModel(
   if (!tok) throw new LorafaError(trainName, 'text needs a tokenizer', 'pass --tokenizer FILE (or a --base folder with tokenizer.json)');
   checkVocab(tok, o, trainName);
   for (const v of views) checkColumns(v, { text: textField }, { text: true, label: false, features: false });
-  const newline = tok.encode('\n');
+  const newline = tok.separator ? tok.separator() : tok.encode('\n');
   const stores: TokenStore[] = [];
   for (const v of views) {
     const w = new TokenWriter();
@@ -571,7 +602,7 @@ async function openLanguageModel(
       let s = streams.get(rows);
       if (!s) streams.set(rows, (s = languageModelStream(train, rows, seq, o.seed)));
       const b = s.batch(t);
-      return { [shape.ids.name]: b.input_ids, [shape.labels.name]: b.labels };
+      return { [shape.ids.name]: b.input_ids, [shape.labels.name]: b.labels, ...(shape.mask ? { [shape.mask.name]: new Float32Array(b.input_ids.length).fill(1) } : {}) };
     },
     async *evalBatches(batch) {
       if (!evalTokens) return;
@@ -585,7 +616,7 @@ async function openLanguageModel(
           ids.set(win.subarray(0, seq), r * seq);
           labels.set(win.subarray(1, seq + 1), r * seq);
         }
-        yield { feeds: { [shape.ids.name]: ids, [shape.labels.name]: labels }, valid: batch * seq };
+        yield { feeds: { [shape.ids.name]: ids, [shape.labels.name]: labels, ...(shape.mask ? { [shape.mask.name]: new Float32Array(ids.length).fill(1) } : {}) }, valid: batch * seq };
       }
     },
     close() {

@@ -113,6 +113,17 @@ function peftMatches(moduleName: string, names: readonly string[]): boolean {
   return names.some((t) => moduleName === t || moduleName.endsWith(`.${t}`));
 }
 
+/**
+ * Whether a parameter's module is saved by modules_to_save: PEFT wraps the whole module an entry
+ * names, so its submodules are saved too (RoBERTa's `classifier` holds `classifier.dense` and
+ * `classifier.out_proj`).
+ */
+function savedBy(moduleName: string, names: readonly string[]): boolean {
+  const parts = moduleName.split('.');
+  for (let n = parts.length; n >= 1; n--) if (peftMatches(parts.slice(0, n).join('.'), names)) return true;
+  return false;
+}
+
 function moduleOf(paramName: string): string {
   const dot = paramName.lastIndexOf('.');
   return dot < 0 ? paramName : paramName.slice(0, dot);
@@ -204,7 +215,7 @@ export function peftAdapter(g: Graph, values: ParamValues, opts: PeftExportOptio
   const mts = opts.modulesToSave ?? [];
   const saved: KeyedParam[] = [];
   for (const m of mts) {
-    const hits = layout.filter((k) => peftMatches(keyFor(moduleOf(k.param.value.name)), [m]));
+    const hits = layout.filter((k) => savedBy(keyFor(moduleOf(k.param.value.name)), [m]));
     if (!hits.length) {
       throw new LorafaError(where, `modules_to_save entry "${m}" matches no module with weights`, `name modules of the model: ${listSome([...new Set(layout.map((k) => moduleOf(k.param.value.name)))])}`);
     }
@@ -240,10 +251,16 @@ export function peftAdapter(g: Graph, values: ParamValues, opts: PeftExportOptio
     const v = valueOf(g, values, k.param);
     tensors.set(PEFT_KEY_PREFIX + k.key, { shape: [...k.torchShape], data: k.transposed ? transpose(v, k.shape[0], k.shape[1]) : Float32Array.from(v) });
   }
+  // PEFT has one fan_in_fan_out for the whole adapter: True when the adapted layers store their
+  // weights [in, out] (GPT-2's Conv1D), which only matters when PEFT merges.
+  const layouts = new Set(adapters.map((a) => g.linears.find((x) => x.name === a.module)!.torchLayout ?? 'out_in'));
+  if (layouts.size > 1) {
+    throw new LorafaError(where, 'the adapted layers mix nn.Linear ([out, in]) and Conv1D ([in, out]) weights, and PEFT\'s adapter_config.json has one fan_in_fan_out for all', 'target layers of one kind');
+  }
   const config: PeftLoraConfig = {
     base_model_name_or_path: opts.baseModel ?? null,
     bias: 'none',
-    fan_in_fan_out: false,
+    fan_in_fan_out: layouts.has('in_out'),
     inference_mode: true,
     init_lora_weights: true,
     lora_alpha: alpha,
@@ -414,7 +431,7 @@ export function importPeftAdapter(dir: string, g: Graph, opts: KeyOptions = {}):
     throw new LorafaError(weightsFile, `the adapter's keys do not fit the graph: ${why.join('; ')}`, 'export the adapter again from the same model; lorafa reads LoRA on linear layers and modules_to_save');
   }
   const mts = Array.isArray(config.modules_to_save) ? config.modules_to_save : [];
-  const needed = layout.filter((k) => k.param.trainable || peftMatches(keyFor(moduleOf(k.param.value.name)), mts));
+  const needed = layout.filter((k) => k.param.trainable || savedBy(keyFor(moduleOf(k.param.value.name)), mts));
   const absent = needed.filter((k) => !savedFound.has(k));
   if (absent.length) {
     throw new LorafaError(

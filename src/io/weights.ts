@@ -14,7 +14,8 @@ import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'n
 import { basename, dirname, join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import { numel, sameShape, type Graph, type LinearModule, type LoraAdapter, type Param } from '../ir/types.ts';
-import { encodeSafetensors, readSafetensorsWithMetadata, type SafeTensor, type TensorToWrite } from './safetensors.ts';
+import { openWeights, type WeightSource } from './checkpoint-dir.ts';
+import { encodeSafetensors, type SafeTensor, type TensorToWrite } from './safetensors.ts';
 
 /** Maps a lorafa module (or parameter) name to the prefix the checkpoint's keys use. */
 export type KeyFor = (name: string) => string;
@@ -43,6 +44,13 @@ export interface SaveOptions extends KeyOptions {
 export interface LoadOptions extends KeyOptions {
   /** Every parameter's key present and no other key (torch's load_state_dict(strict=True)). Default true. */
   readonly strict?: boolean;
+  /**
+   * With strict false: a parameter missing from the file is an error unless this accepts it (a new
+   * classifier head, or everything under --init-missing); keys that are no parameter are reported.
+   */
+  readonly mayBeMissing?: (name: string) => boolean;
+  /** The fix line when parameters are missing. */
+  readonly missingFix?: string;
   /** Load only the parameters this accepts (by lorafa name); the others are neither expected nor returned. */
   readonly only?: (name: string) => boolean;
   /** Told the expected keys the file lacks and the keys it has that are no parameter (non-strict loads report them). */
@@ -76,10 +84,14 @@ export interface KeyedParam {
   readonly transposed: boolean;
 }
 
-/** Key and torch shape of every model parameter, in graph order; two parameters on one key is an error. */
+/**
+ * Key and torch shape of every model parameter, in graph order; two parameters on one key is an
+ * error. A linear weight is stored [out, in] (nn.Linear) unless its layer says 'in_out' (GPT-2's
+ * Conv1D), never guessed from the shape; a head tied to an embedding table is the table, saved once.
+ */
 export function stateDictLayout(g: Graph, opts: KeyOptions = {}): KeyedParam[] {
   const keyFor = opts.keyFor ?? identity;
-  const linearWeights = new Set(g.linears.map((l) => l.weight));
+  const linearOf = new Map(g.linears.filter((l) => !l.tiedTo).map((l) => [l.weight, l]));
   const byKey = new Map<string, string>();
   return modelParams(g).map((param) => {
     const name = param.value.name;
@@ -90,10 +102,11 @@ export function stateDictLayout(g: Graph, opts: KeyOptions = {}): KeyedParam[] {
     }
     byKey.set(key, name);
     const shape = param.value.type.shape;
-    const transposed = linearWeights.has(name);
-    if (transposed && shape.length !== 2) {
+    const linear = linearOf.get(name);
+    if (linear && shape.length !== 2) {
       throw new LorafaError(g.file ?? g.name, `linear weight "${name}" has shape [${shape.join(',')}], expected [in, out]`);
     }
+    const transposed = !!linear && linear.torchLayout !== 'in_out';
     return { key, param, shape, torchShape: transposed ? [shape[1], shape[0]] : shape, transposed };
   });
 }
@@ -143,6 +156,13 @@ export function mergedStateDict(g: Graph, values: ParamValues, opts: KeyOptions 
   for (const a of g.adapters) {
     const linear = g.linears.find((l) => l.name === a.module);
     if (!linear) throw new LorafaError(g.file ?? g.name, `adapter "${a.module}" wraps no linear layer of the graph`, 'pass the graph the adapters were compiled into');
+    if (linear.tiedTo) {
+      throw new LorafaError(
+        g.file ?? g.name,
+        `"${a.module}" is tied to the embedding table "${linear.tiedTo}", so its adapter cannot be folded into one weight without untying the two`,
+        `export the adapter instead (it loads on top of the tied base), or leave "${a.module}" out of the LoRA targets`,
+      );
+    }
     adapterOf.set(linear.weight, { adapter: a, linear });
   }
   const params = new Map(g.params.map((p) => [p.value.name, p]));
@@ -159,15 +179,16 @@ export function mergedStateDict(g: Graph, values: ParamValues, opts: KeyOptions 
     const B = valueOf(g, values, params.get(a.B)!, 'adapter');
     const [n, m, r] = [l.inFeatures, l.outFeatures, a.rank];
     const merged = new Float32Array(n * m);
-    // Written straight into torch layout: merged[o, i] = W[i, o] + s·Σ_k A[i, k]·B[k, o].
+    // Written straight into the checkpoint's layout: [o, i] for nn.Linear, [i, o] for Conv1D;
+    // merged = W[i, o] + s·Σ_k A[i, k]·B[k, o].
     for (let i = 0; i < n; i++) {
       for (let o = 0; o < m; o++) {
         let d = 0;
         for (let j = 0; j < r; j++) d += A[i * r + j] * B[j * m + o];
-        merged[o * n + i] = W[i * m + o] + a.scale * d;
+        merged[k.transposed ? o * n + i : i * m + o] = W[i * m + o] + a.scale * d;
       }
     }
-    out.set(k.key, { shape: [m, n], data: merged });
+    out.set(k.key, { shape: [...k.torchShape], data: merged });
   }
   return out;
 }
@@ -259,31 +280,39 @@ export function checkShape(
   );
 }
 
-/** The tensors of a safetensors file, for error messages. */
-function keysOf(tensors: ReadonlyMap<string, SafeTensor>): string[] {
-  return [...tensors.keys()];
+/**
+ * Reads a torch state dict (a safetensors file, a folder with model.safetensors or sharded
+ * safetensors: openWeights) into lorafa parameter values (linear weights transposed back to
+ * [in, out] unless the layer stores [in, out]). Checks keys (strict: none missing, none unexpected;
+ * or only missing ones `mayBeMissing` does not accept), shapes, dtypes and finiteness.
+ */
+export function loadStateDict(source: string | WeightSource, g: Graph, opts: LoadOptions = {}): Map<string, Float32Array> {
+  const src = typeof source === 'string' ? openWeights(source) : source;
+  try {
+    return load(src, g, opts);
+  } finally {
+    if (typeof source === 'string') src.close();
+  }
 }
 
-/**
- * Reads a torch state dict (safetensors) into lorafa parameter values (linear weights transposed
- * back to [in, out]). Checks keys (strict: none missing, none unexpected), shapes and dtypes.
- */
-export function loadStateDict(file: string, g: Graph, opts: LoadOptions = {}): Map<string, Float32Array> {
-  const { tensors } = readSafetensorsWithMetadata(file);
+function load(src: WeightSource, g: Graph, opts: LoadOptions): Map<string, Float32Array> {
+  const file = src.where;
   const layout = stateDictLayout(g, opts);
   const wanted = layout.filter((k) => !opts.only || opts.only(k.param.value.name));
   const known = new Set(layout.map((k) => k.key));
+  const has = new Set(src.keys);
   const model = `model "${g.name}"${g.file ? ` (${g.file})` : ''}`;
-  if (!layout.some((k) => tensors.has(k.key))) {
+  if (!layout.some((k) => has.has(k.key))) {
     throw new LorafaError(
       file,
-      `the file does not hold this model's weights: none of its ${tensors.size} tensors is a parameter of ${model}; ` +
-        `it holds ${listSome(keysOf(tensors), 5) || 'no tensors'}, and the model expects ${listSome(layout.map((k) => k.key), 5)}`,
+      `the file does not hold this model's weights: none of its ${src.keys.length} tensors is a parameter of ${model}; ` +
+        `it holds ${listSome(src.keys, 5) || 'no tensors'}, and the model expects ${listSome(layout.map((k) => k.key), 5)}`,
       "load the file into the model it was saved from, or pass a keyFor that maps lorafa's names to the file's (e.g. n => 'model.' + n)",
     );
   }
-  const missing = wanted.filter((k) => !tensors.has(k.key)).map((k) => k.key);
-  const unexpected = keysOf(tensors).filter((k) => !known.has(k));
+  const missingParams = wanted.filter((k) => !has.has(k.key));
+  const missing = missingParams.map((k) => k.key);
+  const unexpected = src.keys.filter((k) => !known.has(k));
   opts.onKeys?.({ missing, unexpected });
   if (opts.strict ?? true) {
     if (missing.length || unexpected.length) {
@@ -296,13 +325,23 @@ export function loadStateDict(file: string, g: Graph, opts: LoadOptions = {}): M
         'save the state dict from the same model and config (and keyFor), or load with strict: false (missing parameters then keep their own values)',
       );
     }
+  } else if (opts.mayBeMissing) {
+    const refused = missingParams.filter((k) => !opts.mayBeMissing!(k.param.value.name));
+    if (refused.length) {
+      throw new LorafaError(
+        file,
+        `the checkpoint lacks ${refused.length} weight${refused.length > 1 ? 's' : ''} of ${model}: ${listSome(refused.map((k) => `${k.key} ${fmtShape(k.torchShape)}`))}; ${refused.length > 1 ? 'they' : 'it'} would start from a random init`,
+        opts.missingFix ?? 'load the checkpoint the model was saved from, or pass --init-missing to initialise what the checkpoint lacks',
+      );
+    }
   }
   const out = new Map<string, Float32Array>();
   for (const k of wanted) {
-    const t = tensors.get(k.key);
-    if (!t) continue;
-    checkShape(file, k.key, t.shape, k.torchShape, k.param.value.name, k.shape);
-    const data = floatData(file, k.key, t);
+    const e = src.entry(k.key);
+    if (!e) continue;
+    const where = src.fileOf(k.key);
+    checkShape(where, k.key, e.shape, k.torchShape, k.param.value.name, k.shape);
+    const data = floatData(where, k.key, src.read(k.key));
     out.set(k.param.value.name, k.transposed ? transpose(data, k.torchShape[0], k.torchShape[1]) : data);
   }
   return out;

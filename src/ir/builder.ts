@@ -38,6 +38,11 @@ export interface ParamOptions {
 export interface LinearOptions {
   readonly bias?: boolean;
   readonly trainable?: boolean;
+  /**
+   * How PyTorch stores the weight: 'out_in' (nn.Linear, the default) or 'in_out' (GPT-2's Conv1D).
+   * Only the checkpoint layout changes; the layer computes the same x·W.
+   */
+  readonly torchLayout?: 'out_in' | 'in_out';
 }
 
 export class Builder {
@@ -199,6 +204,10 @@ export class Builder {
   gelu = (x: Value) => this.emit('gelu', [x], {});
   /** ct · gelu'(x): GELU's backward, one elementwise node. */
   geluGrad = (x: Value, ct: Value) => this.emit('gelu_grad', [x, ct], {});
+  /** GELU with the exact normal CDF, x·Φ(x) (PyTorch's default; BERT's and RoBERTa's "gelu"). */
+  geluErf = (x: Value) => this.emit('gelu_erf', [x], {});
+  /** ct · gelu_erf'(x): its backward, one elementwise node. */
+  geluErfGrad = (x: Value, ct: Value) => this.emit('gelu_erf_grad', [x, ct], {});
   silu = (x: Value) => this.emit('silu', [x], {});
   step = (x: Value) => this.emit('step', [x], {});
   stopGradient = (x: Value) => this.emit('stop_gradient', [x], {});
@@ -313,9 +322,74 @@ export class Builder {
         matmulOut: xw.id,
         inFeatures,
         outFeatures,
+        ...(opts.torchLayout === 'in_out' ? { torchLayout: 'in_out' as const } : {}),
         src: this.loc(),
       });
       return y;
+    });
+  }
+
+  /**
+   * A linear layer whose weight is an embedding table [vocab, d] used transposed, y = x·Eᵀ: the
+   * language-model head tied to the token embedding (tie_word_embeddings). It is a linear module
+   * like any other (LoRA can target it by name); its weight is saved and loaded once, as the table.
+   */
+  tiedLinear(x: Value, name: string, table: Value): Value {
+    const inFeatures = x.type.shape[x.type.shape.length - 1];
+    const [vocab, d] = table.type.shape;
+    if (table.type.shape.length !== 2 || d !== inFeatures) {
+      throw new ShapeError('tied_linear', [x, table], `the table must be [vocab, ${inFeatures}] to be used as this layer's weight transposed`, this.loc());
+    }
+    return this.scope(name, () => {
+      const y = this.emit('matmul', [x, table], { transA: false, transB: true }, 'xW');
+      this.linears.push({ name: this.qualify(''), weight: table.name, matmulOut: y.id, inFeatures, outFeatures: vocab, tiedTo: table.name, src: this.loc() });
+      return y;
+    });
+  }
+
+  /** Pieces of `sizes` along `axis` (a fused projection such as GPT-2's c_attn into q, k, v). */
+  split(x: Value, axis: number, sizes: readonly number[]): Value[] {
+    const r = x.type.shape.length;
+    const a = axis < 0 ? axis + r : axis;
+    const total = sizes.reduce((s, n) => s + n, 0);
+    if (total !== x.type.shape[a]) {
+      throw new ShapeError('split', [x], `sizes [${sizes.join(',')}] add up to ${total}, axis ${a} has ${x.type.shape[a]}`, this.loc(), 'give sizes that add up to the axis length');
+    }
+    let at = 0;
+    return sizes.map((n) => {
+      const piece = this.sliceAxis(x, a, at, at + n);
+      at += n;
+      return piece;
+    });
+  }
+
+  /** Position ids offset, offset+1, … offset+seq−1 as an i32 [seq] constant (for learned position embeddings). */
+  positionIds(seq: number, offset = 0): Value {
+    return this.buffer(`position_ids.${offset}`, [seq], { kind: 'arange', start: offset }, 'i32');
+  }
+
+  /**
+   * [b, kv, s, hd] → [b, kv·groups, s, hd], each key/value head repeated for `groups` query heads
+   * in a row (grouped-query attention; Hugging Face's repeat_kv).
+   */
+  repeatKv(x: Value, groups: number): Value {
+    if (groups === 1) return x;
+    const [batch, kv, seq, hd] = x.type.shape;
+    const wide = this.broadcast(this.reshape(x, [batch, kv, 1, seq, hd]), [batch, kv, groups, seq, hd]);
+    return this.reshape(wide, [batch, kv * groups, seq, hd]);
+  }
+
+  /**
+   * The hidden state of each row's last real token: h [b, s, d], mask [b, s] (1 real, 0 padding, on
+   * either side) → [b, d]; what Hugging Face's sequence classifiers pool.
+   */
+  lastToken(h: Value, mask: Value): Value {
+    const [batch, seq] = h.type.shape;
+    return this.scope('last_token', () => {
+      const pos = this.buffer('positions.f32', [1, seq], { kind: 'arange', start: 0 });
+      const last = this.max(this.stopGradient(this.mul(pos, mask)), [1], true); // [b, 1]: the last position whose mask is 1
+      const pick = this.reshape(this.eq(pos, last), [batch, seq, 1]); // [b, s, 1]: 1 at the last real token
+      return this.emit('sum', [this.mul(h, pick)], { axes: [1], keepdims: false }, 'out');
     });
   }
 
@@ -401,8 +475,11 @@ export class Builder {
     return this.reshape(this.transpose(x, [0, 2, 1, 3]), [batch * seq, heads * hd]);
   }
 
-  /** softmax(q·kᵀ/√hd [+ causal mask])·v over [b, h, s, hd] tensors. */
-  attention(q: Value, k: Value, v: Value, opts: { causal: boolean }): Value {
+  /**
+   * softmax(q·kᵀ/√hd [+ causal mask] [+ key padding mask])·v over [b, h, s, hd] tensors. `keyMask`
+   * [b, s] is 1 for a real key and 0 for padding, which no query attends to (BERT's attention_mask).
+   */
+  attention(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value }): Value {
     return this.scope('sdpa', () => {
       const hd = q.type.shape[q.type.shape.length - 1];
       const seq = q.type.shape[q.type.shape.length - 2];
@@ -410,6 +487,10 @@ export class Builder {
       if (opts.causal) {
         const mask = this.buffer('causal_mask', [seq, seq], { kind: 'tril' });
         scores = this.where(mask, scores, this.scalar(-1e9));
+      }
+      if (opts.keyMask) {
+        const [batch, s] = opts.keyMask.type.shape;
+        scores = this.where(this.reshape(opts.keyMask, [batch, 1, 1, s]), scores, this.scalar(-1e9));
       }
       return this.emit('matmul', [this.softmax(scores), v], { transA: false, transB: false }, 'out');
     });
@@ -434,7 +515,7 @@ export class Builder {
   }
 
   /** A frozen, computed tensor shared by the whole model (causal mask, rotary tables). */
-  buffer(name: string, shape: readonly number[], init: Init): Value {
+  buffer(name: string, shape: readonly number[], init: Init, dtype: DType = 'f32'): Value {
     const key = `${name}[${shape.join(',')}]`;
     const hit = this.buffers.get(key);
     if (hit) return hit;
@@ -444,6 +525,7 @@ export class Builder {
         init,
         trainable: false,
         role: 'buffer',
+        dtype,
       });
       this.buffers.set(key, v);
       return v;

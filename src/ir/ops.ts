@@ -29,6 +29,10 @@ export interface OpAttrs {
   gelu: NoAttrs;
   /** gelu_grad(x, ct) = ct · gelu'(x): GELU's backward as one elementwise op (like PyTorch's). */
   gelu_grad: NoAttrs;
+  /** GELU with the exact normal CDF: x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default, BERT's "gelu"). */
+  gelu_erf: NoAttrs;
+  /** gelu_erf_grad(x, ct) = ct · (Φ(x) + x·φ(x)): its backward as one elementwise op. */
+  gelu_erf_grad: NoAttrs;
   silu: NoAttrs;
   /** x > 0 ? 1 : 0; the derivative of relu. */
   step: NoAttrs;
@@ -268,6 +272,59 @@ function geluParts(b: Builder, x: Value): { t: Value; du: Value } {
   return { t: b.tanh(u), du };
 }
 
+/**
+ * erf in float64, for the reference: its Maclaurin series for |x| < 2.5 (alternating terms, summed
+ * until they no longer change the sum), and erfc's continued fraction (modified Lentz) beyond, where
+ * the series would cancel. Both are accurate to a few ulps.
+ */
+export function erf(x: number): number {
+  const a = Math.abs(x);
+  if (a < 2.5) {
+    let term = a;
+    let sum = a;
+    for (let n = 1; n < 200; n++) {
+      term *= (-a * a) / n;
+      const add = term / (2 * n + 1);
+      if (sum + add === sum) break;
+      sum += add;
+    }
+    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
+  }
+  // erfc(a) = exp(−a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + …)))))
+  const tiny = 1e-300;
+  let f = a;
+  let C = a;
+  let D = 0;
+  for (let n = 1; n < 500; n++) {
+    const an = n / 2;
+    D = a + an * D;
+    D = 1 / (Math.abs(D) < tiny ? tiny : D);
+    C = a + an / C;
+    if (Math.abs(C) < tiny) C = tiny;
+    const delta = C * D;
+    f *= delta;
+    if (Math.abs(delta - 1) < 1e-16) break;
+  }
+  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / f;
+  return Math.sign(x) * (1 - erfc);
+}
+
+/** Φ(x), the standard normal CDF, and φ(x), its density. */
+const normCdf = (x: number) => 0.5 * (1 + erf(x / Math.SQRT2));
+const normPdf = (x: number) => Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI);
+
+/**
+ * erf in WGSL (f32): erfc's Chebyshev fit from Numerical Recipes (fractional error < 1.2e-7 for
+ * every x), erf = 1 − erfc, odd. Written inline: elementwise ops are expressions.
+ */
+function wgslErf(x: string): string {
+  const t = `(1.0 / (1.0 + 0.5 * abs(${x})))`;
+  const poly = [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277]
+    .map((c) => c.toFixed(8))
+    .reduceRight((acc, c) => (acc ? `${c} + ${t} * (${acc})` : c), '');
+  return `(sign(${x}) * (1.0 - ${t} * exp(-(${x}) * (${x}) + ${poly})))`;
+}
+
 function sigmoidRef(x: number): number {
   return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
 }
@@ -327,6 +384,23 @@ export const OPS: OpRegistry = {
       const t = `tanh(clamp(${SQRT_2_OVER_PI} * (${x} + ${GELU_C} * ${x} * ${x} * ${x}), -15.0, 15.0))`;
       return `(${ct} * (0.5 * (1.0 + ${t}) + 0.5 * ${x} * (1.0 - ${t} * ${t}) * ${SQRT_2_OVER_PI} * (1.0 + ${3 * GELU_C} * ${x} * ${x})))`;
     },
+  ),
+  gelu_erf: unary(
+    (x) => x * normCdf(x),
+    ({ b, ct, inputs: [x] }) => [b.geluErfGrad(x, ct)],
+    (x) => `(0.5 * ${x} * (1.0 + ${wgslErf(`(${x} * ${Math.SQRT1_2})`)}))`,
+  ),
+  gelu_erf_grad: binary(
+    (x, ct) => ct * (normCdf(x) + x * normPdf(x)),
+    ({ b, ct, inputs: [x, g], wants }) => {
+      // d/dct: the op is linear in ct, so it is the op itself at the incoming cotangent;
+      // d/dx = ct·g·gelu''(x), gelu''(x) = φ(x)·(2 − x²)
+      const pdf = () => b.mul(b.exp(b.mul(b.mul(x, x), b.scalar(-0.5))), b.scalar(1 / Math.sqrt(2 * Math.PI)));
+      const dx = wants[0] ? b.mul(b.mul(ct, g), b.mul(pdf(), b.sub(b.scalar(2), b.mul(x, x)))) : null;
+      const dg = wants[1] ? b.geluErfGrad(x, ct) : null;
+      return [dx, dg];
+    },
+    (x, ct) => `(${ct} * (0.5 * (1.0 + ${wgslErf(`(${x} * ${Math.SQRT1_2})`)}) + ${x} * exp(-0.5 * ${x} * ${x}) * ${1 / Math.sqrt(2 * Math.PI)}))`,
   ),
   silu: unary(
     (x) => x * sigmoidRef(x),

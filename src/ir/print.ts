@@ -27,6 +27,8 @@ export function fmtInit(init: Init): string {
       return `rope_${init.part}(base=${num(init.base)}, dim=${init.dim})`;
     case 'gram_inverse':
       return `gram_inverse(${init.of}, scale=${num(init.scale)})`;
+    case 'arange':
+      return `arange(start=${init.start})`;
   }
 }
 

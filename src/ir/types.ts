@@ -57,6 +57,8 @@ export type Init =
   | { readonly kind: 'rope'; readonly part: 'cos' | 'sin'; readonly base: number; readonly dim: number }
   /** Lower-triangular ones of shape [n, n]: the causal mask. */
   | { readonly kind: 'tril' }
+  /** start, start+1, … along the last axis, repeated along the others: position ids. */
+  | { readonly kind: 'arange'; readonly start: number }
   /**
    * scale·(AᵀA)⁻¹ of the frozen parameter `of` (A: [d, r] → [r, r]), computed in float64 from
    * A's values once they are known (LoRA-FA's gradient correction).
@@ -94,6 +96,16 @@ export interface LinearModule {
   readonly matmulOut: number;
   readonly inFeatures: number;
   readonly outFeatures: number;
+  /**
+   * How the weight is stored in a PyTorch checkpoint: 'out_in' as nn.Linear ([out, in], the
+   * default), 'in_out' as GPT-2's Conv1D ([in, out]). lorafa's own W is [in, out] either way.
+   */
+  readonly torchLayout?: 'out_in' | 'in_out';
+  /**
+   * The weight is another module's table used transposed (a language-model head tied to the token
+   * embedding: y = x·Eᵀ): it is saved and loaded as that table, once.
+   */
+  readonly tiedTo?: string;
   readonly src?: SourceLoc;
 }
 

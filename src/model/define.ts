@@ -1,4 +1,6 @@
 // What a model file exports, and how it is traced into a graph.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Builder } from '../ir/builder.ts';
 import { LorafaError, ModelError } from '../ir/errors.ts';
 import type { Graph } from '../ir/types.ts';
@@ -25,9 +27,70 @@ export interface ModelDef<C extends ModelConfig = ModelConfig> {
    * `.weight` / `.bias` suffix), e.g. `layers.0.self_attn.q_proj` → `model.layers.0.self_attn.q_proj`:
    * how base weights, merged weights and PEFT adapters are named on disk. Default: the name itself.
    */
-  readonly stateDictKey?: (name: string) => string;
+  readonly stateDictKey?: (name: string, cfg?: C) => string;
+  /**
+   * The Hugging Face architectures this model file implements, and how a checkpoint's config.json
+   * becomes one of its configs: then `--config path/to/config.json`, a checkpoint folder as
+   * `--base`, or the folder alone (`lorafa finetune DIR`) picks the sizes.
+   */
+  readonly huggingFace?: HuggingFaceMapping<C>;
   /** Declares inputs, parameters and ops, and the scalar loss with b.loss(…). */
   build(b: Builder, cfg: C): void;
+}
+
+export interface HuggingFaceMapping<C extends ModelConfig = ModelConfig> {
+  /** e.g. ['LlamaForCausalLM', 'LlamaForSequenceClassification'] */
+  readonly architectures: readonly string[];
+  /**
+   * The sizes of a checkpoint's config.json for one of `architectures`. `batch` is the run's
+   * (default 8); `seq` may be left out (default: 128, at most the model's maximum positions).
+   */
+  config(hf: Readonly<Record<string, unknown>>, architecture: string): Omit<C, 'batch' | 'seq'> & { readonly seq?: number; readonly maxSeq?: number };
+}
+
+/** A config.json path, or a folder holding one: the Hugging Face config a `config` option may name. */
+export function huggingFaceConfigFile(config: string): string | undefined {
+  if (!/[\\/.]/.test(config) || !existsSync(config)) return undefined;
+  const file = statSync(config).isDirectory() ? join(config, 'config.json') : config;
+  return existsSync(file) && file.endsWith('.json') ? file : undefined;
+}
+
+/** Reads a Hugging Face config.json (its `architectures[0]` and fields). */
+export function readHuggingFaceConfig(file: string): { architecture: string; hf: Record<string, unknown> } {
+  let hf: unknown;
+  try {
+    hf = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new LorafaError(file, `not valid JSON: ${(e as Error).message}`, 'restore the checkpoint\'s config.json (save_pretrained writes it)');
+  }
+  if (!hf || typeof hf !== 'object' || Array.isArray(hf)) throw new LorafaError(file, 'is not a JSON object', 'restore the checkpoint\'s config.json');
+  const arch = (hf as { architectures?: unknown }).architectures;
+  if (!Array.isArray(arch) || typeof arch[0] !== 'string') {
+    throw new LorafaError(file, 'has no "architectures" list naming the model class', 'save the model with transformers (save_pretrained records it), or add e.g. "architectures": ["LlamaForCausalLM"]');
+  }
+  return { architecture: arch[0], hf: hf as Record<string, unknown> };
+}
+
+/** The config a Hugging Face config.json gives `def`. */
+export function configFromHuggingFace(def: ModelDef, file: string, where: string): ModelConfig {
+  const { architecture, hf } = readHuggingFaceConfig(file);
+  const m = def.huggingFace;
+  if (!m) {
+    throw new LorafaError(where, `model "${def.name}" declares no Hugging Face mapping, so it cannot take its sizes from ${file}`, `name one of its configs (${Object.keys(def.configs).join(', ')}), or add huggingFace: { architectures, config(hf) } to the model file`);
+  }
+  if (!m.architectures.includes(architecture)) {
+    throw new LorafaError(file, `architecture ${architecture} is not one model "${def.name}" implements (${m.architectures.join(', ')})`, 'use the model file for that architecture, or the checkpoint folder alone: lorafa finetune DIR picks it');
+  }
+  let mapped: ReturnType<HuggingFaceMapping['config']>;
+  try {
+    mapped = m.config(hf, architecture);
+  } catch (e) {
+    if (e instanceof LorafaError) throw e;
+    throw new LorafaError(file, `cannot read the ${architecture} sizes: ${(e as Error).message}`, 'check the config.json against the architecture');
+  }
+  const { maxSeq, seq: given, ...sizes } = mapped;
+  const seq = given ?? Math.min(128, typeof maxSeq === 'number' ? maxSeq : 128);
+  return { batch: 8, seq, ...sizes } as ModelConfig;
 }
 
 export function defineModel<C extends ModelConfig>(def: ModelDef<C>): ModelDef<C> {
@@ -51,9 +114,10 @@ export interface TraceOptions {
 export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
   const where = opts.displayFile ?? def.name;
   const name = opts.config ?? def.defaultConfig;
-  const base = def.configs[name];
+  const hfFile = def.configs[name] ? undefined : huggingFaceConfigFile(name);
+  const base = def.configs[name] ?? (hfFile ? configFromHuggingFace(def, hfFile, where) : undefined);
   if (!base) {
-    throw new LorafaError(where, `unknown config "${name}"`, `choose one of: ${Object.keys(def.configs).join(', ')}`);
+    throw new LorafaError(where, `unknown config "${name}"`, `choose one of: ${Object.keys(def.configs).join(', ')}${def.huggingFace ? ', or a Hugging Face config.json' : ''}`);
   }
   const cfg: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {

@@ -28,11 +28,30 @@ export interface LoraReport {
   readonly trainable: readonly string[];
 }
 
+/** The linear layers by their last name segment, counted: `q_proj ×32, k_proj ×32, lm_head`. */
 export function listLinears(g: Graph): string {
-  return g.linears.map((l) => `${l.name} (${l.inFeatures}→${l.outFeatures})`).join(', ');
+  const counts = new Map<string, { n: number; shape: string }>();
+  for (const l of g.linears) {
+    const leaf = l.name.split('.').pop()!;
+    const c = counts.get(leaf);
+    if (c) c.n++;
+    else counts.set(leaf, { n: 1, shape: `${l.inFeatures}→${l.outFeatures}` });
+  }
+  return [...counts].map(([leaf, c]) => (c.n > 1 ? `${leaf} ×${c.n}` : `${leaf} (${c.shape})`)).join(', ');
 }
 
-export function resolveTargets(g: Graph, targets: readonly string[] | RegExp): LinearModule[] {
+/** PEFT's "all-linear": every linear layer but the output layer (the one that makes the logits) and modules_to_save. */
+export const ALL_LINEAR = 'all-linear';
+
+function outputLayers(g: Graph): Set<string> {
+  const logits = g.outputs.logits;
+  if (!logits) return new Set();
+  const producer = g.nodes.find((n) => n.out.id === logits.id);
+  const feeds = new Set([logits.id, ...(producer?.op === 'add' ? producer.inputs.map((v) => v.id) : [])]);
+  return new Set(g.linears.filter((l) => feeds.has(l.matmulOut)).map((l) => l.name));
+}
+
+export function resolveTargets(g: Graph, targets: readonly string[] | RegExp, modulesToSave: readonly string[] = []): LinearModule[] {
   const where = g.file ?? g.name;
   if (targets instanceof RegExp) {
     const full = new RegExp(`^(?:${targets.source})$`, targets.flags.replace('g', ''));
@@ -42,17 +61,20 @@ export function resolveTargets(g: Graph, targets: readonly string[] | RegExp): L
     }
     return hits;
   }
-  if (!targets.length) throw new LorafaError(where, 'no LoRA targets given', `name some of: ${listLinears(g)}`);
+  if (!targets.length) throw new LorafaError(where, 'no LoRA targets given', `name some of: ${listLinears(g)}, or all-linear`);
+  if (targets.includes(ALL_LINEAR)) {
+    if (targets.length > 1) throw new LorafaError(where, `"${ALL_LINEAR}" already takes every linear layer; it cannot be listed with others`, `pass --targets ${ALL_LINEAR} alone`);
+    const out = outputLayers(g);
+    const saved = (name: string) => modulesToSave.some((m) => name === m || name.startsWith(m + '.') || name.endsWith('.' + m));
+    const hits = g.linears.filter((l) => !out.has(l.name) && !saved(l.name));
+    if (!hits.length) throw new LorafaError(where, `"${ALL_LINEAR}" leaves no layer to adapt: the only linear layers are the output layer and modules_to_save`, `name targets explicitly: ${listLinears(g)}`);
+    return hits;
+  }
   const hits = new Set<LinearModule>();
   for (const t of targets) {
     const m = g.linears.filter((l) => l.name === t || l.name.endsWith(`.${t}`));
     if (!m.length) {
-      const names = [...new Set(g.linears.map((l) => l.name.split('.').pop()))].join(', ');
-      throw new LorafaError(
-        where,
-        `unknown LoRA target "${t}": no linear layer is named "${t}" or ends with ".${t}"`,
-        `target one of the linear layer names: ${names} (all layers: ${listLinears(g)})`,
-      );
+      throw new LorafaError(where, `unknown LoRA target "${t}": no linear layer is named "${t}" or ends with ".${t}"`, `target one of the linear layers: ${listLinears(g)}, or ${ALL_LINEAR}`);
     }
     m.forEach((l) => hits.add(l));
   }
@@ -75,7 +97,7 @@ export function checkRank(g: Graph, rank: number, alpha: number, layers: readonl
 }
 
 export function applyLora(g: Graph, opts: LoraOptions): { graph: Graph; report: LoraReport } {
-  const layers = resolveTargets(g, opts.targets);
+  const layers = resolveTargets(g, opts.targets, opts.modulesToSave);
   checkRank(g, opts.rank, opts.alpha, layers);
   const scale = opts.rslora ? opts.alpha / Math.sqrt(opts.rank) : opts.alpha / opts.rank;
   const byMatmul = new Map(layers.map((l) => [l.matmulOut, l]));

@@ -146,6 +146,11 @@ export function initParam(p: Param, ctx: InitContext, files = new Map<string, Ma
       for (let i = 0; i < rows; i++) for (let j = 0; j <= Math.min(i, cols - 1); j++) data[i * cols + j] = 1;
       break;
     }
+    case 'arange': {
+      const last = shape[shape.length - 1] ?? 1;
+      data = new Float64Array(n).map((_, i) => init.start + (i % last));
+      break;
+    }
     case 'rope': {
       const [seq, half] = shape;
       data = new Float64Array(n);

@@ -16,6 +16,7 @@ import { isDataPreset, presetData } from '../data/presets.ts';
 import { DATA_FORMATS, openRows, type DataFormat } from '../data/rows.ts';
 import { syntheticDataset } from '../data/synthetic.ts';
 import { CharTokenizer } from '../data/tokenizer.ts';
+import { isHfTokenizerJson, loadHfTokenizer } from '../data/hf-tokenizer.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { TrainingProgram } from './program.ts';
 import { DEFAULT_TOKENIZER } from './presets.ts';
@@ -47,8 +48,12 @@ export interface DataContext {
   readonly expectClasses?: readonly string[];
 }
 
-/** Reads a character tokenizer file (tokenizer.json as `npm run pretrain` writes it). */
-export function loadTokenizer(file: string, fix?: string): CharTokenizer {
+/**
+ * Reads a tokenizer.json: a Hugging Face one (BPE, WordPiece, Unigram; with tokenizer_config.json
+ * beside it for padding, truncation and special tokens) or lorafa's character tokenizer (what
+ * `npm run pretrain` writes, {"kind": "char", …}).
+ */
+export function loadTokenizer(file: string, fix?: string): TextTokenizer {
   if (!existsSync(file)) throw new LorafaError(file, 'no tokenizer file here', fix ?? 'pass --tokenizer the tokenizer.json of the model (npm run pretrain writes one beside model.safetensors)');
   let json: unknown;
   try {
@@ -56,11 +61,11 @@ export function loadTokenizer(file: string, fix?: string): CharTokenizer {
   } catch (e) {
     throw new LorafaError(file, `not valid JSON: ${(e as Error).message}`, fix ?? 'restore the tokenizer file');
   }
-  return CharTokenizer.fromJSON(json, file);
+  return isHfTokenizerJson(json) ? loadHfTokenizer(file) : CharTokenizer.fromJSON(json, file);
 }
 
 /** --tokenizer, else the --base folder's tokenizer.json, else the shipped decoder's. */
-export function resolveTokenizer(flags: DataFlags, base: string | undefined): { tokenizer: CharTokenizer; file: string } {
+export function resolveTokenizer(flags: DataFlags, base: string | undefined): { tokenizer: TextTokenizer; file: string } {
   if (flags.tokenizer) return { tokenizer: loadTokenizer(resolve(flags.tokenizer)), file: resolve(flags.tokenizer) };
   if (base) {
     const b = resolve(base);

@@ -20,6 +20,7 @@ import { openTrainingData, type DataFlags } from './data.ts';
 import { runTraining, type TrainOptions, type TrainResult } from './loop.ts';
 import { compareLines } from './outputs.ts';
 import { isPreset, PRESET_NAMES, PRESETS, PRETRAINED_DIR, presetModelFile, type Preset } from './presets.ts';
+import { chooseModel } from './hf.ts';
 import { compileProgram, memorySummary, planStep, type MemorySummary, type TrainingProgram } from './program.ts';
 import type { ProgressMode } from './progress.ts';
 import type { LrScheduleName } from './schedule.ts';
@@ -59,6 +60,8 @@ export interface FinetuneOptions extends DataFlags {
   /** Base weights (a safetensors file or folder); a preset's shipped base by default; null: from the seeded init. */
   readonly base?: string | null;
   readonly initAdapter?: string;
+  /** Initialise weights the base lacks from the model's init, instead of failing. */
+  readonly initMissing?: boolean;
   readonly merged?: boolean;
   /** Plan the other two modes too, for the report (default true). */
   readonly compare?: boolean;
@@ -120,11 +123,12 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
   for (const [flag, v] of [['--batch', o.batch], ['--seq', o.seq], ['--rank', o.rank], ['--eval-batch', o.evalBatch], ['--grad-accum', o.gradAccum], ['--steps', o.steps]] as const) checkPositiveInt(flag, v);
   const preset = isPreset(o.model) && !existsSync(resolve(o.model)) ? PRESETS[o.model] : undefined;
   if (!preset && !existsSync(resolve(o.model)) && !/\.m?tsx?$/.test(o.model)) {
-    throw new LorafaError(o.model, 'no model file and no preset of that name', `pass a model file (.ts), or one of the presets: ${PRESET_NAMES.join(', ')}`);
+    throw new LorafaError(o.model, 'no model file, checkpoint folder or preset of that name', `pass a model file (.ts), a Hugging Face checkpoint folder, or one of the presets: ${PRESET_NAMES.join(', ')}`);
   }
-  const model = await loadModel(preset ? presetModelFile(preset) : o.model);
+  const choice = preset ? { model: await loadModel(presetModelFile(preset)), config: o.config ?? preset.config, base: o.base } : await chooseModel(o.model, { config: o.config, base: o.base });
+  const model = choice.model;
   const d = preset?.defaults;
-  const config = o.config ?? preset?.config ?? model.def.defaultConfig;
+  const config = choice.config ?? model.def.defaultConfig;
   const overrides: Record<string, number> = {};
   if (o.batch !== undefined) overrides.batch = o.batch;
   if (o.seq !== undefined) overrides.seq = o.seq;
@@ -149,8 +153,8 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
   let base: string | undefined;
   let baseLabel: string | undefined;
   let baseFix: string | undefined;
-  if (o.base === null) base = undefined;
-  else if (o.base !== undefined) base = o.base;
+  if (choice.base === null) base = undefined;
+  else if (choice.base !== undefined) base = choice.base;
   else if (preset?.base) {
     base = join(PRETRAINED_DIR, preset.base);
     baseLabel = `models/pretrained/${preset.base}/model.safetensors`;
@@ -261,6 +265,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
       baseLabel: s.baseLabel,
       baseFix: s.baseFix,
       initAdapter: o.initAdapter,
+      initMissing: o.initMissing,
       export: {
         weights: o.exportWeights,
         merged: o.merged,

@@ -83,6 +83,7 @@ export interface RunFlagValues {
   out?: string;
   base?: string;
   initAdapter?: string;
+  initMissing?: boolean;
   merged?: boolean;
   progress: ProgressMode;
   logEvery?: number;

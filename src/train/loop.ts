@@ -25,7 +25,8 @@ import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { numel, type Param } from '../ir/types.ts';
 import { importPeftAdapter } from '../io/peft.ts';
-import { loadStateDict } from '../io/weights.ts';
+import { openWeights } from '../io/checkpoint-dir.ts';
+import { listSome, loadStateDict } from '../io/weights.ts';
 import type { Mode } from '../passes/compile.ts';
 import { accumFeeds, optimizerFeeds, type OptimizerOptions } from '../passes/optimizer.ts';
 import { StepRunner } from '../runtime/executor.ts';
@@ -86,6 +87,8 @@ export interface TrainOptions {
   readonly baseFix?: string;
   /** Start the adapters from a PEFT adapter folder. */
   readonly initAdapter?: string;
+  /** Initialise weights the base checkpoint lacks from the model's init, instead of failing. */
+  readonly initMissing?: boolean;
   readonly export?: ExportOptions;
   /** Plans of the other modes (finetune's comparison), for the report and memory.svg. */
   readonly compare?: ReadonlyMap<Mode, MemorySummary>;
@@ -165,12 +168,6 @@ export function seededValues(p: TrainingProgram, seed: number): Map<string, Floa
     out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype, init), { seed }, files).data);
   }
   return out;
-}
-
-function resolveBaseFile(base: string): string {
-  const full = resolve(base);
-  if (existsSync(full) && statSync(full).isDirectory()) return join(full, 'model.safetensors');
-  return full;
 }
 
 /** What the run's metadata records so that --resume refuses a different run. */
@@ -307,20 +304,28 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   const keyFor = keyForLayout(p.weights);
   let baseFp = 'none';
   if (o.base) {
-    const file = resolveBaseFile(o.base);
-    if (!existsSync(file)) throw new LorafaError(file, 'no base weights here (a safetensors file, or a folder holding model.safetensors)', o.baseFix ?? 'pass --base a model.safetensors file or its folder');
+    const src = openWeights(resolve(o.base), o.baseFix ?? 'pass --base a safetensors file, or a folder holding model.safetensors (or model.safetensors.index.json and its shards)');
+    const isHead = (name: string) => spec.modulesToSave.some((m) => name === m || name.startsWith(m + '.'));
     let fresh: readonly string[] = [];
     let unused: readonly string[] = [];
     let loaded: Map<string, Float32Array>;
     try {
-      loaded = loadStateDict(file, layout, { keyFor, strict: false, onKeys: (k) => ([fresh, unused] = [k.missing, k.unexpected]) });
+      loaded = loadStateDict(src, layout, {
+        keyFor,
+        strict: false,
+        mayBeMissing: (name) => !!o.initMissing || isHead(name),
+        missingFix: `load the checkpoint ${spec.model} was saved from, or pass --init-missing to initialise what it lacks from the model's own init (a new head${spec.modulesToSave.length ? `, ${spec.modulesToSave.join(', ')},` : ''} is initialised without it)`,
+        onKeys: (k) => ([fresh, unused] = [k.missing, k.unexpected]),
+      });
     } catch (e) {
-      if (e instanceof LorafaError && o.baseFix) throw new LorafaError(e.where, e.problem, o.baseFix);
+      if (e instanceof LorafaError && o.baseFix && !/lacks \d+ weight/.test(e.problem)) throw new LorafaError(e.where, e.problem, o.baseFix);
       throw e;
+    } finally {
+      src.close();
     }
     for (const [k, v] of loaded) values.set(k, Float64Array.from(v));
-    log(`base: ${loaded.size} tensors from ${o.baseLabel ?? rel(file)}` + (fresh.length ? `; new (initialised here): ${fresh.join(', ')}` : '') + (unused.length ? `; not used by this model: ${unused.join(', ')}` : ''));
-    baseFp = fileFingerprint(file);
+    log(`base: ${loaded.size} tensors from ${o.baseLabel ?? src.where}` + (fresh.length ? `; new (initialised here): ${fresh.join(', ')}` : '') + (unused.length ? `; not used by this model: ${listSome(unused, 6)}` : ''));
+    baseFp = src.files.map((f) => fileFingerprint(f)).join('+');
   }
   let adapterFp = 'none';
   if (o.initAdapter) {

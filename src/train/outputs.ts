@@ -45,6 +45,20 @@ function taskType(o: TrainOptions, data: Dataset): PeftTaskType | null {
   return null;
 }
 
+/**
+ * target_modules for PEFT when the targets were a pattern or "all-linear": the adapted layers' last
+ * name segments (q_proj, c_attn, …) when those select exactly the adapted layers, else their full
+ * Hugging Face names.
+ */
+function peftTargets(p: TrainingProgram): string[] {
+  const adapted = new Set(p.weights.adapters.map((a) => a.module));
+  const leaves = [...new Set([...adapted].map((m) => m.split('.').pop()!))];
+  const selects = (l: { name: string }) => leaves.some((t) => l.name === t || l.name.endsWith(`.${t}`));
+  if (p.weights.linears.every((l) => selects(l) === adapted.has(l.name))) return leaves;
+  const keyFor = keyForLayout(p.weights);
+  return [...adapted].map((m) => keyFor(m));
+}
+
 export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o: TrainOptions, data: Dataset): string[] {
   const spec = p.spec;
   const written: string[] = [];
@@ -63,7 +77,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
       written.push('model.safetensors');
     } else {
       const lora = spec.lora!;
-      const targets = lora.targetsRegex ? p.weights.adapters.map((a) => a.module) : lora.targets;
+      const targets = lora.targetsRegex || lora.targets.includes('all-linear') ? peftTargets(p) : lora.targets;
       const trainedHeads = lora.modulesToSave.filter((m) => p.weights.params.some((q) => q.trainable && q.value.name.startsWith(m + '.')));
       exportPeftAdapter(join(out, 'adapter'), graph, r.forwardValues, {
         targets: [...targets],

@@ -44,6 +44,11 @@ export interface ProgramSpec {
     readonly modulesToSave: readonly string[];
   };
   readonly optimizer: OptimizerOptions;
+  /**
+   * Modules that train in full under LoRA (PEFT's modules_to_save): a classifier head, which a
+   * base checkpoint may lack (it is then initialised here, and said so).
+   */
+  readonly modulesToSave: readonly string[];
   /** LoRA-FA's gradient correction compiled in. */
   readonly gradCorrection: boolean;
   /** Gradient accumulators compiled in (any --grad-accum K then runs); false: K must be 1. */
@@ -231,6 +236,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     mode: o.mode,
     ...(lora ? { lora } : {}),
     optimizer: o.optimizer,
+    modulesToSave: [...(m.def.modulesToSave ?? [])],
     gradCorrection: !!o.gradCorrection,
     accumulate: !!o.accumulate,
     batch,
@@ -244,7 +250,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     step,
     eval: evalPlan,
     inits,
-    weights: weightLayout(forward, m.def.stateDictKey),
+    weights: weightLayout(forward, m.def.stateDictKey ? (n) => m.def.stateDictKey!(n, cfg) : undefined),
     inputs: inputSpecs(compiled.step!),
     classes,
     vocab: typeof cfg.vocab === 'number' ? cfg.vocab : undefined,

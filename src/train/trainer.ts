@@ -22,7 +22,10 @@ export const DEFAULT_STEPS = 100;
 
 /** The flags `lorafa train` and trainer.ts take. */
 export function addTrainOptions(c: Command): Command {
-  return addCompiledOptions(addRunOptions(addDataOptions(c), { outHelp: 'where checkpoints, the adapter and the reports go (default: the trainer folder)' }));
+  return addCompiledOptions(addRunOptions(addDataOptions(c), { outHelp: 'where checkpoints, the adapter and the reports go (default: the trainer folder)' })).option(
+    '--init-missing',
+    "initialise weights the --base checkpoint lacks from the model's init, instead of failing",
+  );
 }
 
 /** The compiled settings a flag may only repeat. */
@@ -95,6 +98,7 @@ export async function runTrainer(outDir: string, spec: ProgramSpec, flags: Train
       out,
       base: flags.base,
       initAdapter: flags.initAdapter,
+      initMissing: flags.initMissing,
       export: { merged: flags.merged },
       command: `${spec.command} && lorafa train …`,
       title: `${spec.model} (${spec.config}): ${spec.mode}`,
