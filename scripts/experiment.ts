@@ -13,7 +13,7 @@
 // Writes docs/results.md (the tables, the checks, the grid, the exact command and seeds) and
 // docs/results.json (every run).
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { asCommand, finetune, fmtBytes, LorafaError, presetByName, writeFileAtomic, type Metrics, type Mode } from '../src/index.ts';
@@ -28,9 +28,10 @@ const cmd = new Command('experiment')
   .option('--lr-grid <list>', 'peak learning rates tried for LoRA, LoRA-FA and LoRA-FA + correction', (v) => list(v).map(Number), [3e-3, 1e-2, 3e-2])
   .option('--full-lr-grid <list>', 'peak learning rates tried for full fine-tuning', (v) => list(v).map(Number), [3e-4, 1e-3])
   .option('--no-tune', "skip tuning: every variant at the task's default learning rate")
+  .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string }>();
 const TUNING_SEED = 0;
 const argv = process.argv.slice(2);
 const command = `npm run experiment${argv.length ? ' -- ' + argv.join(' ') : ''}`;
@@ -105,11 +106,18 @@ async function runAll(): Promise<void> {
   const grid: (Row & { chosen?: boolean })[] = [];
   const chosen = new Map<string, number>();
   let device = '';
+  const earlier = flags.chosenLr ? (JSON.parse(readFileSync(flags.chosenLr, 'utf8')) as { chosenLr: Record<string, number> }).chosenLr : undefined;
   for (const name of flags.tasks) {
     const task = presetByName(name);
     if (task.role !== 'finetune') throw new LorafaError(name, 'is a pretraining task', 'use fashion-mnist or spam');
     for (const v of VARIANTS) {
       const key = `${name}/${v.key}`;
+      if (earlier) {
+        const lr = earlier[key];
+        if (typeof lr !== 'number') throw new LorafaError(flags.chosenLr!, `has no chosen learning rate for ${key}`, 'pass the results.json of a run that tuned this task');
+        chosen.set(key, lr);
+        continue;
+      }
       if (!flags.tune) {
         chosen.set(key, task.defaults.lr[v.mode]);
         continue;
@@ -186,7 +194,9 @@ function report(rows: readonly Row[], sweep: readonly Row[], grid: readonly (Row
     'Every run of a task starts from the same shipped base model (`models/pretrained`), sees the same',
     'batches for a given seed and has the same budget: the task\'s steps, batch and learning-rate schedule',
     '(linear warm-up, cosine decay to a tenth; AdamW). LoRA and LoRA-FA share rank, alpha and targets.',
-    flags.tune
+    flags.chosenLr
+      ? `Each variant trains at the peak learning rate an earlier run's tuning chose (\`--chosen-lr ${flags.chosenLr}\`: the best of a grid on a validation split, never the test set). Accuracy is on the fixed`
+      : flags.tune
       ? `Each variant's peak learning rate is the best of a grid on a validation split (every 10th training sample held out, seed ${TUNING_SEED}; the grid is at the end), never chosen on the test set. Accuracy is on the fixed`
       : "Every variant trains at the task's default learning rate (no tuning). Accuracy is on the fixed",
     "test set; GPU bytes are counted at the device's createBuffer while the training step runs (the",
