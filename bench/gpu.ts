@@ -15,7 +15,7 @@
 // 3. Where a W1 LoRA-FA step goes: every dispatch in its own compute pass with timestamp queries
 //    (when the adapter has 'timestamp-query'), summed per kernel.
 // 4. Prints a Markdown table and writes bench/results/gpu.md with date, adapter and Node version.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileAtomic } from '../src/io/output.ts';
 import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -388,8 +388,7 @@ export async function runGpuBench(): Promise<string> {
   const text = lines.join('\n');
   console.log(text);
   const out = join(ROOT, 'bench/results/gpu.md');
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, text);
+  writeFileAtomic(out, Buffer.from(text));
   console.log(`wrote ${relative(ROOT, out)}`);
   gpu.device.destroy();
   return text;

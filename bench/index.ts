@@ -10,8 +10,9 @@
 // 3. Prints a Markdown table and writes it, with date and machine, to bench/results/plan.md.
 // 4. Then the GPU figures of bench/gpu.ts (step times, matmul GFLOP/s, a W1 step profile) to
 //    bench/results/gpu.md; without a WebGPU adapter that section is a one-line note.
+import { writeFileAtomic } from '../src/io/output.ts';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -171,8 +172,7 @@ async function main(): Promise<void> {
   const text = lines.join('\n');
   console.log(text);
   const out = join(ROOT, 'bench/results/plan.md');
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, text);
+  writeFileAtomic(out, Buffer.from(text));
   console.log(`wrote ${relative(ROOT, out)}`);
 }
 

@@ -1,6 +1,7 @@
 // models/README.md's table of shipped base models, regenerated from each model's metrics.json
 // (written by `npm run pretrain`), between two marker comments; the rest of the file is prose.
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileAtomic } from '../src/io/output.ts';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LorafaError } from '../src/ir/errors.ts';
 import { PACKAGE_ROOT as ROOT, PRETRAINED_DIR } from '../src/train/presets.ts';
@@ -52,5 +53,5 @@ export function writeModelsReadme(): void {
   const a = text.indexOf(BEGIN);
   const b = text.indexOf(END);
   if (a < 0 || b < a) throw new LorafaError(file, `the markers ${BEGIN} … ${END} are missing`, 'restore them around the table');
-  writeFileSync(file, text.slice(0, a + BEGIN.length) + '\n' + modelsTable() + '\n' + text.slice(b));
+  writeFileAtomic(file, Buffer.from(text.slice(0, a + BEGIN.length) + '\n' + modelsTable() + '\n' + text.slice(b)));
 }

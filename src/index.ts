@@ -64,7 +64,7 @@ export { compileProgram, type CompileProgramOptions, type MemorySummary, type Pr
 export { emitTrainer, type EmittedTrainer } from './train/emit-trainer.ts';
 export { readProgram } from './train/trainer-files.ts';
 export { addTrainOptions, isMain, runTrainer, trainerCli, type TrainFlags } from './train/trainer.ts';
-export { addCompiledOptions, addDataOptions, addRunOptions, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber } from './train/flags.ts';
+export { addCompiledOptions, addDataOptions, addRunOptions, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
 export { PRESETS, PRESET_NAMES, presetByName, type Preset } from './train/presets.ts';
@@ -81,7 +81,8 @@ export { DATA_PRESETS, presetData, type DataPreset } from './data/presets.ts';
 
 // Weights: safetensors, state dicts, PEFT adapters.
 export { readSafetensors, readSafetensorsWithMetadata, encodeSafetensors, writeSafetensors, type SafeTensor } from './io/safetensors.ts';
-export { loadStateDict, saveStateDict, stateDict, mergedStateDict, saveMerged, writeFileAtomic } from './io/weights.ts';
+export { loadStateDict, saveStateDict, stateDict, mergedStateDict, saveMerged } from './io/weights.ts';
+export { checkOutputPath, checkWritable, cleanStale, ensureDir, outputError, replaceDir, writeFileAtomic } from './io/output.ts';
 export { exportPeftAdapter, importPeftAdapter, peftAdapter, type PeftAdapter, type PeftImport, type PeftLoraConfig } from './io/peft.ts';
 
 // The device.

@@ -17,7 +17,7 @@ const MLP = join(ROOT, 'models', 'mlp.ts');
 
 function lorafa(args: string[]) {
   const r = spawnSync(process.execPath, [bin, ...args, '--progress', 'none'], { cwd: tmp, encoding: 'utf8', timeout: 300_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => !l.startsWith('Warning: max')).join('\n') };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 const file = (name: string, text: string) => {

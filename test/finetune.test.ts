@@ -522,14 +522,14 @@ describe('lorafa finetune (CLI)', () => {
       const dir = join(tmp, 'base-empty');
       mkdirSync(dir);
       const msg = fails(['fashion-mnist', '--steps', '2', '--base', dir]);
-      expect(msg).toContain(`lorafa: ${join(dir, 'model.safetensors')}: `);
-      expect(msg).toMatch(/no base weights here/);
+      expect(msg).toContain(`lorafa: ${dir}: holds neither model.safetensors nor model.safetensors.index.json`);
+      expect(msg).toMatch(/fix: pass --base a folder \(or file\) whose model\.safetensors holds mlp's weights/);
     });
 
     test('(v) an unknown preset (and no such file) lists the presets; a fresh --out is not even created', () => {
       const msg = fails(['fashion-mnst', '--steps', '2']);
-      expect(msg).toMatch(/fashion-mnst: no model file and no preset of that name/);
-      expect(msg).toMatch(/fix: pass a model file \(\.ts\), or one of the presets: mnist, fashion-mnist, brown, spam/);
+      expect(msg).toMatch(/fashion-mnst: no model file, checkpoint folder or preset of that name/);
+      expect(msg).toMatch(/fix: pass a model file \(\.ts\), a Hugging Face checkpoint folder, or one of the presets: mnist, fashion-mnist, brown, spam/);
       const fresh = join(tmp, 'never');
       const r = lorafa(['fashion-mnst', '--out', fresh]);
       expect(r.status).toBe(1);

@@ -1,5 +1,9 @@
 // Shared test machinery: seeded data, finite differences, model loading.
-import { resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { expect } from 'vitest';
+import { LorafaError } from '../src/ir/errors.ts';
 import type fc from 'fast-check';
 import type { CaseGen, Domain } from '../src/ir/ops.ts';
 import type { Tensor } from '../src/ir/shape.ts';
@@ -149,7 +153,6 @@ export async function propertyAsync<T>(
 
 // ---------------------------------------------------------------------------------------------
 // Whole-model helpers (models, lora, lorafa tests). Imports sit here so this block stays appendable.
-import { readdirSync } from 'node:fs';
 import type { ModelConfig } from '../src/model/define.ts';
 import { initParams } from '../src/runtime/init.ts';
 
@@ -204,3 +207,28 @@ export function deviceValues(data: ArrayLike<number>, dtype: string): Float64Arr
   return Float64Array.from(data, dtype === 'i32' ? (v) => Math.trunc(v) : Math.fround);
 }
 
+
+/** Runs `f`, which must throw a LorafaError; returns it. */
+export function thrown(f: () => unknown): LorafaError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LorafaError);
+    return e as LorafaError;
+  }
+  throw new Error('expected an error, none was thrown');
+}
+
+/** Every regular file under `dir` and its sha256, keyed by its path relative to `base`. */
+export function fileDigests(dir: string, base = dir): Map<string, string> {
+  const m = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const f = join(d, e.name);
+      if (e.isDirectory()) walk(f);
+      else if (e.isFile()) m.set(relative(base, f), createHash('sha256').update(readFileSync(f)).digest('hex'));
+    }
+  };
+  walk(dir);
+  return m;
+}

@@ -30,7 +30,7 @@ function project(name: string, tarball: string): string {
 /** `npx lorafa …` in `cwd` (the installed bin, not the checkout's). */
 function lorafa(cwd: string, args: string[], env: Record<string, string> = {}) {
   const r = spawnSync(join(cwd, 'node_modules', '.bin', 'lorafa'), args, { cwd, encoding: 'utf8', timeout: 300_000, env: { ...process.env, ...env } });
-  return { status: r.status, stdout: r.stdout ?? '', stderr: (r.stderr ?? '').split('\n').filter((l) => !l.startsWith('Warning: max')).join('\n') };
+  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
 // A 3-class classifier over 12 numeric features; its labels are names, and the truth is linear.

@@ -16,7 +16,7 @@ import { compileTraining } from '../src/passes/compile.ts';
 import type { LoraOptions } from '../src/passes/lora.ts';
 import { streamFor } from '../src/runtime/init.ts';
 import { runReference } from '../src/runtime/reference.ts';
-import { feedsFor, intBoundsFor, ROOT } from './helpers.ts';
+import { feedsFor, intBoundsFor, ROOT, thrown } from './helpers.ts';
 
 // ---------------------------------------------------------------------------------------------
 // setup
@@ -84,15 +84,6 @@ function bytes(a: Float32Array): Buffer {
 /** Element (i, j) of a row-major [rows, cols] matrix. */
 const at = (data: ArrayLike<number>, cols: number, i: number, j: number) => data[i * cols + j];
 
-function thrown(f: () => unknown): LorafaError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LorafaError);
-    return e as LorafaError;
-  }
-  throw new Error('expected an error, none was thrown');
-}
 
 /** A safetensors file with any float dtype (encodeSafetensors writes F32/F64/I32 only). */
 function encodeRaw(tensors: { key: string; dtype: 'F16' | 'BF16' | 'F32' | 'F64'; shape: number[]; values: ArrayLike<number> }[], metadata?: Record<string, string>): Buffer {
@@ -577,7 +568,7 @@ describe('bad input', () => {
     expect(readdirSync(dir).sort()).toEqual([PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]);
     expect(bytes(importPeftAdapter(dir, g).values.get('fc2.lora_B')!).equals(bytes(again.get('fc2.lora_B')!))).toBe(true);
 
-    // State dicts: a failing save leaves the old file; a save into a missing directory leaves nothing.
+    // State dicts: a failing save leaves the old file.
     const base = await traced('mlp');
     const sdDir = tmp();
     const file = join(sdDir, 'model.safetensors');
@@ -589,7 +580,8 @@ describe('bad input', () => {
     expect(thrown(() => saveStateDict(file, base, partial)).message).toMatch(/no value for parameter "fc3\.bias"/);
     expect(thrown(() => saveMerged(file, g, partial)).message).toMatch(/no value/);
     expect(snapshot(sdDir)).toEqual(sdBefore);
-    expect(thrown(() => saveStateDict(join(sdDir, 'nope', 'model.safetensors'), base, v)).message).toMatch(/cannot write/);
+    // A save under a file (not a folder) is refused, naming the file in the way; nothing is written.
+    expect(thrown(() => saveStateDict(join(file, 'sub', 'model.safetensors'), base, v)).message).toMatch(/cannot create the folder: \S*model\.safetensors is a file, not a folder/);
     expect(snapshot(sdDir)).toEqual(sdBefore);
   });
 

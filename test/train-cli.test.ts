@@ -148,11 +148,11 @@ describe('lorafa train', () => {
       /step-000040\.safetensors: newest checkpoint: unusable checkpoint: checksum mismatch: the file was damaged after it was written\n\s+fix: continue from the previous checkpoint \(step 35\): --resume-from \S+step-000035\.safetensors/,
     );
     await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lr: 0.1 }))).rejects.toThrow(
-      /step-000035\.safetensors: cannot resume: this checkpoint was trained with other --lr: 0\.01 there, 0\.1 now\n\s+fix: resume with the run's own settings \(--lr 0\.01\)/,
+      /step-000035\.safetensors: cannot resume: this checkpoint was trained with a different --lr: 0\.01 there, 0\.1 now\n\s+fix: resume with the run's own settings \(--lr 0\.01\)/,
     );
-    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), seed: 7 }))).rejects.toThrow(/trained with other --seed: 0 there, 7 now/);
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), seed: 7 }))).rejects.toThrow(/trained with a different --seed: 0 there, 7 now/);
     // A decaying schedule depends on --steps: extending a cosine run would change every step's lr.
-    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lrSchedule: 'cosine' }))).rejects.toThrow(/trained with other the learning-rate schedule/);
+    await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lrSchedule: 'cosine' }))).rejects.toThrow(/trained with a different learning-rate schedule/);
     await expect(runTrainer(d, spec, flags({ steps: 45, resumeFrom: ckpt(d, 35), lr: 0.01, seed: 0 }))).resolves.toMatchObject({ startStep: 35, endStep: 45 });
     // The run removed the damaged step 40 (a timeline it replaced) and kept the newest two.
     expect(steps(d)).toEqual([35, 45]);

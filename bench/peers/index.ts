@@ -9,8 +9,9 @@
 // Each runner is its own process (its own device, its own memory) printing one JSON line; a runner
 // that is missing or fails is skipped with the reason. Writes bench/results/peers.md and peers.json;
 // exits 1 when any system's losses disagree with lorafa's.
+import { writeFileAtomic } from '../../src/io/output.ts';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -186,8 +187,8 @@ const md = [
 ].join('\n');
 console.log(md);
 mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-writeFileSync(join(ROOT, 'bench', 'results', 'peers.md'), md);
-writeFileSync(join(ROOT, 'bench', 'results', 'peers.json'), JSON.stringify({ shape, flags, adapter, versions: Object.fromEntries(versions), sgemm, physical, targets: goals, results: out, skipped: Object.fromEntries(skipped), runs }, null, 1) + '\n');
+writeFileAtomic(join(ROOT, 'bench', 'results', 'peers.md'), Buffer.from(md));
+writeFileAtomic(join(ROOT, 'bench', 'results', 'peers.json'), Buffer.from(JSON.stringify({ shape, flags, adapter, versions: Object.fromEntries(versions), sgemm, physical, targets: goals, results: out, skipped: Object.fromEntries(skipped), runs }, null, 1) + '\n'));
 
 // A system that computed something else makes the run a failure (its figures are not comparable);
 // missed targets do not (they are figures, not tests).

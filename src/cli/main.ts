@@ -9,10 +9,10 @@
 //
 // Exit codes: 0 success, 1 a failure (a LorafaError: bad model, data, weights, …), 2 a usage error
 // (unknown command or flag, a flag value that does not parse).
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   addCompiledOptions,
   addDataOptions,
@@ -20,6 +20,7 @@ import {
   addTrainOptions,
   acquireGpu,
   asCommand,
+  checkOutputPath,
   chooseModel,
   compareTable,
   compileProgram,
@@ -53,6 +54,8 @@ import {
   summarize,
   topTable,
   trace,
+  usageOutput,
+  regexFlag,
   writeFileAtomic,
   type Limits,
   type Mode,
@@ -167,6 +170,7 @@ function shown(p: string): string {
 }
 
 async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Command): Promise<void> {
+  if (flags.out) checkOutputPath(flags.out, 'folder', '-o');
   const s = await setup(modelPath, flags);
   if (flags.out) {
     const preset = flags.limits ?? 'adapter';
@@ -190,7 +194,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       maxWorkgroupsPerDimension,
       subgroupSize,
     });
-    const emitted = emitTrainer({ outDir: flags.out, program });
+    const emitted = emitTrainer({ outDir: flags.out, program, log: (line) => console.log(line) });
     const dir = shown(emitted.outDir);
     const spec = program.spec;
     console.log(`wrote ${dir}/trainer.ts, ${dir}/plan.json, ${dir}/kernels/ (${emitted.kernels} kernels; ${program.step.dispatches.length} dispatches per step, ${program.eval.dispatches.length} per evaluation batch)`);
@@ -218,7 +222,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   }
   const dtype = flags.dtype as StorageDType;
   const { maxWorkgroupsPerDimension: _, ...limits } = await resolveLimits(flags);
-  const svg = flags.svg ? resolve(flags.svg) : undefined;
+  const svg = flags.svg ? checkOutputPath(flags.svg, 'file', '--svg') : undefined;
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
   const modes: Mode[] = flags.compare ? [...MODES] : [flags.mode];
   const planned: PlannedMode[] = [];
@@ -253,7 +257,7 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
     .option('--rank <r>', 'LoRA rank', positiveInt('--rank'), 8)
     .option('--alpha <a>', 'LoRA alpha (scale = alpha/rank); default 2·rank', positiveNumber('--alpha'))
     .option('--targets <names>', "comma-separated linear layer names or suffixes (PEFT target_modules); default: the model's")
-    .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name')
+    .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name', regexFlag('--targets-regex'))
     .option('--rslora', 'rank-stabilised scale alpha/√rank')
     .option('--config <name>', "a named size from the model file, or a Hugging Face config.json (default: the model's default)")
     .option('--batch <n>', 'override the batch size', positiveInt('--batch'))
@@ -265,11 +269,11 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
 function byteSize(name: string) {
   return (v: string) => {
     const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
-    if (!m) throw new LorafaError(name, `must be a byte count like 134217728 or 128MiB, got "${v}"`);
+    if (!m) throw new InvalidArgumentError(`${name} must be a byte count, got "${v}"\n  fix: pass a value like ${name} 134217728 or ${name} 128MiB`);
     const unit = (m[2] ?? 'B').toLowerCase();
     const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
     const n = Math.floor(Number(m[1]) * mult[unit]);
-    if (!(n >= 1 && Number.isSafeInteger(n))) throw new LorafaError(name, `must be a positive byte count, got "${v}"`);
+    if (!(n >= 1 && Number.isSafeInteger(n))) throw new InvalidArgumentError(`${name} must be a positive byte count below 2^53, got "${v}"\n  fix: pass a value like ${name} 128MiB`);
     return n;
   };
 }
@@ -294,21 +298,21 @@ interface FinetuneCliFlags extends TrainFlags {
   verify?: boolean;
 }
 
-export function program(): Command {
+export function program(helpFor?: string): Command {
   const p = new Command('lorafa')
     .description('compile neural-network training to WGSL for WebGPU, built around LoRA-FA')
     .version(packageVersion(), '-V, --version')
-    .showHelpAfterError()
+    .configureOutput(usageOutput(`lorafa ${helpFor ?? ''}`.trim() + ' --help'))
     .exitOverride();
   const optimizerAndLimits = (c: Command, defaultLimits: string | undefined) =>
     c
-      .option('--optimizer <name>', `optimizer: ${OPTIMIZERS.join(' | ')}`, 'adamw')
+      .addOption(new Option('--optimizer <name>', 'optimizer').choices([...OPTIMIZERS]).default('adamw'))
       .option('--momentum <m>', 'SGD momentum', nonNegativeNumber('--momentum'))
       .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
-      .option(
-        '--limits <preset>',
-        `device limits: webgpu (spec defaults), discrete (4 GiB buffers, 2 GiB bindings), adapter (this machine), none${defaultLimits ? '' : ' (default with -o: adapter)'}`,
-        defaultLimits,
+      .addOption(
+        new Option('--limits <preset>', `device limits: webgpu (spec defaults), discrete (4 GiB buffers, 2 GiB bindings), adapter (this machine), none${defaultLimits ? '' : ' (default with -o: adapter)'}`)
+          .choices([...Object.keys(LIMIT_PRESETS), 'adapter'])
+          .default(defaultLimits),
       )
       .option('--max-binding-size <bytes>', 'override maxStorageBufferBindingSize', byteSize('--max-binding-size'))
       .option('--max-buffer-size <bytes>', 'override maxBufferSize', byteSize('--max-buffer-size'))
@@ -324,7 +328,7 @@ export function program(): Command {
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
-    .option('--dtype <d>', `storage of frozen weights and activations: ${STORAGE_DTYPES.join(' | ')} (trainable state stays f32)`, 'f32')
+    .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
     .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
@@ -344,7 +348,7 @@ export function program(): Command {
     .option('--rank <r>', "LoRA rank (default: the preset's, else 8)", positiveInt('--rank'))
     .option('--alpha <a>', "LoRA alpha (default: the preset's, else 2·rank)", positiveNumber('--alpha'))
     .option('--targets <names>', "LoRA target modules, comma-separated (PEFT target_modules; default: the model's)")
-    .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name')
+    .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name', regexFlag('--targets-regex'))
     .option('--rslora', 'rank-stabilised scale alpha/√rank')
     .option('--config <name>', "a named size from the model file (default: the preset's or the model's)")
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
@@ -367,7 +371,7 @@ async function finetuneCommand(model: string, f: FinetuneCliFlags): Promise<void
   if (f.fromScratch && f.base) throw new LorafaError('--from-scratch', 'both --from-scratch and --base given', 'start from the seeded init (--from-scratch) or from base weights (--base), not both');
   const name = PRESET_NAMES.includes(model as never) && !existsSync(resolve(model)) ? model : (model.split(/[\\/]/).pop() ?? model).replace(/\.m?ts$/, '');
   const out = resolve(f.out ?? join('out', `finetune-${name}-${f.mode}${f.gradCorrection ? '-gc' : ''}`));
-  if (existsSync(out) && !statSync(out).isDirectory()) throw new LorafaError(out, 'is a file, not a folder', 'pass --out a folder (created if missing), or move the file');
+  checkOutputPath(out, 'folder', '--out');
   await finetune({
     ...f,
     model,
@@ -403,7 +407,8 @@ function commandLine(): string {
 export async function main(argv: readonly string[]): Promise<number> {
   invocation = argv;
   return asCommand(async () => {
-    await program().parseAsync([...argv], { from: 'user' });
+    const sub = argv.find((a) => !a.startsWith('-'));
+    await program(sub && ['compile', 'plan', 'train', 'finetune', 'doctor'].includes(sub) ? sub : undefined).parseAsync([...argv], { from: 'user' });
   });
 }
 

@@ -20,23 +20,23 @@
 // versions drop it with a warning. lorafa's extras (the training mode, model file, config) go in
 // the safetensors metadata, which PEFT never reads.
 //
-// Writing the pair: both files are written and fsync'd in a temp directory inside `dir`, then
-// renamed over the old ones, weights first, config second. Each file is replaced atomically: a
-// crash leaves every file either whole-old or whole-new, and a failed export (bad values, a
-// mismatch, an I/O error before the renames) leaves the old pair byte-identical. A crash in the
-// instant between the two renames leaves new weights beside the old config; the weights'
-// metadata carries the config fields they were written with (`lorafa.peft_config`), and
-// importPeftAdapter refuses such a mixed pair.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+// Writing the pair: the adapter folder is replaced whole (src/io/output.ts replaceDir): both files
+// are written and fsync'd in a temporary sibling folder, which also gets hard links of whatever else
+// the old folder held (a README, say), and is then renamed into place. A failed or killed export
+// leaves the old folder byte-identical and complete; the next export removes the temporary folder
+// and says so. The weights' metadata also carries the config fields they were written with
+// (`lorafa.peft_config`), and importPeftAdapter refuses a pair whose two files disagree (one copied
+// by hand from another export, say).
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import type { Graph, LoraAdapter, Param } from '../ir/types.ts';
+import { replaceDir } from './output.ts';
 import { readSafetensorsWithMetadata, type SafeTensor } from './safetensors.ts';
 import {
   checkShape,
   encodeStateDict,
   floatData,
-  fsyncDir,
   listSome,
   stateDictLayout,
   transpose,
@@ -90,6 +90,8 @@ export interface PeftExportOptions extends KeyOptions {
   readonly baseModel?: string | null;
   /** Extra safetensors metadata, e.g. {"lorafa.mode": "lora-fa", "lorafa.model": "models/mlp.ts"}. */
   readonly extraMetadata?: Readonly<Record<string, string>>;
+  /** Lines about stale temporary folders a killed export left, removed before this one. */
+  readonly log?: (line: string) => void;
 }
 
 export interface PeftAdapter {
@@ -288,26 +290,19 @@ export function exportPeftAdapter(dir: string, g: Graph, values: ParamValues, op
   const configBytes = Buffer.from(formatPeftConfig(adapter.config), 'utf8');
   const files = { config: join(dir, PEFT_CONFIG_FILE), weights: join(dir, PEFT_WEIGHTS_FILE) };
   if (existsSync(dir) && !statSync(dir).isDirectory()) {
-    throw new LorafaError(dir, 'is a file; a PEFT adapter is a directory', 'pass a directory path (it is created if missing)');
+    throw new LorafaError(dir, 'is a file; a PEFT adapter is a folder', 'pass a folder path (it is created if missing), or move the file away');
   }
   for (const f of [files.weights, files.config]) {
     if (existsSync(f) && !statSync(f).isFile()) throw new LorafaError(f, 'exists and is not a regular file, so the adapter cannot replace it', 'move it out of the way');
   }
-  let tmp: string | undefined;
-  try {
-    mkdirSync(dir, { recursive: true });
-    tmp = mkdtempSync(join(dir, '.lorafa-export-'));
-    writeFileAtomic(join(tmp, PEFT_WEIGHTS_FILE), weightsBytes);
-    writeFileAtomic(join(tmp, PEFT_CONFIG_FILE), configBytes);
-    renameSync(join(tmp, PEFT_WEIGHTS_FILE), files.weights);
-    renameSync(join(tmp, PEFT_CONFIG_FILE), files.config);
-    fsyncDir(dir);
-  } catch (e) {
-    if (e instanceof LorafaError) throw e;
-    throw new LorafaError(dir, `cannot write the adapter: ${(e as Error).message}`, 'check that the directory is writable and has space');
-  } finally {
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
-  }
+  replaceDir(
+    dir,
+    (tmp) => {
+      writeFileAtomic(join(tmp, PEFT_WEIGHTS_FILE), weightsBytes);
+      writeFileAtomic(join(tmp, PEFT_CONFIG_FILE), configBytes);
+    },
+    { keep: (f) => f !== PEFT_WEIGHTS_FILE && f !== PEFT_CONFIG_FILE && !f.startsWith('.lorafa-export-'), log: opts.log },
+  );
   return { ...adapter, files };
 }
 

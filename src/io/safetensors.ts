@@ -8,8 +8,9 @@
 // Tensors are then read one at a time with positioned reads, so a checkpoint larger than memory
 // (a 7B model in BF16) loads tensor by tensor. Reading a float tensor checks it holds no NaN or
 // ±Infinity: an error names the tensor, the first bad element and how many there are.
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { LorafaError } from '../ir/errors.ts';
+import { writeFileAtomic } from './output.ts';
 
 export type SafeDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32';
 
@@ -248,16 +249,7 @@ export function encodeSafetensors(tensors: ReadonlyMap<string, TensorToWrite>, m
   return out;
 }
 
-/** Writes atomically: a temp file in the same directory, fsync'd, then renamed over the target. */
+/** Writes atomically (the output layer's writeFileAtomic: temp file, fsync, rename). */
 export function writeSafetensors(path: string, tensors: ReadonlyMap<string, TensorToWrite>, metadata?: Record<string, string>): void {
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    const bytes = encodeSafetensors(tensors, metadata);
-    for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
+  writeFileAtomic(path, encodeSafetensors(tensors, metadata));
 }

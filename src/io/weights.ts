@@ -10,12 +10,13 @@
 //
 // Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory), so
 // a crash leaves either the old file or the new one, never a torn one. Loads never write.
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import { numel, sameShape, type Graph, type LinearModule, type LoraAdapter, type Param } from '../ir/types.ts';
 import { openWeights, type WeightSource } from './checkpoint-dir.ts';
 import { encodeSafetensors, type SafeTensor, type TensorToWrite } from './safetensors.ts';
+import { writeFileAtomic } from './output.ts';
+
+export { writeFileAtomic, fsyncDir } from './output.ts';
 
 /** Maps a lorafa module (or parameter) name to the prefix the checkpoint's keys use. */
 export type KeyFor = (name: string) => string;
@@ -191,39 +192,6 @@ export function mergedStateDict(g: Graph, values: ParamValues, opts: KeyOptions 
     out.set(k.key, { shape: [...k.torchShape], data: merged });
   }
   return out;
-}
-
-/** Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync of the directory. */
-export function writeFileAtomic(path: string, bytes: Uint8Array): void {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`);
-  let fd: number | undefined;
-  try {
-    fd = openSync(tmp, 'wx');
-    for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, path);
-  } catch (e) {
-    if (fd !== undefined) closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw new LorafaError(path, `cannot write: ${(e as Error).message}`, 'check that the directory exists and is writable');
-  }
-  fsyncDir(dirname(path));
-}
-
-/** Makes a rename durable. Best effort: some filesystems refuse to fsync a directory. */
-export function fsyncDir(dir: string): void {
-  try {
-    const fd = openSync(dir, 'r');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    // not supported here; the rename itself is still atomic
-  }
 }
 
 /** A state dict as safetensors bytes (F32, sorted keys), with metadata `format: pt` as Hugging Face writes it. */

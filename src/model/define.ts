@@ -137,8 +137,9 @@ export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
 export function traceModel(def: ModelDef, opts: TraceOptions = {}): Graph {
   const cfg = resolveConfig(def, opts);
   const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile });
+  let returned: unknown;
   try {
-    def.build(b, cfg);
+    returned = def.build(b, cfg);
   } catch (e) {
     if (e instanceof LorafaError) throw e;
     const err = e as Error;
@@ -149,7 +150,30 @@ export function traceModel(def: ModelDef, opts: TraceOptions = {}): Graph {
       'fix the model file at that line',
     );
   }
-  return b.build();
+  const where = opts.displayFile ?? def.name;
+  if (returned && typeof (returned as { then?: unknown }).then === 'function') {
+    // An async build() would record part of the graph before its first await and the rest never.
+    (returned as Promise<unknown>).then(undefined, () => undefined);
+    const line = opts.file ? buildLine(opts.file) : undefined;
+    throw new ModelError(`${where}${line ? `:${line}` : ''}`, 'build() returned a Promise: build must be synchronous (it records operations; nothing in it waits)', 'remove `async` (and any `await`) from build; read files before defineModel, or give a parameter Init.file');
+  }
+  const g = b.build();
+  if (!g.params.length) {
+    const line = opts.file ? buildLine(opts.file) : undefined;
+    throw new ModelError(`${where}${line ? `:${line}` : ''}`, 'build() traced no parameters: there is nothing to train', 'create weights in build with b.linear(…), b.embedding(…) or b.param(…)');
+  }
+  return g;
+}
+
+/** The line of a model file's build function, for messages about build as a whole. */
+function buildLine(file: string): string | undefined {
+  try {
+    const lines = readFileSync(file, 'utf8').split('\n');
+    const i = lines.findIndex((l) => /\bbuild\s*(\(|:)|async\s+build\b/.test(l));
+    return i >= 0 ? String(i + 1) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function findLine(err: Error, file: string): string | undefined {

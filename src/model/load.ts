@@ -50,7 +50,7 @@ export async function loadModel(path: string): Promise<LoadedModel> {
     throw new LorafaError(displayFile, 'model file not found', 'pass the path of a model file, e.g. models/mlp.ts');
   }
   if (statSync(file).isDirectory()) {
-    throw new LorafaError(displayFile, 'is a directory, not a model file', 'pass a .ts model file (one that does `export default defineModel({...})`), e.g. models/mlp.ts');
+    throw new LorafaError(displayFile, 'is a folder, not a model file (nor a Hugging Face checkpoint: it has no config.json)', 'pass a .ts model file (one that does `export default defineModel({...})`), e.g. models/mlp.ts, or a checkpoint folder holding config.json');
   }
   await registerLoaders();
   let mod: Record<string, unknown>;

@@ -61,6 +61,7 @@ export function resolveTargets(g: Graph, targets: readonly string[] | RegExp, mo
     }
     return hits;
   }
+  if (!g.linears.length) throw new LorafaError(where, 'the model has no linear layers (b.linear), so LoRA has nothing to adapt', 'train it in full (--mode full), or build its weights with b.linear(…)');
   if (!targets.length) throw new LorafaError(where, 'no LoRA targets given', `name some of: ${listLinears(g)}, or all-linear`);
   if (targets.includes(ALL_LINEAR)) {
     if (targets.length > 1) throw new LorafaError(where, `"${ALL_LINEAR}" already takes every linear layer; it cannot be listed with others`, `pass --targets ${ALL_LINEAR} alone`);

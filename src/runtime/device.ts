@@ -35,6 +35,7 @@
  * Harmless Dawn noise on stderr with lavapipe, once per adapter enumeration:
  *   "Warning: maxDynamic{Uniform,Storage}BuffersPerPipelineLayout artificially reduced ..."
  */
+import { quietDawn } from './quiet-dawn.ts';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -123,7 +124,7 @@ export async function probeAdapter(): Promise<AdapterReport> {
     // that later uses the device; installing them is harmless for the probe.
     Object.assign(globalThis, webgpu.globals);
     const gpu = webgpu.create([]);
-    adapter = await gpu.requestAdapter();
+    adapter = await quietDawn(() => gpu.requestAdapter());
   } catch (e) {
     return { ok: false, reason: `Dawn failed while requesting an adapter: ${errorText(e)}`, fix: SETUP_FIX };
   }
@@ -180,7 +181,7 @@ async function dawnBackend(webgpu: typeof import('webgpu'), info: AdapterInfoRep
   let text: string;
   try {
     const listing = webgpu.create(['adapter=__lorafa_list_adapters__']);
-    await listing.requestAdapter();
+    await quietDawn(() => listing.requestAdapter());
     return undefined;
   } catch (e) {
     text = errorText(e);

@@ -1,5 +1,6 @@
 // WebGPU through Dawn's Node bindings (npm `webgpu`): device acquisition, a pipeline cache with
 // explicit bind group layouts, and errors that name the kernel.
+import { quietDawn } from './quiet-dawn.ts';
 import { tmpdir } from 'node:os';
 import { LorafaError } from '../ir/errors.ts';
 import { fixedSubgroupSize } from '../codegen/kernel-plan.ts';
@@ -78,7 +79,8 @@ export function acquireGpu(): Promise<Gpu> {
     // Keep the GPU instance reachable for the life of the device: if it is collected, Dawn frees
     // state the device still uses and the process crashes (seen as SIGSEGV).
     instance = webgpu.create([]);
-    const adapter = await instance.requestAdapter();
+    const gpuInstance = instance;
+    const adapter = await quietDawn(() => gpuInstance.requestAdapter());
     if (!adapter) {
       const r = await probeAdapter();
       throw new LorafaError('webgpu', `no WebGPU adapter: ${r.ok ? 'requestAdapter() returned null' : r.reason}`, SETUP);

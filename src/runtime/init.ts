@@ -169,7 +169,16 @@ export function initParam(p: Param, ctx: InitContext, files = new Map<string, Ma
     case 'file': {
       const path = isAbsolute(init.path) ? init.path : resolve(ctx.baseDir ?? '.', init.path);
       let file = files.get(path);
-      if (!file) files.set(path, (file = readSafetensors(path)));
+      if (!file) {
+        try {
+          file = readSafetensors(path);
+        } catch (e) {
+          if (!(e instanceof LorafaError)) throw e;
+          // The model line that asked for the file, then what is wrong with the file itself.
+          throw new LorafaError(fmtLoc(p.src) || p.value.name, `parameter "${p.value.name}" is initialised from ${e.where}: ${e.problem}`, e.fix);
+        }
+        files.set(path, file);
+      }
       const key = init.key ?? p.value.name;
       const t = file.get(key);
       if (!t) {
@@ -179,6 +188,7 @@ export function initParam(p: Param, ctx: InitContext, files = new Map<string, Ma
         throw new LorafaError(
           fmtLoc(p.src) || p.value.name,
           `"${key}" in ${path} has shape [${t.shape.join(',')}], parameter "${p.value.name}" expects [${shape.join(',')}]`,
+          `initialise it from a tensor of shape [${shape.join(',')}] (Init key), or give the parameter the file's shape`,
         );
       }
       data = t.data;

@@ -4,9 +4,10 @@
 // kill at any moment leaves either the old set of files or the new one. A sha256 over the
 // metadata and the tensor bytes catches what atomic writes cannot: a file damaged afterwards.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
+import { ensureDir } from '../io/output.ts';
 import { readSafetensorsWithMetadata, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 
 export const CHECKPOINT_FORMAT = 'lorafa-checkpoint/1';
@@ -65,12 +66,18 @@ export function writeCheckpoint(
   meta: Readonly<Record<string, string>>,
   keep = 2,
 ): string {
-  mkdirSync(dir, { recursive: true });
+  ensureDir(dir);
   const full = { ...meta, format: CHECKPOINT_FORMAT, step: String(step) };
   const file = checkpointFile(dir, step);
   const out = new Map<string, TensorToWrite>([...tensors].map(([k, t]) => [k, { dtype: 'F32', shape: t.shape, data: t.data }]));
   writeSafetensors(file, out, { ...full, checksum: checksum(full, tensors) });
-  for (const old of listCheckpoints(dir).filter((c) => c.step <= step).slice(keep)) rmSync(old.file, { force: true });
+  for (const old of listCheckpoints(dir).filter((c) => c.step <= step).slice(keep)) {
+    try {
+      rmSync(old.file, { force: true });
+    } catch {
+      // an older checkpoint that cannot be removed is only disk space; the new one is written
+    }
+  }
   return file;
 }
 
@@ -80,8 +87,9 @@ export function writeCheckpoint(
  */
 export function readCheckpoint(file: string): Checkpoint {
   const bad = (problem: string): never => {
-    throw new LorafaError(file, `unusable checkpoint: ${problem}`);
+    throw new LorafaError(file, `unusable checkpoint: ${problem}`, `resume from another checkpoint (--resume-from ${join(dirname(file), 'step-NNNNNN.safetensors')}), or move it away and train from scratch`);
   };
+  if (!existsSync(file)) throw new LorafaError(file, 'no such checkpoint file', `pass an existing one: ${existsSync(dirname(file)) ? `the folder holds ${listCheckpoints(dirname(file)).map((c) => basename(c.file)).join(', ') || 'none'}` : 'its folder does not exist either'}`);
   let read: ReturnType<typeof readSafetensorsWithMetadata>;
   try {
     read = readSafetensorsWithMetadata(file);

@@ -11,12 +11,12 @@
 //    package's own types: any diagnostic in trainer.ts fails the compile, listed, and trainer.ts is
 //    not written. Installed from the package the check is skipped (it proves the emitter and the
 //    API agree, which the package's tests did before it was packed).
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { Project, QuoteKind, StructureKind, ts, VariableDeclarationKind, type SourceFileStructure } from 'ts-morph';
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
-import { writeFileAtomic } from '../io/weights.ts';
+import { replaceDir, writeFileAtomic } from '../io/output.ts';
 import type { ProgramSpec, TrainingProgram } from './program.ts';
 import { planFiles, TRAINER_PACKAGE_JSON } from './trainer-files.ts';
 
@@ -30,7 +30,12 @@ export interface EmitTrainerOptions {
   readonly program: TrainingProgram;
   /** Type-check trainer.ts (default: in a checkout only). */
   readonly typecheck?: boolean;
+  /** Lines about stale temporary folders a killed compile left, removed before this one. */
+  readonly log?: (line: string) => void;
 }
+
+/** What `compile -o` writes; everything else in the folder (checkpoints, outputs) is carried over. */
+const TRAINER_FILES = new Set(['trainer.ts', 'plan.json', 'package.json', 'kernels']);
 
 export interface EmittedTrainer {
   readonly outDir: string;
@@ -173,21 +178,19 @@ export function emitTrainer(o: EmitTrainerOptions): EmittedTrainer {
   const source = trainerSource(o.program, files.kernels.size);
   // Everything that can fail on the program fails before the first byte is written.
   if (o.typecheck ?? FROM_SOURCE) typecheckTrainer(trainerPath, source);
-  if (existsSync(outDir) && !statIsDir(outDir)) throw new LorafaError(outDir, 'is a file, not a folder', 'pass -o a folder (created if missing)');
-  mkdirSync(join(outDir, 'kernels'), { recursive: true });
-  for (const [f, text] of files.kernels) writeFileAtomic(join(outDir, f), Buffer.from(text));
-  // Kernel files of an earlier, larger plan are not part of this one.
-  for (const f of readdirSync(join(outDir, 'kernels'))) if (!files.kernels.has(`kernels/${f}`)) rmSync(join(outDir, 'kernels', f), { recursive: true, force: true });
-  writeFileAtomic(join(outDir, 'plan.json'), Buffer.from(files.plan));
-  writeFileAtomic(join(outDir, 'package.json'), Buffer.from(TRAINER_PACKAGE_JSON));
-  writeFileAtomic(trainerPath, Buffer.from(source));
+  // The folder is replaced whole (output.ts replaceDir): built beside it, then renamed into place,
+  // carrying over what a trained trainer folder also holds (checkpoints, outputs) but not the old
+  // trainer's own files, so a kill or a failed write leaves the old trainer complete and runnable.
+  if (existsSync(outDir) && !statSync(outDir).isDirectory()) throw new LorafaError(outDir, 'is a file, not a folder', 'pass -o a folder (created if missing), or move the file away');
+  replaceDir(
+    outDir,
+    (dir) => {
+      for (const [f, text] of files.kernels) writeFileAtomic(join(dir, f), Buffer.from(text));
+      writeFileAtomic(join(dir, 'plan.json'), Buffer.from(files.plan));
+      writeFileAtomic(join(dir, 'package.json'), Buffer.from(TRAINER_PACKAGE_JSON));
+      writeFileAtomic(join(dir, 'trainer.ts'), Buffer.from(source));
+    },
+    { keep: (f) => !TRAINER_FILES.has(f), log: o.log },
+  );
   return { outDir, trainer: trainerPath, planHash: o.program.spec.planHash, kernels: files.kernels.size };
-}
-
-function statIsDir(p: string): boolean {
-  try {
-    return readdirSync(p) !== undefined;
-  } catch {
-    return false;
-  }
 }

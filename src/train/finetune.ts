@@ -198,7 +198,13 @@ export function comparePlans(s: ResolvedSetup, gpu: Gpu, rank: number, alpha: nu
   const plans = new Map<Mode, ReturnType<typeof planStep>>();
   for (const mode of MODES) {
     const lora = mode === 'full' ? undefined : { ...(s.lora ?? { targets: s.model.def.defaultTargets ?? [], modulesToSave: s.model.def.modulesToSave }), rank, alpha };
-    plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer }, gpuLimits(gpu)));
+    try {
+      plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer }, gpuLimits(gpu)));
+    } catch (e) {
+      // Another mode the model cannot train in (LoRA without linear layers): left out of the
+      // comparison. The run's own mode must plan.
+      if (mode === s.mode || !(e instanceof LorafaError)) throw e;
+    }
   }
   return plans;
 }

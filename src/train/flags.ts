@@ -7,48 +7,105 @@ import { DATA_FORMATS } from '../data/rows.ts';
 import { PROGRESS_MODES, type ProgressMode } from './progress.ts';
 import { LR_SCHEDULES, type LrScheduleName } from './schedule.ts';
 
-function num(flag: string, v: string): number {
-  const n = Number(v.trim());
-  if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${flag} must be a finite number, got "${v}"`);
+/** A value a flag could take, for the fix line of its error. */
+const EXAMPLES: Readonly<Record<string, string>> = {
+  '--lr': '3e-4',
+  '--alpha': '16',
+  '--rank': '8',
+  '--steps': '100',
+  '--batch': '32',
+  '--eval-batch': '64',
+  '--seq': '128',
+  '--grad-accum': '4',
+  '--seed': '0',
+  '--warmup': '10',
+  '--min-lr-ratio': '0.1',
+  '--eval-every': '50',
+  '--checkpoint-every': '100',
+  '--log-every': '10',
+  '--eval-split': '0.1',
+  '--weight-decay': '0.01',
+  '--momentum': '0.9',
+  '--top': '10',
+  '--alignment': '256',
+};
+
+/** The largest magnitude a float32 holds: numbers that reach the GPU must fit it. */
+const F32_MAX = 3.4028234663852886e38;
+
+function bad(flag: string, problem: string, fallback: string): never {
+  throw new InvalidArgumentError(`${flag} ${problem}\n  fix: pass a value like ${flag} ${EXAMPLES[flag] ?? fallback}`);
+}
+
+function num(flag: string, v: string, fallback: string): number {
+  const t = v.trim();
+  const n = Number(t);
+  if (t === '' || !Number.isFinite(n)) bad(flag, `must be a finite number, got "${v}"`, fallback);
+  if (Math.abs(n) > F32_MAX) bad(flag, `is ${v}, past the largest float32 (${F32_MAX.toPrecision(3)}): it would overflow on the GPU`, fallback);
   return n;
 }
 
-export function positiveInt(flag: string) {
-  return (v: string) => {
-    const n = num(flag, v);
-    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${flag} must be a whole number ≥ 1, got "${v}"`);
-    return n;
+function whole(flag: string, v: string, min: number): number {
+  const n = num(flag, v, String(min));
+  if (!Number.isInteger(n) || n < min) bad(flag, `must be a whole number ≥ ${min}, got "${v}"`, String(Math.max(min, 1)));
+  if (!Number.isSafeInteger(n)) bad(flag, `is ${v}, past the largest exact integer (${Number.MAX_SAFE_INTEGER})`, String(Math.max(min, 1)));
+  return n;
+}
+
+/**
+ * How commander's usage errors are shown: `lorafa: <what>` and a fix line (the flag's own, or where
+ * the options are listed), instead of commander's "error: …" and the whole help. `help` is the
+ * command that lists the options, e.g. "lorafa finetune --help".
+ */
+export function usageOutput(help: string) {
+  return {
+    outputError: (str: string, write: (s: string) => void) => {
+      const text = str.replace(/^error: /, '').trimEnd().replace(/\n\(Did you mean (.*)\)$/, ' (did you mean $1?)').replace(/\?\?\)$/, '?)');
+      write(`lorafa: ${text}${/\n\s*fix: /.test(text) ? '' : `\n  fix: see ${help} for the options and the values they take`}\n`);
+    },
   };
 }
 
-export function nonNegativeInt(flag: string) {
+/** A regular expression flag: checked where it is parsed (a usage error naming the flag). */
+export function regexFlag(flag: string) {
   return (v: string) => {
-    const n = num(flag, v);
-    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${flag} must be a whole number ≥ 0, got "${v}"`);
-    return n;
+    try {
+      new RegExp(v);
+    } catch (e) {
+      throw new InvalidArgumentError(`${flag} is not a valid regular expression: ${(e as Error).message.replace(/^Invalid regular expression: /, '')}\n  fix: pass a regular expression that matches whole layer names, e.g. ${flag} "layers\\.\\d+\\.self_attn\\.(q|v)_proj"`);
+    }
+    return v;
   };
+}
+
+export function positiveInt(flag: string) {
+  return (v: string) => whole(flag, v, 1);
+}
+
+export function nonNegativeInt(flag: string) {
+  return (v: string) => whole(flag, v, 0);
 }
 
 export function positiveNumber(flag: string) {
   return (v: string) => {
-    const n = num(flag, v);
-    if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number > 0, got "${v}"`);
+    const n = num(flag, v, '1');
+    if (!(n > 0)) bad(flag, `must be a number > 0, got "${v}"`, '1');
     return n;
   };
 }
 
 export function nonNegativeNumber(flag: string) {
   return (v: string) => {
-    const n = num(flag, v);
-    if (!(n >= 0)) throw new InvalidArgumentError(`${flag} must be a number ≥ 0, got "${v}"`);
+    const n = num(flag, v, '0');
+    if (!(n >= 0)) bad(flag, `must be a number ≥ 0, got "${v}"`, '0');
     return n;
   };
 }
 
 export function fraction(flag: string) {
   return (v: string) => {
-    const n = num(flag, v);
-    if (!(n > 0 && n < 1)) throw new InvalidArgumentError(`${flag} must be a fraction strictly between 0 and 1, got "${v}"`);
+    const n = num(flag, v, '0.1');
+    if (!(n > 0 && n < 1)) bad(flag, `must be a fraction strictly between 0 and 1, got "${v}"`, '0.1');
     return n;
   };
 }

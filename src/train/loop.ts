@@ -18,14 +18,15 @@
 //    report.json, loss.svg (training loss and evaluations), memory.svg.
 // GPU bytes are measured, not assumed: the device's createBuffer/destroy are counted (BufferMeter).
 import { setTimeout as sleep } from 'node:timers/promises';
-import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { rmSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileFingerprint, type Dataset, type Feeds } from '../data/dataset.ts';
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { numel, type Param } from '../ir/types.ts';
 import { importPeftAdapter } from '../io/peft.ts';
 import { openWeights } from '../io/checkpoint-dir.ts';
+import { checkOutputPath, checkWritable, cleanStale, replaceDir } from '../io/output.ts';
 import { listSome, loadStateDict } from '../io/weights.ts';
 import type { Mode } from '../passes/compile.ts';
 import { accumFeeds, optimizerFeeds, type OptimizerOptions } from '../passes/optimizer.ts';
@@ -33,7 +34,7 @@ import { StepRunner } from '../runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
 import { initParam, resolveDerived } from '../runtime/init.ts';
 import { listCheckpoints, readCheckpoint, removeStaleTemps, writeCheckpoint, type Checkpoint, type CheckpointTensor } from './checkpoint.ts';
-import { writeOutputs } from './outputs.ts';
+import { OUTPUT_NAMES, writeOutputs } from './outputs.ts';
 import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } from './program.ts';
 import { progress, type ProgressMode } from './progress.ts';
 import { checkSchedule, defaultWarmup, describeSchedule, lrAt, type LrSchedule, type LrScheduleName } from './schedule.ts';
@@ -152,20 +153,34 @@ export function checkpointed(p: TrainingProgram) {
   return p.step.params.filter((q) => q.trainable || q.role === 'optimizer_state' || q.role === 'lora_A' || q.role === 'lora_B');
 }
 
+/**
+ * About how many bytes a run adds to its --out folder: the checkpoints (the two kept and the one
+ * being written) and the outputs (the weights it exports, reports).
+ */
+export function outputBytes(p: TrainingProgram, o: Pick<TrainOptions, 'export'>): number {
+  const ckpt = checkpointed(p).reduce((s, q) => s + 4 * numel(q.shape), 0);
+  const weights = p.weights.params.reduce((s, q) => s + 4 * numel(q.value.type.shape), 0);
+  const adapters = p.weights.params.filter((q) => q.role === 'lora_A' || q.role === 'lora_B' || q.trainable).reduce((s, q) => s + 4 * numel(q.value.type.shape), 0);
+  const exported = o.export?.weights === false ? 0 : p.spec.mode === 'full' ? weights : adapters + (o.export?.merged ? weights : 0);
+  return 3 * ckpt + exported + (1 << 20);
+}
+
 /** A Param record for a plan parameter (initParam takes the IR's). */
-function paramOf(name: string, shape: readonly number[], dtype: string, init: TrainingProgram['inits'][string]): Param {
-  return { value: { id: 0, name, type: { dtype: dtype as never, shape } }, init, trainable: false, role: 'weight' };
+function paramOf(name: string, shape: readonly number[], dtype: string, init: TrainingProgram['inits'][string], src?: Param['src']): Param {
+  return { value: { id: 0, name, type: { dtype: dtype as never, shape } }, init, trainable: false, role: 'weight', ...(src ? { src } : {}) };
 }
 
 /** Seeded initial values of every parameter of the step and the evaluation plan (float64). */
 export function seededValues(p: TrainingProgram, seed: number): Map<string, Float64Array> {
   const out = new Map<string, Float64Array>();
   const files = new Map();
+  // Where each parameter was declared (the model file's line), for errors in its init.
+  const declared = new Map(p.weights.params.map((w) => [w.value.name, w.src]));
   for (const q of [...p.step.params, ...p.eval.params]) {
     if (out.has(q.name)) continue;
     const init = p.inits[q.name];
     if (!init) throw new LorafaError(q.name, 'the program has no init for this parameter', 'recompile the trainer');
-    out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype, init), { seed }, files).data);
+    out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype, init, declared.get(q.name)), { seed }, files).data);
   }
   return out;
 }
@@ -194,11 +209,11 @@ function runMeta(p: TrainingProgram, s: LrSchedule, o: { seed: number; gradAccum
 
 const META_NAMES: Record<string, string> = {
   lr: '--lr',
-  schedule: 'the learning-rate schedule (--lr-schedule, --warmup, --min-lr-ratio, and --steps for a decaying schedule)',
+  schedule: 'learning-rate schedule (--lr-schedule, --warmup, --min-lr-ratio, and --steps for a decaying schedule)',
   seed: '--seed',
   grad_accum: '--grad-accum',
-  data: 'the data (--data, --eval-data, fields)',
-  classes: 'the class names of the data',
+  data: 'data (--data, --eval-data, fields)',
+  classes: 'class names in the data',
   base: '--base',
   init_adapter: '--init-adapter',
 };
@@ -223,10 +238,14 @@ export function incompatibility(p: TrainingProgram, c: Checkpoint, want: Record<
   if (extra.length) return { problem: `holds tensors this program does not have: ${extra.slice(0, 5).join(', ')}`, fix: 'resume from a checkpoint this program wrote' };
   for (const k of Object.keys(META_NAMES)) {
     if (c.meta[k] !== want[k]) {
-      return {
-        problem: `was trained with other ${META_NAMES[k]}: ${c.meta[k] ?? '(missing)'} there, ${want[k]} now`,
-        fix: `resume with the run's own settings (${k === 'lr' ? `--lr ${c.meta.lr}` : k === 'seed' ? `--seed ${c.meta.seed}` : 'as it was started'}), or start a new run in another --out`,
-      };
+      let fix = `resume with the run's own settings (${k === 'lr' ? `--lr ${c.meta.lr}` : k === 'seed' ? `--seed ${c.meta.seed}` : 'as it was started'}), or start a new run in another --out`;
+      if (k === 'schedule') {
+        const [was, now] = [JSON.parse(c.meta[k] ?? '{}'), JSON.parse(want[k])] as Record<string, unknown>[];
+        if (was.steps !== now.steps && JSON.stringify({ ...was, steps: 0 }) === JSON.stringify({ ...now, steps: 0 })) {
+          fix = `resume with --steps ${was.steps} (a decaying schedule is planned over the run's --steps); to train on past it, start a new run from its weights (--init-adapter <out>/adapter), or use --lr-schedule constant for runs you extend`;
+        }
+      }
+      return { problem: `was trained with a different ${META_NAMES[k]}: ${c.meta[k] ?? '(missing)'} there, ${want[k]} now`, fix };
     }
   }
   return undefined;
@@ -293,10 +312,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   const optimizer: OptimizerOptions = spec.optimizer;
   const gpu = o.gpu ?? (await acquireGpu());
   const out = o.out ? resolve(o.out) : undefined;
-  if (out) {
-    if (existsSync(out) && !statSync(out).isDirectory()) throw new LorafaError(out, 'is a file, not a folder', 'pass --out a folder (created if missing)');
-    mkdirSync(out, { recursive: true });
-  }
+  if (out) checkOutputPath(out, 'folder', '--out');
 
   // 1. Starting values.
   const values = seededValues(p, seed);
@@ -344,6 +360,15 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   const initial = new Map([...values].map(([k, v]) => [k, Float32Array.from(v)]));
 
   // 2. Resume.
+  if (out) {
+    // Before the first step (the inputs are loaded and checked by now): the folder (created if missing) and its checkpoints/ take files, the
+    // folder beside it takes the temporary copy the outputs are built in, and where the file system
+    // says how much is free, there is room for them; what a killed run left is removed (and said).
+    for (const line of cleanStale(out)) log(line);
+    checkWritable(dirname(out), 0, '--out', out);
+    checkWritable(out, outputBytes(p, o), '--out');
+    checkWritable(checkpointDir(out), 0, '--out');
+  }
   const want = runMeta(p, schedule, { seed, gradAccum: K, data, baseFp, adapterFp });
   const dir = out ? checkpointDir(out) : undefined;
   if (dir) removeStaleTemps(dir);
@@ -403,7 +428,13 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       const save = async (step: number): Promise<string> => {
         const vals = await runner.readParams();
         const tensors = new Map<string, CheckpointTensor>(checkpointed(p).map((q) => [q.name, { shape: q.shape, data: vals.get(q.name)! }]));
-        return writeCheckpoint(dir!, step, tensors, meta(step));
+        try {
+          return writeCheckpoint(dir!, step, tensors, meta(step));
+        } catch (e) {
+          if (!(e instanceof LorafaError)) throw e;
+          const last = listCheckpoints(dir!)[0];
+          throw new LorafaError(e.where, `${e.problem} (writing the checkpoint of step ${step})`, `${e.fix ?? 'fix the folder'}; then continue with --resume${last ? ` (the newest complete checkpoint is step ${last.step})` : ''}`);
+        }
       };
       try {
         for (let t = start + 1; t <= o.steps; t++) {
@@ -419,7 +450,13 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
           const ms = performance.now() - t0;
           times.push(ms);
           if (!Number.isFinite(loss)) {
-            throw new LorafaError(`step ${t}`, `the loss is ${loss}`, `train again with a lower --lr (${schedule.lr} now), or check the data and base weights for NaN/Inf`);
+            // The first step's loss comes from the starting weights alone: no learning rate is
+            // involved yet, so blaming it would send the user the wrong way.
+            if (t === start + 1) {
+              const from = [o.base && `--base ${o.base}`, o.initAdapter && `--init-adapter ${o.initAdapter}`, resumed && rel(resumed.file)].filter(Boolean).join(', ');
+              throw new LorafaError(`step ${t}`, `the loss is ${loss} before any update (the starting weights${from ? ` from ${from}` : ''} and the first batch give it): every loaded tensor was finite, so values overflow float32 in the forward pass`, `check the weights' magnitudes (a base trained or converted badly) and the data's scale; a lower --lr does not help here`);
+            }
+            throw new LorafaError(`step ${t}`, `the loss is ${loss} (it was ${losses[losses.length - 1]?.loss.toFixed(4) ?? '?'} at step ${t - 1}): training diverged`, `train again with a lower --lr (${schedule.lr} now) or more --warmup`);
           }
           losses.push({ step: t, loss });
           bar.step(t, loss, ms);
@@ -492,7 +529,12 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       files: [],
     };
     if (!out) return result;
-    const files = writeOutputs(out, p, result, o, data);
+    // The outputs replace the previous ones whole: built in a temporary sibling folder (with links
+    // to the checkpoints and anything else already there), then renamed into place.
+    // An adapter folder is carried too when this run exports one: the export then replaces its two
+    // files and keeps anything else the user put there (a README).
+    const exportsAdapter = spec.mode !== 'full' && o.export?.weights !== false;
+    const files = replaceDir(out, (dir) => writeOutputs(dir, p, result, o, data), { keep: (f) => !OUTPUT_NAMES.has(f) || (f === 'adapter' && exportsAdapter), log });
     log(`wrote ${rel(out)}/: ${files.join(', ')}`);
     return { ...result, files };
   } finally {

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import type { Dataset } from '../data/dataset.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { exportPeftAdapter, PEFT_TASK_TYPES, type PeftTaskType } from '../io/peft.ts';
-import { saveMerged, saveStateDict, writeFileAtomic } from '../io/weights.ts';
+import { writeFileAtomic } from '../io/output.ts';
+import { saveMerged, saveStateDict } from '../io/weights.ts';
 import { MODES, type Mode } from '../passes/compile.ts';
 import { CATEGORIES, CATEGORY_LABELS } from '../passes/memory-plan.ts';
 import { lineChartSvg, memoryBarsSvg, smooth } from '../report/charts.ts';
@@ -20,6 +21,9 @@ import type { TrainOptions, TrainResult } from './loop.ts';
 import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } from './program.ts';
 import { fmtMetrics } from './metrics.ts';
 import { describeSchedule } from './schedule.ts';
+
+/** Everything writeOutputs may write; the rest of an --out folder (checkpoints, the user's files) is carried over. */
+export const OUTPUT_NAMES: ReadonlySet<string> = new Set(['adapter', 'model.safetensors', 'merged.safetensors', 'report.json', 'report.md', 'loss.svg', 'memory.svg']);
 
 /** The memory table of one or more plans, by category at each one's peak. */
 export function compareLines(plans: ReadonlyMap<Mode, MemorySummary>): string[] {

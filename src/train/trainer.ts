@@ -4,8 +4,11 @@
 // name and run the one training loop, writing checkpoints, the adapter and the reports into the
 // folder (or --out).
 import { realpathSync } from 'node:fs';
+import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
+import { usageOutput } from './flags.ts';
+import { runWithFilteredStderr } from '../runtime/quiet-dawn.ts';
 import { asCommand, LorafaError } from '../ir/errors.ts';
 import { listCheckpoints, readCheckpoint } from './checkpoint.ts';
 import { openTrainingData } from './data.ts';
@@ -112,9 +115,14 @@ export async function runTrainer(outDir: string, spec: ProgramSpec, flags: Train
 
 /** The trainer's own command line; resolves to the exit code (2 for usage errors). */
 export async function trainerCli(outDir: string, spec: ProgramSpec, argv: readonly string[]): Promise<number> {
+  // Run as `npx tsx trainer.ts` with stderr a socket: again as a child without Dawn's warnings.
+  if (process.argv[1] && isMain(pathToFileURL(join(outDir, 'trainer.ts')).href)) {
+    const filtered = await runWithFilteredStderr(process.argv[1], argv);
+    if (filtered !== undefined) return filtered;
+  }
   const cmd = addTrainOptions(new Command('trainer.ts'))
     .description(`train ${spec.model} (config ${spec.config}, ${spec.mode}) on this machine's GPU`)
-    .showHelpAfterError()
+    .configureOutput(usageOutput('trainer.ts --help'))
     .exitOverride();
   return asCommand(async () => {
     cmd.parse([...argv], { from: 'user' });
