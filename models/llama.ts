@@ -36,9 +36,10 @@ export default defineModel<LlamaConfig>({
     // The shipped base model (models/pretrained/llama-brown): a character-level decoder pretrained
     // on the Brown corpus (`npm run pretrain`).
     brown: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000 },
-    // The same decoder as a sequence classifier (SpamAssassin spam/ham): mean-pooled final hidden
-    // states → `score` (as Hugging Face's LlamaForSequenceClassification names its head).
-    spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean' },
+    // The same decoder as a sequence classifier (SpamAssassin spam/ham): the final hidden state of
+    // each message's last real token → `score`, as Hugging Face's LlamaForSequenceClassification
+    // pools and names its head (texts padded on the right, with an attention_mask).
+    spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
   },
   defaultConfig: 'toy',
   defaultTargets: ['q_proj', 'v_proj'],
