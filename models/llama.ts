@@ -40,6 +40,9 @@ export default defineModel<LlamaConfig>({
     // each message's last real token → `score`, as Hugging Face's LlamaForSequenceClassification
     // pools and names its head (texts padded on the right, with an attention_mask).
     spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
+    // The same classifier pooling the mean of all positions (the spam preset before it moved to the
+    // last token; docs/results.md compares the two).
+    'spam-mean': { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean' },
   },
   defaultConfig: 'toy',
   defaultTargets: ['q_proj', 'v_proj'],

@@ -29,10 +29,13 @@ const cmd = new Command('experiment')
   .option('--full-lr-grid <list>', 'peak learning rates tried for full fine-tuning', (v) => list(v).map(Number), [3e-4, 1e-3])
   .option('--no-tune', "skip tuning: every variant at the task's default learning rate")
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
+  .option('--no-pooling', 'skip the pooling comparison (spam: last token, the preset, against the mean of all positions)')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean }>();
 const TUNING_SEED = 0;
+/** Classifier presets and the model config that pools them the other way (the mean of all positions). */
+const OTHER_POOLING: Readonly<Record<string, { config: string; label: string }>> = { spam: { config: 'spam-mean', label: 'mean' } };
 const argv = process.argv.slice(2);
 const command = `npm run experiment${argv.length ? ' -- ' + argv.join(' ') : ''}`;
 
@@ -71,7 +74,7 @@ interface Row {
 }
 
 /** One run of a preset, through the same finetune() as `lorafa finetune`, no files written. */
-async function runTask(task: string, seed: number, key: string, o: { evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number }): Promise<Row> {
+async function runTask(task: string, seed: number, key: string, o: { config?: string; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number }): Promise<Row> {
   const r = await finetune({ model: task, seed, compare: false, progress: 'none', log: () => {}, ...o });
   return {
     key,
@@ -103,6 +106,7 @@ async function runAll(): Promise<void> {
   const started = Date.now();
   const rows: Row[] = [];
   const sweep: Row[] = [];
+  const pooling: Row[] = [];
   const grid: (Row & { chosen?: boolean })[] = [];
   const chosen = new Map<string, number>();
   let device = '';
@@ -145,6 +149,15 @@ async function runAll(): Promise<void> {
             `GPU ${r.gpu.measured} B measured / ${r.gpu.planned} B planned  ${r.msPerStep.toFixed(1)} ms/step  (${((Date.now() - t0) / 1000).toFixed(0)} s)`,
         );
       }
+      const other = OTHER_POOLING[name];
+      if (other && flags.pooling) {
+        // The same runs (lr, seed, data order, steps) with the classifier pooling the other way.
+        for (const v of VARIANTS) {
+          const r = await runTask(name, seed, `${v.key}@${other.label}`, { config: other.config, mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
+          pooling.push(r);
+          console.log(`${name} seed ${seed} ${v.key.padEnd(11)} pooled by ${other.label}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%`);
+        }
+      }
       if (name === 'fashion-mnist') {
         for (const rank of flags.ranks) {
           for (const mode of ['lora', 'lora-fa'] as const) {
@@ -161,8 +174,8 @@ async function runAll(): Promise<void> {
   }
   const minutes = (Date.now() - started) / 60000;
   const jsonFile = flags.out.replace(/\.md$/, '') + '.json';
-  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep }, null, 1) + '\n'));
-  const md = report(rows, sweep, grid, device, minutes);
+  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep, pooling }, null, 1) + '\n'));
+  const md = report(rows, sweep, pooling, grid, device, minutes);
   writeFileAtomic(flags.out, Buffer.from(md));
   console.log('\n' + md);
   console.log(`wrote ${flags.out} and ${jsonFile} (${minutes.toFixed(1)} min)`);
@@ -179,7 +192,7 @@ function versions(): string {
   return `lorafa ${pkg.version} (commit ${commit}), Node ${process.versions.node}, webgpu ${pkg.dependencies.webgpu}`;
 }
 
-function report(rows: readonly Row[], sweep: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number): string {
+function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number): string {
   const out: string[] = [
     '# Results: LoRA-FA against LoRA and full fine-tuning, at small scale',
     '',
@@ -253,6 +266,28 @@ function report(rows: readonly Row[], sweep: readonly Row[], grid: readonly (Row
       );
     }
     out.push('');
+  }
+  for (const name of flags.tasks) {
+    const other = OTHER_POOLING[name];
+    const theirs = pooling.filter((r) => r.task === name);
+    if (!other || !theirs.length) continue;
+    out.push(`## ${name}: pooling the last real token (the preset, as Hugging Face's sequence classifiers) against the ${other.label} of all positions`, '');
+    out.push('Same learning rates, seeds, data order and steps as the table above; only the classifier\'s pooling differs.', '');
+    out.push(`| variant | last token: accuracy, mean ± std | ${other.label}: accuracy, mean ± std | last − ${other.label} (points) | per seed, last / ${other.label} |`, '|---|---|---|---|---|');
+    const gaps: number[] = [];
+    for (const v of VARIANTS) {
+      const last = rows.filter((r) => r.task === name && r.key === v.key);
+      const alt = theirs.filter((r) => r.key === `${v.key}@${other.label}`);
+      if (!last.length || !alt.length) continue;
+      const la = last.map((r) => r.after.accuracy!);
+      const aa = alt.map((r) => r.after.accuracy!);
+      const gap = 100 * (mean(la) - mean(aa));
+      gaps.push(gap);
+      out.push(`| ${v.label} | ${pct(mean(la))}% ± ${pct(std(la))} | ${pct(mean(aa))}% ± ${pct(std(aa))} | ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} | ${la.map((a, i) => `${pct(a)} / ${pct(aa[i])}`).join(', ')} |`);
+    }
+    out.push('');
+    const holds = gaps.every((g) => g >= -1);
+    out.push(`Check: last-token pooling's accuracy holds (no variant more than 1 point below ${other.label} pooling): ${holds ? '**pass**' : '**fail**'}`, '');
   }
   if (grid.length) {
     out.push(`## Learning-rate grid (validation split, seed ${TUNING_SEED}; **bold** = chosen)`, '');
