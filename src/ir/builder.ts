@@ -26,6 +26,12 @@ export interface BuilderOptions {
   /** How the file is shown in messages (relative to the working directory). */
   readonly displayFile?: string;
   readonly phase?: Phase;
+  /**
+   * Trace attention, cross-entropy and the norms as compositions of primitive ops, as lorafa did
+   * before they were fused ops: their plans keep the intermediates (bench/paper.ts sets the two
+   * side by side). Default false.
+   */
+  readonly composed?: boolean;
 }
 
 export interface ParamOptions {
@@ -58,6 +64,8 @@ export class Builder {
   private readonly scalars = new Map<number, Value>();
   private readonly buffers = new Map<string, Value>();
   private readonly file?: string;
+  /** BuilderOptions.composed: the fused ops' compositions instead of the ops. */
+  readonly composed: boolean;
   private readonly displayFile?: string;
   /** Set while a pass or VJP rule emits nodes on behalf of one forward node. */
   private fixedSrc?: SourceLoc;
@@ -68,6 +76,7 @@ export class Builder {
     this.file = opts.file;
     this.displayFile = opts.displayFile ?? opts.file;
     this.phase = opts.phase ?? 'forward';
+    this.composed = opts.composed ?? false;
     this.nextId = 0;
   }
 

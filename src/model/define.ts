@@ -109,6 +109,8 @@ export interface TraceOptions {
   /** Absolute path of the model file, to map stack frames to its lines. */
   readonly file?: string;
   readonly displayFile?: string;
+  /** Trace attention, cross-entropy and the norms as compositions (BuilderOptions.composed). */
+  readonly composed?: boolean;
 }
 
 export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
@@ -136,7 +138,7 @@ export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
 /** Runs the model's build function on a fresh Builder and returns the traced graph. */
 export function traceModel(def: ModelDef, opts: TraceOptions = {}): Graph {
   const cfg = resolveConfig(def, opts);
-  const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile });
+  const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile, composed: opts.composed });
   let returned: unknown;
   try {
     returned = def.build(b, cfg);

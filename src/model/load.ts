@@ -77,6 +77,6 @@ export async function loadModel(path: string): Promise<LoadedModel> {
   return { def, file, displayFile };
 }
 
-export function trace(m: LoadedModel, config?: string, overrides?: Record<string, number>): Graph {
-  return traceModel(m.def, { config, overrides, file: m.file, displayFile: m.displayFile });
+export function trace(m: LoadedModel, config?: string, overrides?: Record<string, number>, opts: { composed?: boolean } = {}): Graph {
+  return traceModel(m.def, { config, overrides, file: m.file, displayFile: m.displayFile, composed: opts.composed });
 }
