@@ -25,7 +25,7 @@ export { fmtType, numel } from './ir/types.ts';
 export { fmtBytes, fmtCount } from './ir/format.ts';
 export { printGraph, type PrintOptions } from './ir/print.ts';
 export { verify } from './ir/verify.ts';
-export { OPS, opDef } from './ir/ops.ts';
+export { IGNORE_INDEX, OPS, opDef } from './ir/ops.ts';
 export { asCommand, LorafaError, ModelError, ShapeError, VerifyError } from './ir/errors.ts';
 
 // Model files.

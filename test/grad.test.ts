@@ -191,6 +191,7 @@ for (const op of OP_NAMES) {
   const def = anyDef(op);
   describe(op, () => {
     if (def.vjp === 'nondiff') nondiffSuite(op);
+    else if (def.vjp === 'backward-only') backwardOnlySuite(op);
     else diffSuite(op);
     // Checks that hold whatever the registry declares, so a rule that changes kind is caught.
     if (op === 'stop_gradient') stopGradientChecks();
@@ -302,6 +303,26 @@ function diffSuite(op: OpName): void {
       TIMEOUT,
     );
   }
+}
+
+/**
+ * A backward-only op (cross_entropy_grad, rms_norm_grad, layer_norm_grad) is a VJP kernel: its
+ * ref is checked against finite differences as part of its forward op's VJP (above). Here: a
+ * cotangent that reaches one (a second-order gradient) is refused by name, and its ref is finite.
+ */
+function backwardOnlySuite(op: OpName): void {
+  it(
+    'autodiff through it fails with "second-order gradients are not supported"',
+    () => {
+      property(`grad/${op}/backward-only`, caseArb(op), ({ oc, seed }) => {
+        const bc = buildCase(op, oc, seed);
+        const floats = bc.oc.inputs.flatMap((x, i) => (x.type.dtype === 'i32' ? [] : [i]));
+        expect(() => autodiff(bc.graph, { wrt: floats.map((i) => bc.ins[i]) })).toThrow(/second-order gradients are not supported.*backward-only/);
+        expect(anyDef(op).ref(bc.tensors, bc.oc.attrs, bc.y.type).every(Number.isFinite), bc.desc).toBe(true);
+      });
+    },
+    TIMEOUT,
+  );
 }
 
 function nondiffSuite(op: OpName): void {

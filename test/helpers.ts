@@ -5,7 +5,7 @@ import { join, relative, resolve } from 'node:path';
 import { expect } from 'vitest';
 import { LorafaError } from '../src/ir/errors.ts';
 import type fc from 'fast-check';
-import type { CaseGen, Domain } from '../src/ir/ops.ts';
+import { IGNORE_INDEX, type CaseGen, type Domain } from '../src/ir/ops.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
 import { loadModel, trace } from '../src/model/load.ts';
@@ -34,6 +34,7 @@ export function sample(n: number, domain: Domain, seed: number): Float64Array {
       case 'awayFromZero':
         return (x < 0 ? -1 : 1) * (0.1 + 1.4 * Math.abs(x));
       case 'int':
+        if (domain.ignoreFrac !== undefined && u() < domain.ignoreFrac) return IGNORE_INDEX;
         return domain.lo + Math.floor(u() * (domain.hi - domain.lo + 1));
     }
   });

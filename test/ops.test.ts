@@ -328,6 +328,71 @@ const HAND: HandTable = {
       expected: [3, -1, 2, 7, -1, 4],
     },
   ],
+  // Issue 14: losses and norms as primitives.
+  cross_entropy: [
+    {
+      what: 'logits [0,0] label 1: L = loss = ln 2; [ln 3, 0] labelled −100: (0, ln 4, 0)',
+      inputs: [f([2, 2], [0, 0, Math.log(3), 0]), i32([2], [1, -100])],
+      attrs: NONE,
+      shape: [2, 3],
+      expected: [Math.LN2, Math.LN2, 1, 0, 2 * Math.LN2, 0],
+    },
+    {
+      what: 'labels at 0 and C−1: L − logit',
+      inputs: [f([2, 3], [1, 2, 3, 1, 2, 3]), i32([2], [0, 2])],
+      attrs: NONE,
+      shape: [2, 3],
+      // L = ln(e + e² + e³)
+      expected: [Math.log(Math.E + Math.E ** 2 + Math.E ** 3) - 1, Math.log(Math.E + Math.E ** 2 + Math.E ** 3), 1, Math.log(Math.E + Math.E ** 2 + Math.E ** 3) - 3, Math.log(Math.E + Math.E ** 2 + Math.E ** 3), 1],
+    },
+  ],
+  cross_entropy_grad: [
+    {
+      what: 'softmax [½, ½] − onehot(1), the L column weighted in; an ignored row only through L',
+      inputs: [f([2, 2], [0, 0, 0, 0]), i32([2], [1, -100]), f([2, 3], [Math.LN2, Math.LN2, 1, 0, Math.LN2, 0]), f([2, 3], [1, 2, 7, 1, 0, 7])],
+      attrs: NONE,
+      shape: [2, 2],
+      // row 0: (1 + 2)·½ − [0, 1]; row 1: weight 0, so (0 + 0)·½
+      expected: [1.5, 0.5, 0, 0],
+    },
+  ],
+  rms_norm: [
+    {
+      what: 'x [3, 4]: mean x² = 12.5; weight [1, 2] and a scalar weight 2',
+      inputs: [f([1, 2], [3, 4]), f([2], [1, 2])],
+      attrs: { eps: 0 },
+      shape: [1, 2],
+      expected: [3 / Math.sqrt(12.5), 8 / Math.sqrt(12.5)],
+    },
+    { what: 'scalar weight, eps 0.5', inputs: [f([2], [3, 4]), f([], [2])], attrs: { eps: 0.5 }, shape: [2], expected: [6 / Math.sqrt(13), 8 / Math.sqrt(13)] },
+  ],
+  rms_norm_grad: [
+    {
+      what: 'a cotangent orthogonal to x: dx = rstd·ct',
+      inputs: [f([1, 2], [3, 4]), f([2], [1, 1]), f([1, 2], [4, -3])],
+      attrs: { eps: 0 },
+      shape: [1, 2],
+      expected: [4 / Math.sqrt(12.5), -3 / Math.sqrt(12.5)],
+    },
+  ],
+  layer_norm: [
+    {
+      what: 'x [1, 3]: mean 2, var 1, x̂ = [−1, 1]; weight [2, 3], bias [1, 0]',
+      inputs: [f([1, 2], [1, 3]), f([2], [2, 3]), f([2], [1, 0])],
+      attrs: { eps: 0 },
+      shape: [1, 2],
+      expected: [-1, 3],
+    },
+  ],
+  layer_norm_grad: [
+    {
+      what: 'x [0, 1, 2], ct [1, 0, 0]: rstd = √1.5, dx = √1.5·[1/6, −1/3, 1/6]',
+      inputs: [f([3], [0, 1, 2]), f([3], [1, 1, 1]), f([3], [1, 0, 0])],
+      attrs: { eps: 0 },
+      shape: [3],
+      expected: [Math.sqrt(1.5) / 6, -Math.sqrt(1.5) / 3, Math.sqrt(1.5) / 6],
+    },
+  ],
 };
 
 const anyDef = (op: OpName) => OPS[op] as OpDef<any>;

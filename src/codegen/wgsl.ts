@@ -313,6 +313,168 @@ function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
   out[i] = select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}));`);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Row kernels: cross-entropy and the norms (issue 14). One workgroup of ROW_WG invocations per
+// row: each invocation strides over the row (j = lid, lid + ROW_WG, …), then a tree reduction in
+// workgroup memory combines the partials (a row of 4096 is 64 serial terms and 6 levels, not one
+// running total). The row index comes from workgroup_id only, so it is uniform and every barrier
+// is in uniform control flow.
+
+const ROW_WG = 64;
+
+/** One workgroup per row, folded into 2-D past the per-dimension limit. */
+function rowGrid(rows: number, ctx: EmitContext): readonly [number, number, number] {
+  const x = Math.min(Math.max(1, rows), ctx.maxWorkgroupsPerDimension);
+  return [x, Math.ceil(Math.max(1, rows) / x), 1];
+}
+
+const ROW_PRELUDE = `var<workgroup> red: array<f32, ${ROW_WG}>;
+
+fn wsum(v: f32, l: u32) -> f32 {
+  red[l] = v;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
+    if (l < s) { red[l] = red[l] + red[l + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn wmax(v: f32, l: u32) -> f32 {
+  red[l] = v;
+  workgroupBarrier();
+  for (var s = ${ROW_WG / 2}u; s > 0u; s = s >> 1u) {
+    if (l < s) { red[l] = max(red[l], red[l + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}`;
+
+function rowKernel(bound: Value[], node: Node, rows: number, ctx: EmitContext, body: string): KernelSource {
+  return {
+    bound,
+    workgroups: rowGrid(rows, ctx),
+    wgsl: `${header(bound, node.out)}
+${ROW_PRELUDE}
+
+@compute @workgroup_size(${ROW_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= ${u(rows)}) { return; }
+${body.replace(/^\n/, '')}
+}
+`,
+  };
+}
+
+/** `for` over this invocation's elements j of a row of `width`. */
+const rowLoop = (width: number, body: string) => `for (var j = l; j < ${u(width)}; j += ${u(ROW_WG)}) {
+    ${body}
+  }`;
+
+/**
+ * cross_entropy: per row an online max / Σexp over the invocation's stride, combined as
+ * M = max mᵢ, S = Σ sᵢ·exp(mᵢ − M); L = M + log S. A label outside [0, C) (the ignore index −100
+ * or any other) gives (0, L, 0), and is never used as an index: the logit read is clamped.
+ */
+function emitCrossEntropy(node: Node, ctx: EmitContext): KernelSource {
+  const [x] = node.inputs;
+  const c = x.type.shape[x.type.shape.length - 1];
+  const rows = numel(x.type.shape) / c;
+  const { bound, arg } = split(node, ctx);
+  return rowKernel(bound, node, rows, ctx, `
+  let base = row * ${u(c)};
+  var m = ${lit(-Infinity)};
+  var s = 0.0;
+  ${rowLoop(c, `let v = ${arg(0, 'base + j')};
+    if (v > m) { s = s * exp(m - v); m = v; }
+    s = s + exp(v - m);`)}
+  let mx = wmax(m, l);
+  let lse = mx + log(wsum(s * exp(m - mx), l));
+  if (l == 0u) {
+    let k = ${arg(1, 'row')};
+    let ok = k >= 0i && k < ${c}i;
+    let picked = ${arg(0, `base + u32(clamp(k, 0i, ${c - 1}i))`)};
+    out[row * 3u] = select(0.0, lse - picked, ok);
+    out[row * 3u + 1u] = lse;
+    out[row * 3u + 2u] = select(0.0, 1.0, ok);
+  }`);
+}
+
+/** cross_entropy_grad: elementwise over [rows, C]; softmax recomputed from the saved L. */
+function emitCrossEntropyGrad(node: Node, ctx: EmitContext): KernelSource {
+  const [x] = node.inputs;
+  const c = x.type.shape[x.type.shape.length - 1];
+  const n = numel(x.type.shape);
+  const { bound, arg } = split(node, ctx);
+  return kernel1d(bound, node, n, ctx, `
+  let r = i / ${u(c)};
+  let w = ${arg(2, 'r * 3u + 2u')};
+  let c0 = ${arg(3, 'r * 3u')} * w;
+  let p = exp(${arg(0, 'i')} - ${arg(2, 'r * 3u + 1u')});
+  let hit = ${arg(1, 'r')} == i32(i % ${u(c)});
+  out[i] = (c0 + ${arg(3, 'r * 3u + 1u')}) * p - select(0.0, c0, hit);`);
+}
+
+/** A norm's per-feature operand (weight or bias): [D] indexed by j, or a scalar. */
+function featureArg(node: Node, k: number, arg: (i: number, index: string) => string): string {
+  return arg(k, node.inputs[k].type.shape.length === 0 ? '0u' : 'j');
+}
+
+/** mean (LayerNorm; `let mu = 0.0` for RMSNorm) and rstd of the row at `base`. */
+function normStats(centered: boolean, width: number, x: (index: string) => string): string {
+  const mean = centered
+    ? `var sx = 0.0;
+  ${rowLoop(width, `sx = sx + ${x('base + j')};`)}
+  let mu = wsum(sx, l) / ${lit(width)};`
+    : 'let mu = 0.0;';
+  return `${mean}
+  var sv = 0.0;
+  ${rowLoop(width, `let d = ${x('base + j')} - mu; sv = sv + d * d;`)}
+  let rstd = inverseSqrt(wsum(sv, l) / ${lit(width)} + EPS);`;
+}
+
+/** rms_norm (x, w) and layer_norm (x, w, b): statistics, then each element. */
+function emitNorm(node: Node, ctx: EmitContext): KernelSource {
+  const x = node.inputs[0];
+  const width = x.type.shape[x.type.shape.length - 1];
+  const rows = numel(x.type.shape) / width;
+  const centered = node.op === 'layer_norm';
+  const { bound, arg } = split(node, ctx);
+  const xs = (index: string) => arg(0, index);
+  const bias = centered ? ` + ${featureArg(node, 2, arg)}` : '';
+  return rowKernel(bound, node, rows, ctx, `
+  const EPS = ${lit((node.attrs as { eps: number }).eps)};
+  let base = row * ${u(width)};
+  ${normStats(centered, width, xs)}
+  ${rowLoop(width, `out[base + j] = (${xs('base + j')} - mu) * rstd * ${featureArg(node, 1, arg)}${bias};`)}`);
+}
+
+/** rms_norm_grad / layer_norm_grad (x, w, ct): statistics again, mean(g) and mean(g·x̂), then dx. */
+function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
+  const x = node.inputs[0];
+  const width = x.type.shape[x.type.shape.length - 1];
+  const rows = numel(x.type.shape) / width;
+  const centered = node.op === 'layer_norm_grad';
+  const { bound, arg } = split(node, ctx);
+  const xs = (index: string) => arg(0, index);
+  const g = `${arg(2, 'base + j')} * ${featureArg(node, 1, arg)}`;
+  return rowKernel(bound, node, rows, ctx, `
+  const EPS = ${lit((node.attrs as { eps: number }).eps)};
+  let base = row * ${u(width)};
+  ${normStats(centered, width, xs)}
+  var sg = 0.0;
+  var sgx = 0.0;
+  ${rowLoop(width, `let g = ${g}; sg = sg + g; sgx = sgx + g * (${xs('base + j')} - mu) * rstd;`)}
+  let mg = ${centered ? `wsum(sg, l) / ${lit(width)}` : '0.0'};
+  let mgx = wsum(sgx, l) / ${lit(width)};
+  ${rowLoop(width, `let g = ${g}; out[base + j] = rstd * (g - mg - (${xs('base + j')} - mu) * rstd * mgx);`)}`);
+}
+
 const EMITTERS = {
   fill: emitFill,
   reduce: emitReduce,
@@ -325,6 +487,10 @@ const EMITTERS = {
   scatter_add: emitScatterAdd,
   one_hot: emitOneHot,
   matmul: emitMatmul,
+  cross_entropy: emitCrossEntropy,
+  cross_entropy_grad: emitCrossEntropyGrad,
+  norm: emitNorm,
+  norm_grad: emitNormGrad,
 } as const;
 
 /** The kernel for one node; throws for views, which need none. */

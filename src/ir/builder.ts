@@ -427,8 +427,21 @@ export class Builder {
     });
   }
 
-  /** LayerNorm over the last axis with affine weight (ones) and bias (zeros). */
+  /**
+   * LayerNorm over the last axis with affine weight (ones) and bias (zeros): one layer_norm node,
+   * whose backward keeps only x and the weight (mean and rstd are recomputed).
+   */
   layerNorm(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
+    const d = x.type.shape[x.type.shape.length - 1];
+    return this.scope(name, () => {
+      const gamma = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
+      const beta = this.param('bias', [d], { init: { kind: 'zeros' }, role: 'bias', trainable: opts.trainable ?? true });
+      return this.emit('layer_norm', [x, gamma, beta], { eps: opts.eps ?? 1e-5 }, 'out');
+    });
+  }
+
+  /** LayerNorm as elementwise ops and reductions (what layerNorm was before layer_norm; for tests). */
+  layerNormComposed(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
     const d = x.type.shape[x.type.shape.length - 1];
     return this.scope(name, () => {
       const gamma = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
@@ -441,8 +454,17 @@ export class Builder {
     });
   }
 
-  /** RMSNorm over the last axis (LLaMA): x · rsqrt(mean(x²) + eps) · weight. */
+  /** RMSNorm over the last axis (LLaMA): x · rsqrt(mean(x²) + eps) · weight, one rms_norm node. */
   rmsNorm(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
+    const d = x.type.shape[x.type.shape.length - 1];
+    return this.scope(name, () => {
+      const w = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
+      return this.emit('rms_norm', [x, w], { eps: opts.eps ?? 1e-6 }, 'out');
+    });
+  }
+
+  /** RMSNorm as elementwise ops and a reduction (what rmsNorm was before rms_norm; for tests). */
+  rmsNormComposed(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
     const d = x.type.shape[x.type.shape.length - 1];
     return this.scope(name, () => {
       const w = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
@@ -451,8 +473,27 @@ export class Builder {
     });
   }
 
-  /** Mean cross-entropy of logits [..., C] against integer labels [...]. */
+  /**
+   * Mean cross-entropy of logits [..., C] against integer labels [...], one cross_entropy node.
+   * Labels of −100 (IGNORE_INDEX) are ignored: the mean is over the other rows, the count made in
+   * the graph from the op's weight column (PyTorch's reduction='mean'). With every row ignored the
+   * loss is 0 and so are the gradients (PyTorch gives NaN): the count is taken as at least 1.
+   */
   crossEntropy(logits: Value, labels: Value): Value {
+    return this.scope('cross_entropy', () => {
+      const stats = this.emit('cross_entropy', [logits, labels], {}, 'stats'); // [..., 3]: loss, L, weight
+      const total = this.sum(this.sliceAxis(stats, -1, 0, 1));
+      // The count carries no gradient (the weights are piecewise constant).
+      const count = this.stopGradient(this.sum(this.sliceAxis(stats, -1, 2, 3)));
+      return this.emit('div', [total, this.where(count, count, this.scalar(1))], {}, 'mean');
+    });
+  }
+
+  /**
+   * Mean cross-entropy as log_softmax · one_hot (what crossEntropy was before cross_entropy; for
+   * tests). No ignore index: every label must be in [0, C).
+   */
+  crossEntropyComposed(logits: Value, labels: Value): Value {
     return this.scope('cross_entropy', () => {
       const classes = logits.type.shape[logits.type.shape.length - 1];
       const logp = this.logSoftmax(logits);

@@ -66,6 +66,27 @@ export interface OpAttrs {
   one_hot: { readonly classes: number };
   /** a[..., m, k] · b[..., k, n] (transA: a is [..., k, m]; transB: b is [..., n, k]); batch dims broadcast. */
   matmul: { readonly transA: boolean; readonly transB: boolean };
+
+  // --- losses and norms as primitives (issue 14): each saves only what its VJP reads ---
+  /**
+   * logits f32[..., C], labels i32[...] → f32[..., 3]: per row (loss, L, weight), L the row's
+   * log-sum-exp, loss = L − logits[label], weight 1. A row labelled −100 (IGNORE_INDEX, PyTorch's
+   * ignore_index) is (0, L, 0). b.crossEntropy divides Σ loss by Σ weight (at least 1).
+   */
+  cross_entropy: NoAttrs;
+  /**
+   * Backward only: (logits, labels, stats = cross_entropy's output, ct f32[..., 3]) → dlogits
+   * = (ct₀·w + ct₁)·softmax(logits) − ct₀·w·onehot(label), softmax recomputed as exp(logits − L).
+   */
+  cross_entropy_grad: NoAttrs;
+  /** x f32[..., D], weight [D] or [] → x · rsqrt(mean(x²) + eps) · weight, over the last axis. */
+  rms_norm: { readonly eps: number };
+  /** Backward only: (x, weight, ct) → dx; the row statistics are recomputed from x. */
+  rms_norm_grad: { readonly eps: number };
+  /** x f32[..., D], weight and bias [D] or [] → (x − mean)·rsqrt(var + eps)·weight + bias. */
+  layer_norm: { readonly eps: number };
+  /** Backward only: (x, weight, ct) → dx; mean and rstd are recomputed from x. */
+  layer_norm_grad: { readonly eps: number };
 }
 
 export type OpName = keyof OpAttrs;
@@ -79,6 +100,9 @@ export interface VjpArgs<A> {
   readonly attrs: A;
   readonly wants: readonly boolean[];
 }
+
+/** The label that marks a row with no target (PyTorch's ignore_index default). */
+export const IGNORE_INDEX = -100;
 
 /**
  * Returns one cotangent per input (null where not wanted). A cotangent may have the broadcast
@@ -103,7 +127,11 @@ export type KernelEmitter =
   | 'gather'
   | 'scatter_add'
   | 'one_hot'
-  | 'matmul';
+  | 'matmul'
+  | 'cross_entropy'
+  | 'cross_entropy_grad'
+  | 'norm'
+  | 'norm_grad';
 
 /** A source of random choices; tests back it with fast-check so cases shrink. */
 export interface CaseGen {
@@ -116,7 +144,8 @@ export type Domain =
   | { readonly kind: 'positive' }
   /** |x| ≥ 0.1: keeps finite differences off a kink at 0. */
   | { readonly kind: 'awayFromZero' }
-  | { readonly kind: 'int'; readonly lo: number; readonly hi: number };
+  /** `ignoreFrac`: with this probability a value is IGNORE_INDEX instead (cross-entropy labels). */
+  | { readonly kind: 'int'; readonly lo: number; readonly hi: number; readonly ignoreFrac?: number };
 
 export interface OpCase<A> {
   readonly inputs: readonly { readonly type: TensorType; readonly domain: Domain }[];
@@ -128,8 +157,12 @@ export interface OpDef<A> {
   readonly arity: number | 'variadic';
   readonly infer: (ins: readonly TensorType[], attrs: A) => TensorType;
   readonly ref: (ins: readonly Tensor[], attrs: A, out: TensorType) => Float64Array;
-  /** 'nondiff': the output is integer-valued or piecewise constant, so no cotangent flows through. */
-  readonly vjp: Vjp<A> | 'nondiff';
+  /**
+   * 'nondiff': the output is integer-valued or piecewise constant, so no cotangent flows through.
+   * 'backward-only': a kernel that only VJP rules emit (cross_entropy_grad, rms_norm_grad…); a
+   * cotangent reaching one would be a second-order gradient, which autodiff refuses.
+   */
+  readonly vjp: Vjp<A> | 'nondiff' | 'backward-only';
   readonly wgsl: WgslSlot<A>;
   readonly testCase: (g: CaseGen) => OpCase<A>;
 }
@@ -328,6 +361,244 @@ function wgslErf(x: string): string {
 function sigmoidRef(x: number): number {
   return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Losses and norms as primitives (issue 14). A composition's intermediates are saved activations:
+// cross-entropy as log_softmax + one_hot kept a [tokens, vocab] one-hot and its exponentials, and
+// each norm its normalised rows. These ops keep only what their VJPs read. cross_entropy keeps the
+// logits and its own [rows, 3] output (loss, log-sum-exp L, weight); the norms keep x and the
+// weight: their backward kernels recompute the row statistics (one pass over the row) rather than
+// save them. The *_grad ops are backward-only kernels; dweight/dbias are ct·x̂ and ct, which the
+// autodiff driver sums over the rows (x̂ recomputed by the forward op with a unit weight).
+
+/** Rows of a [..., D] tensor, and D. */
+function rowsOf(shape: readonly number[]): { rows: number; width: number } {
+  const width = shape[shape.length - 1];
+  return { rows: numel(shape) / width, width };
+}
+
+function requireNormOperand(t: TensorType, width: number, what: string): void {
+  requireFloat(t, what);
+  if (!(t.shape.length === 0 || (t.shape.length === 1 && t.shape[0] === width))) {
+    throw new ShapeProblem(`${what} must be [${width}] (or a scalar), got [${t.shape.join(',')}]`, 'give the norm one weight per feature of the last axis');
+  }
+}
+
+function normInfer(name: string, operands: readonly string[]) {
+  return (ins: readonly TensorType[], a: { eps: number }): TensorType => {
+    const x = ins[0];
+    requireFloat(x, `the input of ${name}`);
+    if (x.shape.length < 1) throw new ShapeProblem(`${name} normalises the last axis: the input needs rank ≥ 1`);
+    if (!(a.eps >= 0)) throw new ShapeProblem(`eps must be ≥ 0, got ${a.eps}`);
+    const { width } = rowsOf(x.shape);
+    operands.forEach((what, k) => {
+      const t = ins[k + 1];
+      if (what === 'ct') {
+        requireFloat(t, 'the cotangent');
+        if (!sameShape(t.shape, x.shape)) throw new ShapeProblem(`the cotangent [${t.shape.join(',')}] must match the input [${x.shape.join(',')}]`);
+      } else requireNormOperand(t, width, what);
+    });
+    return x;
+  };
+}
+
+/** Per row: mean (0 for RMSNorm) and rstd = 1/√(E[(x − mean)²] + eps), in float64. */
+function rowStats(x: Tensor, eps: number, centered: boolean): { mean: Float64Array; rstd: Float64Array } {
+  const { rows, width } = rowsOf(x.shape);
+  const mean = new Float64Array(rows);
+  const rstd = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const row = x.data.subarray(r * width, (r + 1) * width);
+    let mu = 0;
+    if (centered) {
+      for (const v of row) mu += v;
+      mu /= width;
+    }
+    let ss = 0;
+    for (const v of row) ss += (v - mu) * (v - mu);
+    mean[r] = mu;
+    rstd[r] = 1 / Math.sqrt(ss / width + eps);
+  }
+  return { mean, rstd };
+}
+
+/** Element j of a norm's weight or bias ([D] or a scalar). */
+const perFeature = (t: Tensor, j: number) => (t.shape.length === 0 ? t.data[0] : t.data[j]);
+
+function normRef(centered: boolean) {
+  return (ins: readonly Tensor[], { eps }: { eps: number }): Float64Array => {
+    const [x, w, bias] = ins;
+    const { width } = rowsOf(x.shape);
+    const { mean, rstd } = rowStats(x, eps, centered);
+    return x.data.map((v, i) => {
+      const r = Math.floor(i / width);
+      const j = i % width;
+      return (v - mean[r]) * rstd[r] * perFeature(w, j) + (bias ? perFeature(bias, j) : 0);
+    });
+  };
+}
+
+/**
+ * dx of y = x̂·w (+ b), x̂ = (x − μ)·rstd, g = ct·w: RMSNorm dx = rstd·(g − x̂·mean(g·x̂)); LayerNorm
+ * subtracts mean(g) as well.
+ */
+function normGradRef(centered: boolean) {
+  return ([x, w, ct]: readonly Tensor[], { eps }: { eps: number }): Float64Array => {
+    const { rows, width } = rowsOf(x.shape);
+    const { mean, rstd } = rowStats(x, eps, centered);
+    const dx = new Float64Array(x.data.length);
+    for (let r = 0; r < rows; r++) {
+      let mg = 0;
+      let mgx = 0;
+      for (let j = 0; j < width; j++) {
+        const i = r * width + j;
+        const g = ct.data[i] * perFeature(w, j);
+        mg += g;
+        mgx += g * (x.data[i] - mean[r]) * rstd[r];
+      }
+      mg = centered ? mg / width : 0;
+      mgx /= width;
+      for (let j = 0; j < width; j++) {
+        const i = r * width + j;
+        const g = ct.data[i] * perFeature(w, j);
+        const xh = (x.data[i] - mean[r]) * rstd[r];
+        dx[i] = rstd[r] * (g - mg - xh * mgx);
+      }
+    }
+    return dx;
+  };
+}
+
+/** A row width: small, or just past a workgroup of 64 (so GPU cases cover partial strides). */
+const rowWidth = (g: CaseGen) => (g.int(0, 3) === 0 ? g.int(60, 70) : g.int(1, 6));
+const normEps = (g: CaseGen) => [1e-5, 1e-2, 0.5][g.int(0, 2)];
+const weightShape = (g: CaseGen, d: number) => (g.int(0, 3) === 0 ? [] : [d]);
+
+function normCase(g: CaseGen, withBias: boolean, grad: boolean): OpCase<{ eps: number }> {
+  const d = rowWidth(g);
+  const x = [...randShape(g, 0, 2, d > 8 ? 3 : 4), d];
+  const inputs = [{ type: f32(x), domain: REAL }, { type: f32(weightShape(g, d)), domain: REAL }];
+  if (withBias) inputs.push({ type: f32(weightShape(g, d)), domain: REAL });
+  if (grad) inputs.push({ type: f32(x), domain: REAL });
+  return { inputs, attrs: { eps: normEps(g) } };
+}
+
+function crossEntropyInfer([x, t]: readonly TensorType[]): { rows: readonly number[]; classes: number } {
+  requireFloat(x, 'the logits');
+  if (t.dtype !== 'i32') throw new ShapeProblem(`labels must be i32, got ${t.dtype}`, 'declare the labels input with dtype i32');
+  if (x.shape.length < 1 || !sameShape(x.shape.slice(0, -1), t.shape)) {
+    throw new ShapeProblem(`logits [${x.shape.join(',')}] must be the labels' shape [${t.shape.join(',')}] plus a class axis`);
+  }
+  return { rows: t.shape, classes: x.shape[x.shape.length - 1] };
+}
+
+/** Logits [...rows, C] with labels [...rows] (a share of them IGNORE_INDEX: none, some or all). */
+function crossEntropyCase(g: CaseGen, grad: boolean): OpCase<NoAttrs> {
+  const c = rowWidth(g);
+  const rows = randShape(g, 0, 2, c > 8 ? 3 : 4);
+  const ignoreFrac = [0, 0.3, 1][g.int(0, 2)];
+  const inputs = [
+    { type: f32([...rows, c]), domain: REAL },
+    { type: { dtype: 'i32' as const, shape: rows }, domain: { kind: 'int' as const, lo: 0, hi: c - 1, ignoreFrac } },
+  ];
+  if (grad) inputs.push({ type: f32([...rows, 3]), domain: REAL }, { type: f32([...rows, 3]), domain: REAL });
+  return { inputs, attrs: {} };
+}
+
+const LOSS_AND_NORM_OPS: Pick<OpRegistry, 'cross_entropy' | 'cross_entropy_grad' | 'rms_norm' | 'rms_norm_grad' | 'layer_norm' | 'layer_norm_grad'> = {
+  cross_entropy: {
+    arity: 2,
+    infer: (ins) => {
+      const { rows } = crossEntropyInfer(ins);
+      return { dtype: 'f32', shape: [...rows, 3] };
+    },
+    ref: ([x, t]) => {
+      const { rows, width: c } = rowsOf(x.shape);
+      const r = new Float64Array(rows * 3);
+      for (let i = 0; i < rows; i++) {
+        const row = x.data.subarray(i * c, (i + 1) * c);
+        let m = -Infinity;
+        for (const v of row) m = Math.max(m, v);
+        let s = 0;
+        for (const v of row) s += Math.exp(v - m);
+        const lse = m + Math.log(s);
+        const k = t.data[i];
+        r[3 * i + 1] = lse;
+        if (k === IGNORE_INDEX) continue;
+        if (!(k >= 0 && k < c)) throw new RangeError(`cross_entropy: label ${k} outside [0, ${c}) and not the ignore index ${IGNORE_INDEX}`);
+        r[3 * i] = lse - row[k];
+        r[3 * i + 2] = 1;
+      }
+      return r;
+    },
+    vjp: ({ b, ct, out, inputs: [x, t], wants }) => [wants[0] ? b.emit('cross_entropy_grad', [x, t, out, ct], {}) : null, null],
+    wgsl: { kind: 'kernel', emitter: 'cross_entropy' },
+    testCase: (g) => crossEntropyCase(g, false),
+  },
+  cross_entropy_grad: {
+    arity: 4,
+    infer: ([x, t, stats, ct]) => {
+      const { rows } = crossEntropyInfer([x, t]);
+      for (const [v, what] of [[stats, 'the statistics'], [ct, 'the cotangent']] as const) {
+        requireFloat(v, what);
+        if (!sameShape(v.shape, [...rows, 3])) throw new ShapeProblem(`${what} must be [${[...rows, 3].join(',')}], got [${v.shape.join(',')}]`);
+      }
+      return x;
+    },
+    ref: ([x, t, st, ct]) => {
+      const { width: c } = rowsOf(x.shape);
+      return x.data.map((v, i) => {
+        const r = Math.floor(i / c);
+        const w = st.data[3 * r + 2];
+        const p = Math.exp(v - st.data[3 * r + 1]);
+        return (ct.data[3 * r] * w + ct.data[3 * r + 1]) * p - (t.data[r] === i % c ? ct.data[3 * r] * w : 0);
+      });
+    },
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'cross_entropy_grad' },
+    testCase: (g) => crossEntropyCase(g, true),
+  },
+  rms_norm: {
+    arity: 2,
+    infer: normInfer('rms_norm', ['the weight']),
+    ref: normRef(false),
+    vjp: ({ b, ct, inputs: [x, w], attrs, wants }) => [
+      wants[0] ? b.emit('rms_norm_grad', [x, w, ct], attrs) : null,
+      // ct·x̂ with x̂ recomputed from x; the driver sums it over the rows.
+      wants[1] ? b.mul(ct, b.emit('rms_norm', [x, b.scalar(1)], attrs, 'normed')) : null,
+    ],
+    wgsl: { kind: 'kernel', emitter: 'norm' },
+    testCase: (g) => normCase(g, false, false),
+  },
+  rms_norm_grad: {
+    arity: 3,
+    infer: normInfer('rms_norm_grad', ['the weight', 'ct']),
+    ref: normGradRef(false),
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'norm_grad' },
+    testCase: (g) => normCase(g, false, true),
+  },
+  layer_norm: {
+    arity: 3,
+    infer: normInfer('layer_norm', ['the weight', 'the bias']),
+    ref: normRef(true),
+    vjp: ({ b, ct, inputs: [x, w], attrs, wants }) => [
+      wants[0] ? b.emit('layer_norm_grad', [x, w, ct], attrs) : null,
+      wants[1] ? b.mul(ct, b.emit('layer_norm', [x, b.scalar(1), b.scalar(0)], attrs, 'normed')) : null,
+      wants[2] ? ct : null,
+    ],
+    wgsl: { kind: 'kernel', emitter: 'norm' },
+    testCase: (g) => normCase(g, true, false),
+  },
+  layer_norm_grad: {
+    arity: 3,
+    infer: normInfer('layer_norm_grad', ['the weight', 'ct']),
+    ref: normGradRef(true),
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'norm_grad' },
+    testCase: (g) => normCase(g, false, true),
+  },
+};
 
 // ---------------------------------------------------------------------------------------------
 // the registry
@@ -902,6 +1173,7 @@ export const OPS: OpRegistry = {
       };
     },
   },
+  ...LOSS_AND_NORM_OPS,
 };
 
 function reduceCase(g: CaseGen): OpCase<{ axes: readonly number[]; keepdims: boolean }> {

@@ -6,11 +6,13 @@
 //    its op's VJP rule with `wants[i]` = "input i is active", so rules emit nothing needless.
 // 3. Sum each returned cotangent back to its input's shape (broadcasting), once, here; add it to
 //    any cotangent that input already has.
+//    A 'backward-only' op (a gradient kernel such as cross_entropy_grad) has no VJP: a cotangent
+//    reaching one is a second-order gradient, refused with an error.
 // 4. Expose the cotangent of each target as output `grad.<name>`.
 import { Builder } from '../ir/builder.ts';
 import { LorafaError } from '../ir/errors.ts';
 import { opDef } from '../ir/ops.ts';
-import { fmtType, sameShape, type Graph, type Value } from '../ir/types.ts';
+import { fmtLoc, fmtType, sameShape, type Graph, type Value } from '../ir/types.ts';
 
 export interface AutodiffReport {
   readonly wrt: readonly string[];
@@ -65,6 +67,14 @@ export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string 
     const ct = cts.get(n.out.id);
     const vjp = opDef(n.op).vjp;
     if (!ct || vjp === 'nondiff' || !active(n.out)) continue;
+    if (vjp === 'backward-only') {
+      // Only VJP rules emit these kernels: a cotangent here means differentiating a backward pass.
+      throw new LorafaError(
+        fmtLoc(n.src) || n.out.name,
+        `second-order gradients are not supported: the loss depends on ${n.op} "${n.out.name}", a backward-only kernel with no VJP`,
+        'differentiate the forward graph once; do not run autodiff over a graph that already holds gradients',
+      );
+    }
     const wants = n.inputs.map(active);
     b.on(n.src, `d.${n.out.name}`, () => {
       const results = vjp({ b, inputs: n.inputs, out: n.out, ct, attrs: n.attrs, wants });
