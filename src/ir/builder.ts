@@ -432,6 +432,7 @@ export class Builder {
    * whose backward keeps only x and the weight (mean and rstd are recomputed).
    */
   layerNorm(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
+    if (this.composed) return this.layerNormComposed(x, name, opts);
     const d = x.type.shape[x.type.shape.length - 1];
     return this.scope(name, () => {
       const gamma = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
@@ -456,6 +457,7 @@ export class Builder {
 
   /** RMSNorm over the last axis (LLaMA): x · rsqrt(mean(x²) + eps) · weight, one rms_norm node. */
   rmsNorm(x: Value, name: string, opts: { eps?: number; trainable?: boolean } = {}): Value {
+    if (this.composed) return this.rmsNormComposed(x, name, opts);
     const d = x.type.shape[x.type.shape.length - 1];
     return this.scope(name, () => {
       const w = this.param('weight', [d], { init: { kind: 'ones' }, trainable: opts.trainable ?? true });
@@ -480,6 +482,7 @@ export class Builder {
    * loss is 0 and so are the gradients (PyTorch gives NaN): the count is taken as at least 1.
    */
   crossEntropy(logits: Value, labels: Value): Value {
+    if (this.composed) return this.crossEntropyComposed(logits, labels);
     return this.scope('cross_entropy', () => {
       const stats = this.emit('cross_entropy', [logits, labels], {}, 'stats'); // [..., 3]: loss, L, weight
       const total = this.sum(this.sliceAxis(stats, -1, 0, 1));
