@@ -36,8 +36,26 @@ const SEED = fc.integer({ min: 0, max: 0x7fffffff });
 
 const anyDef = (op: OpName) => OPS[op] as OpDef<any>;
 
+/**
+ * A backward-only op (attention's delta, dq and dk/dv) has no VJP: its reference is covered by
+ * the gradient checks of the op whose backward it is (attention, above, and the comparison with
+ * b.attentionComposed in attention.test.ts). Here: a cotangent reaching it is an error naming it.
+ */
+function backwardOnlySuite(op: OpName): void {
+  it('a cotangent reaching it (a second-order gradient) is a clear error, never a silent zero', () => {
+    property(`grad/${op}/backward-only`, caseArb(op), ({ oc }) => {
+      const b = new Builder({ name: `second_order_${op}` });
+      const ins = oc.inputs.map((x, i) => b.input(`x${i}`, x.type.shape, x.type.dtype));
+      b.loss(b.sum(b.emit(op, ins, oc.attrs)));
+      const g = verify(b.build(), 'build');
+      const smooth = oc.inputs.flatMap((x, i) => (discrete(x.domain, x.type.dtype) ? [] : [ins[i]]));
+      expect(() => autodiff(g, { wrt: smooth })).toThrow(new RegExp(`second-order gradients are not supported: a cotangent reached ${op}`));
+    });
+  });
+}
+
 /** A float input whose values are discrete (where's condition): it gets no derivative. */
-const discrete = (d: Domain, dtype: string) => dtype === 'i32' || d.kind === 'int';
+const discrete = (d: Domain, dtype: string) => dtype === 'i32' || d.kind === 'int' || d.kind === 'mask';
 
 interface Built {
   readonly op: OpName;
@@ -191,6 +209,7 @@ for (const op of OP_NAMES) {
   const def = anyDef(op);
   describe(op, () => {
     if (def.vjp === 'nondiff') nondiffSuite(op);
+    else if (def.vjp === 'backward-only') backwardOnlySuite(op);
     else diffSuite(op);
     // Checks that hold whatever the registry declares, so a rule that changes kind is caught.
     if (op === 'stop_gradient') stopGradientChecks();
