@@ -228,7 +228,7 @@ function randomGraph(g: CaseGen): RandomGraph {
     return shape.length ? emit('broadcast', [scalar], { shape: [...shape] }) : scalar;
   };
   const operand = (op: OpName, x: { type: TensorType; domain: Domain }, avoid: ReadonlySet<number> = new Set()): Value => {
-    if (x.type.dtype === 'i32' || x.domain.kind === 'int' || discontinuous(op)) return fresh(x.type, x.domain, false);
+    if (x.type.dtype === 'i32' || x.domain.kind === 'int' || x.domain.kind === 'mask' || discontinuous(op)) return fresh(x.type, x.domain, false);
     const v = fit(x.type.shape, avoid);
     if (!v) return fresh(x.type, x.domain);
     // log, sqrt, rsqrt, pow and div's denominator want positive or non-zero operands: v² + ½.
