@@ -734,7 +734,7 @@ describe('attention kernels across tile boundaries', () => {
     readonly dv: number;
     readonly causal: boolean;
     readonly masked: boolean;
-    /** Batch row 1's keys are all padding (not causal). */
+    /** Batch row 1's keys are all padding (causal: each of its rows averages the keys j ≤ i). */
     readonly padRow?: boolean;
   }
   const CASES: AttnCase[] = [
@@ -746,6 +746,7 @@ describe('attention kernels across tile boundaries', () => {
     { b: 1, h: 2, hkv: 2, s: 16, dk: 128, dv: 128, causal: true, masked: false },
     { b: 1, h: 2, hkv: 1, s: 17, dk: 128, dv: 128, causal: true, masked: true },
     { b: 1, h: 1, hkv: 1, s: 63, dk: 16, dv: 16, causal: true, masked: false },
+    { b: 2, h: 2, hkv: 1, s: 70, dk: 16, dv: 24, causal: true, masked: true, padRow: true },
   ];
 
   /** |Δ| ≤ rtol·max|ref| over the finite-scale elements; an L of a padding row (≈ −1e9) within f32's 64. */
