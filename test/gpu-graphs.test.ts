@@ -480,6 +480,19 @@ describe.each(modelFiles())('model %s (toy size), one SGD step on the GPU', (nam
     // The loss: a forward pass of a few hundred f32 ops. 1e-6·(1 + |loss|): measured ≤ 7.5e-8.
     expectCloseAll(`${name} ${mode}: loss`, [loss], ref.outputs.loss.data, 1e-6);
     expect(updated.size).toBeGreaterThan(0);
+    // The model's largest reference step, for parameters whose gradient is zero analytically (a
+    // key's bias: softmax ignores a constant added to a whole row of scores). Both sides are
+    // rounding noise there, and the fused attention's backward leaves more of it than the
+    // composition did (D = rowsum(dO∘O) from the forward's O while P is recomputed from L, as in
+    // FlashAttention-2, so Σ_j dS_ij cancels only to f32 rounding): such a parameter's steps are
+    // held to 1e-8 of the model's largest step instead of to a fraction of their own (measured:
+    // BERT's key bias 3.5e-10 against a largest step of 1.08, a 30× margin).
+    let globalStep = 0;
+    for (const pname of updated) {
+      const want = ref.params.get(pname)!.data;
+      const before = params.get(pname)!.data;
+      for (let i = 0; i < want.length; i++) globalStep = Math.max(globalStep, Math.abs(want[i] - before[i]));
+    }
     for (const p of step.params) {
       const pname = p.value.name;
       const got = after.get(pname)!;
@@ -495,11 +508,12 @@ describe.each(modelFiles())('model %s (toy size), one SGD step on the GPU', (nam
       const want = ref.params.get(pname)!.data;
       let maxStep = 0;
       for (let i = 0; i < want.length; i++) maxStep = Math.max(maxStep, Math.abs(want[i] - before[i]));
+      const zero = maxStep <= 1e-6 * globalStep ? 1e-8 * globalStep : 0;
       for (let i = 0; i < want.length; i++) {
         const d = Math.abs(got[i] - before[i] - (want[i] - before[i]));
-        const bound = 1e-5 * maxStep + 2 ** -23 * Math.abs(want[i]);
+        const bound = 1e-5 * maxStep + zero + 2 ** -23 * Math.abs(want[i]);
         if (!(d <= bound)) {
-          throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound}`);
+          throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound} (largest step of the model ${globalStep})`);
         }
       }
     }
