@@ -747,6 +747,9 @@ describe('attention kernels across tile boundaries', () => {
     { b: 1, h: 2, hkv: 1, s: 17, dk: 128, dv: 128, causal: true, masked: true },
     { b: 1, h: 1, hkv: 1, s: 63, dk: 16, dv: 16, causal: true, masked: false },
     { b: 2, h: 2, hkv: 1, s: 70, dk: 16, dv: 24, causal: true, masked: true, padRow: true },
+    // Head dims that are not multiples of 4 (and tiles of 64 keys for 6 + 5).
+    { b: 1, h: 2, hkv: 1, s: 70, dk: 6, dv: 5, causal: true, masked: true },
+    { b: 2, h: 1, hkv: 1, s: 33, dk: 12, dv: 7, causal: false, masked: false },
   ];
 
   /** |Δ| ≤ rtol·max|ref| over the finite-scale elements; an L of a padding row (≈ −1e9) within f32's 64. */
@@ -808,7 +811,7 @@ describe('attention kernels across tile boundaries', () => {
         const t = attentionTiles(c.dk, c.dv);
         const bytes = attentionWorkgroupBytes(c.dk, c.dv);
         expect(Math.max(bytes.forward, bytes.dq, bytes.dkv)).toBeLessThanOrEqual(WORKGROUP_BYTES);
-        expect(k.wgsl).toContain(`array<f32, ${n.op === 'attention_dkv' ? t.queries * c.dk : t.keys * c.dk}>`);
+        expect(k.wgsl).toContain(`array<f32, ${(n.op === 'attention_dkv' ? t.queries : t.keys) * c.dk}>`);
       }
       expectAttnClose(await runKernelOnGpu(n, k, data), refOf(n), `${n.op} ${label(c)}`);
     }
