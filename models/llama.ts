@@ -95,8 +95,9 @@ export default defineModel<LlamaConfig>({
         const attn = b.scope('self_attn', () => {
           const proj = (name: string, n: number) => b.splitHeads(b.linear(a, name, n * hd, { bias: false }), batch, seq, n);
           const q = b.rope(proj('q_proj', heads), { base: cfg.ropeBase });
-          const k = b.repeatKv(b.rope(proj('k_proj', kvHeads), { base: cfg.ropeBase }), heads / kvHeads);
-          const v = b.repeatKv(proj('v_proj', kvHeads), heads / kvHeads);
+          // k and v keep their kvHeads: the fused attention shares each among heads/kvHeads query heads.
+          const k = b.rope(proj('k_proj', kvHeads), { base: cfg.ropeBase });
+          const v = proj('v_proj', kvHeads);
           return b.linear(b.mergeHeads(b.attention(q, k, v, { causal: true, keyMask: mask })), 'o_proj', d, { bias: false });
         });
         const r = b.add(h, attn);

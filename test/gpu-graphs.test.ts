@@ -228,7 +228,7 @@ function randomGraph(g: CaseGen): RandomGraph {
     return shape.length ? emit('broadcast', [scalar], { shape: [...shape] }) : scalar;
   };
   const operand = (op: OpName, x: { type: TensorType; domain: Domain }, avoid: ReadonlySet<number> = new Set()): Value => {
-    if (x.type.dtype === 'i32' || x.domain.kind === 'int' || discontinuous(op)) return fresh(x.type, x.domain, false);
+    if (x.type.dtype === 'i32' || x.domain.kind === 'int' || x.domain.kind === 'mask' || discontinuous(op)) return fresh(x.type, x.domain, false);
     const v = fit(x.type.shape, avoid);
     if (!v) return fresh(x.type, x.domain);
     // log, sqrt, rsqrt, pow and div's denominator want positive or non-zero operands: v² + ½.
@@ -480,6 +480,19 @@ describe.each(modelFiles())('model %s (toy size), one SGD step on the GPU', (nam
     // The loss: a forward pass of a few hundred f32 ops. 1e-6·(1 + |loss|): measured ≤ 7.5e-8.
     expectCloseAll(`${name} ${mode}: loss`, [loss], ref.outputs.loss.data, 1e-6);
     expect(updated.size).toBeGreaterThan(0);
+    // The model's largest reference step, for parameters whose gradient is zero analytically (a
+    // key's bias: softmax ignores a constant added to a whole row of scores). Both sides are
+    // rounding noise there, and the fused attention's backward leaves more of it than the
+    // composition did (D = rowsum(dO∘O) from the forward's O while P is recomputed from L, as in
+    // FlashAttention-2, so Σ_j dS_ij cancels only to f32 rounding): such a parameter's steps are
+    // held to 1e-8 of the model's largest step instead of to a fraction of their own (measured:
+    // BERT's key bias 3.5e-10 against a largest step of 1.08, a 30× margin).
+    let globalStep = 0;
+    for (const pname of updated) {
+      const want = ref.params.get(pname)!.data;
+      const before = params.get(pname)!.data;
+      for (let i = 0; i < want.length; i++) globalStep = Math.max(globalStep, Math.abs(want[i] - before[i]));
+    }
     for (const p of step.params) {
       const pname = p.value.name;
       const got = after.get(pname)!;
@@ -493,23 +506,17 @@ describe.each(modelFiles())('model %s (toy size), one SGD step on the GPU', (nam
       // rounding of p' itself). Measured ≤ 8.5e-7·max|Δref|; a gradient off by 0.001% of its
       // largest entry fails.
       const want = ref.params.get(pname)!.data;
-      const largestStep = (n: string) => {
-        const w = ref.params.get(n)!.data;
-        const b0 = params.get(n)!.data;
-        return w.reduce((m, v, i) => Math.max(m, Math.abs(v - b0[i])), 0);
-      };
-      let maxStep = largestStep(pname);
-      // A key bias's gradient is zero in exact arithmetic (softmax is invariant to the q·b_k it
-      // adds to every score of a row): its f32 step is rounding noise of the attention backward,
-      // so it is measured against that backward's scale, the same layer's query bias step.
-      // (Its ref step is float64 noise; 1e-5 of that is below one f32 ulp of any rounding.)
-      const query = pname.replace(/key\.bias$/, 'query.bias');
-      if (query !== pname && ref.params.has(query)) maxStep = Math.max(maxStep, largestStep(query));
+      // A parameter whose gradient is zero in exact arithmetic (a key bias: softmax is invariant
+      // to the q·b_k it adds to every score of a row) takes a step of pure f32 rounding noise from
+      // the attention and loss backward kernels: it is held to 1e-8 of the model's largest step.
+      let maxStep = 0;
+      for (let i = 0; i < want.length; i++) maxStep = Math.max(maxStep, Math.abs(want[i] - before[i]));
+      const zero = maxStep <= 1e-6 * globalStep ? 1e-8 * globalStep : 0;
       for (let i = 0; i < want.length; i++) {
         const d = Math.abs(got[i] - before[i] - (want[i] - before[i]));
-        const bound = 1e-5 * maxStep + 2 ** -23 * Math.abs(want[i]);
+        const bound = 1e-5 * maxStep + zero + 2 ** -23 * Math.abs(want[i]);
         if (!(d <= bound)) {
-          throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound}`);
+          throw new Error(`${name} ${mode}: ${pname}[${i}] after the step: gpu ${got[i]}, ref ${want[i]} (before ${before[i]}), |Δ| ${d} > ${bound} (largest step of the model ${globalStep})`);
         }
       }
     }

@@ -24,6 +24,16 @@ export function caseGen(g: fc.GeneratorValue, fcm: typeof fc): CaseGen {
 /** Values drawn from a seeded stream, shaped by the op's input domain. */
 export function sample(n: number, domain: Domain, seed: number): Float64Array {
   const u = rng(seed);
+  if (domain.kind === 'mask') {
+    // Rows of 0/1, each with at least one 1; a third of them exactly one (every key but one padding).
+    const m = new Float64Array(n);
+    for (let r = 0; r < n; r += domain.row) {
+      const one = r + Math.floor(u() * domain.row);
+      const sparse = u() < 1 / 3;
+      for (let j = r; j < r + domain.row; j++) m[j] = j === one || (!sparse && u() < 0.5) ? 1 : 0;
+    }
+    return m;
+  }
   return new Float64Array(n).map(() => {
     const x = 2 * u() - 1;
     switch (domain.kind) {
@@ -36,6 +46,8 @@ export function sample(n: number, domain: Domain, seed: number): Float64Array {
       case 'int':
         if (domain.ignoreFrac !== undefined && u() < domain.ignoreFrac) return IGNORE_INDEX;
         return domain.lo + Math.floor(u() * (domain.hi - domain.lo + 1));
+      default:
+        throw new Error(`sample: no elementwise draw for domain ${(domain as Domain).kind}`);
     }
   });
 }

@@ -32,6 +32,7 @@ type HandTable = { readonly [K in OpName]: readonly HandCase<OpAttrs[K]>[] };
 const f = (shape: readonly number[], data: readonly number[]): HandInput => ({ shape, data });
 const i32 = (shape: readonly number[], data: readonly number[]): HandInput => ({ shape, data, dtype: 'i32' });
 const NONE = {} as Record<string, never>;
+const ATT = { causal: false, scale: 1, masked: false };
 const GELU_1 = 0.8411919906082768; // 0.5·(1 + tanh(√(2/π)·1.044715))
 
 // Keyed by OpName, so a new op without a row does not compile: every op has a hand-checked case.
@@ -391,6 +392,62 @@ const HAND: HandTable = {
       attrs: { eps: 0 },
       shape: [3],
       expected: [Math.sqrt(1.5) / 6, -Math.sqrt(1.5) / 3, Math.sqrt(1.5) / 6],
+    },
+  ],
+  // One query, keys k = [0, ln 3] (scale 1): probabilities [1/4, 3/4]; v = [2, 6].
+  attention: [
+    { what: 'two keys: O = 5, L = ln 4', inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])], attrs: ATT, shape: [1, 1, 1, 2], expected: [5, Math.log(4)] },
+    {
+      what: 'causal: row 0 sees key 0 only',
+      inputs: [f([1, 1, 2, 1], [1, 1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])],
+      attrs: { ...ATT, causal: true },
+      shape: [1, 1, 2, 2],
+      expected: [2, 0, 5, Math.log(4)],
+    },
+    {
+      what: 'key mask [1, 0]: the padding key gets −1e9',
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 2], [1, 0])],
+      attrs: { ...ATT, masked: true },
+      shape: [1, 1, 1, 2],
+      expected: [2, 0],
+    },
+    {
+      what: 'every key padding: the mean of v, L = −1e9 + ln 2',
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 2], [0, 0])],
+      attrs: { ...ATT, masked: true },
+      shape: [1, 1, 1, 2],
+      expected: [4, -1e9 + Math.log(2)],
+    },
+    {
+      what: 'two query heads share one kv head (q = 1, then 0)',
+      inputs: [f([1, 2, 1, 1], [1, 0]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])],
+      attrs: ATT,
+      shape: [1, 2, 1, 2],
+      expected: [5, Math.log(4), 4, Math.log(2)],
+    },
+  ],
+  attention_delta: [
+    // D = Σ ct·O − ct_L: 1·1 + 1·2 − 2 = 1; 0.5·3 + 2·(−1) − 1 = −1.5
+    { what: 'two rows', inputs: [f([2, 3], [1, 2, 0.5, 3, -1, 7]), f([2, 3], [1, 1, 2, 0.5, 2, 1])], attrs: NONE, shape: [2], expected: [1, -1.5] },
+  ],
+  // The first attention case with dO = 1, ctL = 0: D = 5, dP = v = [2, 6],
+  // dS = P·(dP − D) = [−3/4, 3/4]; dq = Σ dS·k = (3/4)·ln 3; dk = dS·q; dv = P·dO.
+  attention_dq: [
+    {
+      what: 'two keys',
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 2], [5, Math.log(4)]), f([1, 1, 1, 2], [1, 0]), f([1, 1, 1], [5])],
+      attrs: ATT,
+      shape: [1, 1, 1, 1],
+      expected: [0.75 * Math.log(3)],
+    },
+  ],
+  attention_dkv: [
+    {
+      what: 'two keys: [dk, dv] per key',
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 2], [5, Math.log(4)]), f([1, 1, 1, 2], [1, 0]), f([1, 1, 1], [5])],
+      attrs: ATT,
+      shape: [1, 1, 2, 2],
+      expected: [-0.75, 0.25, 0.75, 0.75],
     },
   ],
 };

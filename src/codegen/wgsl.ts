@@ -4,6 +4,7 @@ import { OPS, type OpName } from '../ir/ops.ts';
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
+import { emitAttention, emitAttentionDkv, emitAttentionDq } from './attention.ts';
 import { emitMatmul } from './matmul.ts';
 
 const WG = 256;
@@ -25,7 +26,7 @@ function elemType(v: Value): string {
   return v.type.dtype === 'i32' ? 'i32' : 'f32';
 }
 
-function header(bound: readonly Value[], out: Value): string {
+export function header(bound: readonly Value[], out: Value): string {
   const lines = bound.map((v, i) => `@group(0) @binding(${i}) var<storage, read_write> in${i}: array<${elemType(v)}>;`);
   lines.push(`@group(0) @binding(${bound.length}) var<storage, read_write> out: array<${elemType(out)}>;`);
   return lines.join('\n');
@@ -89,7 +90,7 @@ export function broadcastStrides(inShape: readonly number[], outShape: readonly 
  * no storage) or binds one storage twice. Only elementwise kernels (`inPlace`) may read an
  * operand through `out`: anywhere else an invocation would read elements another one overwrites.
  */
-function split(
+export function split(
   node: Node,
   ctx: EmitContext,
   inPlace = false,
@@ -475,6 +476,18 @@ function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
   ${rowLoop(width, `let g = ${g}; out[base + j] = rstd * (g - mg - (${xs('base + j')} - mu) * rstd * mgx);`)}`);
 }
 
+/** D_i = Σ_c ct_ic·O_ic − ct_i,dv: one invocation per row of the packed attention output. */
+function emitAttentionDelta(node: Node, ctx: EmitContext): KernelSource {
+  const w = node.inputs[0].type.shape[node.inputs[0].type.shape.length - 1];
+  const n = numel(node.out.type.shape);
+  const { bound, arg } = split(node, ctx);
+  return kernel1d(bound, node, n, ctx, `
+  let base = i * ${u(w)};
+  var acc = 0.0;
+  for (var c = 0u; c < ${u(w - 1)}; c++) { acc += ${arg(1, 'base + c')} * ${arg(0, 'base + c')}; }
+  out[i] = acc - ${arg(1, `base + ${u(w - 1)}`)};`);
+}
+
 const EMITTERS = {
   fill: emitFill,
   reduce: emitReduce,
@@ -491,6 +504,10 @@ const EMITTERS = {
   cross_entropy_grad: emitCrossEntropyGrad,
   norm: emitNorm,
   norm_grad: emitNormGrad,
+  attention: emitAttention,
+  attention_delta: emitAttentionDelta,
+  attention_dq: emitAttentionDq,
+  attention_dkv: emitAttentionDkv,
 } as const;
 
 /** The kernel for one node; throws for views, which need none. */

@@ -529,14 +529,39 @@ export class Builder {
   }
 
   /**
-   * softmax(q·kᵀ/√hd [+ causal mask] [+ key padding mask])·v over [b, h, s, hd] tensors. `keyMask`
-   * [b, s] is 1 for a real key and 0 for padding, which no query attends to (BERT's attention_mask).
+   * softmax(q·kᵀ/√hd [+ causal mask] [+ key padding mask])·v over [b, h, s, hd] tensors, as one
+   * fused `attention` node (src/ir/attention.ts): k and v may have fewer heads than q (grouped-query
+   * attention, each shared by h/hkv query heads in a row, as Hugging Face's repeat_kv), and only the
+   * output and one log-sum-exp per row are kept for backward. `keyMask` [b, s] is 1 for a real key
+   * and 0 for padding, which no query attends to (BERT's attention_mask). A query row whose every
+   * allowed key is padding averages those keys' values (j ≤ i only, when causal).
    */
-  attention(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value }): Value {
+  attention(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value; scale?: number }): Value {
+    if (this.composed) return this.attentionComposed(q, k, v, opts);
+    return this.scope('sdpa', () => {
+      const [batch, heads, seq] = q.type.shape;
+      const dk = q.type.shape[q.type.shape.length - 1];
+      const dv = v.type.shape[v.type.shape.length - 1];
+      const attrs = { causal: opts.causal, scale: opts.scale ?? 1 / Math.sqrt(dk), masked: opts.keyMask !== undefined };
+      const packed = this.emit('attention', opts.keyMask ? [q, k, v, opts.keyMask] : [q, k, v], attrs, 'packed');
+      return this.emit('slice', [packed], { starts: [0, 0, 0, 0], ends: [batch, heads, seq, dv] }, 'out');
+    });
+  }
+
+  /**
+   * The same attention as a composition of primitives (matmul, scale, where-masks, softmax,
+   * matmul), which keeps the [b, h, s, s] probabilities: for tests, and for models that need them.
+   * Causally excluded keys get the score −1e9 here (b.attention excludes them outright), which
+   * differs only in a row whose every allowed key is padding.
+   */
+  attentionComposed(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value; scale?: number }): Value {
     return this.scope('sdpa', () => {
       const hd = q.type.shape[q.type.shape.length - 1];
       const seq = q.type.shape[q.type.shape.length - 2];
-      let scores = this.mul(this.matmul(q, k, { transB: true }), this.scalar(1 / Math.sqrt(hd)));
+      const groups = q.type.shape[1] / k.type.shape[1];
+      const kk = this.repeatKv(k, groups);
+      const vv = this.repeatKv(v, groups);
+      let scores = this.mul(this.matmul(q, kk, { transB: true }), this.scalar(opts.scale ?? 1 / Math.sqrt(hd)));
       if (opts.causal) {
         const mask = this.buffer('causal_mask', [seq, seq], { kind: 'tril' });
         scores = this.where(mask, scores, this.scalar(-1e9));
@@ -545,7 +570,7 @@ export class Builder {
         const [batch, s] = opts.keyMask.type.shape;
         scores = this.where(this.reshape(opts.keyMask, [batch, 1, 1, s]), scores, this.scalar(-1e9));
       }
-      return this.emit('matmul', [this.softmax(scores), v], { transA: false, transB: false }, 'out');
+      return this.emit('matmul', [this.softmax(scores), vv], { transA: false, transB: false }, 'out');
     });
   }
 

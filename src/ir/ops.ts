@@ -14,6 +14,13 @@ import {
   type Tensor,
 } from './shape.ts';
 import { numel, sameShape, type DType, type TensorType, type Value } from './types.ts';
+import {
+  attentionDeltaRef,
+  attentionDims,
+  attentionGradRef,
+  attentionRef,
+  type AttentionAttrs,
+} from './attention.ts';
 
 type NoAttrs = Record<string, never>;
 
@@ -87,6 +94,18 @@ export interface OpAttrs {
   layer_norm: { readonly eps: number };
   /** Backward only: (x, weight, ct) → dx; mean and rstd are recomputed from x. */
   layer_norm_grad: { readonly eps: number };
+  /**
+   * Fused scaled-dot-product attention: q [b,h,sq,dk], k [b,hkv,sk,dk], v [b,hkv,sk,dv] (and a key
+   * mask [b,sk] when `masked`) → [b,h,sq,dv+1]: the output in [..., 0:dv], each row's log-sum-exp
+   * of its scores in [..., dv]. Semantics and backward: src/ir/attention.ts.
+   */
+  attention: AttentionAttrs;
+  /** attention_delta(packed, ct) → [b,h,sq]: D_i = Σ_c ct_ic·O_ic − ct_i,dv. Backward-only. */
+  attention_delta: NoAttrs;
+  /** attention_dq(q, k, v, [mask], packed, ct, delta) → dq [b,h,sq,dk]. Backward-only. */
+  attention_dq: AttentionAttrs;
+  /** attention_dkv(q, k, v, [mask], packed, ct, delta) → [b,hkv,sk,dk+dv]: dk then dv. Backward-only. */
+  attention_dkv: AttentionAttrs;
 }
 
 export type OpName = keyof OpAttrs;
@@ -131,7 +150,11 @@ export type KernelEmitter =
   | 'cross_entropy'
   | 'cross_entropy_grad'
   | 'norm'
-  | 'norm_grad';
+  | 'norm_grad'
+  | 'attention'
+  | 'attention_delta'
+  | 'attention_dq'
+  | 'attention_dkv';
 
 /** A source of random choices; tests back it with fast-check so cases shrink. */
 export interface CaseGen {
@@ -145,7 +168,12 @@ export type Domain =
   /** |x| ≥ 0.1: keeps finite differences off a kink at 0. */
   | { readonly kind: 'awayFromZero' }
   /** `ignoreFrac`: with this probability a value is IGNORE_INDEX instead (cross-entropy labels). */
-  | { readonly kind: 'int'; readonly lo: number; readonly hi: number; readonly ignoreFrac?: number };
+  | { readonly kind: 'int'; readonly lo: number; readonly hi: number; readonly ignoreFrac?: number }
+  /**
+   * A key mask: 0/1 values in rows of `row` (the last axis), each row with at least one 1 (and
+   * often exactly one), so every query has a real key. Discrete: it gets no derivative.
+   */
+  | { readonly kind: 'mask'; readonly row: number };
 
 export interface OpCase<A> {
   readonly inputs: readonly { readonly type: TensorType; readonly domain: Domain }[];
@@ -159,8 +187,9 @@ export interface OpDef<A> {
   readonly ref: (ins: readonly Tensor[], attrs: A, out: TensorType) => Float64Array;
   /**
    * 'nondiff': the output is integer-valued or piecewise constant, so no cotangent flows through.
-   * 'backward-only': a kernel that only VJP rules emit (cross_entropy_grad, rms_norm_grad…); a
-   * cotangent reaching one would be a second-order gradient, which autodiff refuses.
+   * 'backward-only': a kernel that exists only inside another op's VJP (cross_entropy_grad,
+   * rms_norm_grad, layer_norm_grad, attention's delta, dq and dk/dv); it has no rule of its own, so
+   * a cotangent reaching it (a second-order gradient) is an error, never a silent zero.
    */
   readonly vjp: Vjp<A> | 'nondiff' | 'backward-only';
   readonly wgsl: WgslSlot<A>;
@@ -1174,7 +1203,110 @@ export const OPS: OpRegistry = {
     },
   },
   ...LOSS_AND_NORM_OPS,
+  attention: {
+    arity: 'variadic',
+    infer: (ins, a) => {
+      const d = attentionDims(ins, a, 0);
+      return { dtype: 'f32', shape: [d.b, d.h, d.sq, d.dv + 1] };
+    },
+    ref: (ins, a) => attentionRef(ins, a),
+    vjp: ({ b, ct, inputs, out, attrs, wants }) => {
+      // Only q, k, v, mask, the packed output (O and L) and its cotangent are read: the
+      // probabilities are recomputed tile by tile from L (FlashAttention-2's backward).
+      const res: (Value | null)[] = inputs.map(() => null);
+      if (!wants[0] && !wants[1] && !wants[2]) return res;
+      const delta = b.emit('attention_delta', [out, ct], {}, 'delta');
+      const args = [...inputs, out, ct, delta];
+      if (wants[0]) res[0] = b.emit('attention_dq', args, attrs, 'dq');
+      if (wants[1] || wants[2]) {
+        const [bs, hkv, sk, dk] = inputs[1].type.shape;
+        const dv = inputs[2].type.shape[3];
+        const dkv = b.emit('attention_dkv', args, attrs, 'dkv');
+        if (wants[1]) res[1] = b.slice(dkv, [0, 0, 0, 0], [bs, hkv, sk, dk]);
+        if (wants[2]) res[2] = b.slice(dkv, [0, 0, 0, dk], [bs, hkv, sk, dk + dv]);
+      }
+      return res;
+    },
+    wgsl: { kind: 'kernel', emitter: 'attention' },
+    testCase: (g) => {
+      const c = attentionCase(g);
+      return { inputs: c.qkvm, attrs: c.attrs };
+    },
+  },
+  attention_delta: {
+    arity: 2,
+    infer: ([packed, ct]) => {
+      if (packed.dtype !== 'f32' || ct.dtype !== 'f32') throw new ShapeProblem('both inputs must be f32');
+      if (packed.shape.length < 1 || packed.shape[packed.shape.length - 1] < 2) {
+        throw new ShapeProblem(`the packed output [${packed.shape.join(',')}] needs a last axis of at least 2 (dv + 1)`);
+      }
+      if (!sameShape(packed.shape, ct.shape)) throw new ShapeProblem(`the cotangent [${ct.shape.join(',')}] must match the packed output [${packed.shape.join(',')}]`);
+      return { dtype: 'f32', shape: packed.shape.slice(0, -1) };
+    },
+    ref: (ins) => attentionDeltaRef(ins),
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'attention_delta' },
+    testCase: (g) => {
+      const c = attentionCase(g);
+      return { inputs: [c.packed, c.packed], attrs: {} };
+    },
+  },
+  attention_dq: {
+    arity: 'variadic',
+    infer: (ins, a) => {
+      attentionDims(ins, a, 3);
+      return ins[0];
+    },
+    ref: (ins, a) => attentionGradRef(ins, a, 'dq'),
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'attention_dq' },
+    testCase: (g) => {
+      const c = attentionCase(g);
+      return { inputs: [...c.qkvm, c.packed, c.packed, c.delta], attrs: c.attrs };
+    },
+  },
+  attention_dkv: {
+    arity: 'variadic',
+    infer: (ins, a) => {
+      const d = attentionDims(ins, a, 3);
+      return { dtype: 'f32', shape: [d.b, d.hkv, d.sk, d.dk + d.dv] };
+    },
+    ref: (ins, a) => attentionGradRef(ins, a, 'dkv'),
+    vjp: 'backward-only',
+    wgsl: { kind: 'kernel', emitter: 'attention_dkv' },
+    testCase: (g) => {
+      const c = attentionCase(g);
+      return { inputs: [...c.qkvm, c.packed, c.packed, c.delta], attrs: c.attrs };
+    },
+  },
 };
+
+/** Head dims the attention cases draw from (the kernels size their tiles from these). */
+const HEAD_DIMS = [16, 24, 32, 64, 128];
+
+/**
+ * An attention case: grouped-query ratios 1, 2 and 4, head dims 16…128, causal or not, a key mask
+ * or not, and few rows (float64 finite differences run the reference twice per element).
+ */
+function attentionCase(g: CaseGen) {
+  const b = g.int(1, 2);
+  const hkv = g.int(1, 2);
+  const h = hkv * [1, 2, 4][g.int(0, 2)];
+  const causal = g.bool();
+  const masked = g.bool();
+  const sq = g.int(1, b * h > 4 ? 3 : 5);
+  const sk = causal ? sq : g.int(1, b * h > 4 ? 3 : 5);
+  const dk = HEAD_DIMS[g.int(0, HEAD_DIMS.length - 1)];
+  const dv = HEAD_DIMS[g.int(0, HEAD_DIMS.length - 1)];
+  const attrs: AttentionAttrs = { causal, scale: 1 / Math.sqrt(dk), masked };
+  const qkvm = [
+    { type: f32([b, h, sq, dk]), domain: REAL },
+    { type: f32([b, hkv, sk, dk]), domain: REAL },
+    { type: f32([b, hkv, sk, dv]), domain: REAL },
+    ...(masked ? [{ type: f32([b, sk]), domain: { kind: 'mask', row: sk } as Domain }] : []),
+  ];
+  return { attrs, qkvm, packed: { type: f32([b, h, sq, dv + 1]), domain: REAL }, delta: { type: f32([b, h, sq]), domain: REAL } };
+}
 
 function reduceCase(g: CaseGen): OpCase<{ axes: readonly number[]; keepdims: boolean }> {
   const s = randShape(g, 1, 3);

@@ -3,7 +3,8 @@
 // 1. Mark the values that depend on a target (forward sweep) and the values the loss depends on
 //    (backward sweep). Only values in both carry a cotangent: nothing else is ever built.
 // 2. Seed the loss's cotangent with 1 and walk the nodes in reverse. For each active node, call
-//    its op's VJP rule with `wants[i]` = "input i is active", so rules emit nothing needless.
+//    its op's VJP rule with `wants[i]` = "input i is active", so rules emit nothing needless. A
+//    cotangent reaching a 'backward-only' op (a second-order gradient) is an error.
 // 3. Sum each returned cotangent back to its input's shape (broadcasting), once, here; add it to
 //    any cotangent that input already has.
 //    A 'backward-only' op (a gradient kernel such as cross_entropy_grad) has no VJP: a cotangent
@@ -12,13 +13,17 @@
 import { Builder } from '../ir/builder.ts';
 import { LorafaError } from '../ir/errors.ts';
 import { opDef } from '../ir/ops.ts';
-import { fmtLoc, fmtType, sameShape, type Graph, type Value } from '../ir/types.ts';
+import { fmtLoc, fmtType, sameShape, type Graph, type SourceLoc, type Value } from '../ir/types.ts';
 
 export interface AutodiffReport {
   readonly wrt: readonly string[];
   /** Targets the loss does not depend on: their gradient is zero. */
   readonly unreachable: readonly string[];
   readonly backwardNodes: number;
+}
+
+function fmtNodeWhere(g: Graph, src: SourceLoc | undefined): string {
+  return fmtLoc(src) || g.file || g.name;
 }
 
 export function gradName(name: string): string {
@@ -70,9 +75,9 @@ export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string 
     if (vjp === 'backward-only') {
       // Only VJP rules emit these kernels: a cotangent here means differentiating a backward pass.
       throw new LorafaError(
-        fmtLoc(n.src) || n.out.name,
-        `second-order gradients are not supported: the loss depends on ${n.op} "${n.out.name}", a backward-only kernel with no VJP`,
-        'differentiate the forward graph once; do not run autodiff over a graph that already holds gradients',
+        fmtNodeWhere(g, n.src),
+        `second-order gradients are not supported: a cotangent reached ${n.op} ("${n.out.name}"), a backward-only kernel that exists only in another op's backward pass and has no VJP of its own`,
+        'differentiate the forward graph once; do not run autodiff over a graph that already holds a backward pass',
       );
     }
     const wants = n.inputs.map(active);
