@@ -14,7 +14,10 @@
 //    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone() (through quietly(): no busy poll).
 // 3. Where a W1 LoRA-FA step goes: every dispatch in its own compute pass with timestamp queries
 //    (when the adapter has 'timestamp-query'), summed per kernel.
-// 4. Prints a Markdown table and writes bench/results/gpu.md with date, adapter and Node version.
+// 4. Attention alone, fused op against the composition (b.attentionComposed): one training step
+//    (forward + backward + SGD update of q, k, v as parameters; loss ⟨attention(q, k, v), c⟩) for
+//    s = 128, 256, 512 (1 × 8 heads × 64, causal): median ms, the plan's peak and saved bytes.
+// 5. Prints a Markdown table and writes bench/results/gpu.md with date, adapter and Node version.
 import { writeFileAtomic } from '../src/io/output.ts';
 import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -318,6 +321,52 @@ const CASES: readonly StepCase[] = [
 const f1 = (x: number) => x.toFixed(1);
 
 /** Runs everything, prints the Markdown and writes bench/results/gpu.md; returns the text. */
+interface AttentionRow {
+  readonly seq: number;
+  readonly fused: boolean;
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+  readonly peak: number;
+  readonly saved: number;
+  readonly allocated: number;
+  readonly dispatches: number;
+}
+
+const ATTENTION = { batch: 1, heads: 8, headDim: 64, seqs: [128, 256, 512], steps: 5 } as const;
+
+/** One SGD step of q, k, v through attention (fused op or composition), planned and run. */
+async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean): Promise<AttentionRow> {
+  const { batch, heads, headDim } = ATTENTION;
+  const b = new Builder({ name: `attention_${fused ? 'fused' : 'composed'}_${seq}` });
+  const shape = [batch, heads, seq, headDim];
+  const [q, k, v] = ['q', 'k', 'v'].map((n) => b.param(n, shape, { init: { kind: 'normal', std: 1 } }));
+  const o = fused ? b.attention(q, k, v, { causal: true }) : b.attentionComposed(q, k, v, { causal: true });
+  b.loss(b.sum(b.mul(o, b.input('c', shape))));
+  const optimizer: OptimizerOptions = { kind: 'sgd' };
+  const compiled = compileTraining(b.build(), { mode: 'full', optimizer });
+  const step = compiled.step!;
+  const l = gpu.limits;
+  const plan = planMemory(step, {
+    limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
+    gradients: compiled.gradients,
+  });
+  const kp = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension, fuse: true, subgroupSize: gpu.subgroupSize });
+  const runner = await StepRunner.create(kp, gpu);
+  runner.writeParams(initParams(step, { seed: 1 }));
+  runner.writeInputs({ ...feedsFor(step, {}, 2), ...optimizerFeeds(optimizer, 1e-3, 1) });
+  const times: number[] = [];
+  for (let i = 0; i < 2 + ATTENTION.steps; i++) {
+    const t0 = performance.now();
+    await runner.step();
+    if (i >= 2) times.push(performance.now() - t0);
+  }
+  const allocated = runner.allocatedBytes;
+  runner.destroy();
+  const saved = plan.timeline[plan.backwardStart]?.saved ?? 0;
+  return { seq, fused, median: median(times), min: Math.min(...times), max: Math.max(...times), peak: kp.bytes, saved, allocated, dispatches: kp.dispatches.length };
+}
+
 export async function runGpuBench(): Promise<string> {
   const started = new Date();
   const gpu = await benchGpu();
@@ -341,6 +390,15 @@ export async function runGpuBench(): Promise<string> {
   ] as const;
   for (const variant of (gpu.subgroupSize ? ['portable', 'column lanes', 'default'] : ['portable']) as MatmulVariant[]) {
     for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, variant));
+  }
+
+  const attn: AttentionRow[] = [];
+  for (const seq of ATTENTION.seqs) {
+    for (const fused of [true, false]) {
+      const r = await benchAttention(gpu, seq, fused);
+      attn.push(r);
+      process.stderr.write(`  attention s=${seq} ${fused ? 'fused' : 'composed'}: ${f1(r.median)} ms\n`);
+    }
   }
 
   const cpu = cpus()[0]?.model?.trim() ?? 'unknown CPU';
@@ -371,6 +429,19 @@ export async function runGpuBench(): Promise<string> {
     ...mm.map((r) => `| ${r.what} | ${r.variant} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${r.gflops.toFixed(2)} |`),
     '',
   ];
+  lines.push(
+    '## Attention: the fused op against the composition',
+    '',
+    `One training step of q, k, v [${ATTENTION.batch}, ${ATTENTION.heads}, s, ${ATTENTION.headDim}] as parameters through causal attention (loss ⟨attention(q, k, v), c⟩, SGD): forward + backward + update, median (min–max) of ${ATTENTION.steps} after 2 warm-ups. Saved = the plan's bytes live when backward starts that forward made; peak = the arena.`,
+    '',
+    '| s | attention | step ms (min–max) | time ÷ fused | saved | saved ÷ fused | peak | peak ÷ fused | GPU bytes | dispatches |',
+    '|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|',
+    ...attn.map((r) => {
+      const f = attn.find((x) => x.seq === r.seq && x.fused)!;
+      return `| ${r.seq} | ${r.fused ? 'fused op' : 'composition'} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${(r.median / f.median).toFixed(2)} | ${fmtBytes(r.saved)} | ${(r.saved / f.saved).toFixed(2)} | ${fmtBytes(r.peak)} | ${(r.peak / f.peak).toFixed(2)} | ${fmtBytes(r.allocated)}${r.allocated === r.peak ? '' : ' **≠**'} | ${r.dispatches} |`;
+    }),
+    '',
+  );
   const prof = rows.find((r) => r.timeline);
   if (prof?.timeline) {
     const total = prof.timeline.reduce((s, r) => s + r.ms, 0);
