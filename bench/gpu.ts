@@ -52,7 +52,7 @@ interface BenchGpu extends Gpu {
 }
 
 /** The runtime's own device (subgroups and timestamp queries requested when offered). */
-async function benchGpu(): Promise<BenchGpu | string> {
+export async function benchGpu(): Promise<BenchGpu | string> {
   try {
     const gpu = await acquireGpu();
     return { ...gpu, timestamps: gpu.device.features.has('timestamp-query') };
@@ -336,8 +336,8 @@ interface AttentionRow {
 const ATTENTION = { batch: 1, heads: 8, headDim: 64, seqs: [128, 256, 512], steps: 5 } as const;
 
 /** One SGD step of q, k, v through attention (fused op or composition), planned and run. */
-async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean): Promise<AttentionRow> {
-  const { batch, heads, headDim } = ATTENTION;
+export async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean, shape0: { batch: number; heads: number; headDim: number } = ATTENTION): Promise<AttentionRow> {
+  const { batch, heads, headDim } = shape0;
   const b = new Builder({ name: `attention_${fused ? 'fused' : 'composed'}_${seq}` });
   const shape = [batch, heads, seq, headDim];
   const [q, k, v] = ['q', 'k', 'v'].map((n) => b.param(n, shape, { init: { kind: 'normal', std: 1 } }));

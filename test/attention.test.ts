@@ -16,7 +16,7 @@ import { LIMIT_PRESETS, planMemory } from '../src/passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { runReference } from '../src/runtime/reference.ts';
-import { property, sample } from './helpers.ts';
+import { feedsFor as modelFeeds, intBoundsFor, modelFiles, paramsWithRandomB, property, sample, toyConfigName, toyModel } from './helpers.ts';
 
 interface Shape {
   readonly b: number;
@@ -70,7 +70,7 @@ function feedsFor(s: Shape, realKey: boolean): Record<string, Float64Array> {
 
 /** loss = Σ attention(q, k, v)·c, fused or composed; gradients of q, k, v. */
 function run(s: Shape, feeds: Record<string, Float64Array>, composed: boolean) {
-  const b = new Builder({ name: composed ? 'composed' : 'fused' });
+  const b = new Builder({ name: composed ? 'composed' : 'fused', attention: 'fused' });
   const q = b.input('q', [s.b, s.h, s.sq, s.dk]);
   const k = b.input('k', [s.b, s.hkv, s.sk, s.dk]);
   const v = b.input('v', [s.b, s.hkv, s.sk, s.dv]);
@@ -124,6 +124,33 @@ describe('fused attention equals the composition (float64)', () => {
     const [c0, c1, c2] = feeds.c;
     expectNear(f.dv, [c0 + c1 / 2 + c2 / 3, c1 / 2 + c2 / 3, c2 / 3], 'dv');
     expect([...f.dq, ...f.dk].every((x) => x === 0)).toBe(true);
+  });
+});
+
+describe('whole models: the fused op and the composition give the same loss and gradients (float64)', () => {
+  it.each(modelFiles())('%s (toy config, LoRA-FA and full)', async (name) => {
+    const fused = await toyModel(name, undefined, { attention: 'fused' });
+    const config = toyConfigName(fused.model.def);
+    const m = fused.model;
+    const graphs = {
+      fused: (await toyModel(name, config, { attention: 'fused' })).graph,
+      composed: (await toyModel(name, config, { attention: 'composed' })).graph,
+    };
+    const hasAttention = graphs.fused.nodes.some((n) => n.op === 'attention');
+    if (!hasAttention) return; // the MLP
+    expect(graphs.composed.nodes.some((n) => n.op === 'attention')).toBe(false);
+    for (const mode of ['lora-fa', 'full'] as const) {
+      const compile = (g: Graph) => compileTraining(g, { mode, lora: { rank: 2, alpha: 4, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave } });
+      const [cf, cc] = [compile(graphs.fused), compile(graphs.composed)];
+      // The same feeds and parameters (by name) for both: seeds follow value ids, which differ.
+      const feeds = modelFeeds(cc.joint, 11, intBoundsFor(m.def.configs[config]));
+      const params = paramsWithRandomB(cc.forward, 11);
+      const a = runReference(cf.joint, { feeds, params }).outputs;
+      const b = runReference(cc.joint, { feeds, params }).outputs;
+      const keys = Object.keys(b).filter((k) => k === 'loss' || k.startsWith('grad.'));
+      expect(Object.keys(a).filter((k) => k === 'loss' || k.startsWith('grad.')).sort()).toEqual([...keys].sort());
+      for (const k of keys) expectNear(a[k].data, b[k].data, `${name} ${mode} ${k}`, 1e-10);
+    }
   });
 });
 
@@ -197,7 +224,7 @@ describe('what the forward keeps', () => {
   });
 
   it('emits no dq kernel when q needs no gradient, and no dk/dv kernel when only q does', () => {
-    const b = new Builder();
+    const b = new Builder({ attention: 'fused' });
     const q = b.input('q', [1, 2, 4, 3]);
     const k = b.input('k', [1, 1, 4, 3]);
     const v = b.input('v', [1, 1, 4, 3]);
@@ -210,7 +237,7 @@ describe('what the forward keeps', () => {
 
   it('the memory plan saves no [b,h,s,s] tensor, and fewer bytes than the composition', () => {
     const saved = (composed: boolean) => {
-      const b = new Builder({ name: 'attn' });
+      const b = new Builder({ name: 'attn', attention: 'fused' });
       const x = b.input('x', [2, 64, 32]);
       const split = (name: string, heads: number) => b.transpose(b.reshape(b.linear(x, name, heads * 8, { bias: false }), [2, 64, heads, 8]), [0, 2, 1, 3]);
       const o = (composed ? b.attentionComposed : b.attention).call(b, split('q', 4), split('k', 2), split('v', 2), { causal: true });
@@ -239,7 +266,7 @@ describe('GPU: a step whose freed bytes are NaN between forward and backward', (
 
   /** Two heads per kv head, causal with a key mask, seq 70 (two query blocks, several key tiles). */
   function model(composed: boolean): Graph {
-    const b = new Builder({ name: 'poison' });
+    const b = new Builder({ name: 'poison', attention: 'fused' });
     const [batch, seq, d] = [2, 70, 16];
     const x = b.input('x', [batch * seq, d]);
     const mask = b.input('attention_mask', [batch, seq]);

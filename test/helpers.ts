@@ -1,4 +1,5 @@
 // Shared test machinery: seeded data, finite differences, model loading.
+import type { AttentionImpl } from '../src/ir/builder.ts';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
@@ -94,9 +95,9 @@ export function feedsFor(g: Graph, seed: number, intBound: (name: string) => num
 
 export const MODEL_FILES = ['mlp', 'encoder', 'llama'] as const;
 
-export async function toyModel(name: string, config?: string) {
+export async function toyModel(name: string, config?: string, opts: { attention?: AttentionImpl } = {}) {
   const m = await loadModel(resolve(ROOT, 'models', `${name}.ts`));
-  return { model: m, graph: trace(m, config) };
+  return { model: m, graph: trace(m, config, undefined, opts) };
 }
 
 export function tensor(shape: readonly number[], data: Float64Array): Tensor {

@@ -32,7 +32,20 @@ export interface BuilderOptions {
    * side by side). Default false.
    */
   readonly composed?: boolean;
+  /**
+   * How b.attention lowers (like PyTorch's scaled_dot_product_attention picking a backend):
+   * 'fused' — the `attention` op, which keeps no [b, h, sq, sk] tensor; 'composed' — the
+   * composition (b.attentionComposed), which keeps two; 'auto' (default) — the fused op when one
+   * [b, h, sq, sk] f32 tensor would take AUTO_FUSED_ATTENTION_BYTES or more, the composition below
+   * (on lavapipe the composition's matmuls run about twice as fast at s = 128: bench/results/gpu.md).
+   */
+  readonly attention?: AttentionImpl;
 }
+
+export type AttentionImpl = 'auto' | 'fused' | 'composed';
+
+/** 'auto' attention: the fused op from this size of one [b, h, sq, sk] f32 tensor (8 MiB) up. */
+export const AUTO_FUSED_ATTENTION_BYTES = 8 * 1024 * 1024;
 
 export interface ParamOptions {
   readonly init: Init;
@@ -66,6 +79,8 @@ export class Builder {
   private readonly file?: string;
   /** BuilderOptions.composed: the fused ops' compositions instead of the ops. */
   readonly composed: boolean;
+  /** BuilderOptions.attention. */
+  readonly attentionImpl: AttentionImpl;
   private readonly displayFile?: string;
   /** Set while a pass or VJP rule emits nodes on behalf of one forward node. */
   private fixedSrc?: SourceLoc;
@@ -77,6 +92,7 @@ export class Builder {
     this.displayFile = opts.displayFile ?? opts.file;
     this.phase = opts.phase ?? 'forward';
     this.composed = opts.composed ?? false;
+    this.attentionImpl = opts.composed ? 'composed' : (opts.attention ?? 'auto');
     this.nextId = 0;
   }
 
@@ -534,10 +550,13 @@ export class Builder {
    * attention, each shared by h/hkv query heads in a row, as Hugging Face's repeat_kv), and only the
    * output and one log-sum-exp per row are kept for backward. `keyMask` [b, s] is 1 for a real key
    * and 0 for padding, which no query attends to (BERT's attention_mask). A query row whose every
-   * allowed key is padding averages those keys' values (j ≤ i only, when causal).
+   * allowed key is padding averages those keys' values (j ≤ i only, when causal). Small
+   * attentions lower to the composition instead (BuilderOptions.attention, `impl`: 'auto').
    */
-  attention(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value; scale?: number }): Value {
-    if (this.composed) return this.attentionComposed(q, k, v, opts);
+  attention(q: Value, k: Value, v: Value, opts: { causal: boolean; keyMask?: Value; scale?: number; impl?: AttentionImpl }): Value {
+    const impl = this.composed ? 'composed' : (opts.impl ?? this.attentionImpl);
+    const scores = 4 * q.type.shape[0] * q.type.shape[1] * q.type.shape[2] * k.type.shape[2];
+    if (impl === 'composed' || (impl === 'auto' && scores < AUTO_FUSED_ATTENTION_BYTES)) return this.attentionComposed(q, k, v, opts);
     return this.scope('sdpa', () => {
       const [batch, heads, seq] = q.type.shape;
       const dk = q.type.shape[q.type.shape.length - 1];

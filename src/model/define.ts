@@ -1,7 +1,7 @@
 // What a model file exports, and how it is traced into a graph.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Builder } from '../ir/builder.ts';
+import { Builder, type AttentionImpl } from '../ir/builder.ts';
 import { LorafaError, ModelError } from '../ir/errors.ts';
 import type { Graph } from '../ir/types.ts';
 
@@ -111,6 +111,8 @@ export interface TraceOptions {
   readonly displayFile?: string;
   /** Trace attention, cross-entropy and the norms as compositions (BuilderOptions.composed). */
   readonly composed?: boolean;
+  /** How b.attention lowers (BuilderOptions.attention; default 'auto'). */
+  readonly attention?: AttentionImpl;
 }
 
 export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
@@ -138,7 +140,7 @@ export function resolveConfig(def: ModelDef, opts: TraceOptions): ModelConfig {
 /** Runs the model's build function on a fresh Builder and returns the traced graph. */
 export function traceModel(def: ModelDef, opts: TraceOptions = {}): Graph {
   const cfg = resolveConfig(def, opts);
-  const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile, composed: opts.composed });
+  const b = new Builder({ name: def.name, file: opts.file, displayFile: opts.displayFile, composed: opts.composed, attention: opts.attention });
   let returned: unknown;
   try {
     returned = def.build(b, cfg);

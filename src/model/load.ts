@@ -11,6 +11,7 @@ import { extname, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { LorafaError, ModelError } from '../ir/errors.ts';
 import type { Graph } from '../ir/types.ts';
+import type { AttentionImpl } from '../ir/builder.ts';
 import { findLine, isModelDef, traceModel, type ModelDef } from './define.ts';
 
 /** Set by bin/lorafa.mjs (and by registerLoaders) once tsx's ESM hooks are in place. */
@@ -77,6 +78,6 @@ export async function loadModel(path: string): Promise<LoadedModel> {
   return { def, file, displayFile };
 }
 
-export function trace(m: LoadedModel, config?: string, overrides?: Record<string, number>, opts: { composed?: boolean } = {}): Graph {
-  return traceModel(m.def, { config, overrides, file: m.file, displayFile: m.displayFile, composed: opts.composed });
+export function trace(m: LoadedModel, config?: string, overrides?: Record<string, number>, opts: { composed?: boolean; attention?: AttentionImpl } = {}): Graph {
+  return traceModel(m.def, { config, overrides, file: m.file, displayFile: m.displayFile, composed: opts.composed, attention: opts.attention });
 }
