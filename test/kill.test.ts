@@ -9,6 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { alive } from '../src/io/output.ts';
 import { fileDigests, ROOT } from './helpers.ts';
 
 const W = mkdtempSync(join(tmpdir(), 'lorafa-kill-'));
@@ -30,6 +31,15 @@ async function killDuringSwap(args: string[]): Promise<{ signal: string | null; 
   });
   const signal = await new Promise<string | null>((res) => child.on('close', (_, s) => res(s)));
   return { signal, stderr };
+}
+
+/** Resolves once process `pid` has exited (a zombie counts), or fails after 10 s. */
+async function exited(pid: number): Promise<void> {
+  for (let t = 0; t < 200; t++) {
+    if (!alive(pid)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`process ${pid} still runs 10 s after its parent was killed`);
 }
 
 const digest = (dir: string) => Object.fromEntries(fileDigests(dir));
@@ -55,6 +65,9 @@ describe('kill -9 while an output is being replaced', () => {
     expect(k.signal).toBe('SIGKILL');
     expect(digest(T)).toEqual(before);
     expect(stale('trainer')).toHaveLength(1);
+    // The folder is named after the process that built it (the bin's worker, which dies with the
+    // bin): wait until it has exited, so the next run sees a dead pid.
+    await exited(Number(stale('trainer')[0].match(/-(\d+)-\w+$/)![1]));
 
     // The old trainer resumes its run; the next run removes the leftover and says so.
     const r = lorafa(['train', T, '--data', csv, '--steps', '4', '--resume']);
@@ -85,6 +98,7 @@ describe('kill -9 while an output is being replaced', () => {
     expect(outputs(digest(O))).toEqual(before);
     expect(JSON.parse(readFileSync(join(O, 'report.json'), 'utf8')).steps).toBe(3);
     expect(stale('run')).toHaveLength(1);
+    await exited(Number(stale('run')[0].match(/-(\d+)-\w+$/)![1]));
 
     // The checkpoint of step 6 was written before the export: resuming finds the run finished,
     // removes the leftover folder, and writes the outputs.

@@ -16,7 +16,7 @@
 // The swap renames NAME to `.NAME.lorafa-old-PID-X`, the new folder to NAME, then deletes the old
 // one. At every moment a complete output exists: NAME (old or new), or, in the instant between the
 // two renames, the old one under its -old name, which the next run moves back (and reports).
-import { accessSync, constants, closeSync, existsSync, fsyncSync, linkSync, copyFileSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, statfsSync, writeSync } from 'node:fs';
+import { accessSync, constants, closeSync, existsSync, fsyncSync, linkSync, copyFileSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, statfsSync, writeSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
@@ -152,13 +152,24 @@ export function writeFileAtomic(path: string, bytes: Uint8Array): void {
 
 const TEMP_KINDS = /^\.(.+)\.lorafa-(new|old)-(\d+)-[a-z0-9]+$/;
 
-function alive(pid: number): boolean {
+/**
+ * Whether process `pid` still runs. A zombie (killed, not yet reaped: in a container whose init
+ * does not reap, it may stay one) has exited and counts as dead.
+ */
+export function alive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return (e as { code?: string }).code === 'EPERM';
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) state …"; comm may hold spaces and parentheses.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch (e) {
+    // Gone since kill(pid, 0); with no /proc at all, trust kill(pid, 0).
+    return (e as { code?: string }).code !== 'ENOENT' || existsSync('/proc/self/stat') === false;
   }
 }
 
