@@ -131,6 +131,37 @@ function feedsFor(g: Graph, cfg: Readonly<Record<string, unknown>>, seed: number
   return feeds;
 }
 
+/**
+ * Plans a compiled step with this adapter's limits, lowers it, and runs 2 warm-up steps then
+ * `steps` timed ones (parameters seeded, inputs from feedsFor, the optimizer's scalars).
+ */
+async function timeSteps(
+  gpu: BenchGpu,
+  compiled: ReturnType<typeof compileTraining>,
+  o: { readonly optimizer: OptimizerOptions; readonly cfg: Readonly<Record<string, unknown>>; readonly steps: number; readonly fuse: boolean; readonly subgroupSize?: number },
+) {
+  const step = compiled.step!;
+  const l = gpu.limits;
+  const plan = planMemory(step, {
+    limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
+    gradients: compiled.gradients,
+  });
+  const kp = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension, fuse: o.fuse, subgroupSize: o.subgroupSize });
+  const runner = await StepRunner.create(kp, gpu);
+  const params = initParams(step, { seed: 1 });
+  runner.writeParams(params);
+  runner.writeInputs({ ...feedsFor(step, o.cfg, 2), ...optimizerFeeds(o.optimizer, 1e-3, 1) });
+  const times: number[] = [];
+  for (let i = 0; i < 2 + o.steps; i++) {
+    const t0 = performance.now();
+    await runner.step();
+    if (i >= 2) times.push(performance.now() - t0);
+  }
+  const allocated = runner.allocatedBytes;
+  runner.destroy();
+  return { step, plan, kp, params, allocated, median: median(times), min: Math.min(...times), max: Math.max(...times) };
+}
+
 async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
   const m = await loadModel(join(ROOT, 'models', `${c.model}.ts`));
   const graph = trace(m, c.config);
@@ -140,35 +171,19 @@ async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
     lora: { rank: RANK, alpha: ALPHA, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave },
     optimizer: c.optimizer,
   });
-  const step = compiled.step!;
-  const l = gpu.limits;
-  const plan = planMemory(step, {
-    limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
-    gradients: compiled.gradients,
-  });
-  const kp = buildKernelPlan(step, plan, {
-    maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+  const { step, kp, params, allocated, median: med, min, max } = await timeSteps(gpu, compiled, {
+    optimizer: c.optimizer,
+    cfg,
+    steps: c.steps,
     fuse: c.variant !== 'no fusion',
     subgroupSize: c.variant === 'portable matmul' ? undefined : gpu.subgroupSize,
   });
-  const runner = await StepRunner.create(kp, gpu);
-  const params = initParams(step, { seed: 1 });
-  runner.writeParams(params);
-  runner.writeInputs({ ...feedsFor(step, cfg, 2), ...optimizerFeeds(c.optimizer, 1e-3, 1) });
-  const times: number[] = [];
-  for (let i = 0; i < 2 + c.steps; i++) {
-    const t0 = performance.now();
-    await runner.step();
-    if (i >= 2) times.push(performance.now() - t0);
-  }
-  const allocated = runner.allocatedBytes;
-  runner.destroy();
   const timeline = c.profile && gpu.timestamps ? await profileSteps(gpu, kp, params) : undefined;
   return {
     ...c,
-    median: median(times),
-    min: Math.min(...times),
-    max: Math.max(...times),
+    median: med,
+    min,
+    max,
     ...work(step),
     dispatches: kp.dispatches.length,
     kernels: kp.kernels.length,
@@ -344,27 +359,9 @@ export async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean,
   const o = fused ? b.attention(q, k, v, { causal: true }) : b.attentionComposed(q, k, v, { causal: true });
   b.loss(b.sum(b.mul(o, b.input('c', shape))));
   const optimizer: OptimizerOptions = { kind: 'sgd' };
-  const compiled = compileTraining(b.build(), { mode: 'full', optimizer });
-  const step = compiled.step!;
-  const l = gpu.limits;
-  const plan = planMemory(step, {
-    limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
-    gradients: compiled.gradients,
-  });
-  const kp = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension, fuse: true, subgroupSize: gpu.subgroupSize });
-  const runner = await StepRunner.create(kp, gpu);
-  runner.writeParams(initParams(step, { seed: 1 }));
-  runner.writeInputs({ ...feedsFor(step, {}, 2), ...optimizerFeeds(optimizer, 1e-3, 1) });
-  const times: number[] = [];
-  for (let i = 0; i < 2 + ATTENTION.steps; i++) {
-    const t0 = performance.now();
-    await runner.step();
-    if (i >= 2) times.push(performance.now() - t0);
-  }
-  const allocated = runner.allocatedBytes;
-  runner.destroy();
-  const saved = plan.timeline[plan.backwardStart]?.saved ?? 0;
-  return { seq, fused, median: median(times), min: Math.min(...times), max: Math.max(...times), peak: kp.bytes, saved, allocated, dispatches: kp.dispatches.length };
+  const r = await timeSteps(gpu, compileTraining(b.build(), { mode: 'full', optimizer }), { optimizer, cfg: {}, steps: ATTENTION.steps, fuse: true, subgroupSize: gpu.subgroupSize });
+  const saved = r.plan.timeline[r.plan.backwardStart]?.saved ?? 0;
+  return { seq, fused, median: r.median, min: r.min, max: r.max, peak: r.kp.bytes, saved, allocated: r.allocated, dispatches: r.kp.dispatches.length };
 }
 
 export async function runGpuBench(): Promise<string> {
