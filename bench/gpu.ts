@@ -356,7 +356,7 @@ export async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean,
   const b = new Builder({ name: `attention_${fused ? 'fused' : 'composed'}_${seq}` });
   const shape = [batch, heads, seq, headDim];
   const [q, k, v] = ['q', 'k', 'v'].map((n) => b.param(n, shape, { init: { kind: 'normal', std: 1 } }));
-  const o = fused ? b.attention(q, k, v, { causal: true }) : b.attentionComposed(q, k, v, { causal: true });
+  const o = fused ? b.attention(q, k, v, { causal: true, impl: 'fused' }) : b.attentionComposed(q, k, v, { causal: true });
   b.loss(b.sum(b.mul(o, b.input('c', shape))));
   const optimizer: OptimizerOptions = { kind: 'sgd' };
   const r = await timeSteps(gpu, compileTraining(b.build(), { mode: 'full', optimizer }), { optimizer, cfg: {}, steps: ATTENTION.steps, fuse: true, subgroupSize: gpu.subgroupSize });
