@@ -86,6 +86,28 @@ function loadRows(dst: string, src: string, width: number): string {
   return `for (var t = lid; t < n * ${u(width)}; t += ${u(ATTENTION_ROWS)}) { ${dst}[t] = ${src.replace('$', `t`)}; }`;
 }
 
+/**
+ * The start of a query-row kernel (forward, dq): K/V tiles in workgroup memory; this invocation's
+ * query row i (ir: clamped in range), its (batch·head) bh, the first key row of its kv head kbase,
+ * its row index ro in [b·h·sq], and its q row in qr.
+ */
+function queryRowPrologue(d: AttentionDims, TK: number, total: number, blocks: number, read: Parts['read']): string {
+  return `var<workgroup> ks: array<f32, ${TK * d.dk}>;
+var<workgroup> vs: array<f32, ${TK * d.dv}>;
+
+${MAIN}
+  if (wg >= ${u(total)}) { return; }
+  let bh = wg / ${u(blocks)};
+  let i0 = (wg % ${u(blocks)}) * ${u(ATTENTION_ROWS)};
+  let bi = bh / ${u(d.h)};
+  let kbase = (bi * ${u(d.hkv)} + (bh % ${u(d.h)}) / ${u(d.group)}) * ${u(d.sk)};
+  let i = i0 + lid;
+  let ir = min(i, ${u(d.sq - 1)});
+  let ro = bh * ${u(d.sq)} + ir;
+  var qr: array<f32, ${d.dk}>;
+  for (var c = 0u; c < ${u(d.dk)}; c++) { qr[c] = ${read('q', `ro * ${u(d.dk)} + c`)}; }`;
+}
+
 export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
   const { a, d, bound, read } = parts(node, ctx, 0);
   const R = ATTENTION_ROWS;
@@ -93,20 +115,7 @@ export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
   const blocks = Math.ceil(d.sq / R);
   const total = d.b * d.h * blocks;
   const wgsl = `${header(bound, node.out)}
-var<workgroup> ks: array<f32, ${TK * d.dk}>;
-var<workgroup> vs: array<f32, ${TK * d.dv}>;
-
-${MAIN}
-  if (wg >= ${u(total)}) { return; }
-  let bh = wg / ${u(blocks)};
-  let i0 = (wg % ${u(blocks)}) * ${u(R)};
-  let bi = bh / ${u(d.h)};
-  let kbase = (bi * ${u(d.hkv)} + (bh % ${u(d.h)}) / ${u(d.group)}) * ${u(d.sk)};
-  let i = i0 + lid;
-  let ir = min(i, ${u(d.sq - 1)});
-  let qo = (bh * ${u(d.sq)} + ir) * ${u(d.dk)};
-  var qr: array<f32, ${d.dk}>;
-  for (var c = 0u; c < ${u(d.dk)}; c++) { qr[c] = ${read('q', 'qo + c')}; }
+${queryRowPrologue(d, TK, total, blocks, read)}
   var acc: array<f32, ${d.dv}>;
   var sc: array<f32, ${TK}>;
   var m = ${NEG};
@@ -168,20 +177,7 @@ export function emitAttentionDq(node: Node, ctx: EmitContext): KernelSource {
   const total = d.b * d.h * blocks;
   const w = d.dv + 1;
   const wgsl = `${header(bound, node.out)}
-var<workgroup> ks: array<f32, ${TK * d.dk}>;
-var<workgroup> vs: array<f32, ${TK * d.dv}>;
-
-${MAIN}
-  if (wg >= ${u(total)}) { return; }
-  let bh = wg / ${u(blocks)};
-  let i0 = (wg % ${u(blocks)}) * ${u(R)};
-  let bi = bh / ${u(d.h)};
-  let kbase = (bi * ${u(d.hkv)} + (bh % ${u(d.h)}) / ${u(d.group)}) * ${u(d.sk)};
-  let i = i0 + lid;
-  let ir = min(i, ${u(d.sq - 1)});
-  let ro = bh * ${u(d.sq)} + ir;
-  var qr: array<f32, ${d.dk}>;
-  for (var c = 0u; c < ${u(d.dk)}; c++) { qr[c] = ${read('q', `ro * ${u(d.dk)} + c`)}; }
+${queryRowPrologue(d, TK, total, blocks, read)}
   var dor: array<f32, ${d.dv}>;
   for (var c = 0u; c < ${u(d.dv)}; c++) { dor[c] = ${read('ct', `ro * ${u(w)} + c`)}; }
   let L = ${read('packed', `ro * ${u(w)} + ${u(d.dv)}`)};
