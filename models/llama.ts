@@ -103,9 +103,9 @@ export default defineModel<LlamaConfig>({
         const r = b.add(h, attn);
         const m = b.rmsNorm(r, 'post_attention_layernorm', { eps: cfg.eps });
         const mlp = b.scope('mlp', () => {
-          const gate = b.silu(b.linear(m, 'gate_proj', cfg.ffn, { bias: false }));
+          const gate = b.linear(m, 'gate_proj', cfg.ffn, { bias: false });
           const up = b.linear(m, 'up_proj', cfg.ffn, { bias: false });
-          return b.linear(b.mul(gate, up), 'down_proj', d, { bias: false });
+          return b.linear(b.swiglu(gate, up), 'down_proj', d, { bias: false });
         });
         return b.add(r, mlp);
       });

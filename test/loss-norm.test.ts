@@ -64,7 +64,8 @@ function llamaBlock(v: Variant): Graph {
     const att = b.attention(b.rope(q), b.rope(k), vv, { causal: true });
     h = b.add(h, b.linear(b.mergeHeads(att), 'o', d, { bias: false }));
     const m = norm(h, 'post_attention_layernorm');
-    const up = b.mul(b.silu(b.linear(m, 'gate', ffn, { bias: false })), b.linear(m, 'up', ffn, { bias: false }));
+    const [gate, upIn] = [b.linear(m, 'gate', ffn, { bias: false }), b.linear(m, 'up', ffn, { bias: false })];
+    const up = v === 'ops' ? b.swiglu(gate, upIn) : b.mul(b.silu(gate), upIn);
     h = b.add(h, b.linear(up, 'down', d, { bias: false }));
   });
   const logits = b.linear(norm(h, 'norm'), 'lm_head', vocab, { bias: false });
@@ -252,21 +253,9 @@ describe('frozen norm weights (LoRA, LoRA-FA) build no dweight', () => {
 // ---------------------------------------------------------------------------------------------
 // the plan
 
-async function llamaPlan(mode: Mode, patch?: 'composed') {
+async function llamaPlan(mode: Mode, composed = false) {
   const m = await loadModel(resolve(ROOT, 'models', 'llama.ts'));
-  const proto = Builder.prototype as unknown as Record<string, unknown>;
-  const saved = { rms: proto.rmsNorm, ce: proto.crossEntropy };
-  if (patch) {
-    proto.rmsNorm = proto.rmsNormComposed;
-    proto.crossEntropy = proto.crossEntropyComposed;
-  }
-  let graph: Graph;
-  try {
-    graph = trace(m, 'toy');
-  } finally {
-    proto.rmsNorm = saved.rms;
-    proto.crossEntropy = saved.ce;
-  }
+  const graph = trace(m, 'toy', {}, { composed });
   const c = compileTraining(graph, { mode, lora: { rank: 2, alpha: 4, targets: m.def.defaultTargets! }, optimizer: { kind: 'sgd' }, verify: true });
   const plan = planMemory(c.step!, { limits: LIMIT_PRESETS.none, gradients: c.gradients });
   return { graph, step: c.step!, plan, cfg: m.def.configs.toy as Record<string, number> };
@@ -299,9 +288,23 @@ describe('plan: a toy LLaMA under LoRA-FA', () => {
     expect(saved.filter((t) => normInputs.has(t.id)).length).toBeGreaterThan(0);
   });
 
+  test('SwiGLU keeps gate and up, not silu(gate): the only saved [tokens, ffn] tensors are the two projections', async () => {
+    const { step, plan, cfg } = await llamaPlan('lora-fa');
+    const tokens = cfg.batch * cfg.seq;
+    const wide = plan.tensors.filter((t) => t.category === 'saved' && numel(t.shape) === tokens * cfg.ffn);
+    const names = wide.map((t) => t.name.replace(/layers\.\d+\./, 'layers.N.')).sort();
+    const expected = Array.from({ length: cfg.layers }, () => ['layers.N.mlp.gate_proj.xW', 'layers.N.mlp.up_proj.xW']).flat().sort();
+    expect(names).toEqual(expected);
+    expect(step.nodes.filter((n) => n.op === 'swiglu').length).toBe(cfg.layers);
+    // The composition (silu, then mul) keeps silu(gate) as well: one more [tokens, ffn] per layer.
+    const composed = await llamaPlan('lora-fa', true);
+    const composedWide = composed.plan.tensors.filter((t) => t.category === 'saved' && numel(t.shape) === tokens * cfg.ffn);
+    expect(composedWide.length).toBe(3 * cfg.layers);
+  });
+
   test('saves fewer bytes than the compositions did (the figure in docs/memory.md)', async () => {
     const ops = await llamaPlan('lora-fa');
-    const composed = await llamaPlan('lora-fa', 'composed');
+    const composed = await llamaPlan('lora-fa', true);
     const bytes = (p: MemoryPlan) => p.tensors.filter((t) => t.category === 'saved').reduce((s, t) => s + t.bytes, 0);
     const composedSaved = composed.plan.tensors.filter((t) => t.category === 'saved');
     // The composition saved a one-hot and [tokens, vocab] exponentials, and each norm's rsqrt rows.

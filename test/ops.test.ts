@@ -110,6 +110,15 @@ const HAND: HandTable = {
       expected: [0, 0.7310585786300049, -0.2689414213699951],
     },
   ],
+  swiglu: [
+    {
+      what: 'silu(gate)·up, up broadcast along rows',
+      inputs: [f([2, 2], [0, 1, -1, 2]), f([2], [3, -2])],
+      attrs: NONE,
+      shape: [2, 2],
+      expected: [0, -1.4621171572600098, -0.8068242641099853, -3.5231883119115293],
+    },
+  ],
   step: [{ what: 'x > 0 (strict)', inputs: [f([4], [-0.5, 0, 0.5, 3])], attrs: NONE, shape: [4], expected: [0, 0, 1, 1] }],
   stop_gradient: [{ what: 'identity', inputs: [f([2, 2], [3, -1, 0, 7])], attrs: NONE, shape: [2, 2], expected: [3, -1, 0, 7] }],
   powc: [

@@ -27,7 +27,7 @@ export interface BuilderOptions {
   readonly displayFile?: string;
   readonly phase?: Phase;
   /**
-   * Trace attention, cross-entropy and the norms as compositions of primitive ops, as lorafa did
+   * Trace attention, cross-entropy, the norms and SwiGLU as compositions of primitive ops, as lorafa did
    * before they were fused ops: their plans keep the intermediates (bench/paper.ts sets the two
    * side by side). Default false.
    */
@@ -234,6 +234,11 @@ export class Builder {
   /** ct · gelu_erf'(x): its backward, one elementwise node. */
   geluErfGrad = (x: Value, ct: Value) => this.emit('gelu_erf_grad', [x, ct], {});
   silu = (x: Value) => this.emit('silu', [x], {});
+  /**
+   * silu(gate) · up, the SwiGLU product: one op whose backward recomputes silu(gate) instead of
+   * saving it (BuilderOptions.composed: silu then mul, which keeps silu(gate) too).
+   */
+  swiglu = (gate: Value, up: Value) => (this.composed ? this.mul(this.silu(gate), up) : this.emit('swiglu', [gate, up], {}));
   step = (x: Value) => this.emit('step', [x], {});
   stopGradient = (x: Value) => this.emit('stop_gradient', [x], {});
   powc = (x: Value, p: number) => this.emit('powc', [x], { p });

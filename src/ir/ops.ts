@@ -41,6 +41,11 @@ export interface OpAttrs {
   /** gelu_erf_grad(x, ct) = ct · (Φ(x) + x·φ(x)): its backward as one elementwise op. */
   gelu_erf_grad: NoAttrs;
   silu: NoAttrs;
+  /**
+   * swiglu(gate, up) = silu(gate) · up: the gated MLP's product as one op (Liger-style). Its VJP
+   * recomputes silu(gate) from gate, so backward keeps gate and up, not also silu(gate).
+   */
+  swiglu: NoAttrs;
   /** x > 0 ? 1 : 0; the derivative of relu. */
   step: NoAttrs;
   /** Identity whose cotangent is zero: softmax's max shift, which cancels out analytically. */
@@ -387,6 +392,12 @@ function wgslErf(x: string): string {
   return `(sign(${x}) * (1.0 - ${t} * exp(-(${x}) * (${x}) + ${poly})))`;
 }
 
+/** silu'(x) = s + x·s·(1−s), s = sigmoid(x), as elementwise nodes (fused into one kernel). */
+function siluDeriv(b: Builder, x: Value): Value {
+  const s = b.sigmoid(x);
+  return b.add(s, b.mul(b.mul(x, s), b.sub(b.scalar(1), s)));
+}
+
 function sigmoidRef(x: number): number {
   return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
 }
@@ -704,12 +715,17 @@ export const OPS: OpRegistry = {
   ),
   silu: unary(
     (x) => x * sigmoidRef(x),
-    ({ b, ct, inputs: [x] }) => {
-      // silu' = s + x·s·(1−s), s = sigmoid(x)
-      const s = b.sigmoid(x);
-      return [b.mul(ct, b.add(s, b.mul(b.mul(x, s), b.sub(b.scalar(1), s))))];
-    },
+    ({ b, ct, inputs: [x] }) => [b.mul(ct, siluDeriv(b, x))],
     (x) => `(${x} / (1.0 + exp(-${x})))`,
+  ),
+  swiglu: binary(
+    (g, u) => g * sigmoidRef(g) * u,
+    // d/dgate = ct·up·silu'(gate); d/dup = ct·silu(gate), silu recomputed from gate (not saved).
+    ({ b, ct, inputs: [g, u], wants }) => [
+      wants[0] ? b.mul(b.mul(ct, u), siluDeriv(b, g)) : null,
+      wants[1] ? b.mul(ct, b.silu(g)) : null,
+    ],
+    (g, u) => `((${g} / (1.0 + exp(-${g}))) * ${u})`,
   ),
   step: unary((x) => (x > 0 ? 1 : 0), 'nondiff', (x) => `select(0.0, 1.0, ${x} > 0.0)`, AWAY),
   stop_gradient: { ...unary((x) => x, 'nondiff', (x) => x), wgsl: { kind: 'view' } },
