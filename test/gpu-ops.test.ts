@@ -114,6 +114,7 @@ const KERNEL_TOLERANCE: { readonly [E in KernelEmitter]: (n: Node) => Tolerance 
   },
   cross_entropy: (n) => ({ kind: 'bound', bound: (ins, want) => rowBounds(n, ins, want) }),
   cross_entropy_grad: (n) => ({ kind: 'bound', bound: (ins, want) => rowBounds(n, ins, want) }),
+  linear_cross_entropy: (n) => ({ kind: 'bound', bound: (ins, want) => linearCeBounds(n, ins, want) }),
   norm: (n) => ({ kind: 'bound', bound: (ins, want) => rowBounds(n, ins, want) }),
   norm_grad: (n) => ({ kind: 'bound', bound: (ins, want) => rowBounds(n, ins, want) }),
   attention: () => ATTENTION_TOL,
@@ -190,6 +191,41 @@ function rowBounds(n: Node, ins: readonly Tensor[], want: Float64Array): Float64
       b[i] = 2 * (rstd * (4 * ULP1 * Math.abs(g[j]) + dmg + ex[j] * Math.abs(mgx) + Math.abs(xhat[j]) * dmgx) + Math.abs(want[i]) * (relR + 4 * ULP1)) + 2 ** -40;
     }
   }
+  return b;
+}
+
+/**
+ * linear_cross_entropy: each logit z = h·w is an f32 sum of d products, off by ≤ (d + 2)·U·Σ|h_k·w_k|
+ * (U one ulp of 1); L and the picked logit then move by at most the largest such error, and the
+ * online log-sum-exp over V columns adds cross_entropy's own (V + 8 + 64)·U·(1 + |L| + max|z|).
+ * Everything is doubled. A logit from the wrong column or row, or a tile counted twice, is off by
+ * O(|z|) and fails.
+ */
+function linearCeBounds(n: Node, [h, w, t]: readonly Tensor[], want: Float64Array): Float64Array {
+  const { transB } = n.attrs as { transB: boolean };
+  const [rows, d] = h.shape;
+  const v = transB ? w.shape[0] : w.shape[1];
+  const b = new Float64Array(want.length);
+  for (let r = 0; r < rows; r++) {
+    let zAbsMax = 0;
+    let zMax = 0;
+    for (let j = 0; j < v; j++) {
+      let za = 0;
+      let z = 0;
+      for (let k = 0; k < d; k++) {
+        const p = h.data[r * d + k] * (transB ? w.data[j * d + k] : w.data[k * v + j]);
+        za += Math.abs(p);
+        z += p;
+      }
+      zAbsMax = Math.max(zAbsMax, za);
+      zMax = Math.max(zMax, Math.abs(z));
+    }
+    const ez = (d + 2) * ULP1 * zAbsMax;
+    const e = 2 * ((v + 72) * ULP1 * (1 + Math.abs(want[3 * r + 1]) + zMax) + 2 * ez + 2 ** -20);
+    b[3 * r] = e;
+    b[3 * r + 1] = e;
+  }
+  void t;
   return b;
 }
 
@@ -484,6 +520,15 @@ const FOLD_CASES: { readonly [E in KernelEmitter]: (g: CaseGen) => FoldCase } = 
     const rows = g.int(4, 9);
     const c = g.int(1, 70);
     return { op: 'cross_entropy', oc: { inputs: [f32([rows, c]), { ...i32([rows], c - 1), domain: { kind: 'int', lo: 0, hi: c - 1, ignoreFrac: 0.3 } }], attrs: {} } };
+  },
+  linear_cross_entropy: (g) => {
+    // Over 3 workgroups of 16 rows (4 to 5), two vocab tiles or more, two steps of d or more.
+    const [rows, d, v] = [g.int(50, 80), g.int(17, 40), g.int(65, 140)];
+    const transB = g.bool();
+    return {
+      op: 'linear_cross_entropy',
+      oc: { inputs: [f32([rows, d]), f32(transB ? [v, d] : [d, v]), { ...i32([rows], v - 1), domain: { kind: 'int', lo: 0, hi: v - 1, ignoreFrac: 0.3 } }], attrs: { transB, chunk: rows } },
+    };
   },
   cross_entropy_grad: (g) => {
     const rows = g.int(10, 20);

@@ -110,6 +110,15 @@ const HAND: HandTable = {
       expected: [0, 0.7310585786300049, -0.2689414213699951],
     },
   ],
+  silu_grad: [
+    {
+      what: 'ct·silu\'(x): ½ct at 0, σ(1)(2 − σ(1))·ct at 1',
+      inputs: [f([2], [0, 1]), f([2], [4, -2])],
+      attrs: NONE,
+      shape: [2],
+      expected: [2, -2 * 0.7310585786300049 * (2 - 0.7310585786300049)],
+    },
+  ],
   swiglu: [
     {
       what: 'silu(gate)·up, up broadcast along rows',
@@ -354,6 +363,22 @@ const HAND: HandTable = {
       shape: [2, 3],
       // L = ln(e + e² + e³)
       expected: [Math.log(Math.E + Math.E ** 2 + Math.E ** 3) - 1, Math.log(Math.E + Math.E ** 2 + Math.E ** 3), 1, Math.log(Math.E + Math.E ** 2 + Math.E ** 3) - 3, Math.log(Math.E + Math.E ** 2 + Math.E ** 3), 1],
+    },
+  ],
+  linear_cross_entropy: [
+    {
+      what: 'h = I, so the logits are w\'s rows: [0,0] label 1 → (ln 2, ln 2, 1); [ln 3, 0] labelled −100 → (0, ln 4, 0)',
+      inputs: [f([2, 2], [1, 0, 0, 1]), f([2, 2], [0, 0, Math.log(3), 0]), i32([2], [1, -100])],
+      attrs: { transB: false, chunk: 2 },
+      shape: [2, 3],
+      expected: [Math.LN2, Math.LN2, 1, 0, 2 * Math.LN2, 0],
+    },
+    {
+      what: 'the same weight stored [V, d] (transB)',
+      inputs: [f([2, 2], [1, 0, 0, 1]), f([2, 2], [0, Math.log(3), 0, 0]), i32([2], [1, -100])],
+      attrs: { transB: true, chunk: 1 },
+      shape: [2, 3],
+      expected: [Math.LN2, Math.LN2, 1, 0, 2 * Math.LN2, 0],
     },
   ],
   cross_entropy_grad: [

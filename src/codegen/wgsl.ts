@@ -5,6 +5,7 @@ import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
 import { emitAttention, emitAttentionDkv, emitAttentionDq } from './attention.ts';
+import { emitLinearCrossEntropy } from './linear-ce.ts';
 import { emitMatmul } from './matmul.ts';
 
 const WG = 256;
@@ -502,6 +503,7 @@ const EMITTERS = {
   matmul: emitMatmul,
   cross_entropy: emitCrossEntropy,
   cross_entropy_grad: emitCrossEntropyGrad,
+  linear_cross_entropy: emitLinearCrossEntropy,
   norm: emitNorm,
   norm_grad: emitNormGrad,
   attention: emitAttention,

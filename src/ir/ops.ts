@@ -2,6 +2,7 @@
 // generator. `OPS` is typed as a mapped type over `OpAttrs`, so an op without every rule is a
 // compile error, and the test tables iterate over it, so every op is gradient-checked.
 import type { Builder } from './builder.ts';
+import { linearCeInfer, linearCeRef, linearCeVjp, type LinearCeAttrs } from './linear-ce.ts';
 import { ShapeProblem } from './errors.ts';
 import {
   broadcastIndex,
@@ -41,6 +42,8 @@ export interface OpAttrs {
   /** gelu_erf_grad(x, ct) = ct · (Φ(x) + x·φ(x)): its backward as one elementwise op. */
   gelu_erf_grad: NoAttrs;
   silu: NoAttrs;
+  /** silu_grad(x, ct) = ct · silu'(x), silu' = σ(x)·(1 + x·(1 − σ(x))): SiLU's backward as one elementwise op. */
+  silu_grad: NoAttrs;
   /**
    * swiglu(gate, up) = silu(gate) · up: the gated MLP's product as one op (Liger-style). Its VJP
    * recomputes silu(gate) from gate, so backward keeps gate and up, not also silu(gate).
@@ -91,6 +94,12 @@ export interface OpAttrs {
    * = (ct₀·w + ct₁)·softmax(logits) − ct₀·w·onehot(label), softmax recomputed as exp(logits − L).
    */
   cross_entropy_grad: NoAttrs;
+  /**
+   * linear_cross_entropy(h [N, d], w [d, V] (or [V, d] with transB), labels i32[N]) =
+   * cross_entropy(h·w, labels), without ever writing the [N, V] logits; its VJP recomputes them
+   * `chunk` rows at a time. Semantics: src/ir/linear-ce.ts; used by src/passes/linear-ce.ts.
+   */
+  linear_cross_entropy: LinearCeAttrs;
   /** x f32[..., D], weight [D] or [] → x · rsqrt(mean(x²) + eps) · weight, over the last axis. */
   rms_norm: { readonly eps: number };
   /** Backward only: (x, weight, ct) → dx; the row statistics are recomputed from x. */
@@ -154,6 +163,7 @@ export type KernelEmitter =
   | 'matmul'
   | 'cross_entropy'
   | 'cross_entropy_grad'
+  | 'linear_cross_entropy'
   | 'norm'
   | 'norm_grad'
   | 'attention'
@@ -392,10 +402,10 @@ function wgslErf(x: string): string {
   return `(sign(${x}) * (1.0 - ${t} * exp(-(${x}) * (${x}) + ${poly})))`;
 }
 
-/** silu'(x) = s + x·s·(1−s), s = sigmoid(x), as elementwise nodes (fused into one kernel). */
-function siluDeriv(b: Builder, x: Value): Value {
-  const s = b.sigmoid(x);
-  return b.add(s, b.mul(b.mul(x, s), b.sub(b.scalar(1), s)));
+/** silu'(x) = σ(x)·(1 + x·(1 − σ(x))). */
+function siluDerivRef(x: number): number {
+  const s = sigmoidRef(x);
+  return s * (1 + x * (1 - s));
 }
 
 function sigmoidRef(x: number): number {
@@ -523,6 +533,27 @@ function normCase(g: CaseGen, withBias: boolean, grad: boolean): OpCase<{ eps: n
   return { inputs, attrs: { eps: normEps(g) } };
 }
 
+/** cross_entropy's reference: (loss, L, weight) per row of logits x against labels t. */
+function crossEntropyRows(x: Tensor, t: Tensor): Float64Array {
+  const { rows, width: c } = rowsOf(x.shape);
+  const r = new Float64Array(rows * 3);
+  for (let i = 0; i < rows; i++) {
+    const row = x.data.subarray(i * c, (i + 1) * c);
+    let m = -Infinity;
+    for (const v of row) m = Math.max(m, v);
+    let s = 0;
+    for (const v of row) s += Math.exp(v - m);
+    const lse = m + Math.log(s);
+    const k = t.data[i];
+    r[3 * i + 1] = lse;
+    if (k === IGNORE_INDEX) continue;
+    if (!(k >= 0 && k < c)) throw new RangeError(`cross_entropy: label ${k} outside [0, ${c}) and not the ignore index ${IGNORE_INDEX}`);
+    r[3 * i] = lse - row[k];
+    r[3 * i + 2] = 1;
+  }
+  return r;
+}
+
 function crossEntropyInfer([x, t]: readonly TensorType[]): { rows: readonly number[]; classes: number } {
   requireFloat(x, 'the logits');
   if (t.dtype !== 'i32') throw new ShapeProblem(`labels must be i32, got ${t.dtype}`, 'declare the labels input with dtype i32');
@@ -545,32 +576,14 @@ function crossEntropyCase(g: CaseGen, grad: boolean): OpCase<NoAttrs> {
   return { inputs, attrs: {} };
 }
 
-const LOSS_AND_NORM_OPS: Pick<OpRegistry, 'cross_entropy' | 'cross_entropy_grad' | 'rms_norm' | 'rms_norm_grad' | 'layer_norm' | 'layer_norm_grad'> = {
+const LOSS_AND_NORM_OPS: Pick<OpRegistry, 'cross_entropy' | 'cross_entropy_grad' | 'linear_cross_entropy' | 'rms_norm' | 'rms_norm_grad' | 'layer_norm' | 'layer_norm_grad'> = {
   cross_entropy: {
     arity: 2,
     infer: (ins) => {
       const { rows } = crossEntropyInfer(ins);
       return { dtype: 'f32', shape: [...rows, 3] };
     },
-    ref: ([x, t]) => {
-      const { rows, width: c } = rowsOf(x.shape);
-      const r = new Float64Array(rows * 3);
-      for (let i = 0; i < rows; i++) {
-        const row = x.data.subarray(i * c, (i + 1) * c);
-        let m = -Infinity;
-        for (const v of row) m = Math.max(m, v);
-        let s = 0;
-        for (const v of row) s += Math.exp(v - m);
-        const lse = m + Math.log(s);
-        const k = t.data[i];
-        r[3 * i + 1] = lse;
-        if (k === IGNORE_INDEX) continue;
-        if (!(k >= 0 && k < c)) throw new RangeError(`cross_entropy: label ${k} outside [0, ${c}) and not the ignore index ${IGNORE_INDEX}`);
-        r[3 * i] = lse - row[k];
-        r[3 * i + 2] = 1;
-      }
-      return r;
-    },
+    ref: ([x, t]) => crossEntropyRows(x, t),
     vjp: ({ b, ct, out, inputs: [x, t], wants }) => [wants[0] ? b.emit('cross_entropy_grad', [x, t, out, ct], {}) : null, null],
     wgsl: { kind: 'kernel', emitter: 'cross_entropy' },
     testCase: (g) => crossEntropyCase(g, false),
@@ -597,6 +610,29 @@ const LOSS_AND_NORM_OPS: Pick<OpRegistry, 'cross_entropy' | 'cross_entropy_grad'
     vjp: 'backward-only',
     wgsl: { kind: 'kernel', emitter: 'cross_entropy_grad' },
     testCase: (g) => crossEntropyCase(g, true),
+  },
+  linear_cross_entropy: {
+    arity: 3,
+    infer: (ins, a) => linearCeInfer(ins, a),
+    ref: (ins, a) => linearCeRef(ins, a, (z, t) => crossEntropyRows(z, t)),
+    vjp: ({ b, ct, out, inputs, attrs, wants }) => linearCeVjp(b, inputs, out, ct, attrs, wants),
+    wgsl: { kind: 'kernel', emitter: 'linear_cross_entropy' },
+    testCase: (g) => {
+      // Past one workgroup's 16 rows, one 16-wide step of d and one 64-wide vocab tile, often.
+      const n = g.int(0, 2) === 0 ? g.int(15, 18) : g.int(1, 5);
+      const d = g.int(0, 2) === 0 ? g.int(15, 18) : g.int(1, 5);
+      const v = rowWidth(g);
+      const transB = g.bool();
+      const ignoreFrac = [0, 0.3, 1][g.int(0, 2)];
+      return {
+        inputs: [
+          { type: f32([n, d]), domain: REAL },
+          { type: f32(transB ? [v, d] : [d, v]), domain: REAL },
+          { type: { dtype: 'i32' as const, shape: [n] }, domain: { kind: 'int' as const, lo: 0, hi: v - 1, ignoreFrac } },
+        ],
+        attrs: { transB, chunk: g.int(1, n) },
+      };
+    },
   },
   rms_norm: {
     arity: 2,
@@ -715,15 +751,33 @@ export const OPS: OpRegistry = {
   ),
   silu: unary(
     (x) => x * sigmoidRef(x),
-    ({ b, ct, inputs: [x] }) => [b.mul(ct, siluDeriv(b, x))],
+    ({ b, ct, inputs: [x] }) => [b.emit('silu_grad', [x, ct], {})],
     (x) => `(${x} / (1.0 + exp(-${x})))`,
+  ),
+  silu_grad: binary(
+    (x, ct) => ct * siluDerivRef(x),
+    ({ b, ct, inputs: [x, c], wants }) => {
+      // d/dx = ct·c·silu''(x), silu'' = σ(1 − σ)(2 + x(1 − 2σ)); d/dc = ct·silu'(x) = silu_grad(x, ct).
+      let dx: Value | null = null;
+      if (wants[0]) {
+        const s = b.sigmoid(x);
+        const second = b.mul(b.mul(s, b.sub(b.scalar(1), s)), b.add(b.scalar(2), b.mul(x, b.sub(b.scalar(1), b.mul(s, b.scalar(2))))));
+        dx = b.mul(b.mul(ct, c), second);
+      }
+      return [dx, wants[1] ? b.emit('silu_grad', [x, ct], {}) : null];
+    },
+    (x, ct) => {
+      const s = `(1.0 / (1.0 + exp(-${x})))`;
+      return `(${ct} * (${s} * (1.0 + ${x} * (1.0 - ${s}))))`;
+    },
   ),
   swiglu: binary(
     (g, u) => g * sigmoidRef(g) * u,
-    // d/dgate = ct·up·silu'(gate); d/dup = ct·silu(gate), silu recomputed from gate (not saved).
+    // d/dgate = silu_grad(gate, ct·up); d/dup = ct·silu(gate) = swiglu(gate, ct): silu(gate) is
+    // recomputed in the kernel, never saved, and each cotangent is one elementwise node.
     ({ b, ct, inputs: [g, u], wants }) => [
-      wants[0] ? b.mul(b.mul(ct, u), siluDeriv(b, g)) : null,
-      wants[1] ? b.mul(ct, b.silu(g)) : null,
+      wants[0] ? b.emit('silu_grad', [g, b.mul(ct, u)], {}) : null,
+      wants[1] ? b.emit('swiglu', [g, ct], {}) : null,
     ],
     (g, u) => `((${g} / (1.0 + exp(-${g}))) * ${u})`,
   ),

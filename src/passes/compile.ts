@@ -5,6 +5,7 @@ import { verify } from '../ir/verify.ts';
 import type { Graph } from '../ir/types.ts';
 import { autodiff, type AutodiffReport } from './autodiff.ts';
 import { dce, type DceReport } from './dce.ts';
+import { fuseLinearCrossEntropy, type LinearCeReport } from './linear-ce.ts';
 import { simplify, type SimplifyReport } from './simplify.ts';
 import { applyLora, type LoraOptions, type LoraReport } from './lora.ts';
 import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport } from './lora-fa.ts';
@@ -56,6 +57,8 @@ export interface Compiled {
   readonly reports: {
     readonly lora?: LoraReport;
     readonly loraFa?: LoraFaReport;
+    /** Frozen heads whose linear + cross-entropy became one linear_cross_entropy node. */
+    readonly linearCe: LinearCeReport;
     readonly autodiff: AutodiffReport;
     readonly simplify: SimplifyReport;
     readonly dce: DceReport;
@@ -71,17 +74,20 @@ export function isMode(s: string): s is Mode {
   return (MODES as readonly string[]).includes(s);
 }
 
-function train(g: Graph, check: (g: Graph, pass: string) => Graph) {
-  const wrt = g.params.filter((p) => p.trainable).map((p) => p.value);
+function train(model: Graph, check: (g: Graph, pass: string) => Graph) {
+  const wrt = model.params.filter((p) => p.trainable).map((p) => p.value);
   if (!wrt.length) {
-    throw new LorafaError(g.file ?? g.name, 'nothing to train: every parameter is frozen', 'mark some parameters trainable, or use mode lora / lora-fa');
+    throw new LorafaError(model.file ?? model.name, 'nothing to train: every parameter is frozen', 'mark some parameters trainable, or use mode lora / lora-fa');
   }
+  // A frozen head's logits are never kept: linear + cross-entropy become one op (linear-ce.ts).
+  const lce = fuseLinearCrossEntropy(model);
+  const g = check(lce.graph, 'linear-ce');
   const ad = autodiff(g, { wrt });
   const withGrads = check(ad.graph, 'autodiff');
   const simple = simplify(withGrads);
   const simplified = check(simple.graph, 'simplify');
   const d = dce(simplified);
-  return { ad, withGrads, simple, simplified, d, joint: check(d.graph, 'dce') };
+  return { lce, fused: g, ad, withGrads, simple, simplified, d, joint: check(d.graph, 'dce') };
 }
 
 export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
@@ -111,6 +117,7 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     pruned = explainLoraFa(train(loraForward, check).joint, train(forward, check).joint);
   }
   const t = train(forward, check);
+  if (t.lce.report.fused.length) stages.push({ pass: 'linear-ce', graph: t.fused });
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'simplify', graph: t.simplified }, { pass: 'dce', graph: t.joint });
   let joint = t.joint;
   let gradCorrection: GradCorrectionReport | undefined;
@@ -151,6 +158,6 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     step,
     gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection, gradAccum },
+    reports: { lora: loraReport, loraFa: loraFaReport, linearCe: t.lce.report, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection, gradAccum },
   };
 }
