@@ -1,9 +1,11 @@
 // `npx tsx bench/paper.ts`: the plans docs/memory.md sets beside the LoRA-FA paper's (and PEFT's)
 // published figures. Same pipeline as `lorafa plan --compare` (AdamW, limits none), for the
 // settings the document assumes; prints one Markdown table. Each setting has two rows: "fused"
-// (attention, cross-entropy and the norms as the ops lorafa traces today) and "composed" (the same
-// model traced with those as compositions of primitive ops, as lorafa planned them before: the
-// old figures). Each setting is also one CLI command, printed under the table.
+// (attention, cross-entropy — with a frozen LM head, one linear_cross_entropy op — the norms and
+// SwiGLU as the ops lorafa traces today) and "composed" (the same model traced with those as
+// compositions of primitive ops, as lorafa planned them before and as an eager PyTorch step runs
+// them: the old figures). Each setting is also one CLI command (add --composed for the second
+// row), printed under the table.
 import { loadModel, trace } from '../src/model/load.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
@@ -77,5 +79,5 @@ for (const s of settings) {
   }
 }
 console.log(rows.join('\n'));
-console.log('\nThe same plans, one CLI command each:\n');
+console.log('\nThe same plans, one CLI command each (add --composed for the "composed (old)" row):\n');
 console.log(settings.map((s) => '    ' + command(s)).join('\n'));

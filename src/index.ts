@@ -18,7 +18,7 @@
 //   errors             LorafaError (where, problem, fix) and asCommand
 
 // The DSL and the IR.
-export { Builder, type BuilderOptions, type LinearOptions, type ParamOptions } from './ir/builder.ts';
+export { Builder, type AttentionImpl, type BuilderOptions, type LinearOptions, type ParamOptions } from './ir/builder.ts';
 export { defineModel, isModelDef, resolveConfig, traceModel, type ModelConfig, type ModelDef, type TraceOptions } from './model/define.ts';
 export type { DType, Graph, Init, Input, LinearModule, LoraAdapter, Node, Param, ParamRole, TensorType, Value } from './ir/types.ts';
 export { fmtType, numel } from './ir/types.ts';

@@ -14,6 +14,7 @@ import { join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
+  type AttentionImpl,
   addCompiledOptions,
   addDataOptions,
   addRunOptions,
@@ -104,13 +105,15 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
   dtype: string;
+  attention?: AttentionImpl;
+  composed?: boolean;
   compare?: boolean;
   top?: number;
   json?: boolean;
   svg?: string;
 }
 
-async function setup(modelPath: string, flags: CommonFlags) {
+async function setup(modelPath: string, flags: CommonFlags & { attention?: AttentionImpl; composed?: boolean }) {
   // A model file, or a Hugging Face checkpoint folder (its config.json picks the model and sizes).
   const choice = await chooseModel(modelPath, { config: flags.config });
   const m = choice.model;
@@ -118,7 +121,7 @@ async function setup(modelPath: string, flags: CommonFlags) {
   const overrides: Record<string, number> = {};
   if (flags.batch !== undefined) overrides.batch = flags.batch;
   if (flags.seq !== undefined) overrides.seq = flags.seq;
-  const graph = trace(m, flags.config, overrides);
+  const graph = trace(m, flags.config, overrides, { composed: flags.composed, attention: flags.attention });
   const targets = flags.targetsRegex !== undefined ? compileRegex(flags.targetsRegex) : flags.targets ? splitList(flags.targets) : (m.def.defaultTargets ?? []);
   const lora = { rank: flags.rank, alpha: flags.alpha ?? 2 * flags.rank, targets, rslora: flags.rslora, modulesToSave: m.def.modulesToSave };
   const config = flags.config ?? m.def.defaultConfig;
@@ -319,7 +322,7 @@ export function program(helpFor?: string): Command {
       .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'));
   optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer folder'), 'lora-fa'), undefined)
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
-    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, autodiff, simplify, dce)')
+    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, linear-ce when a frozen head was fused, autodiff, simplify, dce)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
     .option('-o, --out <dir>', 'write a runnable trainer folder there: trainer.ts, plan.json, kernels/*.wgsl')
     .option('--seed <n>', "with -o: the trainer's default seed of the init and the data order", nonNegativeInt('--seed'), 0)
@@ -329,6 +332,8 @@ export function program(helpFor?: string): Command {
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))
+    .addOption(new Option('--attention <impl>', "how attention lowers: fused (keeps no [b, h, s, s] tensor), composed (keeps two), auto (fused from 8 MiB of scores up)").choices(['auto', 'fused', 'composed']).default('auto'))
+    .option('--composed', 'trace attention, cross-entropy, the norms and SwiGLU as compositions of primitive ops, as an eager PyTorch step runs them (the plan before the fused ops)')
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
     .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')

@@ -31,8 +31,8 @@ export type LinearCeAttrs = {
 export const LINEAR_CE_CHUNK_BYTES = 32 * 1024 * 1024;
 
 /** Rows per chunk for `rows` tokens over a vocabulary of `vocab`: equal chunks of at most LINEAR_CE_CHUNK_BYTES. */
-export function linearCeChunk(rows: number, vocab: number): number {
-  const chunks = Math.max(1, Math.ceil((rows * vocab * 4) / LINEAR_CE_CHUNK_BYTES));
+export function linearCeChunk(rows: number, vocab: number, chunkBytes = LINEAR_CE_CHUNK_BYTES): number {
+  const chunks = Math.max(1, Math.ceil((rows * vocab * 4) / chunkBytes));
   return Math.max(1, Math.ceil(rows / chunks));
 }
 

@@ -32,6 +32,12 @@ export interface CompileOptions {
    * mean only on runs with `update` (StepRunner.step, referenceStep). Feeds: accumFeeds(j, K).
    */
   readonly gradAccum?: boolean;
+  /**
+   * A frozen LM head fused with its cross-entropy (linear-ce.ts) recomputes its logits in
+   * backward [chunk, vocab] at a time, chunks of at most this many f32 bytes (default 32 MiB,
+   * LINEAR_CE_CHUNK_BYTES): smaller saves memory, larger launches fewer kernels.
+   */
+  readonly linearCeChunkBytes?: number;
 }
 
 export interface Stage {
@@ -74,13 +80,13 @@ export function isMode(s: string): s is Mode {
   return (MODES as readonly string[]).includes(s);
 }
 
-function train(model: Graph, check: (g: Graph, pass: string) => Graph) {
+function train(model: Graph, check: (g: Graph, pass: string) => Graph, chunkBytes?: number) {
   const wrt = model.params.filter((p) => p.trainable).map((p) => p.value);
   if (!wrt.length) {
     throw new LorafaError(model.file ?? model.name, 'nothing to train: every parameter is frozen', 'mark some parameters trainable, or use mode lora / lora-fa');
   }
   // A frozen head's logits are never kept: linear + cross-entropy become one op (linear-ce.ts).
-  const lce = fuseLinearCrossEntropy(model);
+  const lce = fuseLinearCrossEntropy(model, chunkBytes);
   const g = check(lce.graph, 'linear-ce');
   const ad = autodiff(g, { wrt });
   const withGrads = check(ad.graph, 'autodiff');
@@ -114,9 +120,9 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     loraFaReport = fa.report;
     stages.push({ pass: 'lora-fa', graph: forward });
     // The same LoRA graph trained with A trainable: the baseline LoRA-FA's pruning is measured against.
-    pruned = explainLoraFa(train(loraForward, check).joint, train(forward, check).joint);
+    pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes).joint, train(forward, check, opts.linearCeChunkBytes).joint);
   }
-  const t = train(forward, check);
+  const t = train(forward, check, opts.linearCeChunkBytes);
   if (t.lce.report.fused.length) stages.push({ pass: 'linear-ce', graph: t.fused });
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'simplify', graph: t.simplified }, { pass: 'dce', graph: t.joint });
   let joint = t.joint;

@@ -8,7 +8,7 @@
 // A trainable head (full fine-tuning, modules_to_save, a LoRA-adapted head) is left alone: its dW
 // needs every row's logit gradient anyway. The matmul is left in place for any graph output that
 // names it (logits), and DCE removes it where nothing does (the training step).
-import { linearCeChunk } from '../ir/linear-ce.ts';
+import { LINEAR_CE_CHUNK_BYTES, linearCeChunk } from '../ir/linear-ce.ts';
 import type { Graph, Node } from '../ir/types.ts';
 
 export interface LinearCeReport {
@@ -16,7 +16,8 @@ export interface LinearCeReport {
   readonly fused: readonly string[];
 }
 
-export function fuseLinearCrossEntropy(g: Graph): { graph: Graph; report: LinearCeReport } {
+/** `chunkBytes`: the backward recomputes [chunk, vocab] f32 logits of at most this size at a time. */
+export function fuseLinearCrossEntropy(g: Graph, chunkBytes = LINEAR_CE_CHUNK_BYTES): { graph: Graph; report: LinearCeReport } {
   const frozen = new Set(g.params.filter((p) => !p.trainable).map((p) => p.value.id));
   const producer = new Map<number, Node>();
   const readers = new Map<number, number>();
@@ -35,7 +36,7 @@ export function fuseLinearCrossEntropy(g: Graph): { graph: Graph; report: Linear
     if (!frozen.has(w.id) || readers.get(logits.id) !== 1) return n;
     fused.push(logits.name);
     const [rows, vocab] = logits.type.shape;
-    const attrs = { transB: (z.attrs as { transB: boolean }).transB, chunk: linearCeChunk(rows, vocab) };
+    const attrs = { transB: (z.attrs as { transB: boolean }).transB, chunk: linearCeChunk(rows, vocab, chunkBytes) };
     return { ...n, op: 'linear_cross_entropy', inputs: [h, w, labels], attrs };
   });
   return { graph: fused.length ? { ...g, nodes } : g, report: { fused } };
