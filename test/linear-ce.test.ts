@@ -11,6 +11,9 @@
 // checked with every registry op in grad.test.ts and gpu-ops.test.ts.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
+import { emitKernel } from '../src/codegen/wgsl.ts';
+import { OPS } from '../src/ir/ops.ts';
+import type { Tensor } from '../src/ir/shape.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { IGNORE_INDEX } from '../src/ir/ops.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
@@ -22,7 +25,7 @@ import { optimizerFeeds } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { referenceStep, runReference } from '../src/runtime/reference.ts';
-import { deviceValues, feedsFor } from './helpers.ts';
+import { deviceValues, feedsFor, runKernelOnGpu, sample } from './helpers.ts';
 
 /** x → tanh(linear 'proj', trainable) → a head of `v` classes (frozen unless said) → cross-entropy. */
 function lmTail(n: number, d: number, v: number, head: 'frozen' | 'tied' | 'trainable'): Graph {
@@ -119,6 +122,34 @@ describe('on the GPU', () => {
   let gpu: Gpu;
   beforeAll(async () => {
     gpu = await acquireGpu();
+  });
+
+  it('teeth: a row guard off by one writes past the output; a vocab tile skipped gives a wrong L', async () => {
+    // 20 rows: the second workgroup of 16 has 12 rows past the end; V = 130: three tiles, the last of 2 columns.
+    const [n, d, v] = [20, 9, 130];
+    const b = new Builder({ name: 'lce' });
+    const ins = [b.input('h', [n, d]), b.input('w', [d, v]), b.input('labels', [n], 'i32')];
+    const node = (() => {
+      b.emit('linear_cross_entropy', ins, { transB: false, chunk: n });
+      const g = b.build();
+      return g.nodes[g.nodes.length - 1];
+    })();
+    const labels = Float64Array.from({ length: n }, (_, i) => (i * 37) % v);
+    const data = new Map<number, Tensor>([
+      [ins[0].id, { shape: [n, d], data: deviceValues(sample(n * d, { kind: 'real' }, 1), 'f32') }],
+      [ins[1].id, { shape: [d, v], data: deviceValues(sample(d * v, { kind: 'real' }, 2), 'f32') }],
+      [ins[2].id, { shape: [n], data: labels }],
+    ]);
+    const want = OPS.linear_cross_entropy.ref([...data.values()], node.attrs as never, node.out.type);
+    const k = emitKernel(node, { constants: new Map(), maxWorkgroupsPerDimension: 65535 });
+    const close = (got: Float64Array) => got.every((x, i) => Math.abs(x - want[i]) < 1e-4 * (1 + Math.abs(want[i])));
+    expect(close(await runKernelOnGpu(node, k, data))).toBe(true);
+    const guard = { ...k, wgsl: k.wgsl.replace('r0 + lid < N;', 'r0 + lid < N + 1u;') };
+    expect(guard.wgsl).not.toBe(k.wgsl);
+    await expect(runKernelOnGpu(node, guard, data)).rejects.toThrow(/past its \d+-element output/);
+    const skip = { ...k, wgsl: k.wgsl.replace('for (var c0 = 0u; c0 < V;', 'for (var c0 = 0u; c0 + 64u < V;') };
+    expect(skip.wgsl).not.toBe(k.wgsl);
+    expect(close(await runKernelOnGpu(node, skip, data))).toBe(false);
   });
 
   it.each(['frozen', 'tied'] as const)('%s head, 3 row workgroups × 3 vocab tiles, 3 uneven chunks: one SGD step matches float64', async (head) => {

@@ -54,10 +54,10 @@ const stderr = () => err.join('');
 async function expectedPlan(
   model: string,
   mode: Mode,
-  o: { config?: string; rank?: number; optimizer?: OptimizerOptions; dtype?: StorageDType; limits?: Limits; overrides?: Record<string, number> } = {},
+  o: { config?: string; rank?: number; optimizer?: OptimizerOptions; dtype?: StorageDType; limits?: Limits; overrides?: Record<string, number>; composed?: boolean; attention?: 'fused' | 'composed' } = {},
 ): Promise<MemoryPlan> {
   const m = await loadModel(resolve(ROOT, 'models', `${model}.ts`));
-  const graph = trace(m, o.config, o.overrides);
+  const graph = trace(m, o.config, o.overrides, { composed: o.composed, attention: o.attention });
   const rank = o.rank ?? 8;
   const c = compileTraining(graph, {
     mode,
@@ -94,6 +94,26 @@ describe('the table', () => {
     if (mode === 'full') expect(p.peak, 'the case has fragmentation').toBeGreaterThan(p.lowerBound);
     else expect(p.buffers.filter((b) => b.region === 'arena').length, 'the case splits the arena').toBeGreaterThan(1);
     expectTable(stdout(), p);
+  });
+});
+
+describe('--composed and --attention', () => {
+  test.each([
+    ['--composed', { composed: true }],
+    ['--attention composed', { attention: 'composed' }],
+    ['--attention fused', { attention: 'fused' }],
+  ] as const)('%s: the plan of the model traced that way, and --composed keeps more than the fused ops', async (flag, o) => {
+    expect(await plan('models/llama.ts', ...flag.split(' '), '--limits', 'none')).toBe(0);
+    const p = await expectedPlan('llama', 'lora-fa', { ...o, limits: LIMIT_PRESETS.none });
+    expectTable(stdout(), p);
+    const fused = await expectedPlan('llama', 'lora-fa', { attention: 'fused', limits: LIMIT_PRESETS.none });
+    if (flag === '--composed') expect(p.atPeak.saved + p.atPeak.workspace).toBeGreaterThan(fused.atPeak.saved + fused.atPeak.workspace);
+    if (flag === '--attention composed') expect(p.lowerBound).toBeGreaterThan(fused.lowerBound);
+  });
+
+  test('an unknown --attention is a usage error naming the choices', async () => {
+    expect(await plan('models/llama.ts', '--attention', 'flash')).toBe(2);
+    expect(stderr()).toMatch(/--attention <impl>.*Allowed choices are auto, fused, composed/s);
   });
 });
 
