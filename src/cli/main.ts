@@ -247,8 +247,8 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     if (flags.top) for (const p of planned) console.log(`\n[${p.mode}] ${topTable(p, flags.top)}`);
   }
   if (svg) {
-    const target = planned.find((p) => p.mode === (flags.compare ? 'lora-fa' : planned[0].mode))!;
-    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, target)));
+    // --compare: every mode's curve on one picture; otherwise the one mode, stacked by category.
+    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0])));
     if (!flags.json) console.log(`\nwrote ${shown(svg)}`);
   }
 }
@@ -335,9 +335,9 @@ export function program(helpFor?: string): Command {
     .addOption(new Option('--attention <impl>', "how attention lowers: fused (keeps no [b, h, s, s] tensor), composed (keeps two), auto (fused from 8 MiB of scores up)").choices(['auto', 'fused', 'composed']).default('auto'))
     .option('--composed', 'trace attention, cross-entropy, the norms and SwiGLU as compositions of primitive ops, as an eager PyTorch step runs them (the plan before the fused ops)')
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
-    .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
+    .option('--top <n>', 'the n largest saved activations, and whether each of the first n adapted layers keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
-    .option('--svg <file>', 'write a picture of live bytes along the schedule')
+    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode)')
     .action(planCommand);
   addTrainOptions(
     p
