@@ -5,7 +5,7 @@
 //   plan <model>            every byte of one step, by category; --compare, --top, --json, --svg
 //   train <dir>             train a compiled trainer folder (same as npx tsx <dir>/trainer.ts)
 //   finetune <model|preset> compile + train on data in one command, with a report
-//   doctor                  the WebGPU adapter Dawn finds
+//   doctor                  the WebGPU adapter Dawn finds: limits, memory where reported, host RAM
 //
 // Exit codes: 0 success, 1 a failure (a LorafaError: bad model, data, weights, …), 2 a usage error
 // (unknown command or flag, a flag value that does not parse).
@@ -363,7 +363,7 @@ export function program(helpFor?: string): Command {
     .option('--verify', 'run the IR verifier after every pass');
   addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
   p.command('doctor')
-    .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
+    .description("report the WebGPU adapter Dawn finds, its limits and memory (or that WebGPU does not report it) and the host's RAM, or why there is none")
     .action(async () => {
       const r = await probeAdapter();
       console.log(formatAdapterReport(r));
