@@ -1,8 +1,10 @@
 // The command line, in process (main) and once through the real bin (tsx loader, exit codes).
 import { execFileSync, spawnSync } from 'node:child_process';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { main } from '../src/cli/main.ts';
+import { formatAdapterReport, readMemoryHeaps, type AdapterReport } from '../src/runtime/device.ts';
 import { ROOT } from './helpers.ts';
 
 let out: string[];
@@ -95,6 +97,67 @@ describe('errors exit 1 with the place and the fix', () => {
   test('unknown config', async () => {
     expect(await run('compile', 'models/llama.ts', '--config', '70b')).toBe(1);
     expect(err.join('\n')).toMatch(/unknown config "70b"\n\s+fix: choose one of: toy, 7b/);
+  });
+});
+
+describe('lorafa doctor: memory', () => {
+  const hostGiB = `${(totalmem() / 2 ** 30).toFixed(1)} GiB`;
+
+  test('in process: a GPU memory line (a figure in GiB, host RAM for a CPU adapter, or plainly not reported) and host RAM in GiB', async () => {
+    const code = await run('doctor');
+    const text = out.join('\n');
+    expect(text).toMatch(/^ {2}memory:$/m);
+    expect(text).toMatch(new RegExp(`^ {4}host RAM:\\s+${hostGiB.replace('.', '\\.')} \\(os\\.totalmem\\)$`, 'm'));
+    const gpu = /^ {4}GPU memory:\s+(.*)$/m.exec(text)?.[1];
+    if (code === 0) {
+      expect(gpu).toMatch(/^(\d+\.\d GiB( device-local)?, as Dawn's memory heaps report it|host RAM \(\d+\.\d GiB\): \S+ is a CPU adapter|not reported: WebGPU has no memory query)/);
+      // A CPU adapter (lavapipe here) says its memory is host RAM.
+      if (/\bsoftware\b|llvmpipe|lavapipe|swiftshader/i.test(text)) expect(gpu).toContain(`host RAM (${hostGiB})`);
+      expect(text).toMatch(/^ {4}largest buffer:\s+\d+\.\d GiB \(maxBufferSize: one buffer, not the total\)$/m);
+    } else {
+      expect(gpu).toBe('no adapter');
+    }
+  });
+
+  const adapter = (o: Partial<Extract<AdapterReport, { ok: true }>>): AdapterReport => ({
+    ok: true,
+    info: { vendor: 'nvidia', architecture: 'hopper', device: '', description: 'NVIDIA H200' },
+    features: [],
+    limits: { maxBufferSize: 2 ** 32 },
+    hostMemory: 128 * 2 ** 30,
+    ...o,
+  });
+  const gpuLine = (r: AdapterReport) => /^ {4}GPU memory:\s+(.*)$/m.exec(formatAdapterReport(r))?.[1];
+
+  test.each([
+    ['no heaps: plainly not reported, and why', { memory: { heapsFeature: false, cpuAdapter: false } }, /^not reported: WebGPU has no memory query, and this Dawn binding exposes no memory heaps \(no 'adapter-properties-memory-heaps' feature\)/],
+    ['the feature, but no heaps in the binding', { memory: { heapsFeature: true, cpuAdapter: false } }, /^not reported: .*exposes no GPUAdapterInfo\.memoryHeaps although the adapter has 'adapter-properties-memory-heaps'/],
+    ['heaps: the device-local total, then each heap', { memory: { heapsFeature: true, cpuAdapter: false, heaps: [{ size: 141 * 2 ** 30, properties: 1 }, { size: 64 * 2 ** 30, properties: 2 | 4 }] } }, /^141\.0 GiB device-local, as Dawn's memory heaps report it \(141\.0 GiB device-local; 64\.0 GiB host-visible, host-coherent\)$/],
+    ['a CPU adapter: host RAM', { info: { vendor: 'mesa', architecture: 'software', device: 'llvmpipe', description: 'llvmpipe: Mesa 25' }, memory: { heapsFeature: false, cpuAdapter: true } }, /^host RAM \(128\.0 GiB\): llvmpipe is a CPU adapter, its buffers live in host RAM; WebGPU reports no memory size$/],
+    ['no memory field at all (an older probe): not reported, no crash', { memory: undefined, hostMemory: undefined, limits: {} }, /^not reported: WebGPU has no memory query/],
+  ] as const)('%s', (_, o, line) => {
+    const r = adapter(o as Partial<Extract<AdapterReport, { ok: true }>>);
+    expect(gpuLine(r)).toMatch(line);
+    const text = formatAdapterReport(r);
+    expect(text).toMatch(r.hostMemory ? /^ {4}host RAM:\s+128\.0 GiB \(os\.totalmem\)$/m : /^ {4}host RAM:\s+not reported$/m);
+  });
+
+  test('no adapter: still the host RAM, and "no adapter" for the GPU', () => {
+    const text = formatAdapterReport({ ok: false, reason: 'no Vulkan driver', fix: 'bash scripts/setup.sh', hostMemory: 8 * 2 ** 30 });
+    expect(text).toMatch(/^ {4}GPU memory:\s+no adapter$/m);
+    expect(text).toMatch(/^ {4}host RAM:\s+8\.0 GiB \(os\.totalmem\)$/m);
+  });
+
+  test('memoryHeaps is read only where a binding has it, never throwing', () => {
+    expect(readMemoryHeaps(undefined)).toBeUndefined();
+    expect(readMemoryHeaps({ vendor: 'x' })).toBeUndefined();
+    expect(readMemoryHeaps({ memoryHeaps: 'no' })).toBeUndefined();
+    expect(readMemoryHeaps({ memoryHeaps: [] })).toBeUndefined();
+    expect(readMemoryHeaps({ get memoryHeaps(): never { throw new Error('boom'); } })).toBeUndefined();
+    expect(readMemoryHeaps({ memoryHeaps: [{ size: 10n * 2n ** 30n, properties: 1 }, { size: 0 }, null, { size: 5 }] })).toEqual([
+      { size: 10 * 2 ** 30, properties: 1 },
+      { size: 5, properties: 0 },
+    ]);
   });
 });
 

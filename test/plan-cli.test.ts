@@ -12,6 +12,7 @@ import { fmtBytes } from '../src/ir/format.ts';
 import { compileTraining, MODES, type Mode } from '../src/passes/compile.ts';
 import { alignUp, CATEGORIES, CATEGORY_LABELS, LIMIT_PRESETS, planMemory, type Limits, type MemoryPlan, type StorageDType } from '../src/passes/memory-plan.ts';
 import type { OptimizerOptions } from '../src/passes/optimizer.ts';
+import { planSvg } from '../src/report/plan-svg.ts';
 import { ROOT } from './helpers.ts';
 
 let out: string[];
@@ -65,6 +66,23 @@ async function expectedPlan(
     optimizer: o.optimizer ?? { kind: 'adamw' },
   });
   return planMemory(c.step!, { limits: o.limits ?? LIMIT_PRESETS.discrete, dtype: o.dtype ?? 'f32', gradients: c.gradients });
+}
+
+/** The three plans `--compare` makes, as the CLI makes them (LoRA-FA seeded with LoRA's layout). */
+async function comparePlans(model: string, o: { rank?: number } = {}): Promise<Record<Mode, MemoryPlan>> {
+  const m = await loadModel(resolve(ROOT, 'models', `${model}.ts`));
+  const graph = trace(m, undefined, undefined);
+  const rank = o.rank ?? 8;
+  const lora = { rank, alpha: 2 * rank, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave };
+  const plans = {} as Record<Mode, MemoryPlan>;
+  let loraStep: Parameters<typeof planMemory>[0] | undefined;
+  for (const mode of MODES) {
+    const c = compileTraining(graph, { mode, lora, optimizer: { kind: 'adamw' } });
+    const dominating = mode === 'lora-fa' && loraStep ? { graph: loraStep, plan: plans.lora } : undefined;
+    plans[mode] = planMemory(c.step!, { limits: LIMIT_PRESETS.discrete, dtype: 'f32', gradients: c.gradients, dominating });
+    if (mode === 'lora') loraStep = c.step!;
+  }
+  return plans;
 }
 
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -183,6 +201,8 @@ describe('--top', () => {
     }
     const sections = Object.fromEntries(MODES.map((m) => [m, text.slice(text.indexOf(`[${m}] `)).split(/\n\[/)[0]]));
     expect(sections.full).not.toMatch(/adapted layers/);
+    // 2 adapted layers, under --top 3: the list is whole, with no "… more" line.
+    expect(text).not.toMatch(/more adapted layers/);
     // fc1 reads the data input x; fc2 reads fc1's output, which only LoRA's dA keeps.
     expect(sections.lora).toMatch(/^ {2}fc1\s+x f32\[4,12\]\s+data input \(persistent\)$/m);
     expect(sections.lora).toMatch(/^ {2}fc2\s+fc1\.relu f32\[4,16\]\s+SAVED \(256 B\): read by backward of "fc2\.lora\.xA"/m);
@@ -190,11 +210,32 @@ describe('--top', () => {
     expect(sections['lora-fa']).toMatch(/^ {2}fc2\s+fc1\.relu f32\[4,16\]\s+not saved: its lifetime ends in the forward pass$/m);
   });
 
+  test('--top N limits the adapted-layer list too: llama 7b --top 5 lists 5 of its 64 and says how many more', async () => {
+    expect(await plan('models/llama.ts', '--config', '7b', '--top', '5')).toBe(0);
+    const text = stdout();
+    const list = text.slice(text.indexOf('adapted layers, full-rank input x:')).split('\n').slice(1);
+    const rows = list.filter((l) => /^ {2}layers\.\d+\.self_attn\.[qv]_proj\s/.test(l));
+    // The first five, in model order: q and v of layers 0 and 1, q of layer 2.
+    expect(rows.map((l) => l.trim().split(/\s+/)[0])).toEqual([
+      'layers.0.self_attn.q_proj',
+      'layers.0.self_attn.v_proj',
+      'layers.1.self_attn.q_proj',
+      'layers.1.self_attn.v_proj',
+      'layers.2.self_attn.q_proj',
+    ]);
+    // 32 layers × (q_proj, v_proj) = 64 adapted layers: 59 not listed.
+    expect(list[5]).toBe('  … and 59 more adapted layers (--top 64 to list all)');
+    // The saved-activation list stays limited as before.
+    expect(text.match(/^ {2}\S+\s+\w+\[[\d,]*\]\s+\S+ \w+\s+steps \d+–\d+$/gm)).toHaveLength(5);
+  });
+
   test('an adapted layer whose input another op needs says which op', async () => {
-    expect(await plan('models/encoder.ts', '--targets', 'query,out_proj', '--rank', '2', '--top', '1')).toBe(0);
+    // --top 3: all three adapted layers (two query, the classifier's out_proj) are listed.
+    expect(await plan('models/encoder.ts', '--targets', 'query,out_proj', '--rank', '2', '--top', '3')).toBe(0);
     const text = stdout();
     expect(text).toMatch(/^\[lora-fa\] largest saved activations \(\d+ in all/m);
-    expect(text.match(/^ {2}\S+\s+\w+\[[\d,]*\]\s+\S+ \w+\s+steps \d+–\d+$/gm)).toHaveLength(1);
+    expect(text.match(/^ {2}\S+\s+\w+\[[\d,]*\]\s+\S+ \w+\s+steps \d+–\d+$/gm)).toHaveLength(3);
+    expect(text).not.toMatch(/more adapted layers/);
     expect(text).toMatch(/^ {2}classifier\.out_proj\s+classifier\.tanh f32\[2,16\]\s+SAVED \(128 B\): read by backward of "classifier\.out_proj\.xW" .*backward of "classifier\.tanh"/m);
     expect(text).toMatch(/^ {2}layers\.0\.attention\.query\s+layers\.0\.ln1\.out f32\[16,16\]\s+not saved/m);
   });
@@ -245,6 +286,43 @@ describe('--svg', () => {
     expect(svg).toContain('models/llama.ts (toy), lora-fa, AdamW weight_decay=0.01, f32');
     // One filled area per category with bytes in it, each with its label.
     for (const c of CATEGORIES) if (p.timeline.some((r) => r[c] > 0)) expect(svg).toContain(`<title>${CATEGORY_LABELS[c]}</title>`);
+  });
+
+  test('with --compare: one curve per mode on shared axes, each labelled with its peak as planMemory computes it', async () => {
+    const file = join(dir, 'compare.svg');
+    expect(await plan('models/llama.ts', '--compare', '--svg', file)).toBe(0);
+    const svg = readFileSync(file, 'utf8');
+    const plans = await comparePlans('llama');
+    expect(svg).toContain('models/llama.ts (toy), full vs lora vs lora-fa, AdamW weight_decay=0.01, f32');
+    // Not the one-mode picture: no category areas.
+    expect(svg).not.toContain('<polygon');
+    const curves = [...svg.matchAll(/<polyline points="([^"]+)" fill="none" stroke="(#[0-9a-f]{6})"[^>]*><title>([\w-]+): live bytes<\/title>/g)];
+    expect(curves.map((c) => c[3])).toEqual([...MODES]);
+    expect(new Set(curves.map((c) => c[2])).size, 'three distinct colours').toBe(3);
+    for (const m of MODES) {
+      expect(svg, m).toContain(`>${m}: peak ${fmtBytes(plans[m].peak)}</text>`);
+      expect(svg, m).toContain(`>${m} peak ${fmtBytes(plans[m].peak)}</text>`);
+      expect(svg, m).toContain(`lower bound ${fmtBytes(plans[m].lowerBound)} (step ${plans[m].peakStep})`);
+    }
+    // Same axes: the y axis runs to the largest peak, and each curve's highest point (its live
+    // bytes at its peak step, the lower bound) sits at that height on it.
+    const top = Math.max(...MODES.map((m) => plans[m].peak));
+    const tick = (label: string) => Number(new RegExp(`y1="([\\d.]+)" y2="\\1" stroke="#333"/><text [^>]*>${esc(label)}</text>`).exec(svg)?.[1]);
+    const y0 = tick('0 B');
+    const y1 = tick(fmtBytes(top));
+    MODES.forEach((m, i) => {
+      const highest = Math.min(...curves[i][1].split(' ').map((pt) => Number(pt.split(',')[1])));
+      expect(highest, m).toBeCloseTo(y0 - ((y0 - y1) * plans[m].lowerBound) / top, 0);
+    });
+  });
+
+  test('a budget, when given to the drawing, is a labelled dashed line; none by default', async () => {
+    const p = await expectedPlan('mlp', 'lora-fa');
+    expect(planSvg(p, 'mlp')).not.toContain('budget');
+    const svg = planSvg(p, 'mlp', { budget: 2 * p.peak });
+    expect(svg).toMatch(new RegExp(`<line [^>]*stroke-dasharray="10 4"/>\\s*<text [^>]*>budget ${esc(fmtBytes(2 * p.peak))}</text>`));
+    // The y axis reaches the budget.
+    expect(svg).toContain(`>${fmtBytes(2 * p.peak)}</text>`);
   });
 
   test('--svg with --json keeps stdout pure JSON', async () => {

@@ -5,7 +5,7 @@
 //   plan <model>            every byte of one step, by category; --compare, --top, --json, --svg
 //   train <dir>             train a compiled trainer folder (same as npx tsx <dir>/trainer.ts)
 //   finetune <model|preset> compile + train on data in one command, with a report
-//   doctor                  the WebGPU adapter Dawn finds
+//   doctor                  the WebGPU adapter Dawn finds: limits, memory where reported, host RAM
 //
 // Exit codes: 0 success, 1 a failure (a LorafaError: bad model, data, weights, …), 2 a usage error
 // (unknown command or flag, a flag value that does not parse).
@@ -247,8 +247,8 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     if (flags.top) for (const p of planned) console.log(`\n[${p.mode}] ${topTable(p, flags.top)}`);
   }
   if (svg) {
-    const target = planned.find((p) => p.mode === (flags.compare ? 'lora-fa' : planned[0].mode))!;
-    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, target)));
+    // --compare: every mode's curve on one picture; otherwise the one mode, stacked by category.
+    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0])));
     if (!flags.json) console.log(`\nwrote ${shown(svg)}`);
   }
 }
@@ -335,9 +335,9 @@ export function program(helpFor?: string): Command {
     .addOption(new Option('--attention <impl>', "how attention lowers: fused (keeps no [b, h, s, s] tensor), composed (keeps two), auto (fused from 8 MiB of scores up)").choices(['auto', 'fused', 'composed']).default('auto'))
     .option('--composed', 'trace attention, cross-entropy, the norms and SwiGLU as compositions of primitive ops, as an eager PyTorch step runs them (the plan before the fused ops)')
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
-    .option('--top <n>', 'the n largest saved activations, and whether each adapted layer keeps its input', positiveInt('--top'))
+    .option('--top <n>', 'the n largest saved activations, and whether each of the first n adapted layers keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
-    .option('--svg <file>', 'write a picture of live bytes along the schedule')
+    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode)')
     .action(planCommand);
   addTrainOptions(
     p
@@ -363,7 +363,7 @@ export function program(helpFor?: string): Command {
     .option('--verify', 'run the IR verifier after every pass');
   addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
   p.command('doctor')
-    .description('report the WebGPU adapter Dawn finds, and its limits, or why there is none')
+    .description("report the WebGPU adapter Dawn finds, its limits and memory (or that WebGPU does not report it) and the host's RAM, or why there is none")
     .action(async () => {
       const r = await probeAdapter();
       console.log(formatAdapterReport(r));

@@ -11,7 +11,7 @@ import {
   type MemoryPlan,
   type PlannedTensor,
 } from '../passes/memory-plan.ts';
-import { planSvg } from './plan-svg.ts';
+import { planCompareSvg, planSvg, type PlanSvgOptions } from './plan-svg.ts';
 
 export interface PlannedMode {
   readonly mode: Mode;
@@ -118,7 +118,8 @@ export function topTable(pm: PlannedMode, n: number): string {
       const type = t ? { dtype: t.dtype, shape: s.input.type.shape } : s.input.type;
       return [s.module, `${s.input.name} ${fmtType(type)}`, where];
     });
-    out.push(...pad(rows2, [false, false, false]).map((l) => '  ' + l));
+    out.push(...pad(rows2.slice(0, n), [false, false, false]).map((l) => '  ' + l));
+    if (rows2.length > n) out.push(`  … and ${rows2.length - n} more adapted layers (--top ${rows2.length} to list all)`);
   }
   return out.join('\n');
 }
@@ -162,9 +163,15 @@ export function planJson(ctx: PlanContext, pm: PlannedMode): unknown {
   };
 }
 
-/** The plan as an SVG picture of live bytes along the schedule. */
-export function planSvgText(ctx: PlanContext, pm: PlannedMode): string {
-  return planSvg(pm.plan, `${ctx.file} (${ctx.config}), ${pm.mode}, ${ctx.optimizer}, ${pm.plan.dtype}`);
+/**
+ * The plan as an SVG picture of live bytes along the schedule: one mode stacked by category, or
+ * (several modes, as --compare plans them) one curve per mode on shared axes, each peak labelled.
+ */
+export function planSvgText(ctx: PlanContext, pm: PlannedMode | readonly PlannedMode[], o: PlanSvgOptions = {}): string {
+  const modes = Array.isArray(pm) ? (pm as readonly PlannedMode[]) : [pm as PlannedMode];
+  if (modes.length === 1) return planSvg(modes[0].plan, `${ctx.file} (${ctx.config}), ${modes[0].mode}, ${ctx.optimizer}, ${modes[0].plan.dtype}`, o);
+  const title = `${ctx.file} (${ctx.config}), ${modes.map((m) => m.mode).join(' vs ')}, ${ctx.optimizer}, ${modes[0].plan.dtype}`;
+  return planCompareSvg(modes.map((m) => ({ label: m.mode, plan: m.plan })), title, o);
 }
 
 export type { Category };

@@ -38,7 +38,7 @@
 import { quietDawn } from './quiet-dawn.ts';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, totalmem } from 'node:os';
 
 export interface AdapterInfoReport {
   vendor: string;
@@ -47,6 +47,32 @@ export interface AdapterInfoReport {
   description: string;
   /** Dawn backend the adapter runs on (e.g. "Vulkan"), when it can be told. */
   backend?: string;
+}
+
+/** One memory heap as Dawn describes it (wgpu::MemoryHeapInfo): its size and HeapProperty bits. */
+export interface MemoryHeap {
+  size: number;
+  properties: number;
+}
+
+/** wgpu::HeapProperty bits. */
+const HEAP_BITS: [number, string][] = [[0x1, 'device-local'], [0x2, 'host-visible'], [0x4, 'host-coherent'], [0x8, 'host-uncached'], [0x10, 'host-cached']];
+const DEVICE_LOCAL = 0x1;
+
+/**
+ * What can be told about the adapter's memory. WebGPU has no memory query. Dawn has one as an
+ * extension (the 'adapter-properties-memory-heaps' feature, heaps chained on its AdapterInfo), and
+ * Chromium shows it as GPUAdapterInfo.memoryHeaps; Dawn's Node binding (npm webgpu 0.6.2) does not:
+ * its GPUAdapterInfo has vendor, architecture, device, description, the subgroup sizes and
+ * isFallbackAdapter only. So the heaps are read only when a binding offers them.
+ */
+export interface MemoryReport {
+  /** The heaps, when the binding exposes GPUAdapterInfo.memoryHeaps with sizes in it. */
+  heaps?: MemoryHeap[];
+  /** The adapter lists Dawn's 'adapter-properties-memory-heaps' feature. */
+  heapsFeature: boolean;
+  /** A CPU adapter (lavapipe/llvmpipe, SwiftShader, WARP): its "GPU memory" is host RAM. */
+  cpuAdapter: boolean;
 }
 
 export type AdapterReport =
@@ -59,8 +85,38 @@ export type AdapterReport =
       featureLevel?: 'core' | 'compatibility';
       features: string[];
       limits: Record<string, number>;
+      memory?: MemoryReport;
+      /** os.totalmem(): the host's RAM, in bytes. */
+      hostMemory?: number;
     }
-  | { ok: false; reason: string; fix: string };
+  | { ok: false; reason: string; fix: string; hostMemory?: number };
+
+/**
+ * GPUAdapterInfo.memoryHeaps where a binding has it (sizes as number or bigint), else undefined.
+ * Never throws: a missing field, a getter that throws or an odd shape all read as "not reported".
+ */
+export function readMemoryHeaps(info: unknown): MemoryHeap[] | undefined {
+  try {
+    const raw = (info as { memoryHeaps?: unknown } | null | undefined)?.memoryHeaps;
+    if (raw === null || typeof raw !== 'object' || typeof (raw as Iterable<unknown>)[Symbol.iterator] !== 'function') return undefined;
+    const heaps: MemoryHeap[] = [];
+    for (const h of raw as Iterable<{ size?: unknown; properties?: unknown } | null>) {
+      const size = typeof h?.size === 'bigint' ? Number(h.size) : h?.size;
+      if (typeof size !== 'number' || !Number.isFinite(size) || size <= 0) continue;
+      heaps.push({ size, properties: typeof h?.properties === 'number' ? h.properties : 0 });
+    }
+    return heaps.length ? heaps : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A software adapter that runs on the CPU, whose buffers are host RAM. */
+export function isCpuAdapter(info: Partial<AdapterInfoReport>, isFallback?: boolean): boolean {
+  if (isFallback === true || info.architecture === 'software') return true;
+  const text = `${info.vendor ?? ''} ${info.device ?? ''} ${info.description ?? ''}`;
+  return /llvmpipe|lavapipe|softpipe|swiftshader|\bwarp\b|microsoft basic render/i.test(text);
+}
 
 const SETUP_FIX = 'bash scripts/setup.sh  (installs Mesa lavapipe, a CPU Vulkan driver, from bookworm-backports)';
 
@@ -130,7 +186,7 @@ export async function probeAdapter(): Promise<AdapterReport> {
   }
 
   if (!adapter) {
-    return { ok: false, ...diagnoseNoAdapter() };
+    return { ok: false, ...diagnoseNoAdapter(), hostMemory: totalmem() };
   }
 
   const features = [...adapter.features].map(String).sort();
@@ -158,6 +214,13 @@ export async function probeAdapter(): Promise<AdapterReport> {
     (adapter as unknown as { isFallbackAdapter?: unknown }).isFallbackAdapter;
   if (typeof fallback === 'boolean') report.isFallback = fallback;
   report.featureLevel = features.includes('core-features-and-limits') ? 'core' : 'compatibility';
+  const heaps = readMemoryHeaps(info);
+  report.memory = {
+    ...(heaps ? { heaps } : {}),
+    heapsFeature: features.includes('adapter-properties-memory-heaps'),
+    cpuAdapter: isCpuAdapter(infoReport, report.isFallback),
+  };
+  report.hostMemory = totalmem();
   return report;
 }
 
@@ -299,10 +362,47 @@ function fmtBytes(n: number): string {
   return `${fmtInt(n)} B`;
 }
 
+const gib = (n: number) => `${(n / 2 ** 30).toFixed(1)} GiB`;
+
+function heapProps(p: number): string {
+  const names = HEAP_BITS.filter(([bit]) => p & bit).map(([, name]) => name);
+  return names.length ? names.join(', ') : 'no properties';
+}
+
+/** The memory lines: the adapter's memory as the platform reports it, or plainly that it does not. */
+export function memoryLines(r: AdapterReport): string[] {
+  const host = typeof r.hostMemory === 'number' && r.hostMemory > 0 ? gib(r.hostMemory) : undefined;
+  const row = (label: string, text: string) => `    ${label.padEnd(16)}${text}`;
+  const hostLine = row('host RAM:', host ? `${host} (os.totalmem)` : 'not reported');
+  if (!r.ok) return ['  memory:', row('GPU memory:', 'no adapter'), hostLine];
+  const m = r.memory;
+  const name = (r.info.description || r.info.device || '').split(/[\s:(]/)[0] || 'the adapter';
+  let gpu: string;
+  if (m?.heaps?.length) {
+    const local = m.heaps.filter((h) => h.properties & DEVICE_LOCAL);
+    const total = (local.length ? local : m.heaps).reduce((a, h) => a + h.size, 0);
+    gpu = `${gib(total)}${local.length ? ' device-local' : ''}, as Dawn's memory heaps report it (${m.heaps.map((h) => `${gib(h.size)} ${heapProps(h.properties)}`).join('; ')})`;
+    if (m.cpuAdapter) gpu += `; ${name} is a CPU adapter: its buffers live in host RAM`;
+  } else if (m?.cpuAdapter) {
+    gpu = `host RAM${host ? ` (${host})` : ''}: ${name} is a CPU adapter, its buffers live in host RAM; WebGPU reports no memory size`;
+  } else {
+    gpu =
+      'not reported: WebGPU has no memory query' +
+      (m?.heapsFeature
+        ? ", and this Dawn binding exposes no GPUAdapterInfo.memoryHeaps although the adapter has 'adapter-properties-memory-heaps'"
+        : ", and this Dawn binding exposes no memory heaps (no 'adapter-properties-memory-heaps' feature)") +
+      '; the vendor\'s tool (e.g. nvidia-smi) tells';
+  }
+  const lines = ['  memory:', row('GPU memory:', gpu), hostLine];
+  const maxBuffer = r.limits?.maxBufferSize;
+  if (typeof maxBuffer === 'number') lines.push(row('largest buffer:', `${gib(maxBuffer)} (maxBufferSize: one buffer, not the total)`));
+  return lines;
+}
+
 /** Human-readable, multi-line description of a probe result. */
 export function formatAdapterReport(r: AdapterReport): string {
   if (!r.ok) {
-    return [`WebGPU adapter: none`, `  reason: ${r.reason}`, `  fix:    ${r.fix}`].join('\n');
+    return [`WebGPU adapter: none`, `  reason: ${r.reason}`, `  fix:    ${r.fix}`, ...memoryLines(r)].join('\n');
   }
   const { info } = r;
   const name = info.description || info.device || '(unnamed adapter)';
@@ -323,5 +423,6 @@ export function formatAdapterReport(r: AdapterReport): string {
     const shown = v === undefined ? '(not reported)' : BYTE_LIMITS.has(key) ? fmtBytes(v) : fmtInt(v);
     lines.push(`    ${key.padEnd(width)}  ${shown}`);
   }
+  lines.push(...memoryLines(r));
   return lines.join('\n');
 }
