@@ -201,7 +201,7 @@ function rowBounds(n: Node, ins: readonly Tensor[], want: Float64Array): Float64
  * Everything is doubled. A logit from the wrong column or row, or a tile counted twice, is off by
  * O(|z|) and fails.
  */
-function linearCeBounds(n: Node, [h, w, t]: readonly Tensor[], want: Float64Array): Float64Array {
+function linearCeBounds(n: Node, [h, w]: readonly Tensor[], want: Float64Array): Float64Array {
   const { transB } = n.attrs as { transB: boolean };
   const [rows, d] = h.shape;
   const v = transB ? w.shape[0] : w.shape[1];
@@ -225,7 +225,6 @@ function linearCeBounds(n: Node, [h, w, t]: readonly Tensor[], want: Float64Arra
     b[3 * r] = e;
     b[3 * r + 1] = e;
   }
-  void t;
   return b;
 }
 

@@ -26,7 +26,7 @@
 import { ALL_PADDING_L, attentionDims, PADDING_SCORE, type AttentionAttrs, type AttentionDims } from '../ir/attention.ts';
 import type { Node } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
-import { header, lit, split } from './wgsl.ts';
+import { foldGroups, header, lit, split } from './wgsl.ts';
 
 /** Query rows (forward, dq) or key rows (dk/dv) per workgroup: one invocation each. */
 export const ATTENTION_ROWS = 64;
@@ -53,12 +53,6 @@ export function attentionWorkgroupBytes(dk: number, dv: number): { readonly forw
 
 const u = (n: number) => `${n}u`;
 const NEG = lit(-Infinity);
-
-/** `total` workgroups in a row, folded into 2-D past the per-dimension limit. */
-function fold(total: number, ctx: EmitContext): readonly [number, number, number] {
-  const x = Math.max(1, Math.min(total, ctx.maxWorkgroupsPerDimension));
-  return [x, Math.ceil(total / x), 1];
-}
 
 const MAIN = `@compute @workgroup_size(${ATTENTION_ROWS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -87,39 +81,41 @@ function loadRows(dst: string, src: string, width: number): string {
 }
 
 /**
- * The start of a query-row kernel (forward, dq): K/V tiles in workgroup memory; this invocation's
- * query row i (ir: clamped in range), its (batch·head) bh, the first key row of its kv head kbase,
- * its row index ro in [b·h·sq], and its q row in qr.
+ * A query-row kernel (forward, dq): one invocation per query row i (ir: clamped in range), 64 rows
+ * a workgroup. Before `before` runs, the invocation has its (batch·head) bh, the first key row of
+ * its kv head kbase, its row index ro in [b·h·sq] and its q row in qr. Then K/V tiles of TK rows
+ * stream through workgroup memory (ks, vs; n rows in this tile, the first j0) and `tile` runs for
+ * each; causal blocks stop at their last row. `after` ends the kernel.
  */
-function queryRowPrologue(d: AttentionDims, TK: number, total: number, blocks: number, read: Parts['read']): string {
-  return `var<workgroup> ks: array<f32, ${TK * d.dk}>;
+function queryRowKernel(
+  node: Node,
+  ctx: EmitContext,
+  extra: 0 | 3,
+  body: (p: Parts & { readonly TK: number }) => { readonly before: string; readonly tile: string; readonly after: string },
+): KernelSource {
+  const p = parts(node, ctx, extra);
+  const { a, d, bound, read } = p;
+  const R = ATTENTION_ROWS;
+  const TK = attentionTiles(d.dk, d.dv).keys;
+  const blocks = Math.ceil(d.sq / R);
+  const total = d.b * d.h * blocks;
+  const { before, tile, after } = body({ ...p, TK });
+  const wgsl = `${header(bound, node.out)}
+var<workgroup> ks: array<f32, ${TK * d.dk}>;
 var<workgroup> vs: array<f32, ${TK * d.dv}>;
 
 ${MAIN}
   if (wg >= ${u(total)}) { return; }
   let bh = wg / ${u(blocks)};
-  let i0 = (wg % ${u(blocks)}) * ${u(ATTENTION_ROWS)};
+  let i0 = (wg % ${u(blocks)}) * ${u(R)};
   let bi = bh / ${u(d.h)};
   let kbase = (bi * ${u(d.hkv)} + (bh % ${u(d.h)}) / ${u(d.group)}) * ${u(d.sk)};
   let i = i0 + lid;
   let ir = min(i, ${u(d.sq - 1)});
   let ro = bh * ${u(d.sq)} + ir;
   var qr: array<f32, ${d.dk}>;
-  for (var c = 0u; c < ${u(d.dk)}; c++) { qr[c] = ${read('q', `ro * ${u(d.dk)} + c`)}; }`;
-}
-
-export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
-  const { a, d, bound, read } = parts(node, ctx, 0);
-  const R = ATTENTION_ROWS;
-  const TK = attentionTiles(d.dk, d.dv).keys;
-  const blocks = Math.ceil(d.sq / R);
-  const total = d.b * d.h * blocks;
-  const wgsl = `${header(bound, node.out)}
-${queryRowPrologue(d, TK, total, blocks, read)}
-  var acc: array<f32, ${d.dv}>;
-  var sc: array<f32, ${TK}>;
-  var m = ${NEG};
-  var l = 0.0;
+  for (var c = 0u; c < ${u(d.dk)}; c++) { qr[c] = ${read('q', `ro * ${u(d.dk)} + c`)}; }
+${before}
   // Causal: no row of this block sees a key past its last row.
   let kend = ${a.causal ? `min(i0 + ${u(R)}, ${u(d.sk)})` : u(d.sk)};
   for (var j0 = 0u; j0 < kend; j0 += ${u(TK)}) {
@@ -128,7 +124,21 @@ ${queryRowPrologue(d, TK, total, blocks, read)}
     ${loadRows('ks', read('k', `(kbase + j0) * ${u(d.dk)} + $`), d.dk)}
     ${loadRows('vs', read('v', `(kbase + j0) * ${u(d.dv)} + $`), d.dv)}
     workgroupBarrier();
-    var tmax = ${NEG};
+${tile}
+  }
+${after}
+}
+`;
+  return { wgsl, bound, workgroups: foldGroups(total, ctx) };
+}
+
+export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
+  return queryRowKernel(node, ctx, 0, ({ a, d, read, TK }) => ({
+    before: `  var acc: array<f32, ${d.dv}>;
+  var sc: array<f32, ${TK}>;
+  var m = ${NEG};
+  var l = 0.0;`,
+    tile: `    var tmax = ${NEG};
     for (var jj = 0u; jj < n; jj++) {
       let j = j0 + jj;
       var s = ${NEG};
@@ -151,17 +161,14 @@ ${queryRowPrologue(d, TK, total, blocks, read)}
       l = l + p;
       for (var c = 0u; c < ${u(d.dv)}; c++) { acc[c] = acc[c] + p * vs[jj * ${u(d.dv)} + c]; }
     }
-    m = mnew;
-  }
-  if (i < ${u(d.sq)}) {
+    m = mnew;`,
+    after: `  if (i < ${u(d.sq)}) {
     let o = (bh * ${u(d.sq)} + i) * ${u(d.dv + 1)};
     let inv = 1.0 / l;
     for (var c = 0u; c < ${u(d.dv)}; c++) { out[o + c] = acc[c] * inv; }
     out[o + ${u(d.dv)}] = m + log(l);
-  }
-}
-`;
-  return { wgsl, bound, workgroups: fold(total, ctx) };
+  }`,
+  }));
 }
 
 /** P for a row with log-sum-exp `L` and `count` allowed keys (a row of padding: uniform). */
@@ -170,27 +177,15 @@ function prob(s: string, L: string, count: string): string {
 }
 
 export function emitAttentionDq(node: Node, ctx: EmitContext): KernelSource {
-  const { a, d, bound, read } = parts(node, ctx, 3);
-  const R = ATTENTION_ROWS;
-  const TK = attentionTiles(d.dk, d.dv).keys;
-  const blocks = Math.ceil(d.sq / R);
-  const total = d.b * d.h * blocks;
-  const w = d.dv + 1;
-  const wgsl = `${header(bound, node.out)}
-${queryRowPrologue(d, TK, total, blocks, read)}
-  var dor: array<f32, ${d.dv}>;
+  return queryRowKernel(node, ctx, 3, ({ a, d, read }) => {
+    const w = d.dv + 1;
+    return {
+      before: `  var dor: array<f32, ${d.dv}>;
   for (var c = 0u; c < ${u(d.dv)}; c++) { dor[c] = ${read('ct', `ro * ${u(w)} + c`)}; }
   let L = ${read('packed', `ro * ${u(w)} + ${u(d.dv)}`)};
   let D = ${read('delta', 'ro')};
-  var dq: array<f32, ${d.dk}>;
-  let kend = ${a.causal ? `min(i0 + ${u(R)}, ${u(d.sk)})` : u(d.sk)};
-  for (var j0 = 0u; j0 < kend; j0 += ${u(TK)}) {
-    let n = min(${u(TK)}, ${u(d.sk)} - j0);
-    workgroupBarrier();
-    ${loadRows('ks', read('k', `(kbase + j0) * ${u(d.dk)} + $`), d.dk)}
-    ${loadRows('vs', read('v', `(kbase + j0) * ${u(d.dv)} + $`), d.dv)}
-    workgroupBarrier();
-    for (var jj = 0u; jj < n; jj++) {
+  var dq: array<f32, ${d.dk}>;`,
+      tile: `    for (var jj = 0u; jj < n; jj++) {
       let j = j0 + jj;
       ${a.causal ? 'if (j > ir) { break; }' : ''}
       let padded = ${a.masked ? `${read('mask', `bi * ${u(d.sk)} + j`)} == 0.0` : 'false'};
@@ -202,14 +197,12 @@ ${queryRowPrologue(d, TK, total, blocks, read)}
       for (var c = 0u; c < ${u(d.dv)}; c++) { dp += dor[c] * vs[jj * ${u(d.dv)} + c]; }
       let ds = select(p * (dp - D), 0.0, padded);
       for (var c = 0u; c < ${u(d.dk)}; c++) { dq[c] = dq[c] + ds * ks[jj * ${u(d.dk)} + c]; }
-    }
-  }
-  if (i < ${u(d.sq)}) {
+    }`,
+      after: `  if (i < ${u(d.sq)}) {
     for (var c = 0u; c < ${u(d.dk)}; c++) { out[ro * ${u(d.dk)} + c] = dq[c] * ${lit(a.scale)}; }
-  }
-}
-`;
-  return { wgsl, bound, workgroups: fold(total, ctx) };
+  }`,
+    };
+  });
 }
 
 export function emitAttentionDkv(node: Node, ctx: EmitContext): KernelSource {
@@ -281,5 +274,5 @@ ${MAIN}
   }
 }
 `;
-  return { wgsl, bound, workgroups: fold(total, ctx) };
+  return { wgsl, bound, workgroups: foldGroups(total, ctx) };
 }

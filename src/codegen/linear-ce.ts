@@ -15,7 +15,7 @@
 import { linearCeDims, type LinearCeAttrs } from '../ir/linear-ce.ts';
 import type { Node } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
-import { header, lit, split } from './wgsl.ts';
+import { foldGroups, header, lit, split } from './wgsl.ts';
 
 /** Rows of h per workgroup. */
 export const LCE_ROWS = 16;
@@ -30,14 +30,12 @@ export function emitLinearCrossEntropy(node: Node, ctx: EmitContext): KernelSour
   const a = node.attrs as LinearCeAttrs;
   const { n, d, v } = linearCeDims(node.inputs.map((x) => x.type), a);
   const { bound, arg } = split(node, ctx);
-  const groups = Math.ceil(n / LCE_ROWS);
-  const x = Math.max(1, Math.min(groups, ctx.maxWorkgroupsPerDimension));
   // w[k, col]: [d, V] row-major, or [V, d] with transB.
   const wAt = (k: string, col: string) => arg(1, a.transB ? `(${col}) * ${u(d)} + ${k}` : `(${k}) * ${u(v)} + ${col}`);
   const rows = Array.from({ length: LCE_ROWS }, (_, r) => r);
   return {
     bound,
-    workgroups: [x, Math.ceil(groups / x), 1],
+    workgroups: foldGroups(Math.ceil(n / LCE_ROWS), ctx),
     wgsl: `${header(bound, node.out)}
 const N = ${u(n)};
 const D = ${u(d)};

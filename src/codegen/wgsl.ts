@@ -33,11 +33,16 @@ export function header(bound: readonly Value[], out: Value): string {
   return lines.join('\n');
 }
 
+/** `groups` workgroups (at least one) in a row, folded into 2-D past the per-dimension limit. */
+export function foldGroups(groups: number, ctx: EmitContext): readonly [number, number, number] {
+  const g = Math.max(1, groups);
+  const x = Math.min(g, ctx.maxWorkgroupsPerDimension);
+  return [x, Math.ceil(g / x), 1];
+}
+
 /** A 1-D grid of `total` invocations in workgroups of WG, folded into 2-D past the per-dimension limit. */
 export function grid1d(total: number, ctx: EmitContext): readonly [number, number, number] {
-  const groups = Math.max(1, Math.ceil(total / WG));
-  const x = Math.min(groups, ctx.maxWorkgroupsPerDimension);
-  return [x, Math.ceil(groups / x), 1];
+  return foldGroups(Math.ceil(total / WG), ctx);
 }
 
 /**
@@ -324,12 +329,6 @@ function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
 
 const ROW_WG = 64;
 
-/** One workgroup per row, folded into 2-D past the per-dimension limit. */
-function rowGrid(rows: number, ctx: EmitContext): readonly [number, number, number] {
-  const x = Math.min(Math.max(1, rows), ctx.maxWorkgroupsPerDimension);
-  return [x, Math.ceil(Math.max(1, rows) / x), 1];
-}
-
 const ROW_PRELUDE = `var<workgroup> red: array<f32, ${ROW_WG}>;
 
 fn wsum(v: f32, l: u32) -> f32 {
@@ -359,7 +358,7 @@ fn wmax(v: f32, l: u32) -> f32 {
 function rowKernel(bound: Value[], node: Node, rows: number, ctx: EmitContext, body: string): KernelSource {
   return {
     bound,
-    workgroups: rowGrid(rows, ctx),
+    workgroups: foldGroups(rows, ctx), // one workgroup per row
     wgsl: `${header(bound, node.out)}
 ${ROW_PRELUDE}
 

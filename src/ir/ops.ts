@@ -1330,10 +1330,7 @@ export const OPS: OpRegistry = {
     ref: (ins, a) => attentionGradRef(ins, a, 'dq'),
     vjp: 'backward-only',
     wgsl: { kind: 'kernel', emitter: 'attention_dq' },
-    testCase: (g) => {
-      const c = attentionCase(g);
-      return { inputs: [...c.qkvm, c.packed, c.packed, c.delta], attrs: c.attrs };
-    },
+    testCase: attentionGradCase,
   },
   attention_dkv: {
     arity: 'variadic',
@@ -1344,12 +1341,15 @@ export const OPS: OpRegistry = {
     ref: (ins, a) => attentionGradRef(ins, a, 'dkv'),
     vjp: 'backward-only',
     wgsl: { kind: 'kernel', emitter: 'attention_dkv' },
-    testCase: (g) => {
-      const c = attentionCase(g);
-      return { inputs: [...c.qkvm, c.packed, c.packed, c.delta], attrs: c.attrs };
-    },
+    testCase: attentionGradCase,
   },
 };
+
+/** attention_dq's and attention_dkv's operands: q, k, v (and the mask), packed, its cotangent, delta. */
+function attentionGradCase(g: CaseGen): OpCase<AttentionAttrs> {
+  const c = attentionCase(g);
+  return { inputs: [...c.qkvm, c.packed, c.packed, c.delta], attrs: c.attrs };
+}
 
 /** Head dims the attention cases draw from (the kernels size their tiles from these). */
 const HEAD_DIMS = [16, 24, 32, 64, 128];
