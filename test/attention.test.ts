@@ -16,7 +16,7 @@ import { LIMIT_PRESETS, planMemory } from '../src/passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { runReference } from '../src/runtime/reference.ts';
-import { feedsFor as modelFeeds, intBoundsFor, modelFiles, paramsWithRandomB, property, sample, toyConfigName, toyModel } from './helpers.ts';
+import { feedsFor as modelFeeds, intBoundsFor, modelFiles, paramsWithRandomB, poisoned, property, sample, toyConfigName, toyModel } from './helpers.ts';
 
 interface Shape {
   readonly b: number;
@@ -283,31 +283,13 @@ describe('GPU: a step whose freed bytes are NaN between forward and backward', (
     const c = compileTraining(g, { mode: 'full' });
     const plan = planMemory(c.joint, { limits: { ...LIMIT_PRESETS.webgpu, alignment: gpu.limits.minStorageBufferOffsetAlignment } });
     const kp = buildKernelPlan(c.joint, plan, { fuse: false, maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
-    // Unfused, dispatches follow the schedule's dispatched nodes one to one: the first backward one.
-    let before = 0;
-    for (let t = 0, j = 0; t < plan.schedule.length && j < kp.dispatches.length; t++) {
-      const n = plan.schedule[t];
-      if (kp.dispatches[j].label !== `${n.op} ${n.out.name}`) continue;
-      if (t >= plan.backwardStart) break;
-      before = ++j;
-    }
-    // Kept: persistent tensors, and transient ones live across the boundary.
-    const kept = plan.tensors.filter((t) => plan.buffers[t.buffer].region === 'persistent' || (t.start < plan.backwardStart && t.end >= plan.backwardStart));
     const packed = plan.tensors.find((t) => /sdpa\.packed$/.test(t.name));
     const slicedOut = plan.tensors.find((t) => /sdpa\.out$/.test(t.name));
-    const holes: { buffer: number; offset: number; bytes: number }[] = [];
-    for (const buf of plan.buffers.filter((x) => x.region === 'arena')) {
-      const taken = kept
-        .filter((t) => t.buffer === buf.index && !(poison === 'freed+packed' && t === packed))
-        .map((t) => [t.offset, t.offset + Math.ceil(t.bytes / 4) * 4] as const)
-        .sort((a, z) => a[0] - z[0]);
-      let at = 0;
-      for (const [lo, hi] of [...taken, [buf.bytes, buf.bytes] as const]) {
-        if (lo > at) holes.push({ buffer: buf.index, offset: at, bytes: lo - at });
-        at = Math.max(at, hi);
-      }
-    }
-    const runner = await StepRunner.create(kp, gpu);
+    // NaN in every arena byte the plan does not keep across the forward/backward boundary (and,
+    // for the teeth, in the packed output too), written by dispatches inserted where backward starts.
+    const dirty = poison === 'none' ? undefined : poisoned(kp, plan, gpu.limits.minStorageBufferOffsetAlignment, new Set(poison === 'freed+packed' && packed ? [packed.id] : []));
+    const holes = dirty?.gaps ?? [];
+    const runner = await StepRunner.create(dirty?.kp ?? kp, gpu);
     try {
       const feeds: Record<string, Float64Array> = {
         x: sample(2 * 70 * 16, { kind: 'real' }, 5),
@@ -315,17 +297,12 @@ describe('GPU: a step whose freed bytes are NaN between forward and backward', (
       };
       const params = new Map(c.joint.params.map((p, i) => [p.value.name, { data: sample(numel(p.value.type.shape), { kind: 'real' }, 10 + i).map((x) => x / 4) }]));
       runner.writeParams(params);
-      await runner.step(
-        feeds,
-        poison === 'none'
-          ? {}
-          : { pause: { before, run: () => holes.forEach((h) => runner.writeBytes(h.buffer, h.offset, new Float32Array(h.bytes / 4).fill(Number.NaN))) } },
-      );
+      await runner.step(feeds);
       const grads = new Map<string, Float32Array>();
       for (const name of Object.keys(kp.outputs).filter((o) => o.startsWith('grad.'))) grads.set(name, (await runner.readOutput(name)) as Float32Array);
-      const poisoned = holes.reduce((a, h) => a + h.bytes, 0);
+      const poisonedBytes = holes.reduce((a, h) => a + h.bytes, 0);
       const covers = (t: typeof packed) => t !== undefined && holes.some((h) => h.buffer === t.buffer && h.offset <= t.offset && t.offset + t.bytes <= h.offset + h.bytes);
-      return { grads, poisoned, before, dispatches: kp.dispatches.length, slicedOutPoisoned: covers(slicedOut) };
+      return { grads, poisoned: poisonedBytes, before: dirty?.at ?? 0, dispatches: kp.dispatches.length, slicedOutPoisoned: covers(slicedOut) };
     } finally {
       runner.destroy();
     }

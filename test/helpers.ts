@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { expect } from 'vitest';
+import type { Dispatch, KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { alignUp, type MemoryPlan } from '../src/passes/memory-plan.ts';
 import { LorafaError } from '../src/ir/errors.ts';
 import type fc from 'fast-check';
 import { IGNORE_INDEX, type CaseGen, type Domain } from '../src/ir/ops.ts';
@@ -245,4 +247,61 @@ export function fileDigests(dir: string, base = dir): Map<string, string> {
   };
   walk(dir);
   return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// poison: a VJP reads only what the plan keeps
+
+/**
+ * `kp` with dispatches that overwrite with NaN every arena byte no tensor live across the
+ * forward/backward boundary holds (dead forward values, and bytes not yet written; also the
+ * tensors in `extraPoison`, by id), inserted before the first backward dispatch (`at`); `gaps`
+ * are the byte ranges poisoned. A VJP that reads a tensor the plan does not keep then reads NaN.
+ */
+export function poisoned(
+  kp: KernelPlan,
+  plan: MemoryPlan,
+  align: number,
+  extraPoison: ReadonlySet<number> = new Set(),
+): { kp: KernelPlan; at: number; gaps: { buffer: number; offset: number; bytes: number }[] } {
+  const bStart = plan.backwardStart;
+  const backLabels = new Set(plan.schedule.slice(bStart).map((n) => `${n.op} ${n.out.name}`));
+  const at = kp.dispatches.findIndex((d) => backLabels.has(d.label));
+  expect(at).toBeGreaterThan(0);
+  const kernel = kp.kernels.length;
+  const wgsl = `@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  if (i < arrayLength(&out)) { out[i] = 0x7fc00000u; }
+}
+`;
+  const extra: Dispatch[] = [];
+  const poisonedGaps: { buffer: number; offset: number; bytes: number }[] = [];
+  for (const buf of kp.buffers.filter((b) => b.region === 'arena')) {
+    const kept = plan.tensors
+      .filter((t) => t.buffer === buf.index && t.start < bStart && t.end >= bStart && !extraPoison.has(t.id))
+      .map((t) => [t.offset, t.offset + t.bytes] as const)
+      .sort((a, b) => a[0] - b[0]);
+    let from = 0;
+    const gaps: (readonly [number, number])[] = [];
+    for (const [s, e] of [...kept, [buf.bytes, buf.bytes] as const]) {
+      const a = alignUp(from, align);
+      if (s > a) gaps.push([a, s]);
+      from = Math.max(from, e);
+    }
+    for (const [s, e] of gaps) {
+      poisonedGaps.push({ buffer: buf.index, offset: s, bytes: e - s });
+      const words = (e - s) / 4;
+      const groups = Math.ceil(words / 256);
+      const x = Math.min(groups, 65535);
+      extra.push({ kernel, label: `poison ${buf.index}:${s}`, bindings: [{ buffer: buf.index, offset: s, size: e - s }], workgroups: [x, Math.ceil(groups / x), 1] });
+    }
+  }
+  expect(extra.length).toBeGreaterThan(0);
+  return {
+    kp: { ...kp, kernels: [...kp.kernels, { wgsl, bindings: 1, label: 'poison' }], dispatches: [...kp.dispatches.slice(0, at), ...extra, ...kp.dispatches.slice(at)] },
+    at,
+    gaps: poisonedGaps,
+  };
 }

@@ -11,7 +11,7 @@
 // - poison: after the forward on the GPU, every arena byte the plan does not keep for backward is
 //   overwritten with NaN, and the step's result does not change by a bit.
 import { beforeAll, describe, expect, it, test } from 'vitest';
-import { buildKernelPlan, type Dispatch, type KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { buildKernelPlan, type KernelPlan } from '../src/codegen/kernel-plan.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { IGNORE_INDEX } from '../src/ir/ops.ts';
 import type { Tensor } from '../src/ir/shape.ts';
@@ -20,14 +20,14 @@ import { verify } from '../src/ir/verify.ts';
 import { loadModel, trace } from '../src/model/load.ts';
 import { autodiff, gradName } from '../src/passes/autodiff.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
-import { alignUp, LIMIT_PRESETS, planMemory, type MemoryPlan } from '../src/passes/memory-plan.ts';
+import { LIMIT_PRESETS, planMemory, type MemoryPlan } from '../src/passes/memory-plan.ts';
 import { optimizerFeeds } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { rng } from '../src/runtime/init.ts';
 import { runReference } from '../src/runtime/reference.ts';
 import { runNodeOnGpu } from '../src/runtime/single.ts';
-import { deviceValues, feedsFor, intBoundsFor, ROOT, toyModel } from './helpers.ts';
+import { deviceValues, feedsFor, intBoundsFor, poisoned, ROOT, toyModel } from './helpers.ts';
 import { resolve } from 'node:path';
 
 const uniform = (n: number, seed: number, lo = -1, hi = 1) => {
@@ -324,51 +324,6 @@ describe('plan: a toy LLaMA under LoRA-FA', () => {
 // ---------------------------------------------------------------------------------------------
 // poison: a VJP reads only what the plan keeps
 
-/**
- * Dispatches that overwrite with NaN every arena byte no tensor live across the forward/backward
- * boundary holds (dead forward values, and bytes not yet written), inserted where backward starts.
- */
-function poisoned(kp: KernelPlan, plan: MemoryPlan, align: number, extraPoison: ReadonlySet<number> = new Set()): KernelPlan {
-  const bStart = plan.backwardStart;
-  const backLabels = new Set(plan.schedule.slice(bStart).map((n) => `${n.op} ${n.out.name}`));
-  const at = kp.dispatches.findIndex((d) => backLabels.has(d.label));
-  expect(at).toBeGreaterThan(0);
-  const kernel = kp.kernels.length;
-  const wgsl = `@group(0) @binding(0) var<storage, read_write> out: array<u32>;
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * 256u;
-  if (i < arrayLength(&out)) { out[i] = 0x7fc00000u; }
-}
-`;
-  const extra: Dispatch[] = [];
-  for (const buf of kp.buffers.filter((b) => b.region === 'arena')) {
-    const kept = plan.tensors
-      .filter((t) => t.buffer === buf.index && t.start < bStart && t.end >= bStart && !extraPoison.has(t.id))
-      .map((t) => [t.offset, t.offset + t.bytes] as const)
-      .sort((a, b) => a[0] - b[0]);
-    let from = 0;
-    const gaps: (readonly [number, number])[] = [];
-    for (const [s, e] of [...kept, [buf.bytes, buf.bytes] as const]) {
-      const a = alignUp(from, align);
-      if (s > a) gaps.push([a, s]);
-      from = Math.max(from, e);
-    }
-    for (const [s, e] of gaps) {
-      const words = (e - s) / 4;
-      const groups = Math.ceil(words / 256);
-      const x = Math.min(groups, 65535);
-      extra.push({ kernel, label: `poison ${buf.index}:${s}`, bindings: [{ buffer: buf.index, offset: s, size: e - s }], workgroups: [x, Math.ceil(groups / x), 1] });
-    }
-  }
-  expect(extra.length).toBeGreaterThan(0);
-  return {
-    ...kp,
-    kernels: [...kp.kernels, { wgsl, bindings: 1, label: 'poison' }],
-    dispatches: [...kp.dispatches.slice(0, at), ...extra, ...kp.dispatches.slice(at)],
-  };
-}
-
 describe('poison: after the forward, NaN in every byte the plan does not keep for backward changes nothing', () => {
   let gpu: Gpu;
   beforeAll(async () => {
@@ -402,13 +357,13 @@ describe('poison: after the forward, NaN in every byte the plan does not keep fo
     };
     const clean = await run(kp);
     expect(Number.isFinite(clean.loss)).toBe(true);
-    const dirty = await run(poisoned(kp, plan, align));
+    const dirty = await run(poisoned(kp, plan, align).kp);
     expect(dirty.loss).toBe(clean.loss);
     for (const [n, v] of clean.params) expect(Array.from(dirty.params.get(n)!), n).toEqual(Array.from(v));
     // Teeth: poisoning what cross-entropy keeps (its stats) does reach the parameters.
     const stats = plan.tensors.find((t) => t.name === 'cross_entropy.stats')!;
     expect(stats.category).toBe('saved');
-    const bitten = await run(poisoned(kp, plan, align, new Set([stats.id])));
+    const bitten = await run(poisoned(kp, plan, align, new Set([stats.id])).kp);
     expect([...bitten.params.values()].some((v) => v.some(Number.isNaN))).toBe(true);
   }, 300_000);
 });

@@ -7,15 +7,6 @@ import type { Tensor } from '../ir/shape.ts';
 import { numel } from '../ir/types.ts';
 import { acquireGpu, checked, PipelineCache, quietly, readBuffer, type Gpu } from './gpu.ts';
 
-/**
- * A pause inside a step (tests): the dispatches before `before` run, then `run` (which may change
- * buffers through StepRunner.writeBytes: its writes are queued after them), then the rest.
- */
-export interface StepPause {
-  readonly before: number;
-  readonly run: () => void;
-}
-
 export class StepRunner {
   private constructor(
     readonly gpu: Gpu,
@@ -113,7 +104,7 @@ export class StepRunner {
    * the forward, backward and accumulation dispatches run: parameters and optimizer state keep
    * their bytes, and each accumulator takes in this micro-batch's gradient.
    */
-  async step(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean; readonly pause?: StepPause } = {}): Promise<number> {
+  async step(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean } = {}): Promise<number> {
     const update = opts.update ?? true;
     if (!update && !this.plan.params.some((p) => p.role === 'grad_accumulator')) {
       throw new LorafaError(
@@ -124,7 +115,7 @@ export class StepRunner {
     }
     if (feeds) this.writeInputs(feeds);
     try {
-      await this.encodeStep(update, opts.pause);
+      await this.encodeStep(update);
     } catch (e) {
       // The whole step failed validation: find the kernel, so the error names it and its IR node.
       if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
@@ -136,37 +127,22 @@ export class StepRunner {
     return value;
   }
 
-  private encodeStep(update: boolean, pause?: StepPause): Promise<void> {
+  private encodeStep(update: boolean): Promise<void> {
     const device = this.gpu.device;
-    const encode = (from: number, to: number) => {
+    return checked(device, 'a training step', () => {
       const enc = device.createCommandEncoder({ label: 'lorafa step' });
       const pass = enc.beginComputePass();
-      for (let i = from; i < to; i++) {
-        const p = this.passes[i];
+      for (const [i, p] of this.passes.entries()) {
         if (!update && this.plan.dispatches[i].update) continue;
         pass.setPipeline(p.pipeline);
         pass.setBindGroup(0, p.bind);
         pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
       }
       pass.end();
-      return enc;
-    };
-    return checked(device, 'a training step', () => {
-      const at = pause ? Math.max(0, Math.min(pause.before, this.passes.length)) : 0;
-      if (pause) {
-        device.queue.submit([encode(0, at).finish()]);
-        pause.run();
-      }
-      const enc = encode(at, this.passes.length);
       const loss = this.plan.loss;
       enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
       device.queue.submit([enc.finish()]);
     });
-  }
-
-  /** Writes raw f32 values into a plan buffer at a byte offset (tests: poisoning freed bytes). */
-  writeBytes(buffer: number, offset: number, data: Float32Array): void {
-    this.gpu.device.queue.writeBuffer(this.buffers[buffer], offset, data);
   }
 
   /** Re-encodes the dispatches one at a time; throws for the first that fails validation. */
