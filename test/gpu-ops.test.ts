@@ -253,8 +253,12 @@ function fmtTol(t: Tolerance): string {
 /** Largest |Δ| / max|ref| seen per op (LORAFA_REPORT prints the attention ops'). */
 const worst = new Map<string, number>();
 
-/** Throws, naming the case, at the first element outside the tolerance (NaN never passes). */
-function expectClose(node: Node, ins: readonly Tensor[], got: Float64Array, what: string): void {
+/**
+ * Throws, naming the case, at the first element outside the tolerance (NaN never passes). `half`:
+ * the output is stored in half precision with this unit roundoff (bf16 2⁻⁸, f16 2⁻¹¹), which adds
+ * one rounding of each element (and f16's subnormal spacing, 2⁻²⁴, near zero) to the f32 bound.
+ */
+function expectClose(node: Node, ins: readonly Tensor[], got: Float64Array, what: string, half?: { readonly u: number; readonly atol: number }): void {
   const def = anyDef(node.op as OpName);
   const want = def.ref(ins, node.attrs, node.out.type);
   const tol = toleranceFor(node);
@@ -275,8 +279,9 @@ function expectClose(node: Node, ins: readonly Tensor[], got: Float64Array, what
             : tol.kind === 'scaled'
               ? tol.rtol * top
               : (tol.length + 1) * ULP1 * scale![i];
-    if (!(d <= bound)) {
-      throw new Error(`${what}: element ${i} of ${want.length}: gpu ${got[i]}, ref ${want[i]}, |Δ| = ${d} > ${bound} (tolerance ${fmtTol(tol)})`);
+    const stored = half ? bound * (1 + half.u) + half.u * Math.abs(want[i]) + half.atol : bound;
+    if (!(d <= stored)) {
+      throw new Error(`${what}: element ${i} of ${want.length}: gpu ${got[i]}, ref ${want[i]}, |Δ| = ${d} > ${stored} (tolerance ${fmtTol(tol)}${half ? ` + one half-precision rounding (u = ${half.u})` : ''})`);
     }
   }
 }
@@ -298,15 +303,18 @@ function describeCase(op: string, oc: OpCase<any>, seed: number): string {
   return `${op}(${ins}) attrs ${JSON.stringify(oc.attrs)} value seed ${seed}`;
 }
 
-/** The node op(x0…xn) on fresh inputs, with seeded values rounded to what the device stores. */
-function build(op: OpName, oc: OpCase<any>, seed: number): Built {
+/**
+ * The node op(x0…xn) on fresh inputs, with seeded values rounded to what the device stores: f32
+ * (i32), or with `half` every float operand but a scalar (scalars are inlined as f32 literals).
+ */
+function build(op: OpName, oc: OpCase<any>, seed: number, half?: 'f16' | 'bf16'): Built {
   const b = new Builder({ name: `gpu_${op}` });
   const ins = oc.inputs.map((x, i) => b.input(`x${i}`, x.type.shape, x.type.dtype));
   b.emit(op, ins, oc.attrs);
   const node = b.build().nodes.at(-1)!;
   const tensors = oc.inputs.map((x, i) => ({
     shape: x.type.shape,
-    data: deviceValues(sample(numel(x.type.shape), x.domain, (seed + 7919 * (i + 1)) >>> 0), x.type.dtype),
+    data: deviceValues(sample(numel(x.type.shape), x.domain, (seed + 7919 * (i + 1)) >>> 0), half && x.type.dtype !== 'i32' && x.type.shape.length > 0 ? half : x.type.dtype),
   }));
   return { node, ins, byId: new Map(ins.map((v, i) => [v.id, tensors[i]])), tensors, desc: describeCase(op, oc, seed) };
 }
@@ -394,6 +402,54 @@ for (const op of GPU_OPS) {
     );
   });
 }
+
+// Half storage (src/codegen/storage.ts): every kernel with its float tensors stored as f16
+// (array<f16>, shader-f16), as f16 packed two to a u32 (adapters without shader-f16), or as bf16
+// (packed), the way `--dtype f16|bf16` stores frozen weights and activations. Arithmetic stays
+// f32: against the reference on the half-rounded inputs, the f32 bound plus one rounding of the
+// stored output. A half read from the wrong word or the wrong half, or a packed store that
+// clobbers its neighbour (two invocations writing one u32), is off by O(|x|) and fails.
+const HALF_KINDS = ['f16', 'f16p', 'bf16'] as const;
+type HalfKind = (typeof HALF_KINDS)[number];
+const HALF_ROUNDOFF: Record<HalfKind, { u: number; atol: number }> = { f16: { u: 2 ** -11, atol: 2 ** -24 }, f16p: { u: 2 ** -11, atol: 2 ** -24 }, bf16: { u: 2 ** -8, atol: 0 } };
+
+describe('half storage: f16, f16 packed in u32, bf16', () => {
+  for (const op of GPU_OPS) {
+    it(
+      `${op}: matches the reference on half-rounded inputs within the f32 bound plus one rounding of the output`,
+      async () => {
+        const kinds = HALF_KINDS.filter((k) => k !== 'f16' || gpu.shaderF16);
+        await propertyAsync(
+          `gpu/${op}/half`,
+          fc.tuple(caseArb(op), fc.constantFrom(...kinds), fc.boolean()),
+          async ([{ oc, seed }, kind, subgroups]) => {
+            const dtype = kind === 'bf16' ? 'bf16' : 'f16';
+            const c = build(op, oc, seed, dtype);
+            const elem = (v: Value) => (v.type.dtype === 'i32' ? 'i32' : kind);
+            const got = await runNodeOnGpu(c.node, c.byId, { elem, subgroupSize: subgroups ? gpu.subgroupSize : undefined });
+            expectClose(c.node, c.tensors, got, `${c.desc} [${kind} storage${subgroups ? ', subgroups' : ''}]`, HALF_ROUNDOFF[kind]);
+          },
+          { numRuns: FEW },
+        );
+      },
+      TIMEOUT,
+    );
+  }
+
+  it('teeth: reading the wrong half of each packed word is caught', async () => {
+    const b = new Builder({ name: 'teeth' });
+    const x = b.input('x', [6]);
+    b.emit('neg', [x], {});
+    const node = b.build().nodes.at(-1)!;
+    const data = Float64Array.from([1, 2, 3, 4, 5, 6]);
+    const k = emitKernel(node, { constants: new Map(), maxWorkgroupsPerDimension: LIMIT, elem: () => 'bf16' });
+    const swapped = { ...k, wgsl: k.wgsl.replace('select(w & 0xffffu, w >> 16u, (e & 1u) == 1u)', 'select(w >> 16u, w & 0xffffu, (e & 1u) == 1u)') };
+    expect(swapped.wgsl).not.toBe(k.wgsl);
+    const elem = () => 'bf16' as const;
+    expect(Array.from(await runKernelOnGpu(node, k, new Map([[x.id, { shape: [6], data }]]), { elem }))).toEqual([-1, -2, -3, -4, -5, -6]);
+    expect(Array.from(await runKernelOnGpu(node, swapped, new Map([[x.id, { shape: [6], data }]]), { elem }))).toEqual([-2, -1, -4, -3, -6, -5]);
+  });
+});
 
 describe('scalar operands inlined as constants', () => {
   /** Up to `want` registry cases of `op` with a rank-0 operand, from a deterministic search. */

@@ -10,7 +10,8 @@ import { LorafaError } from '../src/ir/errors.ts';
 import type fc from 'fast-check';
 import { IGNORE_INDEX, type CaseGen, type Domain } from '../src/ir/ops.ts';
 import type { Tensor } from '../src/ir/shape.ts';
-import { numel, type Graph } from '../src/ir/types.ts';
+import { numel, type DType, type Graph } from '../src/ir/types.ts';
+import { roundTo } from '../src/ir/half.ts';
 import { loadModel, trace } from '../src/model/load.ts';
 import { rng } from '../src/runtime/init.ts';
 
@@ -220,7 +221,7 @@ export { runKernelOnGpu, type KernelRunOptions } from '../src/runtime/single.ts'
 
 /** `data` as the device holds it: f32-rounded, or whole numbers for i32. */
 export function deviceValues(data: ArrayLike<number>, dtype: string): Float64Array {
-  return Float64Array.from(data, dtype === 'i32' ? (v) => Math.trunc(v) : Math.fround);
+  return Float64Array.from(data, (v) => roundTo(dtype as DType, v));
 }
 
 

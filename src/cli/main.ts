@@ -101,6 +101,7 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
   gradAccum?: number;
   gradCorrection?: boolean;
   evalBatch?: number;
+  dtype: StorageDType;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
@@ -180,7 +181,8 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
     const { maxWorkgroupsPerDimension, ...limits } = await resolveLimits({ ...flags, limits: preset });
     // Planned for this machine's adapter: use its subgroup matmul when it has one (the trainer then
     // needs that feature where it runs, which the runtime checks).
-    const subgroupSize = preset === 'adapter' ? (await acquireGpu()).subgroupSize : undefined;
+    const gpu = preset === 'adapter' ? await acquireGpu() : undefined;
+    const subgroupSize = gpu?.subgroupSize;
     const program = compileProgram(s.m, {
       config: s.config,
       overrides: s.overrides,
@@ -196,12 +198,15 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       limits: { ...limits, preset },
       maxWorkgroupsPerDimension,
       subgroupSize,
+      dtype: flags.dtype,
+      // f16 as array<f16> where this adapter has shader-f16; packed in u32 (portable) otherwise.
+      shaderF16: gpu?.shaderF16,
     });
     const emitted = emitTrainer({ outDir: flags.out, program, log: (line) => console.log(line) });
     const dir = shown(emitted.outDir);
     const spec = program.spec;
     console.log(`wrote ${dir}/trainer.ts, ${dir}/plan.json, ${dir}/kernels/ (${emitted.kernels} kernels; ${program.step.dispatches.length} dispatches per step, ${program.eval.dispatches.length} per evaluation batch)`);
-    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}; limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
+    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}; ${spec.dtype ? `${spec.dtype} storage (trainable state f32); ` : ''}limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
     console.log(`train it:  npx lorafa train ${dir} --data <file> --steps 100${spec.accumulate ? ` --grad-accum ${flags.gradAccum}` : ''}`);
     console.log(`       or: npx tsx ${dir}/trainer.ts --data <file> --steps 100   (where the lorafa package is installed)`);
     // --emit given explicitly still prints; by default -o prints only what it wrote.
@@ -329,6 +334,7 @@ export function program(helpFor?: string): Command {
     .option('--grad-accum <k>', 'with -o: compile gradient accumulators (the trainer then takes --grad-accum k)', positiveInt('--grad-accum'))
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
+    .addOption(new Option('--dtype <d>', 'with -o: storage of frozen weights and activations on the GPU (trainable parameters, gradients and optimizer state stay f32)').choices([...STORAGE_DTYPES]).default('f32'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))

@@ -64,15 +64,17 @@ interface Parts {
   readonly bound: KernelSource['bound'];
   /** Reads operand `role` at a WGSL index expression. */
   readonly read: (role: 'q' | 'k' | 'v' | 'mask' | 'packed' | 'ct' | 'delta', index: string) => string;
+  /** The statement storing f32 `v` at element `e` of the output. */
+  readonly st: (e: string, v: string) => string;
 }
 
 function parts(node: Node, ctx: EmitContext, extra: 0 | 3): Parts {
   const a = node.attrs as AttentionAttrs;
   const d = attentionDims(node.inputs.map((v) => v.type), a, extra);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const at = a.masked ? 4 : 3;
   const slot = { q: 0, k: 1, v: 2, mask: 3, packed: at, ct: at + 1, delta: at + 2 } as const;
-  return { a, d, bound, read: (role, index) => arg(slot[role], index) };
+  return { a, d, bound, st, read: (role, index) => arg(slot[role], index) };
 }
 
 /** Statements that load rows [row0, row0 + n) of a contiguous [.., width] operand into `dst`. */
@@ -100,7 +102,7 @@ function queryRowKernel(
   const blocks = Math.ceil(d.sq / R);
   const total = d.b * d.h * blocks;
   const { before, tile, after } = body({ ...p, TK });
-  const wgsl = `${header(bound, node.out)}
+  const wgsl = `${header(bound, node.out, ctx)}
 var<workgroup> ks: array<f32, ${TK * d.dk}>;
 var<workgroup> vs: array<f32, ${TK * d.dv}>;
 
@@ -133,7 +135,7 @@ ${after}
 }
 
 export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
-  return queryRowKernel(node, ctx, 0, ({ a, d, read, TK }) => ({
+  return queryRowKernel(node, ctx, 0, ({ a, d, read, st, TK }) => ({
     before: `  var acc: array<f32, ${d.dv}>;
   var sc: array<f32, ${TK}>;
   var m = ${NEG};
@@ -165,8 +167,8 @@ export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
     after: `  if (i < ${u(d.sq)}) {
     let o = (bh * ${u(d.sq)} + i) * ${u(d.dv + 1)};
     let inv = 1.0 / l;
-    for (var c = 0u; c < ${u(d.dv)}; c++) { out[o + c] = acc[c] * inv; }
-    out[o + ${u(d.dv)}] = m + log(l);
+    for (var c = 0u; c < ${u(d.dv)}; c++) { ${st(`o + c`, `acc[c] * inv`)} }
+    ${st(`o + ${u(d.dv)}`, `m + log(l)`)}
   }`,
   }));
 }
@@ -177,7 +179,7 @@ function prob(s: string, L: string, count: string): string {
 }
 
 export function emitAttentionDq(node: Node, ctx: EmitContext): KernelSource {
-  return queryRowKernel(node, ctx, 3, ({ a, d, read }) => {
+  return queryRowKernel(node, ctx, 3, ({ a, d, read, st }) => {
     const w = d.dv + 1;
     return {
       before: `  var dor: array<f32, ${d.dv}>;
@@ -199,21 +201,21 @@ export function emitAttentionDq(node: Node, ctx: EmitContext): KernelSource {
       for (var c = 0u; c < ${u(d.dk)}; c++) { dq[c] = dq[c] + ds * ks[jj * ${u(d.dk)} + c]; }
     }`,
       after: `  if (i < ${u(d.sq)}) {
-    for (var c = 0u; c < ${u(d.dk)}; c++) { out[ro * ${u(d.dk)} + c] = dq[c] * ${lit(a.scale)}; }
+    for (var c = 0u; c < ${u(d.dk)}; c++) { ${st(`ro * ${u(d.dk)} + c`, `dq[c] * ${lit(a.scale)}`)} }
   }`,
     };
   });
 }
 
 export function emitAttentionDkv(node: Node, ctx: EmitContext): KernelSource {
-  const { a, d, bound, read } = parts(node, ctx, 3);
+  const { a, d, bound, read, st } = parts(node, ctx, 3);
   const R = ATTENTION_ROWS;
   const TQ = attentionTiles(d.dk, d.dv).queries;
   const blocks = Math.ceil(d.sk / R);
   const total = d.b * d.hkv * blocks;
   const w = d.dv + 1;
   const wkv = d.dk + d.dv;
-  const wgsl = `${header(bound, node.out)}
+  const wgsl = `${header(bound, node.out, ctx)}
 var<workgroup> qs: array<f32, ${TQ * d.dk}>;
 var<workgroup> dos: array<f32, ${TQ * d.dv}>;
 var<workgroup> ls: array<f32, ${TQ}>;
@@ -269,8 +271,8 @@ ${MAIN}
   }
   if (j < ${u(d.sk)}) {
     let o = ko * ${u(wkv)};
-    for (var c = 0u; c < ${u(d.dk)}; c++) { out[o + c] = dk[c] * ${lit(a.scale)}; }
-    for (var c = 0u; c < ${u(d.dv)}; c++) { out[o + ${u(d.dk)} + c] = dv[c]; }
+    for (var c = 0u; c < ${u(d.dk)}; c++) { ${st(`o + c`, `dk[c] * ${lit(a.scale)}`)} }
+    for (var c = 0u; c < ${u(d.dv)}; c++) { ${st(`o + ${u(d.dk)} + c`, `dv[c]`)} }
   }
 }
 `;

@@ -30,6 +30,7 @@ import { OPS, type OpName } from '../ir/ops.ts';
 import { numel, sameShape, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
 import { broadcastStrides, gatherIndex, grid1d, lit } from './wgsl.ts';
+import { access, declare, defaultElem, type Access } from './storage.ts';
 
 export interface FusedGroup {
   /** Members in schedule order; the fused kernel runs at the last one's position. */
@@ -227,13 +228,15 @@ export function emitFused(group: FusedGroup, ctx: EmitContext): KernelSource {
   }
   const vec = total % 4 === 0;
   const lanes = vec ? 4 : 1;
-  const decls = bound.map((_, s) => `@group(0) @binding(${s}) var<storage, read_write> in${s}: array<${vec && full.get(s) ? 'vec4<f32>' : 'f32'}>;`);
-  group.stored.forEach((_, j) => decls.push(`@group(0) @binding(${bound.length + j}) var<storage, read_write> out${j}: array<${vec ? 'vec4<f32>' : 'f32'}>;`));
+  const elem = ctx.elem ?? defaultElem;
+  const ins = bound.map((x, s) => access(s, `in${s}`, elem(x), { vec: vec && full.get(s) }));
+  const outs = group.stored.map((v, j) => access(bound.length + j, `out${j}`, elem(v), { vec, written: true }));
+  const load = (a: Access, wide: boolean) => (wide ? a.ld4('i') : a.ld('i'));
 
   const lines: string[] = [];
   // Full-shape operands: one (vec4) load each, before any store.
-  for (let s = 0; s < bound.length; s++) if (full.get(s)) lines.push(`let x${s} = in${s}[i];`);
-  for (const j of new Set(group.inPlace.values())) lines.push(`let o${j} = out${j}[i];`);
+  for (let s = 0; s < bound.length; s++) if (full.get(s)) lines.push(`let x${s} = ${load(ins[s], vec)};`);
+  for (const j of new Set(group.inPlace.values())) lines.push(`let o${j} = ${load(outs[j], vec)};`);
   const XYZW = ['x', 'y', 'z', 'w'];
   const gathered = new Set<string>();
   const operand = (x: Value, lane: number): string => {
@@ -248,7 +251,7 @@ export function emitFused(group: FusedGroup, ctx: EmitContext): KernelSource {
     if (!gathered.has(name)) {
       gathered.add(name);
       const idx = vec ? `i * 4u + ${lane}u` : 'i';
-      lines.push(`${gatherIndex(`j${x.id}_${lane}`, idx, shape, broadcastStrides(x.type.shape, shape))} let ${name} = in${s}[j${x.id}_${lane}];`);
+      lines.push(`${gatherIndex(`j${x.id}_${lane}`, idx, shape, broadcastStrides(x.type.shape, shape))} let ${name} = ${ins[s].ld(`j${x.id}_${lane}`)};`);
     }
     return name;
   };
@@ -263,13 +266,13 @@ export function emitFused(group: FusedGroup, ctx: EmitContext): KernelSource {
   }
   group.stored.forEach((v, j) => {
     const vals = Array.from({ length: lanes }, (_, lane) => `v${v.id}_${lane}`);
-    lines.push(`out${j}[i] = ${vec ? `vec4<f32>(${vals.join(', ')})` : vals[0]};`);
+    lines.push(vec ? outs[j].st4('i', `vec4<f32>(${vals.join(', ')})`) : outs[j].st('i', vals[0]));
   });
   const count = total / lanes;
   return {
     bound,
     workgroups: grid1d(count, ctx),
-    wgsl: `${decls.join('\n')}
+    wgsl: `${declare([...ins, ...outs])}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = gid.x + gid.y * nwg.x * 256u;

@@ -6,6 +6,7 @@ import type { DType, Graph, Node, Value } from '../ir/types.ts';
 import type { MemoryPlan, PlanBuffer } from '../passes/memory-plan.ts';
 import { isInlineConstant, isView } from '../passes/schedule.ts';
 import { emitFused, planFusion, type FusedGroup } from './fuse.ts';
+import { defaultElem, type ElemKind } from './storage.ts';
 import { emitKernel } from './wgsl.ts';
 
 /** Bytes [offset, offset + size) of one plan buffer. */
@@ -72,6 +73,12 @@ export interface KernelPlanOptions {
    * a device created with that feature.
    */
   readonly subgroupSize?: number;
+  /**
+   * The device has the `shader-f16` feature: an f16 plan's half tensors are array<f16> (`enable
+   * f16`); without it they are packed two to a u32 (storage.ts). Kernels then need a device with
+   * that feature.
+   */
+  readonly shaderF16?: boolean;
 }
 
 /**
@@ -89,9 +96,6 @@ export function fixedSubgroupSize(
 }
 
 export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOptions = {}): KernelPlan {
-  if (plan.dtype !== 'f32') {
-    throw new LorafaError('--dtype', `the runtime stores f32 only; this plan stores ${plan.dtype}`, 'plan and train with --dtype f32');
-  }
   const byId = new Map(plan.tensors.map((t) => [t.id, t]));
   const constants = new Map<number, number>();
   for (const n of plan.schedule) {
@@ -111,7 +115,13 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     for (let a = plan.aliases.get(id); a !== undefined && a >= 0; a = plan.aliases.get(id)) id = a;
     return id;
   };
-  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root, subgroupSize: opts.subgroupSize };
+  // Half storage (storage.ts): f16 natively where the device has shader-f16, else packed in u32.
+  const half: ElemKind = plan.dtype === 'bf16' ? 'bf16' : opts.shaderF16 ? 'f16' : 'f16p';
+  const elem = (v: Value): ElemKind => {
+    const t = byId.get(root(v));
+    return !t || t.dtype === 'f32' || t.dtype === 'i32' ? defaultElem(v) : half;
+  };
+  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root, subgroupSize: opts.subgroupSize, elem };
   const dispatched = (n: Node) => !isView(n) && !constants.has(n.out.id);
   // With accumulators, a kernel is all update or none of it (fuse.ts rule 6), so a micro-step
   // can run the forward, backward and accumulation dispatches without the update's.
@@ -168,7 +178,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
       ...phaseOf([n]),
     });
   }
-  const resident = (v: Value): Resident => ({ name: v.name, shape: v.type.shape, dtype: v.type.dtype, slice: slice(v) });
+  const resident = (v: Value): Resident => ({ name: v.name, shape: v.type.shape, dtype: byId.get(root(v))?.dtype ?? v.type.dtype, slice: slice(v) });
   const loss = g.outputs.loss;
   if (!loss) throw new LorafaError(g.file ?? g.name, 'the step graph has no loss output');
   return {

@@ -7,8 +7,9 @@
 // Every binding is declared `var<storage, read_write>`: the arena is one buffer, so a kernel often
 // reads and writes slices of the same GPUBuffer, and WebGPU accepts several writable storage
 // usages of one buffer in a dispatch but not a mix of read-only and writable ones.
-// Element types: f32 → array<f32>, i32 → array<i32>.
+// Element types: f32 → array<f32>, i32 → array<i32>; half storage (f16, bf16) as storage.ts says.
 import type { Node, Value } from '../ir/types.ts';
+import type { ElemKind } from './storage.ts';
 
 export interface KernelSource {
   /** Complete WGSL module with one entry point `main`. Shapes are baked in as constants. */
@@ -36,6 +37,11 @@ export interface EmitContext {
    * subgroup, as lavapipe does (8). Kernels may then share loads across a subgroup.
    */
   readonly subgroupSize?: number;
+  /**
+   * How a value is stored (storage.ts): f32 / i32 by default; f16, f16p (packed, no shader-f16)
+   * or bf16 where the memory plan stores it in half precision. Views share their root's.
+   */
+  readonly elem?: (v: Value) => ElemKind;
 }
 
 export type KernelEmitterFn = (node: Node, ctx: EmitContext) => KernelSource;

@@ -29,14 +29,14 @@ const u = (n: number) => `${n}u`;
 export function emitLinearCrossEntropy(node: Node, ctx: EmitContext): KernelSource {
   const a = node.attrs as LinearCeAttrs;
   const { n, d, v } = linearCeDims(node.inputs.map((x) => x.type), a);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   // w[k, col]: [d, V] row-major, or [V, d] with transB.
   const wAt = (k: string, col: string) => arg(1, a.transB ? `(${col}) * ${u(d)} + ${k}` : `(${k}) * ${u(v)} + ${col}`);
   const rows = Array.from({ length: LCE_ROWS }, (_, r) => r);
   return {
     bound,
     workgroups: foldGroups(Math.ceil(n / LCE_ROWS), ctx),
-    wgsl: `${header(bound, node.out)}
+    wgsl: `${header(bound, node.out, ctx)}
 const N = ${u(n)};
 const D = ${u(d)};
 const V = ${u(v)};
@@ -96,9 +96,9 @@ ${rows.map((r) => `    zs[${u(r * COLS)} + lid] = select(${lit(-Infinity)}, z${r
     let row = r0 + lid;
     let lse = m + log(s);
     let ok = label >= 0i && label < ${v}i;
-    out[row * 3u] = select(0.0, lse - picked, ok);
-    out[row * 3u + 1u] = lse;
-    out[row * 3u + 2u] = select(0.0, 1.0, ok);
+    ${st(`row * 3u`, `select(0.0, lse - picked, ok)`)}
+    ${st(`row * 3u + 1u`, `lse`)}
+    ${st(`row * 3u + 2u`, `select(0.0, 1.0, ok)`)}
   }
 }
 `,

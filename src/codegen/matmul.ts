@@ -39,6 +39,7 @@
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
+import { access, declare, defaultElem, type Access } from './storage.ts';
 
 export interface MatmulTiling {
   /** Rows of C per invocation: a multiple of 4 (Aᵀ is read as vec4 along m). */
@@ -154,11 +155,13 @@ function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => num
   const TN = n >= ROW_LANES.tn ? ROW_LANES.tn : n >= 8 ? 8 : 4;
   const nv = TN / 4;
   const shared = key(a) === key(b);
-  const A = 'in0';
-  const B = shared ? 'in0' : 'in1';
-  const decls = ['@group(0) @binding(0) var<storage, read_write> in0: array<vec4<f32>>;'];
-  if (!shared) decls.push('@group(0) @binding(1) var<storage, read_write> in1: array<vec4<f32>>;');
-  decls.push(`@group(0) @binding(${shared ? 1 : 2}) var<storage, read_write> out: array<vec4<f32>>;`);
+  const elem = ctx.elem ?? defaultElem;
+  const accA = access(0, 'in0', elem(a), { vec: true });
+  const accB = shared ? accA : access(1, 'in1', elem(b), { vec: true });
+  const accC = access(shared ? 1 : 2, 'out', elem(node.out), { vec: true, written: true });
+  const A = (q: string) => accA.ld4(q);
+  const B = (q: string) => accB.ld4(q);
+  const decls = [declare(shared ? [accA, accC] : [accA, accB, accC])];
 
   const pre: string[] = [];
   const body: string[] = [];
@@ -166,12 +169,12 @@ function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => num
   let aval: (i: number, q: number) => string;
   if (!transA) {
     for (let i = 0; i < TM; i++) pre.push(`let ab${i} = (aOff + min(row0 + ${u(i)}, ${u(m - 1)}) * ${u(k)}) / 4u;`);
-    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A}[ab${i} + kq];`);
+    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A(`ab${i} + kq`)};`);
     aval = (i, q) => `a${i}.${XYZW[q]}`;
   } else {
     // Aᵀ stored [k, m]: rows row0 … row0 + 3 at one k are one vec4 (TM = 4, m a multiple of 4).
     pre.push(`let ag = (aOff / 4u) + min(row0 / 4u, ${u(m / 4 - 1)});`);
-    for (let q = 0; q < 4; q++) body.push(`let a_${q} = ${A}[ag + (kq * 4u + ${u(q)}) * ${u(m / 4)}];`);
+    for (let q = 0; q < 4; q++) body.push(`let a_${q} = ${A(`ag + (kq * 4u + ${u(q)}) * ${u(m / 4)}`)};`);
     aval = (i, q) => `a_${q}.${XYZW[i]}`;
   }
   // The quad's TN vec4 of op(B), e = 0 … TN - 1, spread over the lanes: lane s loads e = 8g + s
@@ -183,11 +186,11 @@ function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => num
       // vector e = (q, j): B[k0 + q, col0 + 4j … + 3]
       pre.push(`let bq${g} = e${g} / ${u(nv)};`);
       pre.push(`let bc${g} = (bOff / 4u) + min(col0 / 4u + e${g} % ${u(nv)}, ${u(n / 4 - 1)});`);
-      body.push(`let bl${g} = ${B}[bc${g} + (kq * 4u + bq${g}) * ${u(n / 4)}];`);
+      body.push(`let bl${g} = ${B(`bc${g} + (kq * 4u + bq${g}) * ${u(n / 4)}`)};`);
     } else {
       // Bᵀ stored [n, k]: vector e = column col0 + e along the quad's k
       pre.push(`let bc${g} = (bOff + min(col0 + e${g}, ${u(n - 1)}) * ${u(k)}) / 4u;`);
-      body.push(`let bl${g} = ${B}[bc${g} + kq];`);
+      body.push(`let bl${g} = ${B(`bc${g} + kq`)};`);
     }
   }
   const bcast = (e: number) => `subgroupBroadcast(bl${Math.floor(e / 8)}, ${u(e % 8)})`;
@@ -221,7 +224,7 @@ function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => num
     for (let j = 0; j < nv; j++) {
       accs.push(`var acc${i}_${j} = vec4<f32>(0.0);`);
       const cond = [rowsExact ? '' : `row0 + ${u(i)} < ${u(m)}`, colsExact ? '' : `col0 / 4u + ${u(j)} < ${u(n / 4)}`].filter(Boolean).join(' && ');
-      const st = `out[(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}] = acc${i}_${j};`;
+      const st = accC.st4(`(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}`, `acc${i}_${j}`);
       stores.push(cond ? `if (${cond}) { ${st} }` : st);
     }
   }
@@ -278,17 +281,19 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
   checkOutputApart(node, key);
   const shared = key(a) === key(b);
   const bound: Value[] = shared ? [a] : [a, b];
-  const A = 'in0';
-  const B = shared ? 'in0' : 'in1';
   // vec4 along the contiguous dimension when it is a multiple of 4 (then so is every batch offset).
   let aVec = (transA ? m : k) % 4 === 0;
   let bVec = (transB ? k : n) % 4 === 0;
   if (shared) aVec = bVec = aVec && bVec;
   const cVec = n % 4 === 0;
-  const arr = (vec: boolean) => (vec ? 'array<vec4<f32>>' : 'array<f32>');
-  const decls = [`@group(0) @binding(0) var<storage, read_write> in0: ${arr(aVec)};`];
-  if (!shared) decls.push(`@group(0) @binding(1) var<storage, read_write> in1: ${arr(bVec)};`);
-  decls.push(`@group(0) @binding(${bound.length}) var<storage, read_write> out: ${arr(cVec)};`);
+  const elem = ctx.elem ?? defaultElem;
+  const accA = access(0, 'in0', elem(a), { vec: aVec });
+  const accB = shared ? accA : access(1, 'in1', elem(b), { vec: bVec });
+  const accC = access(bound.length, 'out', elem(node.out), { vec: cVec, written: true });
+  // A load: a vec4 (by vec4 index) from a vec4 binding, an element from a scalar one.
+  const A = (i: string) => (aVec ? accA.ld4(i) : accA.ld(i));
+  const B = (i: string) => (bVec ? accB.ld4(i) : accB.ld(i));
+  const decls = [declare(shared ? [accA, accC] : [accA, accB, accC])];
 
   // Quads of k, unrolled, when an operand is read as vec4; otherwise (both scalar: odd shapes,
   // where compile time matters more than speed) one k step per iteration.
@@ -302,7 +307,7 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
   const aIndex = (row: string, p: string) => (transA ? `aOff + (${p}) * ${u(m)} + ${row}` : `aOff + ${row} * ${u(k)} + ${p}`);
   const bIndex = (p: string, col: string) => (transB ? `bOff + ${col} * ${u(k)} + ${p}` : `bOff + (${p}) * ${u(n)} + ${col}`);
   // One scalar element of an operand, whichever array type it is bound as (tail steps only).
-  const scalarAt = (name: string, vec: boolean, idx: string) => (vec ? `${name}[(${idx}) / 4u][(${idx}) % 4u]` : `${name}[${idx}]`);
+  const scalarAt = (acc: Access, idx: string) => acc.ld(idx);
 
   // Row and column indices, clamped so every load is in bounds (stores are guarded).
   for (let i = 0; i < TM; i++) pre.push(`let r${i} = min(row0 + ${u(i)}, ${u(m - 1)});`);
@@ -314,7 +319,7 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
     // Lane s of the subgroup loads row row0 + 8g + s (vec4 along k) and broadcasts it: one load
     // per lane per TM/8 rows instead of TM.
     for (let g = 0; g < TM / 8; g++) pre.push(`let al${g} = (aOff + min(row0 + ${u(8 * g)} + sid, ${u(m - 1)}) * ${u(k)}) / 4u;`);
-    for (let g = 0; g < TM / 8; g++) body.push(`let av${g} = ${A}[al${g} + kq];`);
+    for (let g = 0; g < TM / 8; g++) body.push(`let av${g} = ${A(`al${g} + kq`)};`);
     for (let i = 0; i < TM; i++) body.push(`let sa${i} = subgroupBroadcast(av${Math.floor(i / 8)}, ${u(i % 8)});`);
     aval = (i, q) => `sa${i}.${XYZW[q]}`;
   } else if (subgroup && transA) {
@@ -323,37 +328,37 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
     for (let g = 0; g < TM / 8; g++) {
       pre.push(`let atk${g} = (${u(8 * g)} + sid) / ${u(per)};`);
       pre.push(`let atr${g} = min(row0 / 4u + (${u(8 * g)} + sid) % ${u(per)}, ${u(m / 4 - 1)});`);
-      body.push(`let av${g} = ${A}[(aOff + (k0 + atk${g}) * ${u(m)}) / 4u + atr${g}];`);
+      body.push(`let av${g} = ${A(`(aOff + (k0 + atk${g}) * ${u(m)}) / 4u + atr${g}`)};`);
     }
     for (let v = 0; v < TM; v++) body.push(`let sa${v} = subgroupBroadcast(av${Math.floor(v / 8)}, ${u(v % 8)});`);
     // element (row0 + i, k0 + q) is component i % 4 of vec4 number q·TM/4 + i/4
     aval = (i, q) => `sa${q * per + Math.floor(i / 4)}.${XYZW[i % 4]}`;
   } else if (aVec && !transA) {
     for (let i = 0; i < TM; i++) pre.push(`let ab${i} = (aOff + r${i} * ${u(k)}) / 4u;`);
-    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A}[ab${i} + kq];`);
+    for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A(`ab${i} + kq`)};`);
     aval = (i, q) => `a${i}.${XYZW[q]}`;
   } else if (aVec && transA) {
     // Aᵀ stored [k, m]: 4 consecutive rows of op(A) are one vec4 (row0 and m are multiples of 4).
     for (let g = 0; g < TM / 4; g++) pre.push(`let ag${g} = min(row0 / 4u + ${u(g)}, ${u(m / 4 - 1)});`);
-    for (let q = 0; q < 4; q++) for (let g = 0; g < TM / 4; g++) body.push(`let a${g}_${q} = ${A}[(aOff + (k0 + ${u(q)}) * ${u(m)}) / 4u + ag${g}];`);
+    for (let q = 0; q < 4; q++) for (let g = 0; g < TM / 4; g++) body.push(`let a${g}_${q} = ${A(`(aOff + (k0 + ${u(q)}) * ${u(m)}) / 4u + ag${g}`)};`);
     aval = (i, q) => `a${Math.floor(i / 4)}_${q}.${XYZW[i % 4]}`;
   } else {
-    for (let q = 0; q < 4; q++) for (let i = 0; i < TM; i++) body.push(`let a${i}_${q} = ${A}[${aIndex(`r${i}`, `k0 + ${u(q)}`)}];`);
+    for (let q = 0; q < 4; q++) for (let i = 0; i < TM; i++) body.push(`let a${i}_${q} = ${A(`${aIndex(`r${i}`, `k0 + ${u(q)}`)}`)};`);
     aval = (i, q) => `a${i}_${q}`;
   }
   // bvec(q, j): op(B)[k0 + q, col0 + 4j … col0 + 4j + 3] inside the loop.
   let bvec: (q: number, j: number) => string;
   if (bVec && !transB) {
     for (let j = 0; j < nv; j++) pre.push(`let cv${j} = min(col0 / 4u + ${u(j)}, ${u(n / 4 - 1)});`);
-    for (let q = 0; q < 4; q++) for (let j = 0; j < nv; j++) body.push(`let b${q}_${j} = ${B}[(bOff + (k0 + ${u(q)}) * ${u(n)}) / 4u + cv${j}];`);
+    for (let q = 0; q < 4; q++) for (let j = 0; j < nv; j++) body.push(`let b${q}_${j} = ${B(`(bOff + (k0 + ${u(q)}) * ${u(n)}) / 4u + cv${j}`)};`);
     bvec = (q, j) => `b${q}_${j}`;
   } else if (bVec && transB) {
     // Bᵀ stored [n, k]: one vec4 along k per column; the vec4 across columns is a register shuffle.
     for (let c = 0; c < TN; c++) pre.push(`let bb${c} = (bOff + c${c} * ${u(k)}) / 4u;`);
-    for (let c = 0; c < TN; c++) body.push(`let bt${c} = ${B}[bb${c} + kq];`);
+    for (let c = 0; c < TN; c++) body.push(`let bt${c} = ${B(`bb${c} + kq`)};`);
     bvec = (q, j) => `vec4<f32>(${[0, 1, 2, 3].map((c) => `bt${4 * j + c}.${XYZW[q]}`).join(', ')})`;
   } else {
-    for (let q = 0; q < 4; q++) for (let c = 0; c < TN; c++) body.push(`let b${q}_${c} = ${B}[${bIndex(`k0 + ${u(q)}`, `c${c}`)}];`);
+    for (let q = 0; q < 4; q++) for (let c = 0; c < TN; c++) body.push(`let b${q}_${c} = ${B(`${bIndex(`k0 + ${u(q)}`, `c${c}`)}`)};`);
     bvec = (q, j) => `vec4<f32>(${[0, 1, 2, 3].map((c) => `b${q}_${4 * j + c}`).join(', ')})`;
   }
   for (let q = 0; q < 4; q++) {
@@ -362,8 +367,8 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
   // The k steps after the last quad (all of k in the scalar case): one step per iteration.
   if (K4 * 4 < k) {
     tailBody.push(`for (var kt = ${u(K4 * 4)}; kt < ${u(k)}; kt++) {`);
-    for (let i = 0; i < TM; i++) tailBody.push(`  let ta${i} = ${scalarAt(A, aVec, aIndex(`r${i}`, 'kt'))};`);
-    for (let c = 0; c < TN; c++) tailBody.push(`  let tb${c} = ${scalarAt(B, bVec, bIndex('kt', `c${c}`))};`);
+    for (let i = 0; i < TM; i++) tailBody.push(`  let ta${i} = ${scalarAt(accA, aIndex(`r${i}`, 'kt'))};`);
+    for (let c = 0; c < TN; c++) tailBody.push(`  let tb${c} = ${scalarAt(accB, bIndex('kt', `c${c}`))};`);
     for (let i = 0; i < TM; i++) {
       for (let j = 0; j < nv; j++) tailBody.push(`  acc${i}_${j} = fma(vec4<f32>(ta${i}), vec4<f32>(${[0, 1, 2, 3].map((c) => `tb${4 * j + c}`).join(', ')}), acc${i}_${j});`);
     }
@@ -386,13 +391,13 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
       if (cVec) {
         const colOk = colsExact ? '' : `col0 / 4u + ${u(j)} < ${u(n / 4)}`;
         const cond = [rowOk, colOk].filter(Boolean).join(' && ');
-        const st = `out[(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}] = acc${i}_${j};`;
+        const st = accC.st4(`(cOff + (row0 + ${u(i)}) * ${u(n)}) / 4u + col0 / 4u + ${u(j)}`, `acc${i}_${j}`);
         stores.push(cond ? `if (${cond}) { ${st} }` : st);
       } else {
         for (let c = 0; c < 4; c++) {
           const col = `col0 + ${u(4 * j + c)}`;
           const cond = [rowOk, `${col} < ${u(n)}`].filter(Boolean).join(' && ');
-          stores.push(`if (${cond}) { out[cOff + (row0 + ${u(i)}) * ${u(n)} + ${col}] = acc${i}_${j}.${XYZW[c]}; }`);
+          stores.push(`if (${cond}) { ${accC.st(`cOff + (row0 + ${u(i)}) * ${u(n)} + ${col}`, `acc${i}_${j}.${XYZW[c]}`)} }`);
         }
       }
     }

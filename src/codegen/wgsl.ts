@@ -7,6 +7,7 @@ import type { EmitContext, KernelSource } from './kernel.ts';
 import { emitAttention, emitAttentionDkv, emitAttentionDq } from './attention.ts';
 import { emitLinearCrossEntropy } from './linear-ce.ts';
 import { emitMatmul } from './matmul.ts';
+import { access, declare, defaultElem, type Access } from './storage.ts';
 
 const WG = 256;
 
@@ -27,10 +28,20 @@ function elemType(v: Value): string {
   return v.type.dtype === 'i32' ? 'i32' : 'f32';
 }
 
-export function header(bound: readonly Value[], out: Value): string {
-  const lines = bound.map((v, i) => `@group(0) @binding(${i}) var<storage, read_write> in${i}: array<${elemType(v)}>;`);
-  lines.push(`@group(0) @binding(${bound.length}) var<storage, read_write> out: array<${elemType(out)}>;`);
-  return lines.join('\n');
+/** The scalar accesses of a kernel's bindings: in0 … in(k-1), then `out` (written). */
+export function bindings(bound: readonly Value[], out: Value, ctx: EmitContext): { ins: Access[]; out: Access } {
+  const elem = ctx.elem ?? defaultElem;
+  return { ins: bound.map((v, i) => access(i, `in${i}`, elem(v))), out: access(bound.length, 'out', elem(out), { written: true }) };
+}
+
+export function header(bound: readonly Value[], out: Value, ctx: EmitContext): string {
+  const b = bindings(bound, out, ctx);
+  return declare([...b.ins, b.out]);
+}
+
+/** The statement `out[e] = v;` in the output's storage. */
+export function storeOut(node: Node, ctx: EmitContext): (e: string, v: string) => string {
+  return access(0, 'out', (ctx.elem ?? defaultElem)(node.out), { written: true }).st;
 }
 
 /** `groups` workgroups (at least one) in a row, folded into 2-D past the per-dimension limit. */
@@ -53,7 +64,7 @@ function kernel1d(bound: Value[], node: Node, n: number, ctx: EmitContext, body:
   return {
     bound,
     workgroups: grid1d(n, ctx),
-    wgsl: `${header(bound, node.out)}
+    wgsl: `${header(bound, node.out, ctx)}
 ${MAIN_1D}
   if (i >= ${u(n)}) { return; }
 ${body.replace(/^\n/, '')}
@@ -100,7 +111,7 @@ export function split(
   node: Node,
   ctx: EmitContext,
   inPlace = false,
-): { bound: Value[]; names: string[]; arg: (i: number, index: string) => string } {
+): { bound: Value[]; names: string[]; arg: (i: number, index: string) => string; st: (e: string, v: string) => string } {
   const key = ctx.storage ?? ((v: Value) => v.id);
   const outKey = key(node.out);
   const bound: Value[] = [];
@@ -117,10 +128,13 @@ export function split(
     }
     return `in${slot}`;
   });
+  const acc = bindings(bound, node.out, ctx);
+  const reader = (name: string) => (name === 'out' ? acc.out : acc.ins[Number(name.slice(2))]);
   return {
     bound,
     names,
-    arg: (i, index) => (names[i] === '' ? constLit(node.inputs[i], ctx.constants.get(node.inputs[i].id)!) : `${names[i]}[${index}]`),
+    arg: (i, index) => (names[i] === '' ? constLit(node.inputs[i], ctx.constants.get(node.inputs[i].id)!) : reader(names[i]).ld(index)),
+    st: acc.out.st,
   };
 }
 
@@ -136,7 +150,7 @@ function emitMap(node: Node, ctx: EmitContext): KernelSource {
   if (def.kind !== 'map') throw new Error(`${node.op} is not elementwise`);
   const out = node.out.type.shape;
   const n = numel(out);
-  const { bound, arg } = split(node, ctx, true);
+  const { bound, arg, st } = split(node, ctx, true);
   const lets: string[] = [];
   const args = node.inputs.map((v, k) => {
     if (ctx.constants.has(v.id)) return arg(k, '');
@@ -151,15 +165,16 @@ function emitMap(node: Node, ctx: EmitContext): KernelSource {
   const expr = (def.expr as (a: readonly string[], attrs: unknown) => string)(vals, node.attrs);
   return kernel1d(bound, node, n, ctx, `
   ${lets.join('\n  ')}
-  out[i] = ${expr};`);
+  ${st(`i`, `${expr}`)}`);
 }
 
 function emitFill(node: Node, ctx: EmitContext): KernelSource {
   const a = node.attrs as { value: number };
   const n = numel(node.out.type.shape);
   const value = node.out.type.dtype === 'i32' ? `${Math.trunc(a.value)}` : lit(a.value);
+  const st = storeOut(node, ctx);
   return kernel1d([], node, n, ctx, `
-  out[i] = ${value};`);
+  ${st(`i`, `${value}`)}`);
 }
 
 function emitReduce(node: Node, ctx: EmitContext): KernelSource {
@@ -172,7 +187,7 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
   const nOut = keptDims.reduce((a, d) => a * shape[d], 1);
   const nRed = redDims.reduce((a, d) => a * shape[d], 1);
   const isMax = node.op === 'max';
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const base = gatherIndex('base', 'i', keptDims.map((d) => shape[d]), keptDims.map((d) => xs[d]));
   // Reducing a contiguous tail (the common case: the last axis) is a plain strided loop.
   const tail = redDims.length > 0 && redDims.every((d, k) => d === shape.length - redDims.length + k);
@@ -187,7 +202,7 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
     ${body}
     acc = ${isMax ? 'max(acc, v)' : 'acc + v'};
   }
-  out[i] = acc;`);
+  ${st(`i`, `acc`)}`);
   }
   // A long f32 sum in one running total loses about √n·ε of it (a mean-squared-error loss over
   // 512×768 elements was off by 6e-5 relative): sum blocks of SUM_BLOCK terms, then the blocks, so
@@ -203,7 +218,7 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
     }
     acc = acc + part;
   }
-  out[i] = acc;`);
+  ${st(`i`, `acc`)}`);
 }
 
 /** Terms per partial sum in a long reduction (emitReduce). */
@@ -218,12 +233,12 @@ function emitRemap(node: Node, ctx: EmitContext, srcIndex: (c: readonly string[]
   for (let d = out.length - 1; d >= 0; d--) {
     decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
   }
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const read = arg(0, srcIndex(coords));
   const zero = elemType(node.out) === 'i32' ? '0' : '0.0';
   const body = guard
-    ? `if (${guard(coords)}) { out[i] = ${read}; } else { out[i] = ${zero}; }`
-    : `out[i] = ${read};`;
+    ? `if (${guard(coords)}) { ${st(`i`, `${read}`)} } else { ${st(`i`, `${zero}`)} }`
+    : `${st(`i`, `${read}`)}`;
   return kernel1d(bound, node, n, ctx, `
   ${out.length ? decompose.join(' ') : ''}
   ${body}`);
@@ -267,7 +282,7 @@ function emitConcat(node: Node, ctx: EmitContext): KernelSource {
   const axis = (node.attrs as { axis: number }).axis;
   const out = node.out.type.shape;
   const n = numel(out);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const decompose: string[] = ['var r = i;'];
   for (let d = out.length - 1; d >= 0; d--) decompose.push(d > 0 ? `let c${d} = r % ${u(out[d])}; r = r / ${u(out[d])};` : `let c${d} = r;`);
   let offset = 0;
@@ -276,7 +291,7 @@ function emitConcat(node: Node, ctx: EmitContext): KernelSource {
     const start = offset;
     offset += v.type.shape[axis];
     const idx = sumTerms(v.type.shape.map((_, d) => (d === axis ? `(c${d} - ${u(start)}) * ${u(vs[d])}` : `c${d} * ${u(vs[d])}`)));
-    return `if (c${axis} < ${u(offset)}) { out[i] = ${arg(j, idx)}; return; }`;
+    return `if (c${axis} < ${u(offset)}) { ${st(`i`, `${arg(j, idx)}`)} return; }`;
   });
   return kernel1d(bound, node, n, ctx, `
   ${decompose.join(' ')}
@@ -288,10 +303,10 @@ function emitGather(node: Node, ctx: EmitContext): KernelSource {
   const rows = table.type.shape[0];
   const row = numel(table.type.shape.slice(1));
   const n = numel(node.out.type.shape);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   return kernel1d(bound, node, n, ctx, `
   let k = u32(clamp(${arg(1, `i / ${u(row)}`)}, 0, ${rows - 1}));
-  out[i] = ${arg(0, `k * ${u(row)} + i % ${u(row)}`)};`);
+  ${st(`i`, `${arg(0, `k * ${u(row)} + i % ${u(row)}`)}`)}`);
 }
 
 function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
@@ -299,7 +314,7 @@ function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   const count = numel(idx.type.shape);
   const row = numel(src.type.shape.slice(idx.type.shape.length));
   const n = numel(node.out.type.shape);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   // WGSL has no float atomics: each output element sums the source rows whose index hits it,
   // in index order, which is also deterministic.
   return kernel1d(bound, node, n, ctx, `
@@ -309,15 +324,15 @@ function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   for (var j = 0u; j < ${u(count)}; j++) {
     if (${arg(0, 'j')} == hit) { acc += ${arg(1, `j * ${u(row)} + col`)}; }
   }
-  out[i] = acc;`);
+  ${st(`i`, `acc`)}`);
 }
 
 function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
   const classes = (node.attrs as { classes: number }).classes;
   const n = numel(node.out.type.shape);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   return kernel1d(bound, node, n, ctx, `
-  out[i] = select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}));`);
+  ${st(`i`, `select(0.0, 1.0, ${arg(0, `i / ${u(classes)}`)} == i32(i % ${u(classes)}))`)}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,7 +374,7 @@ function rowKernel(bound: Value[], node: Node, rows: number, ctx: EmitContext, b
   return {
     bound,
     workgroups: foldGroups(rows, ctx), // one workgroup per row
-    wgsl: `${header(bound, node.out)}
+    wgsl: `${header(bound, node.out, ctx)}
 ${ROW_PRELUDE}
 
 @compute @workgroup_size(${ROW_WG})
@@ -386,7 +401,7 @@ function emitCrossEntropy(node: Node, ctx: EmitContext): KernelSource {
   const [x] = node.inputs;
   const c = x.type.shape[x.type.shape.length - 1];
   const rows = numel(x.type.shape) / c;
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   return rowKernel(bound, node, rows, ctx, `
   let base = row * ${u(c)};
   var m = ${lit(-Infinity)};
@@ -400,9 +415,9 @@ function emitCrossEntropy(node: Node, ctx: EmitContext): KernelSource {
     let k = ${arg(1, 'row')};
     let ok = k >= 0i && k < ${c}i;
     let picked = ${arg(0, `base + u32(clamp(k, 0i, ${c - 1}i))`)};
-    out[row * 3u] = select(0.0, lse - picked, ok);
-    out[row * 3u + 1u] = lse;
-    out[row * 3u + 2u] = select(0.0, 1.0, ok);
+    ${st(`row * 3u`, `select(0.0, lse - picked, ok)`)}
+    ${st(`row * 3u + 1u`, `lse`)}
+    ${st(`row * 3u + 2u`, `select(0.0, 1.0, ok)`)}
   }`);
 }
 
@@ -411,14 +426,14 @@ function emitCrossEntropyGrad(node: Node, ctx: EmitContext): KernelSource {
   const [x] = node.inputs;
   const c = x.type.shape[x.type.shape.length - 1];
   const n = numel(x.type.shape);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   return kernel1d(bound, node, n, ctx, `
   let r = i / ${u(c)};
   let w = ${arg(2, 'r * 3u + 2u')};
   let c0 = ${arg(3, 'r * 3u')} * w;
   let p = exp(${arg(0, 'i')} - ${arg(2, 'r * 3u + 1u')});
   let hit = ${arg(1, 'r')} == i32(i % ${u(c)});
-  out[i] = (c0 + ${arg(3, 'r * 3u + 1u')}) * p - select(0.0, c0, hit);`);
+  ${st(`i`, `(c0 + ${arg(3, 'r * 3u + 1u')}) * p - select(0.0, c0, hit)`)}`);
 }
 
 /** A norm's per-feature operand (weight or bias): [D] indexed by j, or a scalar. */
@@ -445,14 +460,14 @@ function emitNorm(node: Node, ctx: EmitContext): KernelSource {
   const width = x.type.shape[x.type.shape.length - 1];
   const rows = numel(x.type.shape) / width;
   const centered = node.op === 'layer_norm';
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const xs = (index: string) => arg(0, index);
   const bias = centered ? ` + ${featureArg(node, 2, arg)}` : '';
   return rowKernel(bound, node, rows, ctx, `
   const EPS = ${lit((node.attrs as { eps: number }).eps)};
   let base = row * ${u(width)};
   ${normStats(centered, width, xs)}
-  ${rowLoop(width, `out[base + j] = (${xs('base + j')} - mu) * rstd * ${featureArg(node, 1, arg)}${bias};`)}`);
+  ${rowLoop(width, `${st(`base + j`, `(${xs('base + j')} - mu) * rstd * ${featureArg(node, 1, arg)}${bias}`)}`)}`);
 }
 
 /** rms_norm_grad / layer_norm_grad (x, w, ct): statistics again, mean(g) and mean(g·x̂), then dx. */
@@ -461,7 +476,7 @@ function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
   const width = x.type.shape[x.type.shape.length - 1];
   const rows = numel(x.type.shape) / width;
   const centered = node.op === 'layer_norm_grad';
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   const xs = (index: string) => arg(0, index);
   const g = `${arg(2, 'base + j')} * ${featureArg(node, 1, arg)}`;
   return rowKernel(bound, node, rows, ctx, `
@@ -473,19 +488,19 @@ function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
   ${rowLoop(width, `let g = ${g}; sg = sg + g; sgx = sgx + g * (${xs('base + j')} - mu) * rstd;`)}
   let mg = ${centered ? `wsum(sg, l) / ${lit(width)}` : '0.0'};
   let mgx = wsum(sgx, l) / ${lit(width)};
-  ${rowLoop(width, `let g = ${g}; out[base + j] = rstd * (g - mg - (${xs('base + j')} - mu) * rstd * mgx);`)}`);
+  ${rowLoop(width, `let g = ${g}; ${st(`base + j`, `rstd * (g - mg - (${xs('base + j')} - mu) * rstd * mgx)`)}`)}`);
 }
 
 /** D_i = Σ_c ct_ic·O_ic − ct_i,dv: one invocation per row of the packed attention output. */
 function emitAttentionDelta(node: Node, ctx: EmitContext): KernelSource {
   const w = node.inputs[0].type.shape[node.inputs[0].type.shape.length - 1];
   const n = numel(node.out.type.shape);
-  const { bound, arg } = split(node, ctx);
+  const { bound, arg, st } = split(node, ctx);
   return kernel1d(bound, node, n, ctx, `
   let base = i * ${u(w)};
   var acc = 0.0;
   for (var c = 0u; c < ${u(w - 1)}; c++) { acc += ${arg(1, 'base + c')} * ${arg(0, 'base + c')}; }
-  out[i] = acc - ${arg(1, `base + ${u(w - 1)}`)};`);
+  ${st(`i`, `acc - ${arg(1, `base + ${u(w - 1)}`)}`)}`);
 }
 
 const EMITTERS = {

@@ -8,6 +8,7 @@
 // Tensors are then read one at a time with positioned reads, so a checkpoint larger than memory
 // (a 7B model in BF16) loads tensor by tensor. Reading a float tensor checks it holds no NaN or
 // ±Infinity: an error names the tensor, the first bad element and how many there are.
+import { bf16Value, f16Value } from '../ir/half.ts';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { LorafaError } from '../ir/errors.ts';
 import { writeFileAtomic } from './output.ts';
@@ -24,14 +25,6 @@ export interface SafeTensor {
 export const WIDTH: Record<SafeDType, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4 };
 const FLOATS: ReadonlySet<string> = new Set(['F64', 'F32', 'F16', 'BF16']);
 
-function f16ToNumber(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * 2 ** -14 * (f / 1024);
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * 2 ** (e - 15) * (1 + f / 1024);
-}
 
 export interface TensorEntry {
   readonly key: string;
@@ -188,8 +181,8 @@ function decode(buf: Buffer, dtype: SafeDType, n: number): Float64Array {
     switch (dtype) {
       case 'F64': data[i] = view.getFloat64(i * 8, true); break;
       case 'F32': data[i] = view.getFloat32(i * 4, true); break;
-      case 'F16': data[i] = f16ToNumber(view.getUint16(i * 2, true)); break;
-      case 'BF16': data[i] = new Float32Array(new Uint32Array([view.getUint16(i * 2, true) << 16]).buffer)[0]; break;
+      case 'F16': data[i] = f16Value(view.getUint16(i * 2, true)); break;
+      case 'BF16': data[i] = bf16Value(view.getUint16(i * 2, true)); break;
       case 'I64': data[i] = Number(view.getBigInt64(i * 8, true)); break;
       case 'I32': data[i] = view.getInt32(i * 4, true); break;
     }

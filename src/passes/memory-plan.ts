@@ -135,12 +135,26 @@ export function alignUp(n: number, a: number): number {
  * scalars it is fed). That arithmetic stays f32 like the state it updates: in f16, g² of a small
  * gradient underflows to 0 and AdamW divides by eps.
  */
-function storageBytes(v: Value, category: Category, dtype: StorageDType, update = false): { dtype: DType; bytes: number } {
+function storageBytes(v: Value, category: Category, dtype: StorageDType, update = false, full = false): { dtype: DType; bytes: number } {
   if (v.type.dtype === 'i32') return { dtype: 'i32', bytes: 4 * numel(v.type.shape) };
-  const master = update || category === 'trainable' || category === 'optimizer' || category === 'gradients';
+  const master = full || update || category === 'trainable' || category === 'optimizer' || category === 'gradients' || numel(v.type.shape) <= 1;
   const d: DType = master ? 'f32' : dtype;
   return { dtype: d, bytes: numel(v.type.shape) * (d === 'f32' ? 4 : 2) };
 }
+
+/**
+ * Values kept f32 whatever the storage dtype (`full` in storageBytes), besides scalars (the loss,
+ * fed scalars: 4 bytes either way):
+ * - the outputs of ops that pack per-row statistics into their result: cross_entropy and
+ *   linear_cross_entropy (loss, log-sum-exp, weight per row) and attention (O with L = log Σexp per
+ *   query row). Backward forms exp(s − L): a bf16 L of magnitude 10–20 is off by up to 2⁻⁴, which
+ *   would scale a whole row of probabilities by e^±0.06. (FlashAttention keeps its LSE in f32
+ *   too; attention's O shares L's tensor here, so it is f32 as well: see docs/memory.md.)
+ * - LoRA's A under LoRA-FA (frozen, so otherwise half): PEFT keeps adapters f32 over a half base
+ *   model, and A is d×r, small.
+ */
+const F32_OUTPUT_OPS: ReadonlySet<string> = new Set(['cross_entropy', 'linear_cross_entropy', 'attention']);
+const keptF32 = (n: Node | undefined) => n !== undefined && F32_OUTPUT_OPS.has(n.op);
 
 /** The optimizer's arithmetic and gradient accumulation stay f32 (see storageBytes). */
 const isUpdate = (phase: string | undefined) => phase === 'update' || phase === 'accumulate';
@@ -260,7 +274,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   // 2. schedule and lifetimes
   // The bytes the plan will give a transient (gradients and the update stay f32 under f16), so
   // the schedules are compared on what they will really hold.
-  const nodeBytes = (n: Node) => alignUp(storageBytes(n.out, gradients.has(n.out.id) ? 'gradients' : 'workspace', dtype, isUpdate(n.phase)).bytes, align);
+  const nodeBytes = (n: Node) => alignUp(storageBytes(n.out, gradients.has(n.out.id) ? 'gradients' : 'workspace', dtype, isUpdate(n.phase), keptF32(n)).bytes, align);
   const transientSize = (n: Node) => (aliases.has(n.out.id) ? 0 : nodeBytes(n));
   const outputs = new Set(Object.values(g.outputs).map((v) => rootOf(v.id)));
   const lossId = g.outputs.loss ? rootOf(g.outputs.loss.id) : undefined;
@@ -330,21 +344,22 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   };
   const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT]);
   const persistentItems: Item[] = [];
-  const addPersistent = (v: Value, category: Category) => {
-    const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name));
+  const addPersistent = (v: Value, category: Category, role?: string) => {
+    const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name), role === 'lora_A');
     check(v.name, v, s, category !== 'inputs');
     persistentItems.push({ t: { id: v.id, name: v.name, shape: v.type.shape, dtype: s.dtype, bytes: s.bytes, category, start: 0, end: steps }, size: alignUp(s.bytes, align) });
   };
-  for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!);
+  for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!, p.role);
   for (const i of g.inputs) addPersistent(i.value, 'inputs');
 
   const valueById = new Map(order.map((n) => [n.out.id, n.out]));
+  const nodeById = new Map(order.map((n) => [n.out.id, n]));
   const transientItems: Item[] = [];
   for (const [id, [s, e]] of life) {
     const v = valueById.get(id)!;
     const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
     const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
-    const st = storageBytes(v, category, dtype, isUpdate(phaseOf.get(id)));
+    const st = storageBytes(v, category, dtype, isUpdate(phaseOf.get(id)), keptF32(nodeById.get(id)));
     check(v.name, v, st);
     transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
   }

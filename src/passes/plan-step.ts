@@ -5,7 +5,7 @@
 import type { Graph } from '../ir/types.ts';
 import { compileTraining, type Compiled, type Mode } from './compile.ts';
 import type { LoraOptions } from './lora.ts';
-import { planMemory, type Limits, type MemoryPlan, type PlanOptions } from './memory-plan.ts';
+import { planMemory, type Limits, type MemoryPlan, type PlanOptions, type StorageDType } from './memory-plan.ts';
 import type { OptimizerOptions } from './optimizer.ts';
 
 export interface StepSetup {
@@ -18,6 +18,8 @@ export interface StepSetup {
   readonly accumulate?: boolean;
   /** Run the verifier after every pass. */
   readonly verify?: boolean;
+  /** Storage of frozen weights and activations (memory-plan.ts); trainable state stays f32. Default f32. */
+  readonly dtype?: StorageDType;
 }
 
 export function planStep(graph: Graph, s: StepSetup, limits: Limits): { compiled: Compiled; memory: MemoryPlan } {
@@ -26,7 +28,7 @@ export function planStep(graph: Graph, s: StepSetup, limits: Limits): { compiled
   let dominating: PlanOptions['dominating'];
   if (s.mode === 'lora-fa' && !s.gradCorrection) {
     const l = compileTraining(graph, { mode: 'lora', lora: s.lora, optimizer: s.optimizer, gradAccum: s.accumulate });
-    dominating = { graph: l.step!, plan: planMemory(l.step!, { limits, dtype: 'f32', gradients: l.gradients }) };
+    dominating = { graph: l.step!, plan: planMemory(l.step!, { limits, dtype: s.dtype ?? 'f32', gradients: l.gradients }) };
   }
-  return { compiled, memory: planMemory(step, { limits, dtype: 'f32', gradients: compiled.gradients, dominating }) };
+  return { compiled, memory: planMemory(step, { limits, dtype: s.dtype ?? 'f32', gradients: compiled.gradients, dominating }) };
 }

@@ -5,6 +5,7 @@ import type { KernelPlan, Resident, Slice } from '../codegen/kernel-plan.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
 import { numel } from '../ir/types.ts';
+import { fromHalf, isHalf, toHalf } from '../ir/half.ts';
 import { acquireGpu, checked, PipelineCache, quietly, readBuffer, type Gpu } from './gpu.ts';
 
 export class StepRunner {
@@ -51,6 +52,13 @@ export class StepRunner {
         }),
       ),
     );
+    if (plan.kernels.some((k) => /^\s*enable f16;/m.test(k.wgsl)) && !device.features.has('shader-f16')) {
+      throw new LorafaError(
+        'kernel plan',
+        'these kernels store f16 natively (WGSL `enable f16`), which needs the shader-f16 feature this device does not offer',
+        're-run `lorafa compile … -o` on the machine that trains (it packs f16 in u32 where shader-f16 is missing), or use --dtype bf16',
+      );
+    }
     if (plan.kernels.some((k) => /^\s*enable subgroups;/m.test(k.wgsl)) && !device.features.has('subgroups')) {
       throw new LorafaError(
         'kernel plan',
@@ -78,7 +86,7 @@ export class StepRunner {
   private write(r: Resident, data: ArrayLike<number>): void {
     const n = numel(r.shape);
     if (data.length !== n) throw new LorafaError(r.name, `expected ${n} values for [${r.shape.join(',')}], got ${data.length}`);
-    const host = r.dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+    const host = isHalf(r.dtype) ? toHalf(r.dtype, data) : r.dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
     this.gpu.device.queue.writeBuffer(this.buffers[r.slice.buffer], r.slice.offset, host);
   }
 
@@ -170,8 +178,11 @@ export class StepRunner {
     }
   }
 
+  /** n elements at `slice`, stored as `dtype` (half storage comes back widened to f32). */
   async read(slice: Slice, dtype: string, n: number): Promise<Float32Array | Int32Array> {
-    const raw = await readBuffer(this.gpu.device, this.buffers[slice.buffer], slice.offset, Math.max(4, n * 4));
+    const width = isHalf(dtype) ? 2 : 4;
+    const raw = await readBuffer(this.gpu.device, this.buffers[slice.buffer], slice.offset, Math.max(4, Math.ceil((n * width) / 4) * 4));
+    if (isHalf(dtype)) return fromHalf(dtype, new Uint16Array(raw), n);
     return dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
   }
 

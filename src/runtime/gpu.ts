@@ -13,6 +13,8 @@ export interface Gpu {
   readonly description: string;
   /** The subgroup size when the device has the feature and a fixed size (the fast matmul needs it). */
   readonly subgroupSize?: number;
+  /** The device has shader-f16: f16 storage is array<f16> (else packed in u32). */
+  readonly shaderF16: boolean;
   /** Bytes of GPU buffers, counted at every createBuffer and destroy on this device. */
   readonly memory: BufferMeter;
 }
@@ -99,8 +101,9 @@ export function acquireGpu(): Promise<Gpu> {
     // `--limits adapter` on an adapter that allows less (lavapipe: 16).
     requiredLimits.minStorageBufferOffsetAlignment = adapter.limits.minStorageBufferOffsetAlignment;
     // Subgroups let the matmul share loads across a subgroup (2× on lavapipe); timestamp queries
-    // let the benchmark time kernels. Both are asked for when offered.
-    const requiredFeatures = (['subgroups', 'timestamp-query'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+    // let the benchmark time kernels; shader-f16 lets an f16 plan store array<f16> rather than
+    // packed u32 (codegen/storage.ts). Each is asked for when offered.
+    const requiredFeatures = (['subgroups', 'timestamp-query', 'shader-f16'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const info = adapter.info;
     const memory = new BufferMeter(device);
@@ -111,6 +114,7 @@ export function acquireGpu(): Promise<Gpu> {
       limits: device.limits,
       description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),
       subgroupSize: fixedSubgroupSize(device, info as { subgroupMinSize?: number; subgroupMaxSize?: number }),
+      shaderF16: device.features.has('shader-f16'),
     };
   })();
   return shared;

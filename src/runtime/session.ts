@@ -4,7 +4,7 @@
 import { buildKernelPlan, type KernelPlan } from '../codegen/kernel-plan.ts';
 import type { Graph } from '../ir/types.ts';
 import type { Compiled } from '../passes/compile.ts';
-import { planMemory, type Limits, type MemoryPlan } from '../passes/memory-plan.ts';
+import { planMemory, type Limits, type MemoryPlan, type StorageDType } from '../passes/memory-plan.ts';
 import { planStep, type StepSetup } from '../passes/plan-step.ts';
 import type { Gpu } from './gpu.ts';
 
@@ -28,13 +28,13 @@ export function gpuLimits(gpu: Gpu): Limits {
 /** The training step planned (planStep) and lowered for this GPU. */
 export function planStepForGpu(graph: Graph, s: StepSetup, gpu: Gpu, planned?: { compiled: Compiled; memory: MemoryPlan }): PlannedStep {
   const { compiled, memory } = planned ?? planStep(graph, s, gpuLimits(gpu));
-  const kernels = buildKernelPlan(compiled.step!, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
+  const kernels = buildKernelPlan(compiled.step!, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize, shaderF16: gpu.shaderF16 });
   return { compiled, memory, kernels };
 }
 
 /** A forward-only graph (evaluation: loss and logits) planned and lowered for this GPU. */
-export function planForwardForGpu(forward: Graph, gpu: Gpu): { memory: MemoryPlan; kernels: KernelPlan } {
-  const memory = planMemory(forward, { limits: gpuLimits(gpu), dtype: 'f32' });
-  const kernels = buildKernelPlan(forward, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize });
+export function planForwardForGpu(forward: Graph, gpu: Gpu, dtype: StorageDType = 'f32'): { memory: MemoryPlan; kernels: KernelPlan } {
+  const memory = planMemory(forward, { limits: gpuLimits(gpu), dtype });
+  const kernels = buildKernelPlan(forward, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, subgroupSize: gpu.subgroupSize, shaderF16: gpu.shaderF16 });
   return { memory, kernels };
 }

@@ -3,8 +3,10 @@
 // past its output (a missing bounds check) is caught instead of clobbering a neighbour.
 import { emitKernel } from '../codegen/wgsl.ts';
 import type { Tensor } from '../ir/shape.ts';
-import { numel, type Node } from '../ir/types.ts';
+import { numel, type Node, type Value } from '../ir/types.ts';
 import type { KernelSource } from '../codegen/kernel.ts';
+import { defaultElem, type ElemKind } from '../codegen/storage.ts';
+import { fromHalf, toHalf } from '../ir/half.ts';
 import { acquireGpu, checked, PipelineCache, readBuffer } from './gpu.ts';
 
 let cache: PipelineCache | undefined;
@@ -16,7 +18,14 @@ export interface KernelRunOptions {
    * Default: NaN (i32: −2³¹), so an element the kernel never writes cannot pass for a zero.
    */
   readonly outInit?: ArrayLike<number>;
+  /**
+   * How each value is stored (codegen/storage.ts), as the kernel was emitted with: f16 / f16p /
+   * bf16 values are uploaded as half bits and the output widened back. Default: f32 / i32.
+   */
+  readonly elem?: (v: Value) => ElemKind;
 }
+
+const halfOf = (kind: ElemKind) => (kind === 'bf16' ? 'bf16' : kind === 'f16' || kind === 'f16p' ? 'f16' : undefined);
 
 /**
  * Runs kernel `k` (emitted for `node`) once: binding i < k.bound.length holds `inputs` of
@@ -36,22 +45,26 @@ export async function runKernelOnGpu(
   const device = gpu.device;
   cache ??= new PipelineCache(device);
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const upload = (data: ArrayLike<number>, dtype: string) => {
-    const buf = device.createBuffer({ size: Math.max(4, data.length * 4), usage });
-    if (data.length) device.queue.writeBuffer(buf, 0, dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data));
+  const elem = opts.elem ?? defaultElem;
+  const upload = (data: ArrayLike<number>, kind: ElemKind) => {
+    const half = halfOf(kind);
+    const host = half ? toHalf(half, data) : kind === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+    const buf = device.createBuffer({ size: Math.max(4, host.byteLength), usage });
+    if (data.length) device.queue.writeBuffer(buf, 0, host);
     return buf;
   };
   const bound = k.bound.map((v) => {
     const t = inputs.get(v.id);
     if (!t) throw new Error(`runKernelOnGpu: no data for bound value %${v.id} "${v.name}"`);
-    return upload(t.data, v.type.dtype);
+    return upload(t.data, elem(v));
   });
   const n = numel(node.out.type.shape);
-  const guard = Math.max(64, n);
+  const guard = Math.max(64, n + (n % 2));
   const sentinel = node.out.type.dtype === 'i32' ? -(2 ** 31) : NaN;
   const init = new Float64Array(n + guard).fill(sentinel);
   if (opts.outInit) init.set(opts.outInit);
-  const out = upload(init, node.out.type.dtype);
+  const outKind = elem(node.out);
+  const out = upload(init, outKind);
   const compiled = await cache.get(k.wgsl, k.bound.length + 1, `${node.op} ${node.out.name}`);
   await checked(device, `kernel ${node.op} (${node.out.name})`, () => {
     const bind = device.createBindGroup({
@@ -66,9 +79,10 @@ export async function runKernelOnGpu(
     pass.end();
     device.queue.submit([enc.finish()]);
   });
-  const raw = await readBuffer(device, out, 0, (n + guard) * 4);
+  const half = halfOf(outKind);
+  const raw = await readBuffer(device, out, 0, Math.ceil(((n + guard) * (half ? 2 : 4)) / 4) * 4);
   for (const b of [...bound, out]) b.destroy();
-  const all = Float64Array.from(node.out.type.dtype === 'i32' ? new Int32Array(raw) : new Float32Array(raw));
+  const all = Float64Array.from(half ? fromHalf(half, new Uint16Array(raw), n + guard) : node.out.type.dtype === 'i32' ? new Int32Array(raw) : new Float32Array(raw));
   for (let j = n; j < n + guard; j++) {
     if (!Object.is(all[j], sentinel)) throw new Error(`kernel ${node.op} (${node.out.name}) wrote ${all[j]} at element ${j}, past its ${n}-element output`);
   }
@@ -76,10 +90,10 @@ export async function runKernelOnGpu(
 }
 
 /** The node's output computed on the GPU from float64 inputs (rounded to f32 / i32), scalars inlined. */
-export async function runNodeOnGpu(node: Node, inputs: ReadonlyMap<number, Tensor>): Promise<Float64Array> {
+export async function runNodeOnGpu(node: Node, inputs: ReadonlyMap<number, Tensor>, opts: Pick<KernelRunOptions, 'elem'> & { readonly subgroupSize?: number } = {}): Promise<Float64Array> {
   const gpu = await acquireGpu();
   const constants = new Map<number, number>();
   for (const v of node.inputs) if (v.type.shape.length === 0) constants.set(v.id, inputs.get(v.id)!.data[0]);
-  const k = emitKernel(node, { constants, maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension });
-  return runKernelOnGpu(node, k, inputs);
+  const k = emitKernel(node, { constants, maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, elem: opts.elem, subgroupSize: opts.subgroupSize });
+  return runKernelOnGpu(node, k, inputs, { elem: opts.elem });
 }

@@ -14,6 +14,7 @@ import { loadModel, trace, type LoadedModel } from '../model/load.ts';
 import { isMode, MODES, type Mode } from '../passes/compile.ts';
 import type { LoraOptions } from '../passes/lora.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
+import { STORAGE_DTYPES, type StorageDType } from '../passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
 import { gpuLimits } from '../runtime/session.ts';
 import { openTrainingData, type DataFlags } from './data.ts';
@@ -68,6 +69,8 @@ export interface FinetuneOptions extends DataFlags {
   /** Presets: evaluate on the test split (default) or on every 10th training row. */
   readonly evalOn?: 'test' | 'validation';
   readonly verify?: boolean;
+  /** Storage of frozen weights and activations on the GPU: f32 (default), f16 or bf16. */
+  readonly dtype?: string;
   readonly progress?: ProgressMode;
   readonly logEvery?: number;
   readonly log?: (line: string) => void;
@@ -109,6 +112,8 @@ export interface ResolvedSetup {
   readonly baseLabel?: string;
   readonly baseFix?: string;
   readonly data?: string;
+  /** Storage of frozen weights and activations (--dtype). */
+  readonly dtype: StorageDType;
 }
 
 function checkPositiveInt(flag: string, v: number | undefined): void {
@@ -180,7 +185,20 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
     baseLabel,
     baseFix,
     data: o.data ?? preset?.data,
+    dtype: checkDtype(o.dtype),
   };
+}
+
+/** --dtype: f32 by default. */
+export function checkDtype(d: string | undefined): StorageDType {
+  if (d === undefined) return 'f32';
+  if (!(STORAGE_DTYPES as readonly string[]).includes(d)) throw new LorafaError('--dtype', `unknown storage dtype "${d}"`, `use one of: ${STORAGE_DTYPES.join(', ')}`);
+  return d as StorageDType;
+}
+
+/** How a plan's storage reads in a log line. */
+export function storageLine(d: StorageDType): string {
+  return d === 'f32' ? 'f32' : `${d} storage (trainable state f32)`;
 }
 
 /** `--targets-regex`: a pattern, checked here so that a bad one names the flag. */
@@ -199,7 +217,7 @@ export function comparePlans(s: ResolvedSetup, gpu: Gpu, rank: number, alpha: nu
   for (const mode of MODES) {
     const lora = mode === 'full' ? undefined : { ...(s.lora ?? { targets: s.model.def.defaultTargets ?? [], modulesToSave: s.model.def.modulesToSave }), rank, alpha };
     try {
-      plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer }, gpuLimits(gpu)));
+      plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer, dtype: s.dtype }, gpuLimits(gpu)));
     } catch (e) {
       // Another mode the model cannot train in (LoRA without linear layers): left out of the
       // comparison. The run's own mode must plan.
@@ -240,15 +258,17 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     limits,
     maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
     subgroupSize: gpu.subgroupSize,
+    dtype: s.dtype,
+    shaderF16: gpu.shaderF16,
     planned,
   });
   const plans = compared ? new Map([...compared].map(([m, p]) => [m, memorySummary(p.memory, limits)])) : undefined;
   log(s.preset ? `${s.preset.name}: ${s.preset.description}` : `${s.model.displayFile} (${s.model.def.name}), config ${s.config}`);
   if (plans) {
-    log(`memory plan of one training step (${s.preset?.model ?? s.model.displayFile} config ${s.config}, ${s.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, f32, this device's limits)`);
+    log(`memory plan of one training step (${s.preset?.model ?? s.model.displayFile} config ${s.config}, ${s.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, ${storageLine(s.dtype)}, this device's limits)`);
     for (const l of compareLines(plans)) log('  ' + l);
   }
-  log(`training: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}`);
+  log(`training: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}${s.dtype !== 'f32' ? `, ${storageLine(s.dtype)}` : ''}`);
   const data = o.dataset ?? (await openTrainingData(program, { ...o, data: s.data }, { seed, base: s.base, evalOn: o.evalOn }));
   try {
     const r = await runTraining(program, {

@@ -2,6 +2,7 @@
 // generated trainer's own command line (`npx tsx trainer.ts`), so every entry point takes the same
 // flags with the same checks. Numbers are checked where they are parsed: NaN, ±Infinity and values
 // past the safe range are refused with the flag's name (a usage error, exit code 2).
+import { STORAGE_DTYPES } from '../passes/memory-plan.ts';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { DATA_FORMATS } from '../data/rows.ts';
 import { PROGRESS_MODES, type ProgressMode } from './progress.ts';
@@ -189,10 +190,12 @@ export interface CompiledFlagValues {
   weightDecay?: number;
   momentum?: number;
   evalBatch?: number;
+  dtype?: string;
 }
 
 export function addCompiledOptions(c: Command): Command {
   return c
+    .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations on the GPU: f32, f16 or bf16 (trainable parameters, gradients and optimizer state stay f32; default f32)').choices([...STORAGE_DTYPES]))
     .option('--batch <n>', "rows per (micro-)batch (default: the model config's)", positiveInt('--batch'))
     .addOption(new Option('--optimizer <name>', 'adamw (default) or sgd').choices(['adamw', 'sgd']))
     .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))

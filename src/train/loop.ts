@@ -180,7 +180,8 @@ export function seededValues(p: TrainingProgram, seed: number): Map<string, Floa
     if (out.has(q.name)) continue;
     const init = p.inits[q.name];
     if (!init) throw new LorafaError(q.name, 'the program has no init for this parameter', 'recompile the trainer');
-    out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype, init, declared.get(q.name)), { seed }, files).data);
+    // The init is of the f32 value; half storage rounds it when it is written to the GPU.
+    out.set(q.name, initParam(paramOf(q.name, q.shape, q.dtype === 'i32' ? 'i32' : 'f32', init, declared.get(q.name)), { seed }, files).data);
   }
   return out;
 }

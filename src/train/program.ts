@@ -22,7 +22,7 @@ import { trace, type LoadedModel } from '../model/load.ts';
 import type { Compiled, Mode } from '../passes/compile.ts';
 import { planStep } from '../passes/plan-step.ts';
 import { applyLora, type LoraOptions } from '../passes/lora.ts';
-import { planMemory, type Category, type Limits, type MemoryPlan } from '../passes/memory-plan.ts';
+import { planMemory, type Category, type Limits, type MemoryPlan, type StorageDType } from '../passes/memory-plan.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
 import type { InputSpec } from '../data/dataset.ts';
 
@@ -51,6 +51,11 @@ export interface ProgramSpec {
   readonly modulesToSave: readonly string[];
   /** LoRA-FA's gradient correction compiled in. */
   readonly gradCorrection: boolean;
+  /**
+   * Storage of frozen weights and activations on the GPU (trainable parameters, gradients and
+   * optimizer state are f32). Absent in trainers compiled before half storage: f32.
+   */
+  readonly dtype?: StorageDType;
   /** Gradient accumulators compiled in (any --grad-accum K then runs); false: K must be 1. */
   readonly accumulate: boolean;
   /** Rows of one (micro-)batch: the traced batch. */
@@ -121,6 +126,10 @@ export interface CompileProgramOptions {
   readonly limits: Limits & { readonly preset: string };
   readonly maxWorkgroupsPerDimension?: number;
   readonly subgroupSize?: number;
+  /** Storage of frozen weights and activations (default f32). */
+  readonly dtype?: StorageDType;
+  /** The device has shader-f16 (an f16 plan then stores array<f16>; else packed u32). */
+  readonly shaderF16?: boolean;
   /** The step already planned for these options and limits (finetune's mode comparison). */
   readonly planned?: { readonly compiled: Compiled; readonly memory: MemoryPlan };
 }
@@ -197,8 +206,10 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
   const config = o.config ?? m.def.defaultConfig;
   const graph = trace(m, config, { ...o.overrides });
   const { preset: _preset, ...limits } = o.limits;
-  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, verify: o.verify }, limits);
-  const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize };
+  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, verify: o.verify, dtype: o.dtype }, limits);
+  const dtype = o.dtype ?? 'f32';
+  if (memory.dtype !== dtype) throw new LorafaError('--dtype', `the step was planned with ${memory.dtype} storage, not ${dtype}`, 'plan it with the same --dtype');
+  const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize, shaderF16: o.shaderF16 };
   const step = buildKernelPlan(compiled.step!, memory, kernelOptions);
 
   const batch = cfg.batch;
@@ -206,7 +217,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
   if (!(Number.isInteger(evalBatch) && evalBatch >= 1)) throw new LorafaError('--eval-batch', `must be a positive integer, got ${evalBatch}`, 'e.g. --eval-batch 64');
   const evalModel = evalBatch === batch ? graph : trace(m, config, { ...o.overrides, batch: evalBatch });
   const evalGraph = o.mode === 'full' ? evalModel : applyLora(evalModel, o.lora!).graph;
-  const evalMemory = planMemory(evalGraph, { limits, dtype: 'f32' });
+  const evalMemory = planMemory(evalGraph, { limits, dtype });
   const evalPlan = buildKernelPlan(evalGraph, evalMemory, kernelOptions);
 
   // File inits name paths relative to the model file; the program may run from anywhere.
@@ -238,6 +249,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     optimizer: o.optimizer,
     modulesToSave: [...(m.def.modulesToSave ?? [])],
     gradCorrection: !!o.gradCorrection,
+    ...(dtype !== 'f32' ? { dtype } : {}),
     accumulate: !!o.accumulate,
     batch,
     evalBatch,
