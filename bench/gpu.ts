@@ -5,7 +5,8 @@
 //    planMemory with this adapter's limits → buildKernelPlan → StepRunner): the MLP and the LLaMA
 //    decoder at toy size in modes full / LoRA / LoRA-FA (AdamW), and W1 (models/w1.ts: 512
 //    tokens, d 768, rank 8, 4 layers, SGD) in LoRA and LoRA-FA, plus W1 LoRA-FA with elementwise
-//    fusion off and with the portable matmul (no subgroups), to show what each buys.
+//    fusion off and with the portable matmul (no subgroups), to show what each buys; and W1 and the
+//    toy LLaMA (LoRA-FA) with f16 and bf16 storage (--dtype), to show what half storage costs.
 //    Step time = StepRunner.step() including the 4-byte loss readback: 2 warm-up steps, then the
 //    median (min–max) of the timed ones. GFLOP/s counts matmul FLOPs only: 2·m·n·k per matmul
 //    node of the step graph (batch included); elementwise work is listed as elements, not FLOPs.
@@ -31,7 +32,7 @@ import { fmtBytes } from '../src/ir/format.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
 import { resolveConfig } from '../src/model/define.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
-import { planMemory } from '../src/passes/memory-plan.ts';
+import { planMemory, type StorageDType } from '../src/passes/memory-plan.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { PipelineCache, quietly, type Gpu } from '../src/runtime/gpu.ts';
@@ -70,7 +71,7 @@ interface StepCase {
   readonly optimizer: OptimizerOptions;
   readonly steps: number;
   /** What differs from the default pipeline. */
-  readonly variant?: 'no fusion' | 'portable matmul';
+  readonly variant?: 'no fusion' | 'portable matmul' | 'f16 storage' | 'bf16 storage';
   readonly profile?: boolean;
 }
 
@@ -138,15 +139,16 @@ function feedsFor(g: Graph, cfg: Readonly<Record<string, unknown>>, seed: number
 async function timeSteps(
   gpu: BenchGpu,
   compiled: ReturnType<typeof compileTraining>,
-  o: { readonly optimizer: OptimizerOptions; readonly cfg: Readonly<Record<string, unknown>>; readonly steps: number; readonly fuse: boolean; readonly subgroupSize?: number },
+  o: { readonly optimizer: OptimizerOptions; readonly cfg: Readonly<Record<string, unknown>>; readonly steps: number; readonly fuse: boolean; readonly subgroupSize?: number; readonly dtype?: StorageDType },
 ) {
   const step = compiled.step!;
   const l = gpu.limits;
   const plan = planMemory(step, {
     limits: { alignment: l.minStorageBufferOffsetAlignment, maxBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize },
     gradients: compiled.gradients,
+    dtype: o.dtype,
   });
-  const kp = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension, fuse: o.fuse, subgroupSize: o.subgroupSize });
+  const kp = buildKernelPlan(step, plan, { maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension, fuse: o.fuse, subgroupSize: o.subgroupSize, shaderF16: gpu.shaderF16 });
   const runner = await StepRunner.create(kp, gpu);
   const params = initParams(step, { seed: 1 });
   runner.writeParams(params);
@@ -177,6 +179,7 @@ async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
     steps: c.steps,
     fuse: c.variant !== 'no fusion',
     subgroupSize: c.variant === 'portable matmul' ? undefined : gpu.subgroupSize,
+    dtype: c.variant === 'f16 storage' ? 'f16' : c.variant === 'bf16 storage' ? 'bf16' : 'f32',
   });
   const timeline = c.profile && gpu.timestamps ? await profileSteps(gpu, kp, params) : undefined;
   return {
@@ -331,6 +334,9 @@ const CASES: readonly StepCase[] = [
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, profile: true },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'no fusion' },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'portable matmul' },
+  // Half storage (--dtype): frozen weights and activations in 2 bytes, f32 arithmetic.
+  ...(['f16 storage', 'bf16 storage'] as const).map((variant) => ({ model: 'w1', config: 'w1', mode: 'lora-fa' as const, optimizer: SGD, steps: 7, variant })),
+  ...(['f16 storage', 'bf16 storage'] as const).map((variant) => ({ model: 'llama', config: 'toy', mode: 'lora-fa' as const, optimizer: ADAMW, steps: 15, variant })),
 ];
 
 const f1 = (x: number) => x.toFixed(1);
@@ -415,7 +421,8 @@ export async function runGpuBench(): Promise<string> {
     ),
     '',
     '"default" = elementwise fusion on, and the subgroup matmul where the device has fixed-size subgroups;',
-    '"no fusion" = every node its own kernel; "portable matmul" = the kernel every adapter gets.',
+    '"no fusion" = every node its own kernel; "portable matmul" = the kernel every adapter gets;',
+    `"f16 storage" / "bf16 storage" = --dtype: frozen weights and activations stored in 2 bytes (f16 ${gpu.shaderF16 ? 'as array<f16> (shader-f16)' : 'packed in u32 (no shader-f16)'}, bf16 packed in u32), f32 arithmetic and trainable state.`,
     '',
     '## The matmul kernel alone',
     '',

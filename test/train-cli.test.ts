@@ -16,11 +16,11 @@ const bin = join(ROOT, 'bin', 'lorafa.mjs');
 const tmp = mkdtempSync(join(tmpdir(), 'lorafa-train-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-async function compileTo(dir: string, model: string): Promise<void> {
+async function compileTo(dir: string, model: string, extra: string[] = []): Promise<void> {
   const log = vi.spyOn(console, 'log').mockImplementation(() => {});
   const err = vi.spyOn(console, 'error').mockImplementation(() => {});
   try {
-    expect(await main(['compile', `models/${model}.ts`, '--mode', 'lora-fa', '--rank', '4', '-o', dir]), err.mock.calls.flat().join('\n')).toBe(0);
+    expect(await main(['compile', `models/${model}.ts`, '--mode', 'lora-fa', '--rank', '4', '-o', dir, ...extra]), err.mock.calls.flat().join('\n')).toBe(0);
   } finally {
     log.mockRestore();
     err.mockRestore();
@@ -188,6 +188,24 @@ describe('lorafa train', () => {
     expect(nodata.status).toBe(1);
     expect(nodata.stderr).toMatch(/lorafa: --data: no training data given\n\s+fix: pass --data FILE/);
     expect(existsSync(join(dir, 'checkpoints'))).toBe(false);
+  });
+
+  test('a trainer compiled with --dtype bf16 trains in bf16 storage (GPU bytes = its plan); another --dtype is refused', async () => {
+    const dir = join(tmp, 'bf16');
+    await compileTo(dir, 'mlp', ['--dtype', 'bf16']);
+    const plan = planFile(dir);
+    expect(plan.spec.dtype).toBe('bf16');
+    expect(plan.step.params.some((p) => p.dtype === 'bf16')).toBe(true);
+    const r = lorafa(['train', dir, '--steps', '3', ...RUN]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/bf16 storage/);
+    expect(r.stdout).toMatch(/step 3\/3\s+loss \d/);
+    const [, gpu, planned] = r.stdout.match(/GPU buffers (\S+ [KMG]?i?B) \(plan peak (\S+ [KMG]?i?B), bf16 storage/) ?? [];
+    expect(gpu).toMatch(/^[\d.]+ [KMG]?i?B$/);
+    expect(gpu).toBe(planned);
+    const other = lorafa(['train', dir, '--steps', '2', '--data', 'synthetic', '--dtype', 'f32']);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(/lorafa: --dtype: this trainer was compiled with --dtype bf16; f32 needs another step\n\s+fix: drop --dtype, or recompile the trainer with it: lorafa compile models\/mlp\.ts .*--dtype f32 -o <dir>/);
   });
 
   test('lorafa train on a directory with no trainer says how to make one', () => {
