@@ -9,6 +9,7 @@ import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { OPS } from '../src/ir/ops.ts';
 import { numel, type Graph, type Value } from '../src/ir/types.ts';
+import { L_COLUMNS } from '../src/ir/attention.ts';
 import { verify } from '../src/ir/verify.ts';
 import { autodiff, gradName } from '../src/passes/autodiff.ts';
 import { compileTraining } from '../src/passes/compile.ts';
@@ -167,15 +168,21 @@ describe('each backward op’s reference is its piece of the composition’s gra
         t([s.b, s.hkv, s.sk, s.dv], feeds.v),
         ...(s.masked ? [t([s.b, s.sk], feeds.mask)] : []),
       ];
-      const packedShape = [s.b, s.h, s.sq, s.dv + 1];
+      const w = s.dv + L_COLUMNS;
+      const packedShape = [s.b, s.h, s.sq, w];
       const packed = OPS.attention.ref(ins, attrs, { dtype: 'f32', shape: packedShape });
       const rows = s.b * s.h * s.sq;
-      // The cotangent of the packed output: c on O, a random ctL on L.
+      // L's low part is 0 in float64 (it holds what half-precision storage rounds off L).
+      for (let r = 0; r < rows; r++) expect(packed[r * w + s.dv + 1]).toBe(0);
+      // The cotangent of the packed output: c on O, a random ctL on L, and a random one on L's
+      // low part, which is no function of the inputs and must be ignored.
       const ctL = sample(rows, { kind: 'real' }, s.seed + 9);
-      const ct = new Float64Array(rows * (s.dv + 1));
+      const ctLo = sample(rows, { kind: 'real' }, s.seed + 10);
+      const ct = new Float64Array(rows * w);
       for (let r = 0; r < rows; r++) {
-        ct.set(feeds.c.subarray(r * s.dv, (r + 1) * s.dv), r * (s.dv + 1));
-        ct[r * (s.dv + 1) + s.dv] = ctL[r];
+        ct.set(feeds.c.subarray(r * s.dv, (r + 1) * s.dv), r * w);
+        ct[r * w + s.dv] = ctL[r];
+        ct[r * w + s.dv + 1] = ctLo[r];
       }
       const delta = OPS.attention_delta.ref([t(packedShape, packed), t(packedShape, ct)], {}, { dtype: 'f32', shape: [s.b, s.h, s.sq] });
       const want = new Float64Array(rows).map((_, r) => {
@@ -185,7 +192,7 @@ describe('each backward op’s reference is its piece of the composition’s gra
       });
       expectNear(delta, want, 'delta');
       // dq, dk, dv at ctL = 0 are the composition's gradients of Σ O·c.
-      const ct0 = ct.map((x, i) => (i % (s.dv + 1) === s.dv ? 0 : x));
+      const ct0 = ct.map((x, i) => (i % w === s.dv ? 0 : x));
       const delta0 = delta.map((x, r) => x + ctL[r]);
       const args = [...ins, t(packedShape, packed), t(packedShape, ct0), t([s.b, s.h, s.sq], delta0)];
       expectNear(OPS.attention_dq.ref(args, attrs, { dtype: 'f32', shape: [s.b, s.h, s.sq, s.dk] }), c.dq, 'dq');

@@ -103,8 +103,8 @@ describe('a decoder (attention, RMSNorm, SwiGLU, cross-entropy) in half storage'
     const run = await train(graph, 'lora-fa', lora, dtype, steps, intBound, 1e-3);
     const plan = planStep(graph, { mode: 'lora-fa', lora: lora as never, optimizer: ADAMW, dtype }, gpuLimits(gpu)).memory;
     expect(run.allocated).toBe(plan.peak);
-    // What stays f32: trainable parameters, their optimizer state, LoRA's A, scalars, attention's
-    // packed (O, L) and cross-entropy's rows; frozen W and the activations are half.
+    // What stays f32: trainable parameters, their optimizer state, LoRA's A, scalars and
+    // cross-entropy's rows; frozen W and the activations (attention's packed O and L too) are half.
     for (const t of plan.tensors) {
       const width = t.bytes / Math.max(1, numel(t.shape));
       if (t.category === 'trainable' || t.category === 'optimizer' || t.category === 'gradients') expect(t.dtype, t.name).toBe('f32');

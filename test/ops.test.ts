@@ -428,48 +428,52 @@ const HAND: HandTable = {
       expected: [Math.sqrt(1.5) / 6, -Math.sqrt(1.5) / 3, Math.sqrt(1.5) / 6],
     },
   ],
-  // One query, keys k = [0, ln 3] (scale 1): probabilities [1/4, 3/4]; v = [2, 6].
+  // One query, keys k = [0, ln 3] (scale 1): probabilities [1/4, 3/4]; v = [2, 6]. Each row is
+  // O, then L's high and low parts (the low part is 0 in float64).
   attention: [
-    { what: 'two keys: O = 5, L = ln 4', inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])], attrs: ATT, shape: [1, 1, 1, 2], expected: [5, Math.log(4)] },
+    { what: 'two keys: O = 5, L = ln 4', inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])], attrs: ATT, shape: [1, 1, 1, 3], expected: [5, Math.log(4), 0] },
     {
       what: 'causal: row 0 sees key 0 only',
       inputs: [f([1, 1, 2, 1], [1, 1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])],
       attrs: { ...ATT, causal: true },
-      shape: [1, 1, 2, 2],
-      expected: [2, 0, 5, Math.log(4)],
+      shape: [1, 1, 2, 3],
+      expected: [2, 0, 0, 5, Math.log(4), 0],
     },
     {
       what: 'key mask [1, 0]: the padding key gets −1e9',
       inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 2], [1, 0])],
       attrs: { ...ATT, masked: true },
-      shape: [1, 1, 1, 2],
-      expected: [2, 0],
+      shape: [1, 1, 1, 3],
+      expected: [2, 0, 0],
     },
     {
       what: 'every key padding: the mean of v, L = −1e9 + ln 2',
       inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 2], [0, 0])],
       attrs: { ...ATT, masked: true },
-      shape: [1, 1, 1, 2],
-      expected: [4, -1e9 + Math.log(2)],
+      shape: [1, 1, 1, 3],
+      expected: [4, -1e9 + Math.log(2), 0],
     },
     {
       what: 'two query heads share one kv head (q = 1, then 0)',
       inputs: [f([1, 2, 1, 1], [1, 0]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6])],
       attrs: ATT,
-      shape: [1, 2, 1, 2],
-      expected: [5, Math.log(4), 4, Math.log(2)],
+      shape: [1, 2, 1, 3],
+      expected: [5, Math.log(4), 0, 4, Math.log(2), 0],
     },
   ],
   attention_delta: [
-    // D = Σ ct·O − ct_L: 1·1 + 1·2 − 2 = 1; 0.5·3 + 2·(−1) − 1 = −1.5
-    { what: 'two rows', inputs: [f([2, 3], [1, 2, 0.5, 3, -1, 7]), f([2, 3], [1, 1, 2, 0.5, 2, 1])], attrs: NONE, shape: [2], expected: [1, -1.5] },
+    // D = Σ ct·O − ct_L (L's low part has no cotangent: its 9 and 4 are ignored):
+    // 1·1 + 1·2 − 2 = 1; 0.5·3 + 2·(−1) − 1 = −1.5
+    { what: 'two rows', inputs: [f([2, 4], [1, 2, 0.5, 0, 3, -1, 7, 0]), f([2, 4], [1, 1, 2, 9, 0.5, 2, 1, 4])], attrs: NONE, shape: [2], expected: [1, -1.5] },
+    // The L column is high + low parts: a low part of 0.25 changes nothing in D, but moves dq's P.
+    { what: 'a nonzero low part', inputs: [f([1, 3], [2, 0.5, 0.25]), f([1, 3], [3, 1, 5])], attrs: NONE, shape: [1], expected: [5] },
   ],
-  // The first attention case with dO = 1, ctL = 0: D = 5, dP = v = [2, 6],
+  // The first attention case with dO = 1, ctL = 0 and L = ln 4 split as (ln 4 − ½) + ½: D = 5, dP = v = [2, 6],
   // dS = P·(dP − D) = [−3/4, 3/4]; dq = Σ dS·k = (3/4)·ln 3; dk = dS·q; dv = P·dO.
   attention_dq: [
     {
       what: 'two keys',
-      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 2], [5, Math.log(4)]), f([1, 1, 1, 2], [1, 0]), f([1, 1, 1], [5])],
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 3], [5, Math.log(4) - 0.5, 0.5]), f([1, 1, 1, 3], [1, 0, 0]), f([1, 1, 1], [5])],
       attrs: ATT,
       shape: [1, 1, 1, 1],
       expected: [0.75 * Math.log(3)],
@@ -478,7 +482,7 @@ const HAND: HandTable = {
   attention_dkv: [
     {
       what: 'two keys: [dk, dv] per key',
-      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 2], [5, Math.log(4)]), f([1, 1, 1, 2], [1, 0]), f([1, 1, 1], [5])],
+      inputs: [f([1, 1, 1, 1], [1]), f([1, 1, 2, 1], [0, Math.log(3)]), f([1, 1, 2, 1], [2, 6]), f([1, 1, 1, 3], [5, Math.log(4) - 0.5, 0.5]), f([1, 1, 1, 3], [1, 0, 0]), f([1, 1, 1], [5])],
       attrs: ATT,
       shape: [1, 1, 2, 2],
       expected: [-0.75, 0.25, 0.75, 0.75],

@@ -72,10 +72,10 @@ function allValues(g: Graph): Value[] {
 
 /**
  * Whether a value stays f32 under half storage besides the master state: scalars, LoRA's A, and
- * the outputs that pack per-row statistics (cross-entropy's rows, attention's O with L).
+ * the outputs that pack per-row statistics (cross-entropy's rows).
  */
 function keptF32(v: Value, op: string | undefined, role: string | undefined): boolean {
-  return numel(v.type.shape) <= 1 || role === 'lora_A' || ['cross_entropy', 'linear_cross_entropy', 'attention'].includes(op ?? '');
+  return numel(v.type.shape) <= 1 || role === 'lora_A' || ['cross_entropy', 'linear_cross_entropy'].includes(op ?? '');
 }
 
 /** Bytes per element a value is stored with, from the mixed-precision rules. */

@@ -23,9 +23,10 @@
 // 50 s (d 128) per kernel at its first dispatch; without the unrolling, vec4 ran in 50 ms. A
 // register-blocked variant (several keys per invocation, subgroup broadcasts as in matmul.ts) is
 // the open follow-up.
-import { ALL_PADDING_L, attentionDims, PADDING_SCORE, type AttentionAttrs, type AttentionDims } from '../ir/attention.ts';
+import { ALL_PADDING_L, attentionDims, L_COLUMNS, PADDING_SCORE, type AttentionAttrs, type AttentionDims } from '../ir/attention.ts';
 import type { Node } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
+import { defaultElem, roundedTo } from './storage.ts';
 import { foldGroups, header, lit, split } from './wgsl.ts';
 
 /** Query rows (forward, dq) or key rows (dk/dv) per workgroup: one invocation each. */
@@ -135,6 +136,7 @@ ${after}
 }
 
 export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
+  const outKind = (ctx.elem ?? defaultElem)(node.out);
   return queryRowKernel(node, ctx, 0, ({ a, d, read, st, TK }) => ({
     before: `  var acc: array<f32, ${d.dv}>;
   var sc: array<f32, ${TK}>;
@@ -165,10 +167,14 @@ export function emitAttention(node: Node, ctx: EmitContext): KernelSource {
     }
     m = mnew;`,
     after: `  if (i < ${u(d.sq)}) {
-    let o = (bh * ${u(d.sq)} + i) * ${u(d.dv + 1)};
+    let o = (bh * ${u(d.sq)} + i) * ${u(d.dv + L_COLUMNS)};
     let inv = 1.0 / l;
     for (var c = 0u; c < ${u(d.dv)}; c++) { ${st(`o + c`, `acc[c] * inv`)} }
-    ${st(`o + ${u(d.dv)}`, `m + log(l)`)}
+    // L as high + low parts: in half storage the low part keeps what rounding L would lose.
+    let lse = m + log(l);
+    let lhi = ${roundedTo(outKind, 'lse')};
+    ${st(`o + ${u(d.dv)}`, 'lhi')}
+    ${st(`o + ${u(d.dv + 1)}`, 'lse - lhi')}
   }`,
   }));
 }
@@ -180,11 +186,11 @@ function prob(s: string, L: string, count: string): string {
 
 export function emitAttentionDq(node: Node, ctx: EmitContext): KernelSource {
   return queryRowKernel(node, ctx, 3, ({ a, d, read, st }) => {
-    const w = d.dv + 1;
+    const w = d.dv + L_COLUMNS;
     return {
       before: `  var dor: array<f32, ${d.dv}>;
   for (var c = 0u; c < ${u(d.dv)}; c++) { dor[c] = ${read('ct', `ro * ${u(w)} + c`)}; }
-  let L = ${read('packed', `ro * ${u(w)} + ${u(d.dv)}`)};
+  let L = ${read('packed', `ro * ${u(w)} + ${u(d.dv)}`)} + ${read('packed', `ro * ${u(w)} + ${u(d.dv + 1)}`)};
   let D = ${read('delta', 'ro')};
   var dq: array<f32, ${d.dk}>;`,
       tile: `    for (var jj = 0u; jj < n; jj++) {
@@ -213,7 +219,7 @@ export function emitAttentionDkv(node: Node, ctx: EmitContext): KernelSource {
   const TQ = attentionTiles(d.dk, d.dv).queries;
   const blocks = Math.ceil(d.sk / R);
   const total = d.b * d.hkv * blocks;
-  const w = d.dv + 1;
+  const w = d.dv + L_COLUMNS;
   const wkv = d.dk + d.dv;
   const wgsl = `${header(bound, node.out, ctx)}
 var<workgroup> qs: array<f32, ${TQ * d.dk}>;
@@ -247,7 +253,7 @@ ${MAIN}
       ${loadRows('qs', read('q', `(qbase + i0) * ${u(d.dk)} + $`), d.dk)}
       for (var t = lid; t < n * ${u(d.dv)}; t += ${u(R)}) { dos[t] = ${read('ct', `(qbase + i0 + t / ${u(d.dv)}) * ${u(w)} + t % ${u(d.dv)}`)}; }
       for (var t = lid; t < n; t += ${u(R)}) {
-        ls[t] = ${read('packed', `(qbase + i0 + t) * ${u(w)} + ${u(d.dv)}`)};
+        ls[t] = ${read('packed', `(qbase + i0 + t) * ${u(w)} + ${u(d.dv)}`)} + ${read('packed', `(qbase + i0 + t) * ${u(w)} + ${u(d.dv + 1)}`)};
         dls[t] = ${read('delta', 'qbase + i0 + t')};
       }
       workgroupBarrier();

@@ -116,6 +116,21 @@ export function access(binding: number, name: string, kind: ElemKind, opts: { ve
   };
 }
 
+/**
+ * WGSL for f32 `x` rounded to what storage `kind` keeps, widened back to f32 (x itself for f32),
+ * so that x − rounded is exactly the part a store would lose. bf16 needs lorafa_bf16, which the
+ * preamble of a module with a written bf16 binding has.
+ */
+export function roundedTo(kind: ElemKind, x: string): string {
+  // f16: x's mantissa rounded to nearest even at f16's 10 bits, with integer ops. Not f32(f16(x))
+  // or an unpack2x16float(pack2x16float(x)) round trip: lavapipe folds both away (measured: the
+  // low part came out 0). The result is an f16 value wherever f16 has x's exponent, so a store
+  // of it is exact; below 2⁻¹⁴ it may round again on store, by at most 2⁻²⁵.
+  if (kind === 'f16' || kind === 'f16p') return `bitcast<f32>((bitcast<u32>(${x}) + 0xfffu + ((bitcast<u32>(${x}) >> 13u) & 1u)) & 0xffffe000u)`;
+  if (kind === 'bf16') return `bitcast<f32>(lorafa_bf16(${x}) << 16u)`;
+  return x;
+}
+
 /** What a module with these bindings needs before its declarations: `enable f16;`, shared helpers. */
 export function preamble(accesses: readonly Access[]): string {
   const lines: string[] = [];

@@ -1,5 +1,6 @@
 // WGSL for every op in the registry. Each emitter bakes the node's shapes into the text as
 // constants, so one pipeline serves every node with the same op, attributes and shapes.
+import { L_COLUMNS } from '../ir/attention.ts';
 import { OPS, type OpName } from '../ir/ops.ts';
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
@@ -491,7 +492,7 @@ function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
   ${rowLoop(width, `let g = ${g}; ${st(`base + j`, `rstd * (g - mg - (${xs('base + j')} - mu) * rstd * mgx)`)}`)}`);
 }
 
-/** D_i = Σ_c ct_ic·O_ic − ct_i,dv: one invocation per row of the packed attention output. */
+/** D_i = Σ_c ct_ic·O_ic − ct_i,dv (c < dv = w − 2): one invocation per row of the packed attention output. */
 function emitAttentionDelta(node: Node, ctx: EmitContext): KernelSource {
   const w = node.inputs[0].type.shape[node.inputs[0].type.shape.length - 1];
   const n = numel(node.out.type.shape);
@@ -499,8 +500,8 @@ function emitAttentionDelta(node: Node, ctx: EmitContext): KernelSource {
   return kernel1d(bound, node, n, ctx, `
   let base = i * ${u(w)};
   var acc = 0.0;
-  for (var c = 0u; c < ${u(w - 1)}; c++) { acc += ${arg(1, 'base + c')} * ${arg(0, 'base + c')}; }
-  ${st(`i`, `acc - ${arg(1, `base + ${u(w - 1)}`)}`)}`);
+  for (var c = 0u; c < ${u(w - L_COLUMNS)}; c++) { acc += ${arg(1, 'base + c')} * ${arg(0, 'base + c')}; }
+  ${st(`i`, `acc - ${arg(1, `base + ${u(w - L_COLUMNS)}`)}`)}`);
 }
 
 const EMITTERS = {

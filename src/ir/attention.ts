@@ -10,7 +10,12 @@
 //   a key after the query (j > i, causal) is excluded entirely: it is no score at all, not −1e9
 //   (the composition gives it −1e9 too, which matters only in a row of padding: there the
 //   composition averages every key, the fused op only the keys j ≤ i);
-//   output, packed along the last axis: O_i = Σ_j P_ij·v_j in [0, dv), L_i = log Σ_j exp(s_ij) in [dv].
+//   output, packed along the last axis: O_i = Σ_j P_ij·v_j in [0, dv), then L_i = log Σ_j exp(s_ij)
+//   as two columns whose sum is L: [dv] holds L rounded to the output's storage precision and
+//   [dv + 1] the rest (0 in float64 and in f32). Backward needs L to within a few f32 ulps, and a
+//   half-precision output (--dtype f16|bf16) keeps it that way: hi + lo carries 16–22 bits of
+//   mantissa where a lone bf16 L would be off by up to 2⁻⁴ at |L| ≈ 16. Only [dv] is the function
+//   L of the inputs; [dv + 1] is a representation detail, and its cotangent is ignored.
 // Grouped-query attention: query head hq reads key/value head ⌊hq / (h/hkv)⌋ (Hugging Face's
 // repeat_kv order), so k and v are never repeated in memory.
 //
@@ -39,6 +44,8 @@ export type AttentionAttrs = {
 export const PADDING_SCORE = -1e9;
 /** A row whose log-sum-exp is below this saw only padding keys (L = −1e9 + log n). */
 export const ALL_PADDING_L = -5e8;
+/** Columns after O in the packed output: L's high and low parts. */
+export const L_COLUMNS = 2;
 
 export interface AttentionDims {
   readonly b: number;
@@ -84,7 +91,7 @@ export function attentionDims(ins: readonly TensorType[], a: AttentionAttrs, ext
   }
   if (extra) {
     const at = 3 + (a.masked ? 1 : 0);
-    const packed = [b, h, sq, dv + 1];
+    const packed = [b, h, sq, dv + L_COLUMNS];
     for (const [t, what] of [[ins[at], 'the packed output'], [ins[at + 1], 'its cotangent']] as const) {
       if (t.shape.join() !== packed.join()) throw new ShapeProblem(`${what} must be [${packed.join(',')}], got ${fmt(t)}`);
     }
@@ -126,7 +133,7 @@ function forEachRow(d: AttentionDims, fn: (bi: number, hq: number, hk: number, i
 export function attentionRef(ins: readonly Tensor[], a: AttentionAttrs): Float64Array {
   const d = attentionDims(ins.map((t) => ({ dtype: 'f32', shape: t.shape })), a, 0);
   const sc = scorer(ins, a, d);
-  const w = d.dv + 1;
+  const w = d.dv + L_COLUMNS;
   const out = new Float64Array(d.b * d.h * d.sq * w);
   const s = new Float64Array(d.sk);
   forEachRow(d, (bi, hq, hk, i) => {
@@ -145,20 +152,21 @@ export function attentionRef(ins: readonly Tensor[], a: AttentionAttrs): Float64
       for (let c = 0; c < d.dv; c++) out[r * w + c] += e * sc.v.data[kr * d.dv + c];
     }
     for (let c = 0; c < d.dv; c++) out[r * w + c] /= l;
-    out[r * w + d.dv] = m + Math.log(l);
+    out[r * w + d.dv] = m + Math.log(l); // and the low part, [dv + 1], is 0
   });
   return out;
 }
 
-/** D_i = Σ_c ct_ic·O_ic − ct_i,dv over packed rows [..., dv + 1]. */
+/** D_i = Σ_c ct_ic·O_ic − ct_i,dv over packed rows [..., dv + 2] (L's low part has no cotangent). */
 export function attentionDeltaRef([packed, ct]: readonly Tensor[]): Float64Array {
   const w = packed.shape[packed.shape.length - 1];
+  const dv = w - L_COLUMNS;
   const rows = packed.data.length / w;
   const out = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
     let s = 0;
-    for (let c = 0; c < w - 1; c++) s += ct.data[r * w + c] * packed.data[r * w + c];
-    out[r] = s - ct.data[r * w + w - 1];
+    for (let c = 0; c < dv; c++) s += ct.data[r * w + c] * packed.data[r * w + c];
+    out[r] = s - ct.data[r * w + dv];
   }
   return out;
 }
@@ -173,12 +181,12 @@ export function attentionGradRef(ins: readonly Tensor[], a: AttentionAttrs, whic
   const at = 3 + (a.masked ? 1 : 0);
   const [q, k] = ins;
   const [packed, ct, delta] = ins.slice(at);
-  const w = d.dv + 1;
+  const w = d.dv + L_COLUMNS;
   const wkv = d.dk + d.dv;
   const out = new Float64Array(which === 'dq' ? d.b * d.h * d.sq * d.dk : d.b * d.hkv * d.sk * wkv);
   forEachRow(d, (bi, hq, hk, i) => {
     const r = sc.row(bi, hq, i);
-    const L = packed.data[r * w + d.dv];
+    const L = packed.data[r * w + d.dv] + packed.data[r * w + d.dv + 1];
     const D = delta.data[r];
     const n = sc.count(i);
     for (let j = 0; j < n; j++) {

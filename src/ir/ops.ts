@@ -20,6 +20,7 @@ import {
   attentionDims,
   attentionGradRef,
   attentionRef,
+  L_COLUMNS,
   type AttentionAttrs,
 } from './attention.ts';
 
@@ -110,8 +111,9 @@ export interface OpAttrs {
   layer_norm_grad: { readonly eps: number };
   /**
    * Fused scaled-dot-product attention: q [b,h,sq,dk], k [b,hkv,sk,dk], v [b,hkv,sk,dv] (and a key
-   * mask [b,sk] when `masked`) → [b,h,sq,dv+1]: the output in [..., 0:dv], each row's log-sum-exp
-   * of its scores in [..., dv]. Semantics and backward: src/ir/attention.ts.
+   * mask [b,sk] when `masked`) → [b,h,sq,dv+2]: the output in [..., 0:dv], each row's log-sum-exp
+   * of its scores in [..., dv] + [..., dv+1] (high and low parts, so that half-precision storage
+   * keeps it exact enough). Semantics and backward: src/ir/attention.ts.
    */
   attention: AttentionAttrs;
   /** attention_delta(packed, ct) → [b,h,sq]: D_i = Σ_c ct_ic·O_ic − ct_i,dv. Backward-only. */
@@ -1277,7 +1279,7 @@ export const OPS: OpRegistry = {
     arity: 'variadic',
     infer: (ins, a) => {
       const d = attentionDims(ins, a, 0);
-      return { dtype: 'f32', shape: [d.b, d.h, d.sq, d.dv + 1] };
+      return { dtype: 'f32', shape: [d.b, d.h, d.sq, d.dv + L_COLUMNS] };
     },
     ref: (ins, a) => attentionRef(ins, a),
     vjp: ({ b, ct, inputs, out, attrs, wants }) => {
@@ -1307,8 +1309,8 @@ export const OPS: OpRegistry = {
     arity: 2,
     infer: ([packed, ct]) => {
       if (packed.dtype !== 'f32' || ct.dtype !== 'f32') throw new ShapeProblem('both inputs must be f32');
-      if (packed.shape.length < 1 || packed.shape[packed.shape.length - 1] < 2) {
-        throw new ShapeProblem(`the packed output [${packed.shape.join(',')}] needs a last axis of at least 2 (dv + 1)`);
+      if (packed.shape.length < 1 || packed.shape[packed.shape.length - 1] < 1 + L_COLUMNS) {
+        throw new ShapeProblem(`the packed output [${packed.shape.join(',')}] needs a last axis of at least ${1 + L_COLUMNS} (dv + ${L_COLUMNS})`);
       }
       if (!sameShape(packed.shape, ct.shape)) throw new ShapeProblem(`the cotangent [${ct.shape.join(',')}] must match the packed output [${packed.shape.join(',')}]`);
       return { dtype: 'f32', shape: packed.shape.slice(0, -1) };
@@ -1375,7 +1377,7 @@ function attentionCase(g: CaseGen) {
     { type: f32([b, hkv, sk, dv]), domain: REAL },
     ...(masked ? [{ type: f32([b, sk]), domain: { kind: 'mask', row: sk } as Domain }] : []),
   ];
-  return { attrs, qkvm, packed: { type: f32([b, h, sq, dv + 1]), domain: REAL }, delta: { type: f32([b, h, sq]), domain: REAL } };
+  return { attrs, qkvm, packed: { type: f32([b, h, sq, dv + L_COLUMNS]), domain: REAL }, delta: { type: f32([b, h, sq]), domain: REAL } };
 }
 
 function reduceCase(g: CaseGen): OpCase<{ axes: readonly number[]; keepdims: boolean }> {

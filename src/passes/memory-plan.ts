@@ -146,14 +146,14 @@ function storageBytes(v: Value, category: Category, dtype: StorageDType, update 
  * Values kept f32 whatever the storage dtype (`full` in storageBytes), besides scalars (the loss,
  * fed scalars: 4 bytes either way):
  * - the outputs of ops that pack per-row statistics into their result: cross_entropy and
- *   linear_cross_entropy (loss, log-sum-exp, weight per row) and attention (O with L = log Σexp per
- *   query row). Backward forms exp(s − L): a bf16 L of magnitude 10–20 is off by up to 2⁻⁴, which
- *   would scale a whole row of probabilities by e^±0.06. (FlashAttention keeps its LSE in f32
- *   too; attention's O shares L's tensor here, so it is f32 as well: see docs/memory.md.)
+ *   linear_cross_entropy (loss, log-sum-exp, weight per row). Backward forms exp(z − L): a bf16 L
+ *   of magnitude 10–20 is off by up to 2⁻⁴, which would scale a whole row of probabilities by
+ *   e^±0.06. These are [rows, 3], small. (Attention's packed O and L is half like any activation:
+ *   it stores L as high + low parts, src/ir/attention.ts.)
  * - LoRA's A under LoRA-FA (frozen, so otherwise half): PEFT keeps adapters f32 over a half base
  *   model, and A is d×r, small.
  */
-const F32_OUTPUT_OPS: ReadonlySet<string> = new Set(['cross_entropy', 'linear_cross_entropy', 'attention']);
+const F32_OUTPUT_OPS: ReadonlySet<string> = new Set(['cross_entropy', 'linear_cross_entropy']);
 const keptF32 = (n: Node | undefined) => n !== undefined && F32_OUTPUT_OPS.has(n.op);
 
 /** The optimizer's arithmetic and gradient accumulation stay f32 (see storageBytes). */
