@@ -11,10 +11,13 @@
 // - GPU (lavapipe): count_nonfinite on Inf/NaN/subnormal bits; through StepRunner, skipped steps
 //   leave the parameters read back unchanged, and clean steps grow the scale and match float64.
 // - LossScaler: growth, backoff, static, the state round trip through a checkpoint.
-import { mkdtempSync, rmSync } from 'node:fs';
+// - The loop (finetune, a compiled trainer): skipped steps and growth in the result, the report
+//   and the progress lines; a run resumed from a checkpoint ends bit for bit as the straight one
+//   (the scaler's state is in the checkpoint); --loss-scale against what the program compiled.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, test, vi } from 'vitest';
 import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
 import { Builder } from '../src/ir/builder.ts';
 import type { Tensor } from '../src/ir/shape.ts';
@@ -30,7 +33,12 @@ import { referenceStep } from '../src/runtime/reference.ts';
 import { runNodeOnGpu } from '../src/runtime/single.ts';
 import { readCheckpoint, writeCheckpoint } from '../src/train/checkpoint.ts';
 import { defaultLossScale, LossScaler, parseLossScale, type LossScalerState } from '../src/train/loss-scale.ts';
-import { feedsFor, intBoundsFor, paramsWithRandomB, toyModel } from './helpers.ts';
+import { main } from '../src/cli/main.ts';
+import { listCheckpoints } from '../src/train/checkpoint.ts';
+import { finetune, type FinetuneOptions } from '../src/train/finetune.ts';
+import { runTrainer } from '../src/train/trainer.ts';
+import type { PlanFile } from '../src/train/trainer-files.ts';
+import { feedsFor, intBoundsFor, paramsWithRandomB, ROOT, toyModel } from './helpers.ts';
 
 const K = 4;
 const STEPS = 4;
@@ -117,7 +125,7 @@ interface Run {
 
 /**
  * The training loop's use of a step, in float64: step t reads data[t − 1], the optimizer's own
- * count is t − skipped (as loop.ts feeds it), K micro-steps when k > 1. `scale`: the scaler, or
+ * count is LossScaler.optimizerStep(t) = t − skipped (as loop.ts feeds it), K micro-steps when k > 1. `scale`: the scaler, or
  * a fixed S fed as is (or undefined: a plain step). `feeds` overrides feeds (teeth).
  */
 function train(c: Compiled, data: readonly Record<string, Float64Array>[], init: ReadonlyMap<string, Tensor>, oc: OptCase, k: number, scale?: LossScaler | number, feeds: (j: number) => Record<string, number[]> = () => ({})): Run {
@@ -125,13 +133,13 @@ function train(c: Compiled, data: readonly Record<string, Float64Array>[], init:
   const run: Run = { params, losses: [], overflows: [], history: [] };
   for (let t = 1; t <= data.length; t++) {
     const s = typeof scale === 'number' ? scale : scale?.scale;
-    const skipped = scale instanceof LossScaler ? scale.skipped : 0;
+
     let loss = 0;
     let overflow = 0;
     for (let j = 0; j < k; j++) {
       const f = {
         ...(k > 1 ? microSlice(data[t - 1], j, k) : data[t - 1]),
-        ...optimizerFeeds(oc.opts, oc.lr, t - skipped),
+        ...optimizerFeeds(oc.opts, oc.lr, scale instanceof LossScaler ? scale.optimizerStep(t) : t),
         ...(c.reports.gradAccum ? accumFeeds(j, k, s ?? 1) : {}),
         ...(s !== undefined ? { [LOSS_SCALE_INPUT]: [s], ...(c.reports.gradAccum ? {} : { [INV_LOSS_SCALE_INPUT]: [1 / s] }) } : {}),
         ...feeds(j),
@@ -315,6 +323,14 @@ describe('LossScaler', () => {
     expect(s.state()).toEqual({ kind: 'dynamic', scale: 65536, cleanSteps: 0, skipped: 2, growths: 2, backoffs: 2 });
     expect(s.describe()).toBe('scale 65536, 2 skipped, 2 growths');
     expect(new LossScaler('dynamic').growthInterval).toBe(2000);
+    // Growth stops at maxScale, and never lowers a scale above it.
+    const capped = new LossScaler('dynamic', { init: 3, growthInterval: 1, maxScale: 4 });
+    capped.update(0);
+    capped.update(0);
+    expect(capped.state()).toMatchObject({ scale: 4, growths: 1 });
+    const above = new LossScaler('dynamic', { init: 8, growthInterval: 1, maxScale: 4 });
+    above.update(0);
+    expect(above.state()).toMatchObject({ scale: 8, growths: 0 });
   });
 
   test('static: the scale never changes; overflowed steps are still skipped', () => {
@@ -392,7 +408,7 @@ describe('GPU', () => {
       const flags: number[] = [];
       for (let t = 1; t <= 12; t++) {
         const s0 = scaler.scale;
-        const r = await runner.runStep({ ...dataFor(ROWS, 60 + t, 1024), ...optimizerFeeds(oc.opts, oc.lr, t - scaler.skipped), ...scaler.feeds() });
+        const r = await runner.runStep({ ...dataFor(ROWS, 60 + t, 1024), ...optimizerFeeds(oc.opts, oc.lr, scaler.optimizerStep(t)), ...scaler.feeds() });
         expect(r.overflow, `step ${t}`).toBeDefined();
         expect(Number.isFinite(r.loss)).toBe(true);
         flags.push(r.overflow!);
@@ -427,7 +443,7 @@ describe('GPU', () => {
       const scales: number[] = [];
       for (let t = 1; t <= data.length; t++) {
         scales.push(scaler.scale);
-        const r = await runner.runStep({ ...data[t - 1], ...optimizerFeeds(oc.opts, oc.lr, t - scaler.skipped), ...scaler.feeds() });
+        const r = await runner.runStep({ ...data[t - 1], ...optimizerFeeds(oc.opts, oc.lr, scaler.optimizerStep(t)), ...scaler.feeds() });
         expect(r.overflow).toBe(0);
         scaler.update(r.overflow!);
         losses.push(r.loss);
@@ -450,4 +466,87 @@ describe('GPU', () => {
       runner.destroy();
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// the training loop
+
+describe('the training loop', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'lorafa-loss-scale-'));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const MLP = join(ROOT, 'models', 'mlp.ts');
+  /** models/mlp.ts's 12 features of magnitude up to 2¹⁰ (gradients of tens) and a label. */
+  const csv = join(tmp, 'big.csv');
+  beforeAll(() => {
+    let st = 7;
+    const u = () => ((st = (st * 1103515245 + 12345) % 2147483648), st / 2147483648);
+    let text = Array.from({ length: 12 }, (_, i) => `x${i}`).join(',') + ',label\n';
+    for (let r = 0; r < 200; r++) {
+      const x = Array.from({ length: 12 }, () => Number((1024 * (2 * u() - 1)).toFixed(3)));
+      const sc = [x[0] + x[1] - x[2], x[3] - x[4] + x[5], x[6] + x[7] + x[8]];
+      text += `${x.join(',')},${sc.indexOf(Math.max(...sc))}\n`;
+    }
+    writeFileSync(csv, text);
+  });
+  const bits = (a: Float32Array) => [...new Uint32Array(Float32Array.from(a).buffer)];
+  const run = (o: Partial<FinetuneOptions>) =>
+    finetune({ model: MLP, data: csv, seed: 2, steps: 14, lr: 1e-4, lrSchedule: 'constant', warmup: 0, compare: false, progress: 'none', log: () => {}, lossScale: 'dynamic', lossScaler: { init: 2 ** 127, growthInterval: 3, maxScale: 2 ** 127 }, ...o });
+
+  test('dynamic from 2¹²⁷: the first steps are skipped, S halves, then grows every 3 clean steps; result, report.json, report.md and progress lines say so; a resumed run ends bit for bit as the straight one', async () => {
+    const lines: string[] = [];
+    const straight = join(tmp, 'straight');
+    const a = await run({ out: straight, checkpointEvery: 4, progress: 'lines', logEvery: 1, log: (l) => lines.push(l) });
+    const ls = a.lossScale!;
+    expect(ls.setting).toBe('dynamic');
+    const n = ls.state.backoffs;
+    expect(n, JSON.stringify(ls)).toBeGreaterThanOrEqual(2);
+    // The first n steps overflowed; the later skips (if any) follow a growth.
+    expect(ls.skippedSteps.slice(0, 2)).toEqual([1, 2]);
+    expect(ls.state.growths, JSON.stringify(ls)).toBeGreaterThanOrEqual(1);
+    expect(ls.state.scale).toBe(2 ** (127 - ls.state.backoffs + ls.state.growths));
+    expect(ls.state.skipped).toBe(ls.skippedSteps.length);
+    // Every parameter the run trains moved.
+    for (const [k, v] of a.params) if (!k.startsWith('optim.') && a.initial.has(k) && a.program.step.params.find((q) => q.name === k)?.trainable) expect(bits(v), k).not.toEqual(bits(a.initial.get(k)!));
+    const report = JSON.parse(readFileSync(join(straight, 'report.json'), 'utf8')) as { lossScale: typeof ls };
+    expect(report.lossScale).toEqual(JSON.parse(JSON.stringify(ls)));
+    expect(readFileSync(join(straight, 'report.md'), 'utf8')).toMatch(/- loss scaling: dynamic loss scaling, final scale 2\^\d+, \d+ skipped, \d+ growths?; steps skipped for overflowed gradients: 1, 2/);
+    expect(lines.find((l) => l.startsWith('step 1/14'))).toMatch(/\(loss scale 2\^126, 1 skipped\)/);
+    expect(lines.some((l) => /^done: .*loss scale 2\^\d+, \d+ skipped/.test(l))).toBe(true);
+
+    // Stopped at step 8 (a checkpoint), then resumed to 14: the same state, tensors and losses.
+    const resumed = join(tmp, 'resumed');
+    await run({ out: resumed, steps: 8, checkpointEvery: 4 });
+    const b = await run({ out: resumed, resume: true, checkpointEvery: 4 });
+    expect(b.startStep).toBe(8);
+    expect(b.lossScale!.state).toEqual(ls.state);
+    expect(b.lossScale!.skippedSteps).toEqual(ls.skippedSteps.filter((t) => t > 8));
+    expect(b.losses).toEqual(a.losses.filter((l) => l.step > 8));
+    for (const [k, v] of a.params) expect(bits(b.params.get(k)!), k).toEqual(bits(v));
+    // (Without the scaler's state in the checkpoint, the resumed run would restart from 2¹²⁷ and skip
+    // steps 9 and 10: neither the state nor the losses would match.)
+    expect(listCheckpoints(join(resumed, 'checkpoints')).map((x) => x.step)).toContain(14);
+  }, 120_000);
+
+  test('a compiled trainer: --loss-scale must match what was compiled; a static scale compiled in is the default', async () => {
+    const log = vi.spyOn(console, 'log').mockImplementation(() => {});
+    const withLs = join(tmp, 'trainer-static');
+    const without = join(tmp, 'trainer-plain');
+    try {
+      expect(await main(['compile', MLP, '--seed', '2', '--loss-scale', '1024', '-o', withLs])).toBe(0);
+      expect(await main(['compile', MLP, '--seed', '2', '-o', without])).toBe(0);
+      expect(await main(['compile', MLP, '--loss-scale', 'sometimes', '-o', join(tmp, 'x')])).toBe(2);
+    } finally {
+      log.mockRestore();
+    }
+    const spec = (dir: string) => (JSON.parse(readFileSync(join(dir, 'plan.json'), 'utf8')) as PlanFile).spec;
+    expect(spec(withLs).lossScale).toBe(1024);
+    expect(spec(without).lossScale).toBeUndefined();
+    const flags = { data: csv, steps: 3, lr: 1e-4, progress: 'none' as const };
+    const r = await runTrainer(withLs, spec(withLs), flags);
+    expect(r.lossScale).toMatchObject({ setting: 1024, state: { kind: 'static', scale: 1024, skipped: 0 } });
+    await expect(runTrainer(withLs, spec(withLs), { ...flags, lossScale: 'none', out: join(tmp, 'o1') })).rejects.toThrow(/compiled with loss scaling/);
+    await expect(runTrainer(without, spec(without), { ...flags, lossScale: 'dynamic', out: join(tmp, 'o2') })).rejects.toThrow(/compiled without loss scaling.*\n.*--loss-scale dynamic/);
+    const plain = await runTrainer(without, spec(without), { ...flags, out: join(tmp, 'o3') });
+    expect(plain.lossScale).toBeUndefined();
+  }, 120_000);
 });

@@ -27,12 +27,15 @@ export interface LossScalerOptions {
   readonly backoffFactor?: number;
   /** Clean steps in a row before the scale grows (default 2000). */
   readonly growthInterval?: number;
+  /** Growth stops at this scale (default MAX_LOSS_SCALE, 2⁶⁴); it never lowers a larger one. */
+  readonly maxScale?: number;
 }
 
 export const DEFAULT_LOSS_SCALE = 2 ** 16;
 /**
- * Growth stops here (PyTorch has no cap): past it 1/S, and 1/(K·S) under gradient accumulation,
- * would near f32's subnormals, which a GPU may flush to zero.
+ * Growth stops here by default (PyTorch has no cap): a run whose gradients never overflow (f32
+ * storage) would otherwise double its scale every 2000 steps until 1/S, and 1/(K·S) under
+ * gradient accumulation, became f32 subnormals, which a GPU may flush to zero.
  */
 export const MAX_LOSS_SCALE = 2 ** 64;
 
@@ -79,12 +82,14 @@ export class LossScaler {
   readonly growthFactor: number;
   readonly backoffFactor: number;
   readonly growthInterval: number;
+  readonly maxScale: number;
 
   constructor(setting: 'dynamic' | number, opts: LossScalerOptions = {}) {
     this.kind = setting === 'dynamic' ? 'dynamic' : 'static';
     this.growthFactor = opts.growthFactor ?? 2;
     this.backoffFactor = opts.backoffFactor ?? 0.5;
     this.growthInterval = opts.growthInterval ?? 2000;
+    this.maxScale = opts.maxScale ?? MAX_LOSS_SCALE;
     this.scaleNow = setting === 'dynamic' ? (opts.init ?? DEFAULT_LOSS_SCALE) : setting;
     const bad = (what: string, fix: string) => {
       throw new LorafaError('--loss-scale', what, fix);
@@ -92,6 +97,7 @@ export class LossScaler {
     if (!(Number.isFinite(this.scaleNow) && this.scaleNow > 0)) bad(`the scale must be a finite number > 0, got ${this.scaleNow}`, 'e.g. 65536');
     if (!(this.growthFactor > 1 && Number.isFinite(this.growthFactor))) bad(`the growth factor must be > 1, got ${this.growthFactor}`, 'use 2 (PyTorch\'s default)');
     if (!(this.backoffFactor > 0 && this.backoffFactor < 1)) bad(`the backoff factor must be in (0, 1), got ${this.backoffFactor}`, 'use 0.5 (PyTorch\'s default)');
+    if (!(Number.isFinite(this.maxScale) && this.maxScale > 0)) bad(`the largest scale must be a finite number > 0, got ${this.maxScale}`, 'leave it out (2^64)');
     if (!(Number.isInteger(this.growthInterval) && this.growthInterval >= 1)) bad(`the growth interval must be a whole number ≥ 1, got ${this.growthInterval}`, 'use 2000 (PyTorch\'s default)');
   }
 
@@ -101,6 +107,14 @@ export class LossScaler {
 
   get skipped(): number {
     return this.skippedSteps;
+  }
+
+  /**
+   * The optimizer's own step count (AdamW's bias corrections) at loop step t: t minus the steps
+   * skipped before it, since a skipped step left the optimizer state as it was.
+   */
+  optimizerStep(t: number): number {
+    return t - this.skippedSteps;
   }
 
   /** The step's loss-scaling feeds (with gradient accumulation also pass `scale` to accumFeeds). */
@@ -126,8 +140,8 @@ export class LossScaler {
     this.clean++;
     if (this.kind === 'dynamic' && this.clean >= this.growthInterval) {
       this.clean = 0;
-      const next = Math.min(this.scaleNow * this.growthFactor, MAX_LOSS_SCALE);
-      if (next !== this.scaleNow) {
+      const next = Math.min(this.scaleNow * this.growthFactor, this.maxScale);
+      if (next > this.scaleNow) {
         this.scaleNow = next;
         this.growthCount++;
       }
@@ -156,11 +170,16 @@ export class LossScaler {
 
   /** For the progress line: `scale 65536, 2 skipped, 1 growth`. */
   describe(): string {
-    const parts = [`scale ${fmtScale(this.scaleNow)}`];
-    if (this.skippedSteps) parts.push(`${this.skippedSteps} skipped`);
-    if (this.growthCount) parts.push(`${this.growthCount} growth${this.growthCount === 1 ? '' : 's'}`);
-    return parts.join(', ');
+    return describeScaler(this.state());
   }
+}
+
+/** A scaler's state in words: `scale 65536, 2 skipped, 1 growth`. */
+export function describeScaler(s: LossScalerState): string {
+  const parts = [`scale ${fmtScale(s.scale)}`];
+  if (s.skipped) parts.push(`${s.skipped} skipped`);
+  if (s.growths) parts.push(`${s.growths} growth${s.growths === 1 ? '' : 's'}`);
+  return parts.join(', ');
 }
 
 /** 65536, 2^20, 0.5: powers of two past 2²⁰ as powers. */
