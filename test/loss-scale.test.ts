@@ -21,7 +21,6 @@ import { afterAll, beforeAll, describe, expect, it, test, vi } from 'vitest';
 import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
 import { Builder } from '../src/ir/builder.ts';
 import type { Tensor } from '../src/ir/shape.ts';
-import type { Graph } from '../src/ir/types.ts';
 import { trace, type LoadedModel } from '../src/model/load.ts';
 import { compileTraining, type Compiled, type Mode } from '../src/passes/compile.ts';
 import { INV_LOSS_SCALE_INPUT, LOSS_SCALE_INPUT, lossScaleFeeds, OVERFLOW_OUTPUT } from '../src/passes/loss-scale.ts';
