@@ -35,6 +35,7 @@ export { loadModel, registerLoaders, trace, type LoadedModel } from './model/loa
 export { compileTraining, isMode, MODES, type CompileOptions, type Compiled, type Mode, type Stage } from './passes/compile.ts';
 export { applyLora, type LoraOptions, type LoraReport } from './passes/lora.ts';
 export { OPTIMIZERS, optimizerFeeds, accumFeeds, type OptimizerOptions } from './passes/optimizer.ts';
+export { INV_LOSS_SCALE_INPUT, LOSS_SCALE_INPUT, lossScaleFeeds, OVERFLOW_OUTPUT, type LossScaleReport } from './passes/loss-scale.ts';
 export { planStep, type StepSetup } from './passes/plan-step.ts';
 export {
   CATEGORIES,
@@ -64,7 +65,8 @@ export { compileProgram, type CompileProgramOptions, type MemorySummary, type Pr
 export { emitTrainer, type EmittedTrainer } from './train/emit-trainer.ts';
 export { readProgram } from './train/trainer-files.ts';
 export { addTrainOptions, isMain, runTrainer, trainerCli, type TrainFlags } from './train/trainer.ts';
-export { addCompiledOptions, addDataOptions, addRunOptions, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
+export { addCompiledOptions, addDataOptions, addRunOptions, LOSS_SCALE_HELP, lossScaleFlag, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
+export { DEFAULT_LOSS_SCALE, defaultLossScale, describeLossScale, LossScaler, parseLossScale, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './train/loss-scale.ts';
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
 export { PRESETS, PRESET_NAMES, presetByName, type Preset } from './train/presets.ts';
@@ -88,5 +90,5 @@ export { exportPeftAdapter, importPeftAdapter, peftAdapter, type PeftAdapter, ty
 // The device.
 export { probeAdapter, formatAdapterReport, type AdapterReport } from './runtime/device.ts';
 export { acquireGpu, type Gpu } from './runtime/gpu.ts';
-export { StepRunner } from './runtime/executor.ts';
+export { StepRunner, type StepResult } from './runtime/executor.ts';
 export { gpuLimits } from './runtime/session.ts';

@@ -188,6 +188,16 @@ const HAND: HandTable = {
       expected: [7, 7, 3, 7],
     },
   ],
+  count_nonfinite: [
+    {
+      what: '±Inf and NaN count; the largest finite, subnormals and −0 do not',
+      inputs: [f([2, 4], [Infinity, 1, NaN, -Infinity, 3.4028234663852886e38, 1e-45, -0, -2])],
+      attrs: NONE,
+      shape: [],
+      expected: [3],
+    },
+    { what: 'all finite', inputs: [f([3], [0, -1e30, 5])], attrs: NONE, shape: [], expected: [0] },
+  ],
   fill: [
     { what: 'f32 [2,2]', inputs: [], attrs: { value: 2.5, shape: [2, 2], dtype: 'f32' }, shape: [2, 2], expected: [2.5, 2.5, 2.5, 2.5] },
     { what: 'scalar', inputs: [], attrs: { value: -1, shape: [], dtype: 'f32' }, shape: [], expected: [-1] },

@@ -20,6 +20,9 @@ import {
   addRunOptions,
   addTrainOptions,
   acquireGpu,
+  describeLossScale,
+  LOSS_SCALE_HELP,
+  lossScaleFlag,
   asCommand,
   checkOutputPath,
   chooseModel,
@@ -59,6 +62,7 @@ import {
   regexFlag,
   writeFileAtomic,
   type Limits,
+  type LossScaleSetting,
   type Mode,
   type OptimizerOptions,
   type PlannedMode,
@@ -102,6 +106,7 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
   gradCorrection?: boolean;
   evalBatch?: number;
   dtype: StorageDType;
+  lossScale?: LossScaleSetting;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
@@ -191,6 +196,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       optimizer: optimizerOptions(flags),
       gradCorrection: flags.gradCorrection,
       accumulate: (flags.gradAccum ?? 1) > 1,
+      lossScale: flags.lossScale,
       evalBatch: flags.evalBatch,
       seed: flags.seed,
       command: commandLine(),
@@ -206,7 +212,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
     const dir = shown(emitted.outDir);
     const spec = program.spec;
     console.log(`wrote ${dir}/trainer.ts, ${dir}/plan.json, ${dir}/kernels/ (${emitted.kernels} kernels; ${program.step.dispatches.length} dispatches per step, ${program.eval.dispatches.length} per evaluation batch)`);
-    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}; ${spec.dtype ? `${spec.dtype} storage (trainable state f32); ` : ''}limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
+    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}${spec.lossScale !== undefined ? `, ${describeLossScale(spec.lossScale)}` : ''}; ${spec.dtype ? `${spec.dtype} storage (trainable state f32); ` : ''}limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
     console.log(`train it:  npx lorafa train ${dir} --data <file> --steps 100${spec.accumulate ? ` --grad-accum ${flags.gradAccum}` : ''}`);
     console.log(`       or: npx tsx ${dir}/trainer.ts --data <file> --steps 100   (where the lorafa package is installed)`);
     // --emit given explicitly still prints; by default -o prints only what it wrote.
@@ -332,6 +338,7 @@ export function program(helpFor?: string): Command {
     .option('-o, --out <dir>', 'write a runnable trainer folder there: trainer.ts, plan.json, kernels/*.wgsl')
     .option('--seed <n>', "with -o: the trainer's default seed of the init and the data order", nonNegativeInt('--seed'), 0)
     .option('--grad-accum <k>', 'with -o: compile gradient accumulators (the trainer then takes --grad-accum k)', positiveInt('--grad-accum'))
+    .option('--loss-scale <how>', `with -o: compile loss scaling in unless none, and the trainer's default: ${LOSS_SCALE_HELP}`, lossScaleFlag)
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
     .addOption(new Option('--dtype <d>', 'with -o: storage of frozen weights and activations on the GPU (trainable parameters, gradients and optimizer state stay f32)').choices([...STORAGE_DTYPES]).default('f32'))

@@ -181,7 +181,9 @@ function emitFill(node: Node, ctx: EmitContext): KernelSource {
 function emitReduce(node: Node, ctx: EmitContext): KernelSource {
   const x = node.inputs[0];
   const shape = x.type.shape;
-  const axes = new Set((node.attrs as { axes: readonly number[] }).axes);
+  // count_nonfinite sums, over every element, 1 where the exponent bits are all ones (±Inf, NaN).
+  const count = node.op === 'count_nonfinite';
+  const axes = new Set(count ? shape.map((_, d) => d) : (node.attrs as { axes: readonly number[] }).axes);
   const xs = strides(shape);
   const keptDims = shape.map((_, d) => d).filter((d) => !axes.has(d));
   const redDims = shape.map((_, d) => d).filter((d) => axes.has(d));
@@ -192,9 +194,10 @@ function emitReduce(node: Node, ctx: EmitContext): KernelSource {
   const base = gatherIndex('base', 'i', keptDims.map((d) => shape[d]), keptDims.map((d) => xs[d]));
   // Reducing a contiguous tail (the common case: the last axis) is a plain strided loop.
   const tail = redDims.length > 0 && redDims.every((d, k) => d === shape.length - redDims.length + k);
+  const read = (index: string) => (count ? `select(0.0, 1.0, (bitcast<u32>(f32(${arg(0, index)})) & 0x7f800000u) == 0x7f800000u)` : arg(0, index));
   const body = tail
-    ? `let v = ${arg(0, 'base + j')};`
-    : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = ${arg(0, 'base + ro')};`;
+    ? `let v = ${read('base + j')};`
+    : `${gatherIndex('ro', 'j', redDims.map((d) => shape[d]), redDims.map((d) => xs[d]))} let v = ${read('base + ro')};`;
   if (isMax || nRed <= SUM_BLOCK) {
     return kernel1d(bound, node, nOut, ctx, `
   ${base}

@@ -64,6 +64,12 @@ export interface OpAttrs {
   eq: NoAttrs;
   /** cond != 0 ? a : b, all three broadcast. */
   where: NoAttrs;
+  /**
+   * The number of elements of x that are not finite (±Inf, NaN), as an f32 scalar: loss scaling's
+   * overflow check (src/passes/loss-scale.ts). The kernel tests the bits (exponent all ones),
+   * never x − x or x·0, which a compiler that assumes finite math may fold to 0.
+   */
+  count_nonfinite: NoAttrs;
   /** A constant tensor. */
   fill: { readonly value: number; readonly shape: readonly number[]; readonly dtype: DType };
   sum: { readonly axes: readonly number[]; readonly keepdims: boolean };
@@ -860,6 +866,18 @@ export const OPS: OpRegistry = {
         attrs: {},
       };
     },
+  },
+  count_nonfinite: {
+    arity: 1,
+    infer: ([x]) => {
+      requireFloat(x, 'the input of count_nonfinite');
+      return f32([]);
+    },
+    ref: ([x]) => Float64Array.of(x.data.reduce((n, v) => (Number.isFinite(v) ? n : n + 1), 0)),
+    vjp: 'nondiff',
+    // A sum over every element of 0/1 (emitReduce); exact in f32 up to 2²⁴ non-finite elements.
+    wgsl: { kind: 'kernel', emitter: 'reduce' },
+    testCase: (g) => ({ inputs: [{ type: f32(randShape(g, 1, 3, 6)), domain: REAL }], attrs: {} }),
   },
   fill: {
     arity: 0,

@@ -2,7 +2,8 @@
 //
 // 1. Mark the values that depend on a target (forward sweep) and the values the loss depends on
 //    (backward sweep). Only values in both carry a cotangent: nothing else is ever built.
-// 2. Seed the loss's cotangent with 1 and walk the nodes in reverse. For each active node, call
+// 2. Seed the loss's cotangent with 1 (or, with `seed`, a fed scalar input: loss scaling's S,
+//    loss-scale.ts, so every cotangent is S times the true one) and walk the nodes in reverse. For each active node, call
 //    its op's VJP rule with `wants[i]` = "input i is active", so rules emit nothing needless. A
 //    cotangent reaching a 'backward-only' op (a second-order gradient) is an error.
 // 3. Sum each returned cotangent back to its input's shape (broadcasting), once, here; add it to
@@ -41,7 +42,7 @@ export function sumToShape(b: Builder, ct: Value, shape: readonly number[]): Val
   return sameShape(summed.type.shape, shape) ? summed : b.reshape(summed, shape);
 }
 
-export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string }): { graph: Graph; report: AutodiffReport } {
+export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string; seed?: string }): { graph: Graph; report: AutodiffReport } {
   const lossName = opts.loss ?? 'loss';
   const loss = g.outputs[lossName];
   if (!loss) {
@@ -66,7 +67,8 @@ export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string 
   // 2–3. reverse walk
   const b = Builder.extending(g, 'backward');
   const cts = new Map<number, Value>();
-  if (active(loss)) cts.set(loss.id, b.on(undefined, 'd.loss', () => b.fill(1)));
+  const seed = opts.seed === undefined ? undefined : b.input(opts.seed, []);
+  if (active(loss)) cts.set(loss.id, seed ?? b.on(undefined, 'd.loss', () => b.fill(1)));
   for (let i = g.nodes.length - 1; i >= 0; i--) {
     const n = g.nodes[i];
     const ct = cts.get(n.out.id);
@@ -107,7 +109,7 @@ export function autodiff(g: Graph, opts: { wrt: readonly Value[]; loss?: string 
   }
   const added = b.takeAdditions();
   return {
-    graph: { ...g, nodes: [...g.nodes, ...added.nodes], outputs, nextId: added.nextId },
+    graph: { ...g, inputs: seed ? [...g.inputs, { value: seed }] : g.inputs, nodes: [...g.nodes, ...added.nodes], outputs, nextId: added.nextId },
     report: { wrt: opts.wrt.map((v) => v.name), unreachable, backwardNodes: added.nodes.length },
   };
 }

@@ -12,6 +12,7 @@ import { applyLoraFa, explainLoraFa, type LoraFaExplanation, type LoraFaReport }
 import { applyGradCorrection, type GradCorrectionReport } from './grad-correction.ts';
 import { applyGradAccum, type GradAccumReport } from './grad-accum.ts';
 import { applyOptimizer, type OptimizerOptions, type OptimizerReport } from './optimizer.ts';
+import { gateUpdates, LOSS_SCALE_INPUT, OVERFLOW_OUTPUT, unscaleGradients, type LossScaleReport } from './loss-scale.ts';
 
 export const MODES = ['full', 'lora', 'lora-fa'] as const;
 export type Mode = (typeof MODES)[number];
@@ -38,6 +39,14 @@ export interface CompileOptions {
    * LINEAR_CE_CHUNK_BYTES): smaller saves memory, larger launches fewer kernels.
    */
   readonly linearCeChunkBytes?: number;
+  /**
+   * Loss scaling (loss-scale.ts; needs `optimizer`): the backward seed is the fed scalar
+   * `optim.loss_scale` S, each gradient is unscaled by the fed `optim.inv_loss_scale` (with
+   * gradAccum: by grad_scale = 1/(K·S)), the output `overflow` counts the non-finite gradient
+   * elements, and every parameter and optimizer-state write-back is skipped when it is > 0.
+   * Feeds: lossScaleFeeds(S, gradAccum).
+   */
+  readonly lossScaling?: boolean;
 }
 
 export interface Stage {
@@ -71,6 +80,7 @@ export interface Compiled {
     readonly optimizer?: OptimizerReport;
     readonly gradCorrection?: GradCorrectionReport;
     readonly gradAccum?: GradAccumReport;
+    readonly lossScale?: LossScaleReport;
     /** Lora-fa only: what freezing A removed, against the same model compiled as LoRA. */
     readonly pruned?: LoraFaExplanation;
   };
@@ -80,7 +90,7 @@ export function isMode(s: string): s is Mode {
   return (MODES as readonly string[]).includes(s);
 }
 
-function train(model: Graph, check: (g: Graph, pass: string) => Graph, chunkBytes?: number) {
+function train(model: Graph, check: (g: Graph, pass: string) => Graph, chunkBytes?: number, lossScaling?: boolean) {
   const wrt = model.params.filter((p) => p.trainable).map((p) => p.value);
   if (!wrt.length) {
     throw new LorafaError(model.file ?? model.name, 'nothing to train: every parameter is frozen', 'mark some parameters trainable, or use mode lora / lora-fa');
@@ -88,7 +98,7 @@ function train(model: Graph, check: (g: Graph, pass: string) => Graph, chunkByte
   // A frozen head's logits are never kept: linear + cross-entropy become one op (linear-ce.ts).
   const lce = fuseLinearCrossEntropy(model, chunkBytes);
   const g = check(lce.graph, 'linear-ce');
-  const ad = autodiff(g, { wrt });
+  const ad = autodiff(g, { wrt, seed: lossScaling ? LOSS_SCALE_INPUT : undefined });
   const withGrads = check(ad.graph, 'autodiff');
   const simple = simplify(withGrads);
   const simplified = check(simple.graph, 'simplify');
@@ -98,6 +108,9 @@ function train(model: Graph, check: (g: Graph, pass: string) => Graph, chunkByte
 
 export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   const check = (g: Graph, pass: string) => (opts.verify ? verify(g, pass) : g);
+  if (opts.lossScaling && !opts.optimizer) {
+    throw new LorafaError(model.file ?? model.name, 'loss scaling needs an optimizer: it skips the update of a step whose gradients overflowed', 'pass an optimizer (e.g. --optimizer adamw), or drop --loss-scale');
+  }
   if (opts.gradAccum && !opts.optimizer) {
     throw new LorafaError(model.file ?? model.name, 'gradient accumulation needs an optimizer: it accumulates gradients for the update', 'pass an optimizer (e.g. --optimizer adamw), or drop --grad-accum');
   }
@@ -120,9 +133,9 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     loraFaReport = fa.report;
     stages.push({ pass: 'lora-fa', graph: forward });
     // The same LoRA graph trained with A trainable: the baseline LoRA-FA's pruning is measured against.
-    pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes).joint, train(forward, check, opts.linearCeChunkBytes).joint);
+    pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes, opts.lossScaling).joint, train(forward, check, opts.linearCeChunkBytes, opts.lossScaling).joint);
   }
-  const t = train(forward, check, opts.linearCeChunkBytes);
+  const t = train(forward, check, opts.linearCeChunkBytes, opts.lossScaling);
   if (t.lce.report.fused.length) stages.push({ pass: 'linear-ce', graph: t.fused });
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'simplify', graph: t.simplified }, { pass: 'dce', graph: t.joint });
   let joint = t.joint;
@@ -141,6 +154,7 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
   let step: Graph | undefined;
   let optimizerReport: OptimizerReport | undefined;
   let gradAccum: GradAccumReport | undefined;
+  let lossScale: LossScaleReport | undefined;
   if (opts.optimizer) {
     let trained = joint;
     if (opts.gradAccum) {
@@ -150,10 +164,24 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
       stages.push({ pass: 'grad-accum', graph: trained });
       for (const id of gradIds(trained)) gradients.add(id);
     }
+    let unscaled: readonly string[] = [];
+    if (opts.lossScaling) {
+      const u = unscaleGradients(trained, { accumulated: !!opts.gradAccum });
+      trained = check(u.graph, 'loss-scale');
+      unscaled = u.params;
+      stages.push({ pass: 'loss-scale', graph: trained });
+      for (const id of gradIds(trained)) gradients.add(id);
+    }
     const o = applyOptimizer(trained, opts.optimizer);
     optimizerReport = o.report;
+    let updated = o.graph;
+    if (opts.lossScaling) {
+      const gu = gateUpdates(check(updated, 'optimizer'));
+      updated = gu.graph;
+      lossScale = { params: unscaled, gated: gu.gated, foldedIntoAccumulation: !!opts.gradAccum };
+    }
     // Forward outputs other than the loss (logits…) are not read back during training.
-    const trimmed = { ...o.graph, outputs: { loss: o.graph.outputs.loss } };
+    const trimmed = { ...updated, outputs: { loss: updated.outputs.loss, ...(opts.lossScaling ? { [OVERFLOW_OUTPUT]: updated.outputs[OVERFLOW_OUTPUT] } : {}) } };
     step = check(dce(check(trimmed, 'optimizer')).graph, 'dce');
     stages.push({ pass: 'optimizer', graph: step });
   }
@@ -164,6 +192,6 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     step,
     gradients,
     stages,
-    reports: { lora: loraReport, loraFa: loraFaReport, linearCe: t.lce.report, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection, gradAccum },
+    reports: { lora: loraReport, loraFa: loraFaReport, linearCe: t.lce.report, autodiff: t.ad.report, simplify: t.simple.report, dce: t.d.report, optimizer: optimizerReport, pruned, gradCorrection, gradAccum, lossScale },
   };
 }

@@ -23,6 +23,7 @@ import { opDef } from '../ir/ops.ts';
 import { numel, fmtType, sameShape, type DType, type Graph, type Node, type Value } from '../ir/types.ts';
 import { dependencies, isInlineConstant, isView, scheduleCandidates } from './schedule.ts';
 import { ACCUM_FIRST_INPUT, BC1_INPUT, BC2_INPUT, GRAD_SCALE_INPUT, LR_INPUT } from './optimizer.ts';
+import { INV_LOSS_SCALE_INPUT, LOSS_SCALE_INPUT } from './loss-scale.ts';
 
 export interface Limits {
   /** minStorageBufferOffsetAlignment: every offset is a multiple of it. */
@@ -342,7 +343,8 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
       );
     }
   };
-  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT]);
+  // The loss scale too: 2¹⁶ is past f16's largest value, and 1/S is an f16 subnormal.
+  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
   const persistentItems: Item[] = [];
   const addPersistent = (v: Value, category: Category, role?: string) => {
     const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name), role === 'lora_A');

@@ -84,12 +84,14 @@ export function accumulatorName(param: string): string {
 /**
  * The accumulation feeds of micro-step j (0-based) of K. Only the last micro-step (j = K − 1)
  * updates: pass `{ update: j === K - 1 }` to StepRunner.step and referenceStep. Feed them with
- * optimizerFeeds(…, t) of the optimizer step t they belong to.
+ * optimizerFeeds(…, t) of the optimizer step t they belong to. Under loss scaling pass the scale
+ * S too: grad_scale is then 1/(K·S), the mean and the unscale in one multiply.
  */
-export function accumFeeds(j: number, K: number): Record<string, number[]> {
+export function accumFeeds(j: number, K: number, lossScale = 1): Record<string, number[]> {
   if (!(Number.isInteger(K) && K >= 1)) throw new LorafaError('--grad-accum', `the number of micro-batches per optimizer step must be a whole number ≥ 1, got ${K}`, 'pass e.g. --grad-accum 4');
   if (!(Number.isInteger(j) && j >= 0 && j < K)) throw new LorafaError('--grad-accum', `micro-step ${j} is not one of 0 … ${K - 1}`, 'count micro-steps from 0 within each optimizer step');
-  return { [ACCUM_FIRST_INPUT]: [j === 0 ? 1 : 0], [GRAD_SCALE_INPUT]: [1 / K] };
+  // Under loss scaling the mean's weight also unscales the gradients (loss-scale.ts).
+  return { [ACCUM_FIRST_INPUT]: [j === 0 ? 1 : 0], [GRAD_SCALE_INPUT]: [1 / (K * lossScale)] };
 }
 
 export interface OptimizerReport {

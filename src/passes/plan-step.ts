@@ -16,6 +16,8 @@ export interface StepSetup {
   readonly gradCorrection?: boolean;
   /** Gradient accumulators (grad-accum.ts). */
   readonly accumulate?: boolean;
+  /** Loss scaling (loss-scale.ts): the seed S, the unscale, the overflow check and gated updates. */
+  readonly lossScaling?: boolean;
   /** Run the verifier after every pass. */
   readonly verify?: boolean;
   /** Storage of frozen weights and activations (memory-plan.ts); trainable state stays f32. Default f32. */
@@ -23,11 +25,11 @@ export interface StepSetup {
 }
 
 export function planStep(graph: Graph, s: StepSetup, limits: Limits): { compiled: Compiled; memory: MemoryPlan } {
-  const compiled = compileTraining(graph, { mode: s.mode, lora: s.lora, optimizer: s.optimizer, gradCorrection: s.gradCorrection, gradAccum: s.accumulate, verify: s.verify });
+  const compiled = compileTraining(graph, { mode: s.mode, lora: s.lora, optimizer: s.optimizer, gradCorrection: s.gradCorrection, gradAccum: s.accumulate, lossScaling: s.lossScaling, verify: s.verify });
   const step = compiled.step!;
   let dominating: PlanOptions['dominating'];
   if (s.mode === 'lora-fa' && !s.gradCorrection) {
-    const l = compileTraining(graph, { mode: 'lora', lora: s.lora, optimizer: s.optimizer, gradAccum: s.accumulate });
+    const l = compileTraining(graph, { mode: 'lora', lora: s.lora, optimizer: s.optimizer, gradAccum: s.accumulate, lossScaling: s.lossScaling });
     dominating = { graph: l.step!, plan: planMemory(l.step!, { limits, dtype: s.dtype ?? 'f32', gradients: l.gradients }) };
   }
   return { compiled, memory: planMemory(step, { limits, dtype: s.dtype ?? 'f32', gradients: compiled.gradients, dominating }) };

@@ -1,12 +1,24 @@
 // Runs a KernelPlan on the GPU: buffers exactly as planned (their bytes are the plan's peak),
 // every pipeline compiled once, bind groups made once (every slice is static), and one command
-// encoder per step. Only the loss is read back.
+// encoder per step. Only the loss is read back (and, under loss scaling, the overflow count, in
+// the same 8-byte copy).
 import type { KernelPlan, Resident, Slice } from '../codegen/kernel-plan.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
 import { numel } from '../ir/types.ts';
 import { fromHalf, isHalf, toHalf } from '../ir/half.ts';
 import { acquireGpu, checked, PipelineCache, quietly, readBuffer, type Gpu } from './gpu.ts';
+import { OVERFLOW_OUTPUT } from '../passes/loss-scale.ts';
+
+/** What one step reads back. */
+export interface StepResult {
+  readonly loss: number;
+  /**
+   * Under loss scaling (a plan with an `overflow` output), on a step that ran its update: the
+   * count of non-finite gradient elements; > 0 means the update was skipped on the GPU.
+   */
+  readonly overflow?: number;
+}
 
 export class StepRunner {
   private constructor(
@@ -17,7 +29,7 @@ export class StepRunner {
     private readonly staging: GPUBuffer,
   ) {}
 
-  /** Bytes of GPU buffers this runner allocated (equals the plan's peak, plus a 4-byte readback buffer). */
+  /** Bytes of GPU buffers this runner allocated (equals the plan's peak, plus a 4- or 8-byte readback buffer). */
   get allocatedBytes(): number {
     return this.buffers.reduce((s, b) => s + b.size, 0);
   }
@@ -79,7 +91,7 @@ export class StepRunner {
         workgroups: d.workgroups,
       })),
     );
-    const staging = device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const staging = device.createBuffer({ size: plan.outputs[OVERFLOW_OUTPUT] ? 8 : 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     return new StepRunner(gpu, plan, buffers, passes, staging);
   }
 
@@ -113,6 +125,11 @@ export class StepRunner {
    * their bytes, and each accumulator takes in this micro-batch's gradient.
    */
   async step(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean } = {}): Promise<number> {
+    return (await this.runStep(feeds, opts)).loss;
+  }
+
+  /** step(), with the overflow count of a loss-scaled plan (see StepResult). */
+  async runStep(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean } = {}): Promise<StepResult> {
     const update = opts.update ?? true;
     if (!update && !this.plan.params.some((p) => p.role === 'grad_accumulator')) {
       throw new LorafaError(
@@ -130,9 +147,9 @@ export class StepRunner {
       throw e;
     }
     await quietly(() => this.staging.mapAsync(GPUMapMode.READ));
-    const value = new Float32Array(this.staging.getMappedRange().slice(0))[0];
+    const [loss, overflow] = new Float32Array(this.staging.getMappedRange().slice(0));
     this.staging.unmap();
-    return value;
+    return update && this.plan.outputs[OVERFLOW_OUTPUT] ? { loss, overflow } : { loss };
   }
 
   private encodeStep(update: boolean): Promise<void> {
@@ -149,6 +166,8 @@ export class StepRunner {
       pass.end();
       const loss = this.plan.loss;
       enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
+      const overflow = this.plan.outputs[OVERFLOW_OUTPUT];
+      if (overflow && update) enc.copyBufferToBuffer(this.buffers[overflow.slice.buffer], overflow.slice.offset, this.staging, 4, 4);
       device.queue.submit([enc.finish()]);
     });
   }

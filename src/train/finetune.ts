@@ -26,6 +26,7 @@ import { compileProgram, memorySummary, planStep, type MemorySummary, type Train
 import type { ProgressMode } from './progress.ts';
 import type { LrScheduleName } from './schedule.ts';
 import { join } from 'node:path';
+import { defaultLossScale, type LossScaleSetting, type LossScalerOptions } from './loss-scale.ts';
 
 export interface FinetuneOptions extends DataFlags {
   /** A model file, or a preset (mnist, fashion-mnist, brown, spam). */
@@ -46,6 +47,10 @@ export interface FinetuneOptions extends DataFlags {
   readonly momentum?: number;
   readonly gradCorrection?: boolean;
   readonly gradAccum?: number;
+  /** --loss-scale (default: dynamic for f16 storage, else none). */
+  readonly lossScale?: LossScaleSetting;
+  /** The dynamic scaler's initial scale, factors and growth interval (PyTorch's by default). */
+  readonly lossScaler?: LossScalerOptions;
   readonly evalBatch?: number;
   readonly steps?: number;
   readonly lr?: number;
@@ -102,6 +107,7 @@ export interface ResolvedSetup {
   readonly mode: Mode;
   readonly lora?: LoraOptions;
   readonly optimizer: OptimizerOptions;
+  readonly lossScale: LossScaleSetting;
   readonly overrides: Record<string, number>;
   readonly evalBatch?: number;
   readonly steps: number;
@@ -175,6 +181,8 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
     mode,
     lora,
     optimizer,
+    // The storage dtype, where the options carry one, picks the default (f16 → dynamic).
+    lossScale: o.lossScale ?? defaultLossScale(o.dtype),
     overrides,
     evalBatch: o.evalBatch ?? d?.evalBatch,
     steps: o.steps ?? d?.steps ?? 100,
@@ -217,7 +225,7 @@ export function comparePlans(s: ResolvedSetup, gpu: Gpu, rank: number, alpha: nu
   for (const mode of MODES) {
     const lora = mode === 'full' ? undefined : { ...(s.lora ?? { targets: s.model.def.defaultTargets ?? [], modulesToSave: s.model.def.modulesToSave }), rank, alpha };
     try {
-      plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer, dtype: s.dtype }, gpuLimits(gpu)));
+      plans.set(mode, planStep(graph, { mode, lora, optimizer: s.optimizer, dtype: s.dtype, lossScaling: s.lossScale !== 'none' }, gpuLimits(gpu)));
     } catch (e) {
       // Another mode the model cannot train in (LoRA without linear layers): left out of the
       // comparison. The run's own mode must plan.
@@ -251,6 +259,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     optimizer: s.optimizer,
     gradCorrection: o.gradCorrection,
     accumulate,
+    lossScale: s.lossScale,
     evalBatch: s.evalBatch,
     seed,
     command: o.command ?? '',
@@ -279,6 +288,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
       warmupCap: s.warmupCap,
       minLrRatio: o.minLrRatio,
       gradAccum: o.gradAccum,
+      lossScaler: o.lossScaler,
       seed,
       data,
       evalEvery: s.evalEvery,

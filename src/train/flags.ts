@@ -7,6 +7,8 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { DATA_FORMATS } from '../data/rows.ts';
 import { PROGRESS_MODES, type ProgressMode } from './progress.ts';
 import { LR_SCHEDULES, type LrScheduleName } from './schedule.ts';
+import { LorafaError } from '../ir/errors.ts';
+import { parseLossScale, type LossScaleSetting } from './loss-scale.ts';
 
 /** A value a flag could take, for the fix line of its error. */
 const EXAMPLES: Readonly<Record<string, string>> = {
@@ -103,6 +105,18 @@ export function nonNegativeNumber(flag: string) {
   };
 }
 
+/** --loss-scale: dynamic, none or a number (a usage error naming the flag otherwise). */
+export function lossScaleFlag(v: string): LossScaleSetting {
+  try {
+    return parseLossScale(v);
+  } catch (e) {
+    if (!(e instanceof LorafaError)) throw e;
+    throw new InvalidArgumentError(`${e.where} ${e.problem}\n  fix: ${e.fix}`);
+  }
+}
+
+export const LOSS_SCALE_HELP = 'dynamic (GradScaler: from 65536, halved when gradients overflow, doubled after 2000 clean steps), none, or a fixed scale; default: dynamic for f16 storage, else none';
+
 export function fraction(flag: string) {
   return (v: string) => {
     const n = num(flag, v, '0.1');
@@ -133,6 +147,7 @@ export interface RunFlagValues {
   warmup?: number;
   minLrRatio?: number;
   gradAccum?: number;
+  lossScale?: LossScaleSetting;
   seed?: number;
   evalEvery?: number;
   checkpointEvery?: number;
@@ -170,6 +185,7 @@ export function addRunOptions(c: Command, what: { outHelp: string }): Command {
     .option('--warmup <n>', 'linear warm-up steps (default: a tenth of the run, at most 100)', nonNegativeInt('--warmup'))
     .option('--min-lr-ratio <r>', 'where cosine/linear decay ends, as a fraction of lr (default 0.1)', nonNegativeNumber('--min-lr-ratio'))
     .option('--grad-accum <k>', 'micro-batches per optimizer step: the update of one k-times-larger batch, with one batch of activations', positiveInt('--grad-accum'))
+    .option('--loss-scale <how>', `loss scaling: ${LOSS_SCALE_HELP} (a trainer: as compiled, which may switch dynamic and fixed)`, lossScaleFlag)
     .option('--seed <n>', 'seed of the init, the adapters and the data order', nonNegativeInt('--seed'))
     .option('--eval-every <n>', 'also evaluate every n steps (loss, and accuracy or perplexity; plotted in loss.svg)', nonNegativeInt('--eval-every'))
     .option('--checkpoint-every <n>', 'checkpoint every n steps (the last step always is; the newest two are kept)', positiveInt('--checkpoint-every'))

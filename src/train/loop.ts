@@ -11,7 +11,10 @@
 // 3. Optimizer step t = start+1 … steps: the effective batch of t (batch × grad-accum rows, a
 //    function of (seed, t) only) in K micro-batches; each runs forward and backward into the
 //    gradient accumulators, the last one also the update, at lrAt(schedule, t) with t's bias
-//    corrections. A non-finite loss stops the run. Every --eval-every steps: evaluate; every
+//    corrections. A non-finite loss stops the run. Under loss scaling (loss-scale.ts) the step
+//    skips its own update on the GPU when its gradients overflowed; the scaler then backs off,
+//    and the optimizer's step count (bias corrections) is t minus the steps skipped so far,
+//    while the lr schedule and the data go on with t (as PyTorch's scheduler does). Every --eval-every steps: evaluate; every
 //    --checkpoint-every steps and at the end: a checkpoint (atomic; the newest two are kept).
 // 4. Evaluate the result; write the outputs: the weights (a PEFT adapter with A and B, or
 //    model.safetensors for full fine-tuning; merged.safetensors with --merged), report.md and
@@ -39,6 +42,7 @@ import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } f
 import { progress, type ProgressMode } from './progress.ts';
 import { checkSchedule, defaultWarmup, describeSchedule, lrAt, type LrSchedule, type LrScheduleName } from './schedule.ts';
 import { evaluate, fmtMetrics, type Metrics } from './metrics.ts';
+import { describeLossScale, LossScaler, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './loss-scale.ts';
 
 export interface ExportOptions {
   /** Write the weights (adapter or model.safetensors); default true when there is an out dir. */
@@ -67,6 +71,13 @@ export interface TrainOptions {
   readonly minLrRatio?: number;
   /** K micro-batches per optimizer step (default 1); K > 1 needs a program compiled with accumulators. */
   readonly gradAccum?: number;
+  /**
+   * --loss-scale: dynamic, or a static scale, for a program compiled with loss scaling; none for
+   * one without. Default: the program's (spec.lossScale, else none).
+   */
+  readonly lossScale?: LossScaleSetting;
+  /** The dynamic scaler's initial scale, factors and growth interval (PyTorch's by default). */
+  readonly lossScaler?: LossScalerOptions;
   /** Default: the program's seed. */
   readonly seed?: number;
   readonly data: Dataset;
@@ -112,6 +123,8 @@ export interface TrainResult {
   readonly lr: number;
   readonly schedule: LrSchedule;
   readonly gradAccum: number;
+  /** Loss scaling: the setting, the scaler's final state, and the steps skipped by this run. */
+  readonly lossScale?: { readonly setting: 'dynamic' | number; readonly state: LossScalerState; readonly skippedSteps: readonly number[] };
   readonly seed: number;
   readonly data: string;
   readonly classes?: readonly string[];
@@ -187,9 +200,11 @@ export function seededValues(p: TrainingProgram, seed: number): Map<string, Floa
 }
 
 /** What the run's metadata records so that --resume refuses a different run. */
-function runMeta(p: TrainingProgram, s: LrSchedule, o: { seed: number; gradAccum: number; data: Dataset; baseFp: string; adapterFp: string }): Record<string, string> {
+function runMeta(p: TrainingProgram, s: LrSchedule, o: { seed: number; gradAccum: number; data: Dataset; baseFp: string; adapterFp: string; lossScale?: string }): Record<string, string> {
   const spec = p.spec;
   return {
+    // Only under loss scaling, so that runs without it keep their checkpoints' metadata.
+    ...(o.lossScale ? { loss_scale: o.lossScale } : {}),
     model: spec.model,
     config: spec.config,
     sizes: JSON.stringify(spec.sizes),
@@ -213,6 +228,7 @@ const META_NAMES: Record<string, string> = {
   schedule: 'learning-rate schedule (--lr-schedule, --warmup, --min-lr-ratio, and --steps for a decaying schedule)',
   seed: '--seed',
   grad_accum: '--grad-accum',
+  loss_scale: '--loss-scale (and the scaler\'s options)',
   data: 'data (--data, --eval-data, fields)',
   classes: 'class names in the data',
   base: '--base',
@@ -311,6 +327,18 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     minRatio: o.minLrRatio ?? 0.1,
   });
   const optimizer: OptimizerOptions = spec.optimizer;
+  const lossScale = o.lossScale ?? spec.lossScale ?? 'none';
+  if ((lossScale === 'none') !== (spec.lossScale === undefined)) {
+    throw new LorafaError(
+      '--loss-scale',
+      spec.lossScale === undefined
+        ? `this program was compiled without loss scaling, so it cannot run with ${describeLossScale(lossScale)}`
+        : 'this program was compiled with loss scaling: its step takes a scale every step',
+      spec.lossScale === undefined ? `recompile it with --loss-scale ${lossScale}, or drop --loss-scale` : 'pass --loss-scale dynamic or a fixed scale (e.g. 1), or recompile with --loss-scale none',
+    );
+  }
+  const scaler = lossScale === 'none' ? undefined : new LossScaler(lossScale, o.lossScaler);
+  const skippedSteps: number[] = [];
   const gpu = o.gpu ?? (await acquireGpu());
   const out = o.out ? resolve(o.out) : undefined;
   if (out) checkOutputPath(out, 'folder', '--out');
@@ -370,7 +398,8 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     checkWritable(out, outputBytes(p, o), '--out');
     checkWritable(checkpointDir(out), 0, '--out');
   }
-  const want = runMeta(p, schedule, { seed, gradAccum: K, data, baseFp, adapterFp });
+  const scalerMeta = scaler && JSON.stringify({ setting: lossScale, growthFactor: scaler.growthFactor, backoffFactor: scaler.backoffFactor, growthInterval: scaler.growthInterval, maxScale: scaler.maxScale });
+  const want = runMeta(p, schedule, { seed, gradAccum: K, data, baseFp, adapterFp, lossScale: scalerMeta });
   const dir = out ? checkpointDir(out) : undefined;
   if (dir) removeStaleTemps(dir);
   if ((o.resume || o.resumeFrom) && !dir) throw new LorafaError('--resume', 'resuming needs the folder that holds the checkpoints', 'pass --out, the folder of the run to continue');
@@ -383,6 +412,11 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   if (start > o.steps) throw new LorafaError(rel(resumed!.file), `this checkpoint is at step ${start}, past --steps ${o.steps}`, `pass --steps greater than ${start}`);
   const current = new Map<string, Float32Array>(initial);
   if (resumed) for (const [k, t] of resumed.tensors) current.set(k, t.data as Float32Array);
+  if (resumed && scaler) {
+    const state = resumed.meta.loss_scaler;
+    if (!state) throw new LorafaError(rel(resumed.file), 'cannot resume: this checkpoint has no loss scaler state', 'resume from a checkpoint this run wrote');
+    scaler.restore(JSON.parse(state) as LossScalerState);
+  }
 
   log(`device: ${gpu.description}`);
   log(`data: ${data.description}`);
@@ -418,10 +452,10 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     let finalValues: Map<string, Float32Array>;
     const rows = spec.batch * K;
     const perStep = rows * data.unitsPerRow;
-    const meta = (step: number) => ({ ...want, data_description: data.description, step: String(step), command: o.command ?? '' });
+    const meta = (step: number) => ({ ...want, data_description: data.description, step: String(step), command: o.command ?? '', ...(scaler ? { loss_scaler: JSON.stringify(scaler.state()) } : {}) });
     try {
       runner.writeParams(new Map([...current].map(([k, v]) => [k, { data: v }])));
-      log(`GPU buffers ${fmtBytes(runner.allocatedBytes)} (plan peak ${fmtBytes(p.step.bytes)}${spec.dtype && spec.dtype !== 'f32' ? `, ${spec.dtype} storage: frozen weights and activations; trainable state f32` : ''}); ${spec.batch} rows × ${K} micro-batch${K > 1 ? 'es' : ''} per step; ${describeSchedule(schedule)}`);
+      log(`GPU buffers ${fmtBytes(runner.allocatedBytes)} (plan peak ${fmtBytes(p.step.bytes)}${spec.dtype && spec.dtype !== 'f32' ? `, ${spec.dtype} storage: frozen weights and activations; trainable state f32` : ''}); ${spec.batch} rows × ${K} micro-batch${K > 1 ? 'es' : ''} per step; ${describeSchedule(schedule)}${scaler ? `; ${describeLossScale(lossScale)} (${scaler.describe()})` : ''}`);
       if (start === o.steps) log(`already at step ${start}: nothing to do`);
       const bar = progress({ mode: o.progress ?? 'auto', first: start, total: o.steps, unit: data.unit, perStep, suffix: `GPU ${fmtBytes(runner.allocatedBytes)}`, every: o.logEvery, log });
       const replaced = existing.filter((c) => c.step > start);
@@ -440,14 +474,19 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       try {
         for (let t = start + 1; t <= o.steps; t++) {
           const big = await data.batch(t, rows);
-          const opt = optimizerFeeds(optimizer, lrAt(schedule, t), t);
+          // A skipped step does not count for the optimizer (its bias corrections).
+          const opt = optimizerFeeds(optimizer, lrAt(schedule, t), scaler ? scaler.optimizerStep(t) : t);
+          const scaling = scaler?.feeds(spec.accumulate) ?? {};
           const t0 = performance.now();
           let loss = 0;
+          let overflow = 0;
           for (let j = 0; j < K; j++) {
             const feeds = K === 1 ? big : sliceRows(big, rows, j * spec.batch, (j + 1) * spec.batch);
-            const l = await runner.step({ ...feeds, ...opt, ...(spec.accumulate ? accumFeeds(j, K) : {}) }, { update: j === K - 1 });
-            loss += l / K;
+            const r = await runner.runStep({ ...feeds, ...opt, ...scaling, ...(spec.accumulate ? accumFeeds(j, K, scaler?.scale) : {}) }, { update: j === K - 1 });
+            loss += r.loss / K;
+            overflow = r.overflow ?? 0;
           }
+          if (scaler?.update(overflow)) skippedSteps.push(t);
           const ms = performance.now() - t0;
           times.push(ms);
           if (!Number.isFinite(loss)) {
@@ -460,7 +499,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
             throw new LorafaError(`step ${t}`, `the loss is ${loss} (it was ${losses[losses.length - 1]?.loss.toFixed(4) ?? '?'} at step ${t - 1}): training diverged`, `train again with a lower --lr (${schedule.lr} now) or more --warmup`);
           }
           losses.push({ step: t, loss });
-          bar.step(t, loss, ms);
+          bar.step(t, loss, ms, scaler?.describe());
           o.onStep?.(t, o.steps, loss, ms);
           if (t === o.steps) measured = gpu.memory.peak - baseline;
           if (o.evalEvery && t % o.evalEvery === 0 && t !== o.steps) {
@@ -494,7 +533,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     const steady = times.length > 1 ? times.slice(1) : times;
     const msPerStep = steady.reduce((a, b) => a + b, 0) / Math.max(1, steady.length);
     if (losses.length) {
-      log(`done: steps ${start + 1}–${o.steps}, loss ${losses[0].loss.toFixed(4)} → ${losses[losses.length - 1].loss.toFixed(4)}, ${msPerStep.toFixed(1)} ms/step (first step ${(times[0] ?? 0).toFixed(0)} ms, with shader compilation)`);
+      log(`done: steps ${start + 1}–${o.steps}, loss ${losses[0].loss.toFixed(4)} → ${losses[losses.length - 1].loss.toFixed(4)}, ${msPerStep.toFixed(1)} ms/step (first step ${(times[0] ?? 0).toFixed(0)} ms, with shader compilation)${scaler ? `; loss ${scaler.describe()}${skippedSteps.length ? ` (skipped by this run: ${listSome(skippedSteps.map(String), 8)})` : ''}` : ''}`);
     }
     if (after) log(`after ${o.steps} steps: ${fmtMetrics(after, data.unit)}`);
     if (before?.accuracy !== undefined && after?.accuracy !== undefined) {
@@ -509,6 +548,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       lr: schedule.lr,
       schedule,
       gradAccum: K,
+      ...(scaler ? { lossScale: { setting: lossScale as 'dynamic' | number, state: scaler.state(), skippedSteps } } : {}),
       seed,
       data: data.description,
       classes: data.classes,

@@ -13,7 +13,7 @@ import type { Dataset } from '../data/dataset.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { exportPeftAdapter, PEFT_TASK_TYPES, type PeftTaskType } from '../io/peft.ts';
 import { writeFileAtomic } from '../io/output.ts';
-import { saveMerged, saveStateDict } from '../io/weights.ts';
+import { listSome, saveMerged, saveStateDict } from '../io/weights.ts';
 import { MODES, type Mode } from '../passes/compile.ts';
 import { CATEGORIES, CATEGORY_LABELS } from '../passes/memory-plan.ts';
 import { lineChartSvg, memoryBarsSvg, smooth } from '../report/charts.ts';
@@ -21,6 +21,7 @@ import type { TrainOptions, TrainResult } from './loop.ts';
 import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } from './program.ts';
 import { fmtMetrics } from './metrics.ts';
 import { describeSchedule } from './schedule.ts';
+import { describeLossScale, describeScaler } from './loss-scale.ts';
 
 /** Everything writeOutputs may write; the rest of an --out folder (checkpoints, the user's files) is carried over. */
 export const OUTPUT_NAMES: ReadonlySet<string> = new Set(['adapter', 'model.safetensors', 'merged.safetensors', 'report.json', 'report.md', 'loss.svg', 'memory.svg']);
@@ -136,6 +137,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
     resumedFrom: r.resumedFrom ?? null,
     batch: spec.batch,
     gradAccum: r.gradAccum,
+    lossScale: r.lossScale ?? null,
     optimizer: spec.optimizer,
     schedule: r.schedule,
     lora: spec.lora ?? null,
@@ -167,6 +169,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
       `- device: ${r.device}`,
       `- ${r.endStep} steps${r.resumedFrom ? ` (resumed at step ${r.startStep})` : ''}, batch ${spec.batch}${r.gradAccum > 1 ? ` × ${r.gradAccum} micro-batches` : ''}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, ${describeSchedule(r.schedule)}, seed ${r.seed}` +
         (spec.lora ? `; LoRA r=${spec.lora.rank} alpha=${spec.lora.alpha} on ${spec.lora.targetsRegex ? `/${spec.lora.targetsRegex}/` : spec.lora.targets.join(', ')}` : ''),
+      ...(r.lossScale ? [`- loss scaling: ${describeLossScale(r.lossScale.setting)}, final ${describeScaler(r.lossScale.state)}${r.lossScale.skippedSteps.length ? `; steps skipped for overflowed gradients: ${listSome(r.lossScale.skippedSteps.map(String), 20)}` : ''}`] : []),
       `- trainable parameters: ${r.trainable.toLocaleString('en-US')}`,
       '',
       '| | before training | after training |',
@@ -176,7 +179,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
       '',
       ...(r.evals.length ? [`Evaluations: ${r.evals.map((e) => `step ${e.step}: ${fmtMetrics(e.metrics, data.unit)}`).join('; ')}.`, ''] : []),
       `Step time ${r.msPerStep.toFixed(1)} ms (first step ${r.firstStepMs.toFixed(0)} ms, with shader compilation).`,
-      `GPU bytes of the training step: ${r.measuredBytes} measured at createBuffer, ${p.step.bytes} planned (+4 B loss readback).`,
+      `GPU bytes of the training step: ${r.measuredBytes} measured at createBuffer, ${p.step.bytes} planned (+${r.lossScale ? '8 B loss and overflow' : '4 B loss'} readback).`,
       '',
       '## Memory plan of one step (bytes live at the peak)',
       '',

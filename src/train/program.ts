@@ -25,6 +25,7 @@ import { applyLora, type LoraOptions } from '../passes/lora.ts';
 import { planMemory, type Category, type Limits, type MemoryPlan, type StorageDType } from '../passes/memory-plan.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
 import type { InputSpec } from '../data/dataset.ts';
+import { defaultLossScale, type LossScaleSetting } from './loss-scale.ts';
 
 /** What a program trains; embedded in trainer.ts and plan.json, recorded in every checkpoint. */
 export interface ProgramSpec {
@@ -58,6 +59,11 @@ export interface ProgramSpec {
   readonly dtype?: StorageDType;
   /** Gradient accumulators compiled in (any --grad-accum K then runs); false: K must be 1. */
   readonly accumulate: boolean;
+  /**
+   * Loss scaling compiled in (src/passes/loss-scale.ts), and the run's default --loss-scale:
+   * dynamic, or a static scale. Absent: the step has no loss scaling (--loss-scale none).
+   */
+  readonly lossScale?: 'dynamic' | number;
   /** Rows of one (micro-)batch: the traced batch. */
   readonly batch: number;
   /** Rows of the evaluation plan. */
@@ -117,6 +123,11 @@ export interface CompileProgramOptions {
   readonly optimizer: OptimizerOptions;
   readonly gradCorrection?: boolean;
   readonly accumulate?: boolean;
+  /**
+   * --loss-scale: anything but none compiles loss scaling in. Default: dynamic when the storage
+   * dtype is f16, else none (defaultLossScale).
+   */
+  readonly lossScale?: LossScaleSetting;
   /** Rows of the evaluation plan (default: the training batch). */
   readonly evalBatch?: number;
   readonly seed: number;
@@ -201,12 +212,21 @@ function inputSpecs(g: Graph): InputSpec[] {
   return g.inputs.filter((i) => !i.value.name.startsWith('optim.')).map((i) => ({ name: i.value.name, shape: i.value.type.shape, dtype: i.value.type.dtype as DType }));
 }
 
+/**
+ * The default --loss-scale of a program: from its storage dtype where the options carry one
+ * (`dtype`, f16 → dynamic), else none (f32).
+ */
+export function programLossScale(o: { readonly dtype?: StorageDType }): LossScaleSetting {
+  return defaultLossScale(o.dtype);
+}
+
 export function compileProgram(m: LoadedModel, o: CompileProgramOptions): TrainingProgram {
   const cfg: ModelConfig = resolveConfig(m.def, { config: o.config, overrides: o.overrides, displayFile: m.displayFile });
   const config = o.config ?? m.def.defaultConfig;
   const graph = trace(m, config, { ...o.overrides });
   const { preset: _preset, ...limits } = o.limits;
-  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, verify: o.verify, dtype: o.dtype }, limits);
+  const lossScale = o.lossScale ?? programLossScale(o);
+  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, lossScaling: lossScale !== 'none', verify: o.verify, dtype: o.dtype }, limits);
   const dtype = o.dtype ?? 'f32';
   if (memory.dtype !== dtype) throw new LorafaError('--dtype', `the step was planned with ${memory.dtype} storage, not ${dtype}`, 'plan it with the same --dtype');
   const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize, shaderF16: o.shaderF16 };
@@ -251,6 +271,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     gradCorrection: !!o.gradCorrection,
     ...(dtype !== 'f32' ? { dtype } : {}),
     accumulate: !!o.accumulate,
+    ...(lossScale !== 'none' ? { lossScale } : {}),
     batch,
     evalBatch,
     seed: o.seed,

@@ -1,6 +1,6 @@
 // Step progress: a cli-progress bar on a terminal, plain lines otherwise (CI logs, pipes). Both
 // show the step, the loss, ms per step, throughput (tokens/s or samples/s), the time left and the
-// GPU bytes. The first step of a process includes the driver's shader compilation, so the rate
+// GPU bytes, and what the step adds (the loss scaler's scale and counters). The first step of a process includes the driver's shader compilation, so the rate
 // and the ETA are taken from the steps after it.
 import cliProgress from 'cli-progress';
 
@@ -8,7 +8,8 @@ export type ProgressMode = 'auto' | 'bar' | 'lines' | 'none';
 export const PROGRESS_MODES: readonly ProgressMode[] = ['auto', 'bar', 'lines', 'none'];
 
 export interface Progress {
-  step(t: number, loss: number, ms: number): void;
+  /** `detail`: shown after the loss (the loss scaler's state: "scale 65536, 2 skipped"). */
+  step(t: number, loss: number, ms: number, detail?: string): void;
   /** A line printed above the bar (checkpoints, evaluations). */
   note(line: string): void;
   end(): void;
@@ -50,15 +51,15 @@ export function progress(o: ProgressOptions): Progress {
   const suffix = o.suffix ? ` | ${o.suffix}` : '';
   if (o.mode === 'bar' || (o.mode === 'auto' && process.stderr.isTTY)) {
     const bar = new cliProgress.SingleBar(
-      { format: `step {value}/{total} {bar} loss {loss} | {ms} ms/step | {rate} | ETA {left}${suffix}`, hideCursor: true, stream: process.stderr },
+      { format: `step {value}/{total} {bar} loss {loss}{detail} | {ms} ms/step | {rate} | ETA {left}${suffix}`, hideCursor: true, stream: process.stderr },
       cliProgress.Presets.shades_classic,
     );
-    bar.start(o.total, o.first, { loss: '-', ms: '-', rate: '-', left: '-' });
+    bar.start(o.total, o.first, { loss: '-', detail: '', ms: '-', rate: '-', left: '-' });
     return {
-      step(t, loss, ms) {
+      step(t, loss, ms, detail) {
         times.push(ms);
         const m = steadyMs();
-        bar.update(t, { loss: loss.toFixed(4), ms: m.toFixed(1), rate: rate(m), left: eta(t) });
+        bar.update(t, { loss: loss.toFixed(4), detail: detail ? ` (loss ${detail})` : '', ms: m.toFixed(1), rate: rate(m), left: eta(t) });
       },
       note(line) {
         process.stderr.write('\r\x1b[2K');
@@ -71,14 +72,14 @@ export function progress(o: ProgressOptions): Progress {
   let sum = 0;
   let n = 0;
   return {
-    step(t, loss, ms) {
+    step(t, loss, ms, detail) {
       times.push(ms);
       sum += ms;
       n++;
       if (t === o.first + 1 || t === o.total || t % every === 0) {
         // The mean since the previous line (the first line: the first step alone).
         const mean = sum / n;
-        o.log(`step ${t}/${o.total}  loss ${loss.toFixed(4)}  ${mean.toFixed(1)} ms/step  ${rate(mean)}  ETA ${eta(t)}${o.suffix ? `  ${o.suffix}` : ''}`);
+        o.log(`step ${t}/${o.total}  loss ${loss.toFixed(4)}${detail ? `  (loss ${detail})` : ''}  ${mean.toFixed(1)} ms/step  ${rate(mean)}  ETA ${eta(t)}${o.suffix ? `  ${o.suffix}` : ''}`);
         sum = 0;
         n = 0;
       }
