@@ -1,4 +1,5 @@
-// `npm run experiment [-- --tasks fashion-mnist,spam] [--seeds 1,2,3] [--ranks 8,32,128] [--steps N]`
+// `npm run experiment [-- --tasks fashion-mnist,spam] [--seeds 1,2,3] [--ranks 8,32,128] [--steps N]
+//                      [--precision f16,bf16] [--reuse docs/results.json]`
 //
 // The small-scale reproduction of LoRA-FA's claim (same accuracy as LoRA, less memory): every
 // fine-tuning task in full / LoRA / LoRA-FA / LoRA-FA with the gradient correction, each from the
@@ -10,6 +11,11 @@
 //    one method's best against another's off-best.
 // 2. Measure: each variant at its chosen lr, for each seed, trained on the whole training split and
 //    scored on the test split; for Fashion-MNIST also LoRA vs LoRA-FA across ranks.
+// 3. Precision: LoRA-FA at its chosen lr again with --dtype f16 and bf16 (half-precision storage of
+//    frozen weights and activations; f16 with dynamic loss scaling), each seed; and W1 (the speed
+//    workload, synthetic data) in f32, f16 and bf16, whose losses are compared step by step.
+// With --reuse, a run an earlier results.json already holds (same task, variant, seed, steps and
+// lr) is taken from it rather than run again, and the report says so.
 // Writes docs/results.md (the tables, the checks, the grid, the exact command and seeds) and
 // docs/results.json (every run).
 import { execFileSync } from 'node:child_process';
@@ -30,9 +36,12 @@ const cmd = new Command('experiment')
   .option('--no-tune', "skip tuning: every variant at the task's default learning rate")
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
   .option('--no-pooling', 'skip the pooling comparison (spam: the mean of all positions, the preset, against the last real token, as Hugging Face pools)')
+  .option('--precision <list>', 'storage dtypes LoRA-FA and W1 are also trained in (empty: none)', list, ['f16', 'bf16'])
+  .option('--w1-steps <n>', 'steps of the W1 precision runs', Number, 200)
+  .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr) instead of running them again')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; w1Steps: number; reuse?: string }>();
 const TUNING_SEED = 0;
 /** Classifier presets, how they pool, and the model config that pools them the other way. */
 const OTHER_POOLING: Readonly<Record<string, { preset: string; config: string; key: string; label: string }>> = {
@@ -73,10 +82,41 @@ interface Row {
   readonly trainable: number;
   readonly device: string;
   readonly lossesEvery10: number[];
+  /** Storage of frozen weights and activations (absent: f32). */
+  readonly dtype?: string;
+  /** The dynamic loss scaler at the end (f16), with its skipped steps. */
+  readonly lossScale?: { readonly scale: number; readonly skipped: number };
+  /** Taken from an earlier results.json (--reuse), of that run's commit. */
+  readonly reused?: string;
+}
+
+interface Earlier {
+  readonly tuning?: readonly (Row & { chosen?: boolean })[];
+  readonly runs: readonly Row[];
+  readonly rankSweep: readonly Row[];
+  readonly pooling: readonly Row[];
+  readonly commit?: string;
+}
+const earlierRuns: Earlier | undefined = flags.reuse ? JSON.parse(readFileSync(flags.reuse, 'utf8')) : undefined;
+const earlierCommit = earlierRuns?.commit ?? (flags.reuse ? /commit (\w+)/.exec(readFileSync(flags.reuse.replace(/\.json$/, '.md'), 'utf8'))?.[1] : undefined) ?? 'unknown';
+let reusedCount = 0;
+
+/** The earlier run of this very configuration (--reuse), if there is one. */
+function reuse(task: string, seed: number, key: string, lr: number | undefined, steps: number | undefined): Row | undefined {
+  if (!earlierRuns || lr === undefined) return undefined;
+  const all = [...earlierRuns.runs, ...earlierRuns.rankSweep, ...earlierRuns.pooling];
+  const r = all.find((x) => x.task === task && x.seed === seed && x.key === key && x.lr === lr && (steps === undefined || x.steps === steps));
+  if (!r) return undefined;
+  reusedCount++;
+  return { ...r, reused: r.reused ?? earlierCommit };
 }
 
 /** One run of a preset, through the same finetune() as `lorafa finetune`, no files written. */
-async function runTask(task: string, seed: number, key: string, o: { config?: string; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number }): Promise<Row> {
+async function runTask(task: string, seed: number, key: string, o: { config?: string; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number; dtype?: string }): Promise<Row> {
+  if (o.evalOn !== 'validation') {
+    const earlier = reuse(task, seed, key, o.lr, o.steps);
+    if (earlier) return earlier;
+  }
   const r = await finetune({ model: task, seed, compare: false, progress: 'none', log: () => {}, ...o });
   return {
     key,
@@ -96,9 +136,35 @@ async function runTask(task: string, seed: number, key: string, o: { config?: st
     trainable: r.trainable,
     device: r.device,
     lossesEvery10: r.losses.filter((l) => l.step % 10 === 0).map((l) => Number(l.loss.toFixed(5))),
+    ...(o.dtype && o.dtype !== 'f32' ? { dtype: o.dtype } : {}),
+    ...(r.lossScale?.state ? { lossScale: { scale: r.lossScale.state.scale, skipped: r.lossScale.skippedSteps.length } } : {}),
   };
 }
 
+interface W1Row {
+  readonly dtype: string;
+  readonly losses: number[];
+  readonly measured: number;
+  readonly planned: number;
+  readonly msPerStep: number;
+  readonly lossScale?: { readonly scale: number; readonly skipped: number };
+}
+
+/** W1 (models/w1.ts, LoRA-FA, synthetic data, seed 1) for `steps` steps with `dtype` storage. */
+async function runW1(dtype: string, steps: number): Promise<W1Row> {
+  const r = await finetune({ model: join(ROOT, 'models', 'w1.ts'), data: 'synthetic', mode: 'lora-fa', rank: 8, alpha: 16, seed: 1, steps, lr: 1e-2, dtype, compare: false, progress: 'none', log: () => {}, exportWeights: false, reports: false, evalBefore: false });
+  return {
+    dtype,
+    losses: r.losses.map((l) => l.loss),
+    measured: r.measuredBytes,
+    planned: r.program.step.bytes,
+    msPerStep: r.msPerStep,
+    ...(r.lossScale?.state ? { lossScale: { scale: r.lossScale.state.scale, skipped: r.lossScale.skippedSteps.length } } : {}),
+  };
+}
+
+/** The runner's readback buffer: the loss, and with loss scaling the overflow count. */
+const readback = (r: { readonly lossScale?: unknown }) => (r.lossScale ? 8 : 4);
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: readonly number[]) => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / (xs.length - 1)));
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -110,9 +176,13 @@ async function runAll(): Promise<void> {
   const sweep: Row[] = [];
   const pooling: Row[] = [];
   const grid: (Row & { chosen?: boolean })[] = [];
+  const precision: Row[] = [];
+  const w1: W1Row[] = [];
   const chosen = new Map<string, number>();
   let device = '';
   const earlier = flags.chosenLr ? (JSON.parse(readFileSync(flags.chosenLr, 'utf8')) as { chosenLr: Record<string, number> }).chosenLr : undefined;
+  // The grid that chose those rates, when the same earlier run is reused: the report keeps it.
+  if (earlier && earlierRuns?.tuning && flags.reuse === flags.chosenLr) grid.push(...earlierRuns.tuning.filter((g) => flags.tasks.includes(g.task)).map((g) => ({ ...g, reused: g.reused ?? earlierCommit })));
   for (const name of flags.tasks) {
     const task = presetByName(name);
     if (task.role !== 'finetune') throw new LorafaError(name, 'is a pretraining task', 'use fashion-mnist or spam');
@@ -160,6 +230,11 @@ async function runAll(): Promise<void> {
           console.log(`${name} seed ${seed} ${v.key.padEnd(11)} pooled by ${other.key}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%`);
         }
       }
+      for (const dtype of flags.precision) {
+        const r = await runTask(name, seed, `lora-fa@${dtype}`, { mode: 'lora-fa', steps: flags.steps, lr: chosen.get(`${name}/lora-fa`), dtype });
+        precision.push(r);
+        console.log(`${name} seed ${seed} lora-fa ${dtype}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%  GPU ${r.gpu.measured} B  ${r.msPerStep.toFixed(1)} ms/step${r.lossScale ? `  loss scale ${r.lossScale.scale}, ${r.lossScale.skipped} skipped` : ''}`);
+      }
       if (name === 'fashion-mnist') {
         for (const rank of flags.ranks) {
           for (const mode of ['lora', 'lora-fa'] as const) {
@@ -174,27 +249,36 @@ async function runAll(): Promise<void> {
       }
     }
   }
+  if (flags.precision.length) {
+    for (const dtype of ['f32', ...flags.precision]) {
+      const r = await runW1(dtype, flags.w1Steps);
+      w1.push(r);
+      console.log(`W1 ${dtype}: loss ${r.losses[0].toFixed(4)} → ${r.losses.at(-1)!.toFixed(4)}  GPU ${r.measured} B  ${r.msPerStep.toFixed(1)} ms/step`);
+    }
+  }
   const minutes = (Date.now() - started) / 60000;
   const jsonFile = flags.out.replace(/\.md$/, '') + '.json';
-  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep, pooling }, null, 1) + '\n'));
-  const md = report(rows, sweep, pooling, grid, device, minutes);
+  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, commit: commitOf(), seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep, pooling, precision, w1 }, null, 1) + '\n'));
+  const md = report(rows, sweep, pooling, grid, device, minutes, precision, w1);
   writeFileAtomic(flags.out, Buffer.from(md));
   console.log('\n' + md);
   console.log(`wrote ${flags.out} and ${jsonFile} (${minutes.toFixed(1)} min)`);
 }
 
-function versions(): string {
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
-  let commit = '';
+function commitOf(): string {
   try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT }).toString().trim();
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT }).toString().trim();
   } catch {
-    commit = 'unknown';
+    return 'unknown';
   }
-  return `lorafa ${pkg.version} (commit ${commit}), Node ${process.versions.node}, webgpu ${pkg.dependencies.webgpu}`;
 }
 
-function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number): string {
+function versions(): string {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+  return `lorafa ${pkg.version} (commit ${commitOf()}), Node ${process.versions.node}, webgpu ${pkg.dependencies.webgpu}`;
+}
+
+function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number, precision: readonly Row[], w1: readonly W1Row[]): string {
   const out: string[] = [
     '# Results: LoRA-FA against LoRA and full fine-tuning, at small scale',
     '',
@@ -215,8 +299,14 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
       ? `Each variant's peak learning rate is the best of a grid on a validation split (every 10th training sample held out, seed ${TUNING_SEED}; the grid is at the end), never chosen on the test set. Accuracy is on the fixed`
       : "Every variant trains at the task's default learning rate (no tuning). Accuracy is on the fixed",
     "test set; GPU bytes are counted at the device's createBuffer while the training step runs (the",
-    "runner allocates the memory plan's buffers plus a 4-byte loss readback); step time is the median over",
+    "runner allocates the memory plan's buffers plus a 4-byte loss readback, 8 bytes with loss scaling); step time is the median over",
     'seeds of each run\'s mean step time, first step (shader compilation) excluded.',
+    ...(reusedCount
+      ? [
+          '',
+          `${reusedCount} runs were not repeated: \`--reuse ${flags.reuse}\` took them from an earlier run of this script at commit ${earlierCommit}, with the same task, variant, seed, steps and learning rate (runs are deterministic on one device; f32 training is unchanged since). Rows that hold such runs say so.`,
+        ]
+      : []),
     '',
   ];
   for (const name of flags.tasks) {
@@ -251,8 +341,57 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
       out.push(`- LoRA-FA − LoRA accuracy (mean over ${fa.length} seeds): ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} points — ${Math.abs(gap) <= 1 || gap > 0 ? 'within 1 point (or better): **pass**' : 'more than 1 point below: **fail**'}`);
       out.push(`- every fine-tuned run beats the frozen base: ${beats ? '**pass**' : '**fail**'}`);
       out.push(`- GPU bytes, LoRA − LoRA-FA: measured ${measuredDiff.toLocaleString('en-US')} B, planned ${plannedDiff.toLocaleString('en-US')} B — ${measuredDiff === plannedDiff && measuredDiff > 0 ? '**equal, and LoRA-FA lower: pass**' : '**fail**'}`);
+      if (fa.some((r) => r.reused)) out.push(`- (the ${VARIANTS.filter((v) => of(v.key).some((r) => r.reused)).map((v) => v.label).join(', ')} runs of this table are reused from commit ${earlierCommit})`);
       out.push('');
     }
+    const half = precision.filter((r) => r.task === name);
+    if (half.length && fa.length) {
+      out.push(`### ${name}: LoRA-FA in half precision`, '');
+      out.push(
+        "The LoRA-FA runs above again, at the same learning rate, seeds and data, with `--dtype f16` or `bf16`: frozen weights and activations stored in 2 bytes on the GPU, f32 arithmetic, f32 trainable parameters, gradients and AdamW state; f16 with dynamic loss scaling (from 2¹⁶). Loss deviation = the mean over the logged steps (every 10th) of |loss − f32 loss| / f32 loss, seed by seed, then over seeds.",
+        '',
+      );
+      out.push('| storage | accuracy, mean ± std | per seed | − f32 (points) | eval loss | training-loss deviation from f32 | GPU bytes measured | planned | ÷ f32 | ms/step | loss scale (skipped steps) |', '|---|---|---|---|---|---|---|---|---|---|---|');
+      const f32acc = mean(fa.map((r) => r.after.accuracy!));
+      const rowOf = (label: string, rs: readonly Row[], dev: string, ls: string) => {
+        const acc = rs.map((r) => r.after.accuracy!);
+        return `| ${label} | ${pct(mean(acc))}% ± ${pct(std(acc))} | ${acc.map(pct).join(' / ')} | ${label === 'f32' ? '—' : `${(100 * (mean(acc) - f32acc)) >= 0 ? '+' : ''}${(100 * (mean(acc) - f32acc)).toFixed(2)}`} | ${mean(rs.map((r) => r.after.loss)).toFixed(4)} | ${dev} | ${rs[0].gpu.measured.toLocaleString('en-US')} | ${rs[0].gpu.planned.toLocaleString('en-US')} | ${(rs[0].gpu.measured / fa[0].gpu.measured).toFixed(3)} | ${median(rs.map((r) => r.msPerStep)).toFixed(1)} | ${ls} |`;
+      };
+      out.push(rowOf('f32', fa, '—', '—'));
+      const checks: string[] = [];
+      for (const dtype of flags.precision) {
+        const rs = half.filter((r) => r.dtype === dtype);
+        if (!rs.length) continue;
+        const devs = rs.map((r) => {
+          const ref = fa.find((x) => x.seed === r.seed)!.lossesEvery10;
+          const n = Math.min(ref.length, r.lossesEvery10.length);
+          return mean(Array.from({ length: n }, (_, i) => Math.abs(r.lossesEvery10[i] - ref[i]) / Math.abs(ref[i])));
+        });
+        const ls = rs.some((r) => r.lossScale) ? rs.map((r) => `${r.lossScale?.scale ?? '—'} (${r.lossScale?.skipped ?? 0})`).join(' / ') : 'none';
+        out.push(rowOf(dtype, rs, `${(100 * mean(devs)).toFixed(2)}%`, ls));
+        const gap = 100 * (mean(rs.map((r) => r.after.accuracy!)) - f32acc);
+        checks.push(`- ${dtype}: accuracy within 1 point of f32 (${gap >= 0 ? '+' : ''}${gap.toFixed(2)}) — ${Math.abs(gap) <= 1 || gap > 0 ? '**pass**' : '**fail**'}; training loss within 5% of f32's on average (${(100 * mean(devs)).toFixed(2)}%) — ${mean(devs) <= 0.05 ? '**pass**' : '**fail**'}; GPU bytes measured = planned + the readback buffer — ${rs.every((r) => r.gpu.measured - r.gpu.planned === readback(r)) ? '**pass**' : '**fail**'}`);
+      }
+      out.push('', 'Checks (the documented tolerance: 1 point of accuracy, 5% mean training-loss deviation):', '', ...checks, '');
+    }
+  }
+  if (w1.length) {
+    const ref = w1.find((r) => r.dtype === 'f32')!;
+    out.push('## W1 in half precision (the speed workload: 512 × 768, 4 layers, LoRA-FA r=8, synthetic data)', '');
+    out.push(
+      `\`lorafa finetune models/w1.ts --data synthetic --mode lora-fa --rank 8 --seed 1 --lr 0.01 --steps ${flags.w1Steps} --dtype DTYPE\`, once per storage dtype. The losses are compared step by step with f32's (same data, same init).`,
+      '',
+    );
+    out.push('| storage | loss at step 1 → last | max \\|Δloss\\| / loss over the steps | mean | GPU bytes measured | planned | ÷ f32 | ms/step | loss scale (skipped) |', '|---|---|---|---|---|---|---|---|---|');
+    const checks: string[] = [];
+    for (const r of w1) {
+      const rel = r.losses.map((l, i) => Math.abs(l - ref.losses[i]) / Math.abs(ref.losses[i]));
+      out.push(
+        `| ${r.dtype} | ${r.losses[0].toFixed(5)} → ${r.losses.at(-1)!.toFixed(5)} | ${r === ref ? '—' : Math.max(...rel).toExponential(2)} | ${r === ref ? '—' : mean(rel).toExponential(2)} | ${r.measured.toLocaleString('en-US')} | ${r.planned.toLocaleString('en-US')} | ${(r.measured / ref.measured).toFixed(3)} | ${r.msPerStep.toFixed(1)} | ${r.lossScale ? `${r.lossScale.scale} (${r.lossScale.skipped})` : 'none'} |`,
+      );
+      if (r !== ref) checks.push(`- ${r.dtype}: every step's loss within 1% of f32's (worst ${(100 * Math.max(...rel)).toFixed(3)}%) — ${Math.max(...rel) <= 0.01 ? '**pass**' : '**fail**'}; GPU bytes ≤ 60% of f32's (${(100 * r.measured / ref.measured).toFixed(1)}%) — ${r.measured <= 0.6 * ref.measured ? '**pass**' : '**fail**'}`);
+    }
+    out.push('', 'Checks:', '', ...checks, '');
   }
   if (sweep.length) {
     const ranks = [...new Set(sweep.map((r) => r.lora!.rank))].sort((a, b) => a - b);
