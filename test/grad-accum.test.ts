@@ -34,7 +34,7 @@ import { isInlineConstant, isView } from '../src/passes/schedule.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { referenceStep, runReference } from '../src/runtime/reference.ts';
-import { deviceValues, feedsFor, intBoundsFor, paramsWithRandomB, property, toyModel } from './helpers.ts';
+import { deviceValues, feedsFor, intBoundsFor, paramsWithRandomB, property, toyModel, relErr } from './helpers.ts';
 import { FC_RUNS } from './setup.ts';
 
 const K = 4;
@@ -117,17 +117,6 @@ function bigSteps(c: Compiled, data: readonly Record<string, Float64Array>[], in
     params = referenceStep(c.step!, { feeds: { ...data[t - 1], ...optimizerFeeds(oc.opts, lrAt(oc.lr, t), t) }, params }).params;
   }
   return params;
-}
-
-/** max |a − b| / max |b| over one tensor (0 when both are all zeros). */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return Number.isNaN(d) || a.length !== b.length ? Infinity : m ? d / m : d;
 }
 
 /** The worst relErr over every tensor of `want` (parameters and optimizer state), and where. */

@@ -306,3 +306,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     gaps: poisonedGaps,
   };
 }
+
+/** max |a − b| / max |b| over one tensor (0 when both are all zeros; Infinity on NaN or a length mismatch). */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  return Number.isNaN(d) || a.length !== b.length ? Infinity : m ? d / m : d;
+}

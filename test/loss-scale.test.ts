@@ -37,7 +37,7 @@ import { listCheckpoints } from '../src/train/checkpoint.ts';
 import { finetune, type FinetuneOptions } from '../src/train/finetune.ts';
 import { runTrainer } from '../src/train/trainer.ts';
 import type { PlanFile } from '../src/train/trainer-files.ts';
-import { feedsFor, intBoundsFor, paramsWithRandomB, ROOT, toyModel } from './helpers.ts';
+import { feedsFor, intBoundsFor, paramsWithRandomB, ROOT, toyModel, relErr } from './helpers.ts';
 
 const K = 4;
 const STEPS = 4;
@@ -85,16 +85,6 @@ const microSlice = (data: Record<string, Float64Array>, j: number, k: number) =>
   Object.fromEntries(Object.entries(data).map(([name, d]) => [name, d.slice((j * d.length) / k, ((j + 1) * d.length) / k)]));
 
 const copyParams = (m: ReadonlyMap<string, Tensor>) => new Map([...m].map(([k, t]) => [k, { shape: t.shape, data: Float64Array.from(t.data) }]));
-
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return Number.isNaN(d) || a.length !== b.length ? Infinity : m ? d / m : d;
-}
 
 /**
  * The worst relErr over the tensors of `want`: parameters and optimizer state. Accumulators are
