@@ -731,6 +731,9 @@ describe('a tensor over a device limit is an error that names it, its shape and 
     );
     // The storage dtype is what counts: in f16 the table is 4 KiB, and fits.
     expect(() => planMemory(c.step!, { limits, dtype: 'f16', gradients: c.gradients })).not.toThrow();
+    // Already half and still over: the fix does not suggest the --dtype it already has.
+    const small = { ...limits, maxBindingSize: 2048 };
+    expect(() => planMemory(c.step!, { limits: small, dtype: 'bf16', gradients: c.gradients })).toThrow(/tensor bf16\[64,32\] needs 4\.00 KiB[^]*fix: plan for an adapter with larger limits \([^)]*\)$/);
     expect(() => planMemory(c.step!, { limits: { ...limits, maxBindingSize: 4095 }, dtype: 'f16', gradients: c.gradients })).toThrow(
       /^embed_tokens\.weight: tensor f16\[64,32\] needs 4\.00 KiB, over the binding limit/,
     );

@@ -323,7 +323,9 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const phaseOf = new Map(order.map((n) => [n.out.id, n.phase]));
 
   // 3. categories and sizes
-  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, persistentish = false) => {
+  /** `half`: the bytes the tensor would take under --dtype f16/bf16 (to suggest it only where it helps). */
+  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, half: number, persistentish = false) => {
+    const halfHelps = half < s.bytes;
     const what = `tensor ${fmtType({ dtype: s.dtype, shape: v.type.shape })} needs ${fmtBytes(s.bytes)}`;
     if (s.bytes > limits.maxBindingSize) {
       throw new LorafaError(
@@ -331,7 +333,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
         `${what}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
         `plan for an adapter with larger limits (--limits discrete, or --max-binding-size as \`lorafa doctor\` reports)${
           persistentish ? '' : ', lower --batch or --seq'
-        }, or use --dtype f16/bf16`,
+        }${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
       );
     }
     // A buffer holds at least one whole tensor (its slot padded to the alignment).
@@ -339,7 +341,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
       throw new LorafaError(
         name,
         `${what} (${fmtBytes(alignUp(s.bytes, align))} aligned), over the buffer limit maxBufferSize = ${fmtBytes(limits.maxBufferSize)}`,
-        'raise --max-buffer-size (at least --max-binding-size, as `lorafa doctor` reports), lower --batch or --seq, or use --dtype f16/bf16',
+        `raise --max-buffer-size (at least --max-binding-size, as \`lorafa doctor\` reports), lower --batch or --seq${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
       );
     }
   };
@@ -348,7 +350,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const persistentItems: Item[] = [];
   const addPersistent = (v: Value, category: Category, role?: string) => {
     const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name), role === 'lora_A');
-    check(v.name, v, s, category !== 'inputs');
+    check(v.name, v, s, storageBytes(v, category, 'f16', optimizerInputs.has(v.name), role === 'lora_A').bytes, category !== 'inputs');
     persistentItems.push({ t: { id: v.id, name: v.name, shape: v.type.shape, dtype: s.dtype, bytes: s.bytes, category, start: 0, end: steps }, size: alignUp(s.bytes, align) });
   };
   for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!, p.role);
@@ -362,7 +364,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
     const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
     const st = storageBytes(v, category, dtype, isUpdate(phaseOf.get(id)), keptF32(nodeById.get(id)));
-    check(v.name, v, st);
+    check(v.name, v, st, storageBytes(v, category, 'f16', isUpdate(phaseOf.get(id)), keptF32(nodeById.get(id))).bytes);
     transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
   }
 
