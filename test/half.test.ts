@@ -150,3 +150,31 @@ describe('the plan in half precision', () => {
     for (const cat of ['frozen', 'saved'] as const) expect(f16.atPeak[cat]).toBeLessThan(0.55 * f32.atPeak[cat]);
   });
 });
+
+describe('an f16 plan whose kernels need shader-f16', () => {
+  it('is refused, naming the feature and the fix, on a device without it', async () => {
+    if (!gpu.shaderF16) return;
+    const { graph, lora } = await graphOf('w1', 'toy');
+    const { compiled, memory } = planStep(graph, { mode: 'lora-fa', lora, optimizer: ADAMW, dtype: 'f16' }, gpuLimits(gpu));
+    const kp = buildKernelPlan(compiled.step!, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, shaderF16: true });
+    expect(kp.kernels.some((k) => /^enable f16;/m.test(k.wgsl))).toBe(true);
+    // The same device, reporting no shader-f16.
+    const device = new Proxy(gpu.device, {
+      get: (t, k) => {
+        if (k === 'features') return { has: (f: string) => f !== 'shader-f16' && t.features.has(f) };
+        const v = Reflect.get(t, k);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    const err = await StepRunner.create(kp, { ...gpu, device }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toMatch(/kernel plan: these kernels store f16 natively \(WGSL `enable f16`\), which needs the shader-f16 feature this device does not offer\n\s+fix: re-run `lorafa compile … -o` on the machine that trains \(it packs f16 in u32 where shader-f16 is missing\), or use --dtype bf16/);
+    // Packed f16 needs no feature.
+    const packed = buildKernelPlan(compiled.step!, memory, { maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension, shaderF16: false });
+    expect(packed.kernels.some((k) => /enable f16/.test(k.wgsl))).toBe(false);
+    const runner = await StepRunner.create(packed, { ...gpu, device });
+    runner.destroy();
+  });
+});

@@ -55,15 +55,6 @@ export class StepRunner {
         'plan with --limits adapter, or --alignment ' + align,
       );
     }
-    const buffers = await checked(device, 'allocating the plan buffers', () =>
-      plan.buffers.map((b) =>
-        device.createBuffer({
-          label: `lorafa ${b.region} ${b.index}`,
-          size: b.bytes,
-          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-        }),
-      ),
-    );
     if (plan.kernels.some((k) => /^\s*enable f16;/m.test(k.wgsl)) && !device.features.has('shader-f16')) {
       throw new LorafaError(
         'kernel plan',
@@ -78,6 +69,15 @@ export class StepRunner {
         're-run `lorafa compile … -o` on the machine that trains (it picks the portable matmul where subgroups are missing)',
       );
     }
+    const buffers = await checked(device, 'allocating the plan buffers', () =>
+      plan.buffers.map((b) =>
+        device.createBuffer({
+          label: `lorafa ${b.region} ${b.index}`,
+          size: b.bytes,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        }),
+      ),
+    );
     const cache = new PipelineCache(device);
     const compiled = await Promise.all(plan.kernels.map((k) => cache.get(k.wgsl, k.bindings, k.label)));
     const passes = await checked(device, 'creating bind groups', () =>
