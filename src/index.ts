@@ -36,6 +36,8 @@ export { compileTraining, isMode, MODES, type CompileOptions, type Compiled, typ
 export { applyLora, type LoraOptions, type LoraReport } from './passes/lora.ts';
 export { OPTIMIZERS, optimizerFeeds, accumFeeds, type OptimizerOptions } from './passes/optimizer.ts';
 export { planStep, type StepSetup } from './passes/plan-step.ts';
+export { applyRemat, flopsOf, graphFlops, minimumPeak, rematerialize, type RematOptions, type RematReport } from './passes/remat.ts';
+export { fitBatches, type FitResult } from './passes/fit.ts';
 export {
   CATEGORIES,
   CATEGORY_LABELS,
@@ -48,7 +50,7 @@ export {
   type PlanOptions,
   type StorageDType,
 } from './passes/memory-plan.ts';
-export { compareTable, planJson, planSvgText, planTable, topTable, type PlanContext, type PlannedMode } from './report/plan.ts';
+export { byteUnit, compareTable, fitJson, fitTable, planJson, planSvgText, planTable, topTable, type PlanContext, type PlannedMode } from './report/plan.ts';
 export { summarize, type SummaryContext } from './report/summary.ts';
 export { buildKernelPlan, type KernelPlan } from './codegen/kernel-plan.ts';
 

@@ -29,8 +29,16 @@ import {
   compileTraining,
   emitTrainer,
   finetune,
+  byteUnit,
+  fitBatches,
+  fitJson,
+  fitTable,
   fmtBytes,
   formatAdapterReport,
+  rematerialize,
+  verify as verifyGraph,
+  type Graph,
+  type MemoryPlan,
   gpuLimits,
   LIMIT_PRESETS,
   loadModel,
@@ -101,9 +109,11 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
   gradAccum?: number;
   gradCorrection?: boolean;
   evalBatch?: number;
+  budget?: number;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
+  fitText?: string;
   dtype: string;
   attention?: AttentionImpl;
   composed?: boolean;
@@ -111,6 +121,8 @@ interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
   top?: number;
   json?: boolean;
   svg?: string;
+  budget?: number;
+  fit?: number;
 }
 
 async function setup(modelPath: string, flags: CommonFlags & { attention?: AttentionImpl; composed?: boolean }) {
@@ -193,6 +205,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       seed: flags.seed,
       command: commandLine(),
       verify: flags.verify,
+      budget: flags.budget,
       limits: { ...limits, preset },
       maxWorkgroupsPerDimension,
       subgroupSize,
@@ -227,18 +240,54 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   const { maxWorkgroupsPerDimension: _, ...limits } = await resolveLimits(flags);
   const svg = flags.svg ? checkOutputPath(flags.svg, 'file', '--svg') : undefined;
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
-  const modes: Mode[] = flags.compare ? [...MODES] : [flags.mode];
+  const modes: Mode[] = flags.compare || flags.fit !== undefined ? [...MODES] : [flags.mode];
+  const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
+  if (flags.fit !== undefined) {
+    const size = flags.fit;
+    const t0 = performance.now();
+    const fits = fitBatches({
+      size,
+      graphAt: (batch) => (batch === cfg.batch ? graph : trace(m, config, { ...(flags.seq !== undefined ? { seq: flags.seq } : {}), batch }, { composed: flags.composed, attention: flags.attention })),
+      reference: Number(cfg.batch ?? 1),
+      modes,
+      lora,
+      optimizer,
+      plan: { limits, dtype },
+    });
+    const fitCtx = { ...ctx, dtype, size, unit: byteUnit(flags.fitText ?? ''), ms: performance.now() - t0 };
+    if (flags.json) process.stdout.write(JSON.stringify(fitJson(fitCtx, fits), null, 2) + '\n');
+    else console.log(fitTable(fitCtx, fits));
+    if (!svg) return;
+  }
   const planned: PlannedMode[] = [];
-  for (const mode of modes) {
+  const plainPlans = new Map<Mode, { step: Graph; plan: MemoryPlan }>();
+  for (const mode of flags.compare ? modes : [flags.mode]) {
     const t0 = performance.now();
     const compiled = compileTraining(graph, { mode, lora, optimizer, verify: flags.verify });
     // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
-    const loraPlan = mode === 'lora-fa' ? planned.find((p) => p.mode === 'lora') : undefined;
-    const dominating = loraPlan ? { graph: loraPlan.compiled.step!, plan: loraPlan.plan } : undefined;
-    const plan = planMemory(compiled.step ?? compileTraining(graph, { mode, lora, optimizer }).step!, { limits, dtype, gradients: compiled.gradients, dominating });
-    planned.push({ mode, compiled: compiled.step ? compiled : compileTraining(graph, { mode, lora, optimizer }), plan, ms: performance.now() - t0 });
+    const loraPlan = mode === 'lora-fa' ? plainPlans.get('lora') : undefined;
+    const dominating = loraPlan ? { graph: loraPlan.step, plan: loraPlan.plan } : undefined;
+    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients, dominating });
+    plainPlans.set(mode, { step: compiled.step!, plan });
+    if (flags.budget === undefined) {
+      planned.push({ mode, compiled, plan, ms: performance.now() - t0 });
+      continue;
+    }
+    // --budget: backward recomputes what it must for the peak to fit (remat.ts).
+    const r = rematerialize(compiled.step!, {
+      budget: flags.budget,
+      plain: plan,
+      plan: (g) => planMemory(g, { limits, dtype, gradients: compiled.gradients }),
+      what: `${m.displayFile} (${mode})`,
+    });
+    const step = flags.verify ? verifyGraph(r.graph, 'remat') : r.graph;
+    planned.push({ mode, compiled: { ...compiled, step }, plan: r.plan, ms: performance.now() - t0, remat: { budget: flags.budget, plainPeak: plan.peak, report: r.report } });
   }
-  const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
+  if (flags.fit !== undefined) {
+    writeFileAtomic(svg!, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0], { budget: flags.fit })));
+    if (!flags.json) console.log(`\nwrote ${shown(svg!)}`);
+    return;
+  }
   if (flags.json) {
     const doc = flags.compare ? Object.fromEntries(planned.map((p) => [p.mode, planJson(ctx, p)])) : planJson(ctx, planned[0]);
     process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
@@ -248,7 +297,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   }
   if (svg) {
     // --compare: every mode's curve on one picture; otherwise the one mode, stacked by category.
-    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0])));
+    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0], { budget: flags.budget })));
     if (!flags.json) console.log(`\nwrote ${shown(svg)}`);
   }
 }
@@ -266,6 +315,13 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
     .option('--batch <n>', 'override the batch size', positiveInt('--batch'))
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
     .option('--verify', 'run the IR verifier after every pass');
+}
+
+/** The text given for a flag on the command line (`--fit 80GB` or `--fit=80GB`), for echoing its unit. */
+function rawFlag(name: string): string | undefined {
+  const i = invocation.findIndex((a) => a === name || a.startsWith(`${name}=`));
+  if (i < 0) return undefined;
+  return invocation[i] === name ? invocation[i + 1] : invocation[i].slice(name.length + 1);
 }
 
 /** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
@@ -329,6 +385,7 @@ export function program(helpFor?: string): Command {
     .option('--grad-accum <k>', 'with -o: compile gradient accumulators (the trainer then takes --grad-accum k)', positiveInt('--grad-accum'))
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
+    .option('--budget <size>', 'with -o: the most the step may use (e.g. 24GB, 22GiB, bytes); backward recomputes forward values until it fits', byteSize('--budget'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))
@@ -337,8 +394,10 @@ export function program(helpFor?: string): Command {
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
     .option('--top <n>', 'the n largest saved activations, and whether each of the first n adapted layers keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
-    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode)')
-    .action(planCommand);
+    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode; with --budget or --fit: the budget as a line)')
+    .option('--budget <size>', 'the most the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until the peak fits; the report gives the extra FLOPs', byteSize('--budget'))
+    .option('--fit <size>', 'for each mode, the largest batch (at this --seq) that fits the size (e.g. 80GB) without and with recomputation, and the recomputation overhead there', byteSize('--fit'))
+    .action((model: string, f: PlanFlags) => planCommand(model, { ...f, fitText: f.fit !== undefined ? rawFlag('--fit') : undefined }));
   addTrainOptions(
     p
       .command('train')

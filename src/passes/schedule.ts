@@ -8,7 +8,8 @@
 //    list schedule that, among ready nodes, runs the one that frees the most bytes net (bytes of
 //    inputs it is the last reader of, minus the bytes it allocates); ties keep program order.
 //    Under it, each parameter's update runs as soon as its gradient exists, so gradients do not
-//    pile up until the end of backward.
+//    pile up until the end of backward. Recompute nodes (remat.ts) never jump the queue: they
+//    run where the pass placed them, just before their first reader.
 // 3. The caller keeps the candidate with the lowest peak of live bytes.
 import type { Graph, Node } from '../ir/types.ts';
 import { opDef } from '../ir/ops.ts';
@@ -106,6 +107,9 @@ function listSchedule(g: Graph, sizeOf: SizeOf, key: readonly number[], greedy: 
       // pulled early and held (e.g. an update's p·wd term, ready from the first step).
       let bestGain = 0;
       for (let k = 0; k < ready.length; k++) {
+        // A recompute node (remat.ts) runs at its place, just before its first reader: pulled
+        // early, it would hold its output as long as the value it replaces.
+        if (g.nodes[ready[k]].recompute) continue;
         const gk = gain(ready[k]);
         if (gk > bestGain || (gk === bestGain && gk > 0 && key[ready[k]] < key[ready[best]])) {
           best = k;

@@ -117,6 +117,8 @@ export interface CompileProgramOptions {
   readonly seed: number;
   readonly command: string;
   readonly verify?: boolean;
+  /** Bytes the step's plan must fit; backward recomputes forward values to fit it (StepSetup.budget). */
+  readonly budget?: number;
   /** The limits to plan for, with the preset name for the record. */
   readonly limits: Limits & { readonly preset: string };
   readonly maxWorkgroupsPerDimension?: number;
@@ -197,7 +199,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
   const config = o.config ?? m.def.defaultConfig;
   const graph = trace(m, config, { ...o.overrides });
   const { preset: _preset, ...limits } = o.limits;
-  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, verify: o.verify }, limits);
+  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, verify: o.verify, budget: o.budget }, limits);
   const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize };
   const step = buildKernelPlan(compiled.step!, memory, kernelOptions);
 
