@@ -1,0 +1,226 @@
+// Rematerialisation under a budget (src/passes/remat.ts) and the batch that fits (src/passes/fit.ts).
+// - Random models, random modes and budgets between the smallest reachable peak and the plain one:
+//   the recomputing step gives exactly (float64 ===) the plain step's loss, gradients and updated
+//   parameters through the reference interpreter; it verifies; its peak fits; recompute nodes run
+//   in backward, after the plain step's backward start; a budget one byte below the smallest
+//   named in the error throws, and that named budget succeeds.
+// - A real model (the toy LLaMA): a budget lowers the saved activations and inserts `.remat` nodes.
+// - --fit is exact: the batch it reports fits and the next does not, without and with remat.
+// - The SVG draws the budget line.
+import { resolve } from 'node:path';
+import fc from 'fast-check';
+import { describe, expect, test } from 'vitest';
+import { Builder } from '../src/ir/builder.ts';
+import { LorafaError } from '../src/ir/errors.ts';
+import { fmtBytes } from '../src/ir/format.ts';
+import { printGraph } from '../src/ir/print.ts';
+import type { Graph, Value } from '../src/ir/types.ts';
+import { verify } from '../src/ir/verify.ts';
+import { loadModel, trace } from '../src/model/load.ts';
+import { compileTraining, type Mode } from '../src/passes/compile.ts';
+import { fitBatches } from '../src/passes/fit.ts';
+import { planMemory, type Limits } from '../src/passes/memory-plan.ts';
+import { planStep } from '../src/passes/plan-step.ts';
+import { flopsOf, minimumPeak, rematerialize } from '../src/passes/remat.ts';
+import { planSvgText } from '../src/report/plan.ts';
+import { runReference } from '../src/runtime/reference.ts';
+import { feedsFor, property, ROOT } from './helpers.ts';
+
+const LIMITS: Limits = { alignment: 4, maxBindingSize: Number.MAX_SAFE_INTEGER, maxBufferSize: Number.MAX_SAFE_INTEGER };
+
+interface Spec {
+  readonly batch: number;
+  readonly width: number;
+  readonly blocks: readonly { kind: 'plain' | 'residual' | 'norm' | 'shared' | 'view'; width: number; act: 'relu' | 'tanh' | 'gelu' | 'none' }[];
+  readonly ce: boolean;
+  readonly mode: Mode;
+  readonly targetBits: number;
+}
+
+const specArb: fc.Arbitrary<Spec> = fc.record({
+  batch: fc.integer({ min: 1, max: 6 }),
+  width: fc.integer({ min: 2, max: 16 }),
+  blocks: fc.array(
+    fc.record({
+      kind: fc.constantFrom('plain', 'residual', 'norm', 'shared', 'view'),
+      width: fc.integer({ min: 2, max: 16 }),
+      act: fc.constantFrom('relu', 'tanh', 'gelu', 'none'),
+    }),
+    { minLength: 1, maxLength: 6 },
+  ),
+  ce: fc.boolean(),
+  mode: fc.constantFrom<Mode>('full', 'lora', 'lora-fa'),
+  targetBits: fc.nat(),
+});
+
+function build(spec: Spec): Graph {
+  const b = new Builder({ name: 'random' });
+  let h = b.input('x', [spec.batch, spec.width]);
+  let w = spec.width;
+  const act = (a: Spec['blocks'][number]['act'], v: Value) => (a === 'none' ? v : b[a](v));
+  spec.blocks.forEach((blk, i) =>
+    b.scope(`blk${i}`, () => {
+      if (blk.kind === 'plain') {
+        h = act(blk.act, b.linear(h, 'l', blk.width));
+        w = blk.width;
+      } else if (blk.kind === 'residual') {
+        h = b.add(h, b.linear(act(blk.act, b.linear(h, 'up', blk.width)), 'down', w, { bias: false }));
+      } else if (blk.kind === 'norm') {
+        h = b.add(h, b.linear(b.rmsNorm(h, 'norm'), 'l', w));
+      } else if (blk.kind === 'shared') {
+        h = b.mul(b.linear(h, 'q', blk.width), act(blk.act, b.linear(h, 'g', blk.width, { bias: false })));
+        w = blk.width;
+      } else {
+        h = b.reshape(b.reshape(h, [spec.batch * w]), [spec.batch, w]);
+        h = act(blk.act, b.linear(h, 'l', blk.width));
+        w = blk.width;
+      }
+    }),
+  );
+  const out = 2 + (spec.width % 4);
+  h = b.linear(h, 'head', out);
+  if (spec.ce) b.loss(b.crossEntropy(h, b.input('labels', [spec.batch], 'i32')));
+  else b.loss(b.mse(h, b.input('target', [spec.batch, out])));
+  return b.build();
+}
+
+function compileSpec(spec: Spec, graph: Graph) {
+  const names = graph.linears.map((l) => l.name);
+  const targets = names.filter((_, k) => (spec.targetBits >> k) & 1);
+  const lora = { rank: 1, alpha: 2, targets: targets.length ? targets : [names[0]] };
+  return compileTraining(graph, { mode: spec.mode, lora, optimizer: { kind: 'sgd', momentum: 0.9 }, verify: true });
+}
+
+/** Loss, every final gradient and every written-back value, by name, in float64. */
+function results(step: Graph, gradients: ReadonlySet<number>, feeds: Record<string, Float64Array>): Map<string, Float64Array> {
+  const r = runReference(step, { feeds, seed: 7 });
+  const out = new Map<string, Float64Array>([['loss', r.outputs.loss.data]]);
+  for (const id of gradients) out.set(`grad %${id}`, r.values.get(id)!.data);
+  for (const u of step.updates) out.set(`update ${u.target}`, r.values.get(u.value.id)!.data);
+  return out;
+}
+
+describe('remat on random models', () => {
+  test('property: exact losses and gradients, peak ≤ budget, recompute in backward, the smallest budget named and met', () => {
+    let rematted = 0;
+    property(
+      'remat/random',
+      fc.tuple(specArb, fc.double({ min: 0, max: 1, noNaN: true })),
+      ([spec, where]) => {
+        const graph = build(spec);
+        const c = compileSpec(spec, graph);
+        const step = c.step!;
+        const plan = (g: Graph) => planMemory(g, { limits: LIMITS, gradients: c.gradients });
+        const plain = plan(step);
+        const min = minimumPeak(step, plan, plain);
+        expect(min).toBeLessThanOrEqual(plain.peak);
+        if (min === plain.peak) return;
+        rematted++;
+        const budget = Math.floor(min + where * (plain.peak - 1 - min));
+        const r = rematerialize(step, { budget, plan, plain });
+        expect(r.report, 'the plain plan does not fit, so something is recomputed').toBeDefined();
+        verify(r.graph, 'remat');
+        expect(r.plan.peak).toBeLessThanOrEqual(budget);
+        expect(r.report!.extraFlops).toBeGreaterThan(-1);
+        expect(r.plan.timeline[r.plan.backwardStart].saved).toBe(r.report!.savedAfter);
+        // Recompute nodes run after the forward pass, each before its first reader.
+        const clones = r.graph.nodes.filter((n) => n.recompute);
+        expect(clones.length).toBe(r.report!.recomputeNodes);
+        expect(clones.every((n) => n.out.name.endsWith('.remat') && n.phase === 'backward')).toBe(true);
+        const stepOf = new Map(r.plan.schedule.map((n, i) => [n.out.id, i]));
+        for (const n of clones) expect(stepOf.get(n.out.id)!).toBeGreaterThanOrEqual(r.plan.backwardStart);
+        // Exactly the plain step's numbers.
+        const feeds = feedsFor(step, 3, () => 2 + (spec.width % 4));
+        const want = results(step, c.gradients, feeds);
+        const got = results(r.graph, c.gradients, feeds);
+        expect([...got.keys()]).toEqual([...want.keys()]);
+        for (const [k, v] of want) expect(Array.from(got.get(k)!), k).toEqual(Array.from(v));
+        // One byte below the smallest budget: an error naming it; that budget itself fits.
+        let error: unknown;
+        try {
+          rematerialize(step, { budget: min - 1, plan, plain });
+        } catch (e) {
+          error = e;
+        }
+        expect(error).toBeInstanceOf(LorafaError);
+        expect(String((error as LorafaError).fix)).toContain(`at least ${fmtBytes(min)} (${min} bytes)`);
+        expect(rematerialize(step, { budget: min, plan, plain }).plan.peak).toBeLessThanOrEqual(min);
+      },
+      { numRuns: 40 },
+    );
+    // Most random models have something worth recomputing.
+    expect(rematted).toBeGreaterThan(10);
+  });
+});
+
+describe('remat on a real model', () => {
+  test('toy LLaMA, LoRA-FA: a budget between the smallest peak and the plain one lowers saved activations and inserts .remat nodes', async () => {
+    const m = await loadModel(resolve(ROOT, 'models/llama.ts'));
+    const graph = trace(m, 'toy');
+    const setup = { mode: 'lora-fa' as const, lora: { rank: 8, alpha: 16, targets: ['q_proj', 'v_proj'] }, optimizer: { kind: 'adamw' as const } };
+    const limits = { alignment: 256, maxBindingSize: 1 << 30, maxBufferSize: 1 << 30 };
+    const plain = planStep(graph, setup, limits);
+    const c = plain.compiled;
+    const min = minimumPeak(c.step!, (g) => planMemory(g, { limits, dtype: 'f32', gradients: c.gradients }));
+    expect(min).toBeLessThan(plain.memory.peak);
+    const budget = Math.floor((min + plain.memory.peak) / 2);
+    const r = planStep(graph, { ...setup, budget }, limits);
+    expect(r.memory.peak).toBeLessThanOrEqual(budget);
+    expect(r.remat!.savedAfter).toBeLessThan(r.remat!.savedBefore);
+    expect(r.memory.timeline[r.memory.backwardStart].saved).toBeLessThan(plain.memory.timeline[plain.memory.backwardStart].saved);
+    const text = printGraph(r.compiled.step!);
+    expect(text).toMatch(/# \S+\.remat$/m);
+    expect(r.compiled.stages.at(-1)!.pass).toBe('remat');
+    // The attention or a matmul is among the recomputed ops, and the overhead is counted from them.
+    const clones = r.compiled.step!.nodes.filter((n) => n.recompute);
+    expect(clones.reduce((s, n) => s + flopsOf(n), 0)).toBe(r.remat!.extraFlops);
+    // A budget the plain step meets changes nothing.
+    const roomy = planStep(graph, { ...setup, budget: plain.memory.peak }, limits);
+    expect(roomy.remat).toBeUndefined();
+    expect(roomy.memory.peak).toBe(plain.memory.peak);
+  });
+
+  test('the SVG draws the budget line with its label', async () => {
+    const m = await loadModel(resolve(ROOT, 'models/llama.ts'));
+    const graph = trace(m, 'toy');
+    const limits = { alignment: 256, maxBindingSize: 1 << 30, maxBufferSize: 1 << 30 };
+    const p = planStep(graph, { mode: 'lora-fa', lora: { rank: 8, alpha: 16, targets: ['q_proj'] }, optimizer: { kind: 'adamw' } }, limits);
+    const ctx = { file: 'llama', config: 'toy', cfg: {}, optimizer: 'AdamW', limitsName: 'x' };
+    const svg = planSvgText(ctx, { mode: 'lora-fa', compiled: p.compiled, plan: p.memory, ms: 0 }, { budget: 123456 });
+    expect(svg).toContain(`budget ${fmtBytes(123456)}`);
+    expect(svg).toMatch(/<line [^>]*stroke="#d50000"[^>]*stroke-dasharray/);
+    expect(planSvgText(ctx, { mode: 'lora-fa', compiled: p.compiled, plan: p.memory, ms: 0 })).not.toContain('budget');
+  });
+});
+
+describe('--fit: the largest batch that fits, exactly', () => {
+  test('toy LLaMA: each mode\'s batch fits and the next does not, without and with remat', async () => {
+    const m = await loadModel(resolve(ROOT, 'models/llama.ts'));
+    const limits = { alignment: 256, maxBindingSize: 1 << 30, maxBufferSize: 1 << 30 };
+    const lora = { rank: 8, alpha: 16, targets: ['q_proj', 'v_proj'] };
+    const optimizer = { kind: 'adamw' as const };
+    const size = 300_000;
+    const graphAt = (batch: number) => trace(m, 'toy', { batch });
+    const fits = fitBatches({ size, graphAt, reference: 2, modes: ['full', 'lora', 'lora-fa'], lora, optimizer, plan: { limits, dtype: 'f32' } });
+    for (const f of fits) {
+      const stepAt = (batch: number) => compileTraining(graphAt(batch), { mode: f.mode, lora: f.mode === 'full' ? undefined : lora, optimizer });
+      const planFor = (c: ReturnType<typeof stepAt>) => (g: Graph) => planMemory(g, { limits, dtype: 'f32', gradients: c.gradients });
+      const peak = (batch: number) => {
+        const c = stepAt(batch);
+        return planFor(c)(c.step!).peak;
+      };
+      if (f.plain.batch) expect(peak(f.plain.batch), `${f.mode} plain`).toBeLessThanOrEqual(size);
+      expect(peak(f.plain.batch + 1), `${f.mode} plain + 1`).toBeGreaterThan(size);
+      expect(f.remat.batch).toBeGreaterThanOrEqual(f.plain.batch);
+      const withBudget = (batch: number) => {
+        const c = stepAt(batch);
+        return rematerialize(c.step!, { budget: size, plan: planFor(c) });
+      };
+      if (f.remat.batch) expect(withBudget(f.remat.batch).plan.peak, `${f.mode} remat`).toBeLessThanOrEqual(size);
+      expect(() => withBudget(f.remat.batch + 1), `${f.mode} remat + 1`).toThrow(/smallest budget this step fits/);
+    }
+    // Remat lets LoRA-FA fit a larger batch than without it.
+    const fa = fits.find((f) => f.mode === 'lora-fa')!;
+    expect(fa.remat.batch).toBeGreaterThan(fa.plain.batch);
+  });
+});
