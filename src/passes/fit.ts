@@ -7,16 +7,18 @@
 // 2. Exact plans then settle it: the smallest batch known not to fit and the largest known to fit
 //    close in, each new guess on the line through the two latest plans, until they are adjacent
 //    (usually two plans: the batch and the next). Peak is assumed to grow with the batch.
-// 3. "With recomputation" asks the same question of the smallest peak remat reaches
-//    (minimumPeak: what `--budget` accepts), and at the batch found reports the overhead of the
-//    recomputation `--budget <size>` chooses there.
+// 3. "With recomputation" asks the same question of what `--budget` accepts: the plain plan up
+//    to the plain batch, the most aggressive recomputation past it (starting from the batch after
+//    the plain one, already compiled), and at the batch found reports the overhead of the
+//    recomputation `--budget <size>` chooses there. When the persistent buffers alone pass the
+//    size, no batch fits and nothing more is planned.
 import { LorafaError } from '../ir/errors.ts';
 import type { Graph } from '../ir/types.ts';
 import { compileTraining, type Mode } from './compile.ts';
 import type { LoraOptions } from './lora.ts';
 import { planMemory, type MemoryPlan, type PlanOptions } from './memory-plan.ts';
 import type { OptimizerOptions } from './optimizer.ts';
-import { minimumPeak, rematerialize, type RematReport } from './remat.ts';
+import { aggressivePeak, rematerialize, type RematReport } from './remat.ts';
 
 export interface FitOptions {
   readonly size: number;
@@ -36,34 +38,47 @@ export interface FitResult {
   readonly plain: { readonly batch: number; readonly peak?: number; readonly nextPeak: number };
   /** Largest batch that fits with recomputation, its smallest peak and the next batch's. */
   readonly remat: { readonly batch: number; readonly peak?: number; readonly nextPeak: number; readonly report?: RematReport };
+  /** Bytes of the persistent buffers (weights, trainable parameters, optimizer state, inputs). */
+  readonly persistent: number;
   /** Exact plans made. */
   readonly plans: number;
 }
 
-/** Largest b ≥ 1 with peakAt(b) ≤ size (0 when even 1 does not fit), from an estimate. */
-function largest(peakAt: (b: number) => number, size: number, first: number): number {
+/**
+ * Largest b ≥ 1 with peakAt(b) ≤ size (0 when even 1 does not fit), peak assumed to grow with b.
+ * `known` are exact points already planned; each guess lies on the line through the two latest.
+ */
+function largest(peakAt: (b: number) => number, size: number, known: readonly [number, number][], first: number): number {
   let lo = 0;
   let hi = Infinity;
   const pts: [number, number][] = [];
+  const record = (b: number, p: number) => {
+    pts.push([b, p]);
+    if (p <= size) lo = Math.max(lo, b);
+    else hi = Math.min(hi, b);
+  };
+  for (const [b, p] of known) record(b, p);
   let guess = Math.max(1, first);
-  for (;;) {
+  while (!(hi === 1 || hi === lo + 1)) {
+    if (guess <= lo || guess >= hi) guess = lo + 1;
     const p = peakAt(guess);
-    pts.push([guess, p]);
-    if (p <= size) lo = Math.max(lo, guess);
-    else hi = Math.min(hi, guess);
-    if (hi === 1 || hi === lo + 1) return lo;
+    record(guess, p);
+    if (hi === 1 || hi === lo + 1) break;
     let next: number;
-    const [a, b] = pts.slice(-2);
+    const [a, b] = pts.filter(([, q]) => Number.isFinite(q)).slice(-2);
     if (!Number.isFinite(p)) next = Math.floor((lo + guess) / 2);
-    else if (b && Number.isFinite(a[1]) && a[0] !== b[0] && b[1] !== a[1]) next = Math.floor(b[0] + ((size - b[1]) * (b[0] - a[0])) / (b[1] - a[1]));
+    else if (a && b && a[0] !== b[0] && b[1] !== a[1]) next = Math.floor(b[0] + ((size - b[1]) * (b[0] - a[0])) / (b[1] - a[1]));
     else next = p <= size ? guess + 1 : guess - 1;
-    // Converge on the pair (lo, lo + 1): after a fit, also try the next batch.
+    // Converge on the pair (lo, lo + 1): after a fit that the line says is the last, try the next.
     if (p <= size && next <= guess) next = guess + 1;
-    next = Math.min(Math.max(next, lo + 1), hi === Infinity ? Number.MAX_SAFE_INTEGER : hi - 1);
-    if (next > lo + 1 && hi === Infinity && p <= size && next > 2 * guess + 64) next = 2 * guess + 64;
+    if (p > size && next >= guess) next = guess - 1;
+    next = Math.min(Math.max(next, lo + 1), hi === Infinity ? 2 * Math.max(lo, 1) + 64 : hi - 1);
     guess = next;
   }
+  return lo;
 }
+
+const persistentBytes = (p: MemoryPlan) => p.buffers.filter((x) => x.region === 'persistent').reduce((t, x) => t + x.bytes, 0);
 
 export function fitBatches(o: FitOptions): FitResult[] {
   const graphs = new Map<number, Graph>();
@@ -93,33 +108,41 @@ export function fitBatches(o: FitOptions): FitResult[] {
       return s;
     };
     const plainAt = (b: number) => at(b).plain?.peak ?? Infinity;
-    const minimum = new Map<number, number>();
-    const minAt = (b: number) => {
-      let m = minimum.get(b);
+    const aggressive = new Map<number, number>();
+    const aggressiveAt = (b: number) => {
+      let m = aggressive.get(b);
       if (m === undefined) {
         const s = at(b);
-        minimum.set(b, (m = s.plain ? minimumPeak(s.step, s.plan, s.plain) : Infinity));
+        aggressive.set(b, (m = s.plain ? aggressivePeak(s.step, s.plan) : Infinity));
       }
       return m;
     };
-    const estimate = (peak: number, plain: MemoryPlan) => {
-      const persistent = plain.buffers.filter((x) => x.region === 'persistent').reduce((t, x) => t + x.bytes, 0);
-      const perRow = (peak - persistent) / o.reference;
-      return perRow > 0 ? Math.floor((o.size - persistent) / perRow) : o.reference;
-    };
     const ref = at(o.reference).plain;
-    const plainBatch = largest(plainAt, o.size, ref ? estimate(ref.peak, ref) : 1);
-    const rematBatch = largest(minAt, o.size, Math.max(plainBatch, ref ? estimate(minAt(o.reference), ref) : 1));
+    const persistent = ref ? persistentBytes(ref) : Infinity;
+    const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
+    if (ref && persistent > o.size) {
+      // Weights and optimizer state alone are over the size: no batch fits, with or without remat.
+      return result({ batch: 0, nextPeak: persistent }, { batch: 0, nextPeak: persistent });
+    }
+    const estimate = (b: number, peak: number) => {
+      const perRow = (peak - persistent) / b;
+      return perRow > 0 ? Math.floor((o.size - persistent) / perRow) : b + 1;
+    };
+    const plainBatch = largest(plainAt, o.size, ref ? [[o.reference, ref.peak]] : [], ref ? estimate(o.reference, ref.peak) : 1);
+    // Past plainBatch the plain plan does not fit (peak grows with the batch), so what --budget
+    // accepts there is the most aggressive recomputation's peak.
+    const rematPeakAt = (b: number) => (b <= plainBatch ? plainAt(b) : aggressiveAt(b));
+    const start = plainBatch + 1;
+    const startPeak = rematPeakAt(start);
+    const rematBatch = largest(rematPeakAt, o.size, [[start, startPeak]], Number.isFinite(startPeak) ? estimate(start, startPeak) : plainBatch);
     let report: RematReport | undefined;
-    if (rematBatch > 0) {
+    if (rematBatch > plainBatch) {
       const s = at(rematBatch);
       report = rematerialize(s.step, { budget: o.size, plan: s.plan, plain: s.plain! }).report;
     }
-    return {
-      mode,
-      plain: { batch: plainBatch, peak: plainBatch ? plainAt(plainBatch) : undefined, nextPeak: plainAt(plainBatch + 1) },
-      remat: { batch: rematBatch, peak: rematBatch ? minAt(rematBatch) : undefined, nextPeak: minAt(rematBatch + 1), report },
-      plans,
-    };
+    return result(
+      { batch: plainBatch, peak: plainBatch ? plainAt(plainBatch) : undefined, nextPeak: plainAt(plainBatch + 1) },
+      { batch: rematBatch, peak: rematBatch ? rematPeakAt(rematBatch) : undefined, nextPeak: rematPeakAt(rematBatch + 1), report },
+    );
   });
 }

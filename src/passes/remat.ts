@@ -19,8 +19,9 @@
 //    The most aggressive prefix is the level end with the smallest estimated activations (kept
 //    bytes + the largest segment's recomputed bytes), so it is found without planning.
 // 4. The exact planner (planMemory) is the judge: the most aggressive prefix must fit the budget,
-//    else a LorafaError names its peak as the smallest budget; otherwise bisection finds the
-//    shortest prefix whose peak fits (peak falls, not always strictly, as the prefix grows).
+//    else a LorafaError names its peak as the smallest budget; otherwise a search (interpolation
+//    alternating with bisection) finds the shortest prefix whose peak fits, assuming peak falls as
+//    the prefix grows (it does, though not always strictly).
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes, fmtDecimalBytes } from '../ir/format.ts';
 import { numel, type Graph, type Node, type Value } from '../ir/types.ts';
@@ -309,13 +310,20 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
       `raise --budget to at least ${fmtBytes(minPeak)} (${minPeak} bytes), or lower --batch/--seq, or use --dtype bf16`,
     );
   }
-  // Bisection over prefixes: lo does not fit, hi fits.
+  // Search over prefixes, lo not fitting and hi fitting: the next prefix interpolates the two
+  // peaks (the budget is usually near one end), every other step halves, so it is never slower
+  // than bisection by more than a factor of two.
   let lo = 0;
   let hi = c.aggressive;
-  while (hi - lo > 1) {
-    const mid = (lo + hi) >> 1;
-    if (judge(mid).plan.peak <= o.budget) hi = mid;
-    else lo = mid;
+  let peakLo = plain.peak;
+  let peakHi = top.plan.peak;
+  for (let turn = 0; hi - lo > 1; turn++) {
+    let mid = (lo + hi) >> 1;
+    if (turn % 2 === 0 && peakLo > peakHi) mid = Math.round(lo + ((hi - lo) * (peakLo - o.budget)) / (peakLo - peakHi));
+    mid = Math.min(hi - 1, Math.max(lo + 1, mid));
+    const p = judge(mid).plan.peak;
+    if (p <= o.budget) [hi, peakHi] = [mid, p];
+    else [lo, peakLo] = [mid, p];
   }
   const best = judge(hi);
   const stepFlops = graphFlops(g);
@@ -335,6 +343,13 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
       minPeak,
     },
   };
+}
+
+/** The peak of the most aggressive recomputation alone (Infinity when there is nothing to drop). */
+export function aggressivePeak(g: Graph, plan: (g: Graph) => MemoryPlan): number {
+  const st = structure(g);
+  const c = candidates(g, st);
+  return c.aggressive ? plan(applyRemat(g, new Set(c.order.slice(0, c.aggressive)), st).graph).peak : Infinity;
 }
 
 /**

@@ -74,9 +74,9 @@ export function fitTable(ctx: FitContext, fits: readonly FitResult[]): string {
     rows.push([
       f.mode,
       f.plain.batch ? String(f.plain.batch) : 'none',
-      f.plain.peak !== undefined ? fmtBytes(f.plain.peak) : `(1: ${fmtBytes(f.plain.nextPeak)})`,
+      f.plain.peak !== undefined ? fmtBytes(f.plain.peak) : f.persistent > ctx.size ? `(persistent alone ${fmtBytes(f.persistent)})` : `(1: ${fmtBytes(f.plain.nextPeak)})`,
       f.remat.batch ? String(f.remat.batch) : 'none',
-      f.remat.peak !== undefined ? fmtBytes(f.remat.peak) : `(1: ${fmtBytes(f.remat.nextPeak)})`,
+      f.remat.peak !== undefined ? fmtBytes(f.remat.peak) : f.persistent > ctx.size ? '' : `(1: ${fmtBytes(f.remat.nextPeak)})`,
       !f.remat.batch ? '—' : r ? `${pct(r.extraFlops, r.stepFlops)} FLOPs (${r.dropped.length} values recomputed)` : 'none needed',
     ]);
   }
@@ -108,6 +108,7 @@ export function fitJson(ctx: FitContext, fits: readonly FitResult[]): unknown {
           rematBatch: f.remat.batch,
           rematPeak: f.remat.peak ?? null,
           rematNextBatchPeak: f.remat.nextPeak,
+          persistent: f.persistent,
           rematOverheadPercent: f.remat.report ? Number(((100 * f.remat.report.extraFlops) / f.remat.report.stepFlops).toFixed(3)) : 0,
           rematExtraFlops: f.remat.report?.extraFlops ?? 0,
           recomputed: f.remat.report?.dropped.length ?? 0,
