@@ -48,7 +48,7 @@ export interface FitResult {
  * Largest b ≥ 1 with peakAt(b) ≤ size (0 when even 1 does not fit), peak assumed to grow with b.
  * `known` are exact points already planned; each guess lies on the line through the two latest.
  */
-function largest(peakAt: (b: number) => number, size: number, known: readonly [number, number][], first: number): number {
+function largest(peakAt: (b: number) => number, size: number, known: readonly [number, number][], first: number, cap = Infinity): number {
   let lo = 0;
   let hi = Infinity;
   const pts: [number, number][] = [];
@@ -58,7 +58,7 @@ function largest(peakAt: (b: number) => number, size: number, known: readonly [n
     else hi = Math.min(hi, b);
   };
   for (const [b, p] of known) record(b, p);
-  let guess = Math.max(1, first);
+  let guess = Math.max(1, Math.min(first, cap));
   while (!(hi === 1 || hi === lo + 1)) {
     if (guess <= lo || guess >= hi) guess = lo + 1;
     const p = peakAt(guess);
@@ -69,6 +69,7 @@ function largest(peakAt: (b: number) => number, size: number, known: readonly [n
     if (!Number.isFinite(p)) next = Math.floor((lo + guess) / 2);
     else if (a && b && a[0] !== b[0] && b[1] !== a[1]) next = Math.floor(b[0] + ((size - b[1]) * (b[0] - a[0])) / (b[1] - a[1]));
     else next = p <= size ? guess + 1 : guess - 1;
+    next = Math.min(next, Math.max(cap, lo + 1));
     // Converge on the pair (lo, lo + 1): after a fit that the line says is the last, try the next.
     if (p <= size && next <= guess) next = guess + 1;
     if (p > size && next >= guess) next = guess - 1;
@@ -76,6 +77,16 @@ function largest(peakAt: (b: number) => number, size: number, known: readonly [n
     guess = next;
   }
   return lo;
+}
+
+/** The largest tensor's bytes in the step (f32 where the planner keeps f32 is not told apart: an estimate). */
+function largestTensor(g: Graph, dtype: string | undefined): number {
+  let most = 0;
+  for (const n of g.nodes) {
+    const size = n.out.type.shape.reduce((a, d) => a * d, 1) * (n.out.type.dtype === 'i32' || !dtype || dtype === 'f32' ? 4 : 2);
+    if (size > most) most = size;
+  }
+  return most;
 }
 
 const persistentBytes = (p: MemoryPlan) => p.buffers.filter((x) => x.region === 'persistent').reduce((t, x) => t + x.bytes, 0);
@@ -89,35 +100,49 @@ export function fitBatches(o: FitOptions): FitResult[] {
   };
   return o.modes.map((mode) => {
     let plans = 0;
-    const steps = new Map<number, { step: Graph; plan: (g: Graph) => MemoryPlan; plain?: MemoryPlan }>();
+    // Per batch: the step, its planning function and (planned when first asked) its plain plan.
+    const steps = new Map<number, { step: Graph; plan: (g: Graph) => MemoryPlan; plain?: MemoryPlan | null }>();
     const at = (b: number) => {
       let s = steps.get(b);
       if (!s) {
         const c = compileTraining(graphAt(b), { mode, lora: mode === 'full' ? undefined : o.lora, optimizer: o.optimizer });
-        const plan = (g: Graph) => (plans++, planMemory(g, { ...o.plan, gradients: c.gradients }));
-        let plain: MemoryPlan | undefined;
-        try {
-          plain = plan(c.step!);
-        } catch (e) {
-          // A tensor past the binding or buffer limit: this batch does not fit, at any budget.
-          if (!(e instanceof LorafaError)) throw e;
-        }
-        s = { step: c.step!, plan, plain };
+        s = { step: c.step!, plan: (g: Graph) => (plans++, planMemory(g, { ...o.plan, gradients: c.gradients })) };
         steps.set(b, s);
       }
       return s;
     };
-    const plainAt = (b: number) => at(b).plain?.peak ?? Infinity;
+    // A tensor past the binding or buffer limit: this batch does not fit, at any budget.
+    const orInfinity = (f: () => number) => {
+      try {
+        return f();
+      } catch (e) {
+        if (e instanceof LorafaError) return Infinity;
+        throw e;
+      }
+    };
+    const plainPlan = (b: number) => {
+      const s = at(b);
+      if (s.plain === undefined) {
+        try {
+          s.plain = s.plan(s.step);
+        } catch (e) {
+          if (!(e instanceof LorafaError)) throw e;
+          s.plain = null;
+        }
+      }
+      return s.plain ?? undefined;
+    };
+    const plainAt = (b: number) => plainPlan(b)?.peak ?? Infinity;
     const aggressive = new Map<number, number>();
     const aggressiveAt = (b: number) => {
       let m = aggressive.get(b);
       if (m === undefined) {
         const s = at(b);
-        aggressive.set(b, (m = s.plain ? aggressivePeak(s.step, s.plan) : Infinity));
+        aggressive.set(b, (m = orInfinity(() => aggressivePeak(s.step, s.plan))));
       }
       return m;
     };
-    const ref = at(o.reference).plain;
+    const ref = plainPlan(o.reference);
     const persistent = ref ? persistentBytes(ref) : Infinity;
     const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
     if (ref && persistent > o.size) {
@@ -134,11 +159,16 @@ export function fitBatches(o: FitOptions): FitResult[] {
     const rematPeakAt = (b: number) => (b <= plainBatch ? plainAt(b) : aggressiveAt(b));
     const start = plainBatch + 1;
     const startPeak = rematPeakAt(start);
-    const rematBatch = largest(rematPeakAt, o.size, [[start, startPeak]], Number.isFinite(startPeak) ? estimate(start, startPeak) : plainBatch);
+    // Past some batch one tensor passes the binding limit whatever the budget: the largest tensor
+    // grows linearly with the batch, so two compiled batches give a cap for the guesses.
+    const limit = o.plan.limits?.maxBindingSize ?? Infinity;
+    const [t0, t1] = [largestTensor(at(o.reference).step, o.plan.dtype), largestTensor(at(start).step, o.plan.dtype)];
+    const cap = start !== o.reference && t1 > t0 ? Math.floor(o.reference + ((limit - t0) * (start - o.reference)) / (t1 - t0)) : Infinity;
+    const rematBatch = largest(rematPeakAt, o.size, [[start, startPeak]], Number.isFinite(startPeak) ? estimate(start, startPeak) : plainBatch, cap);
     let report: RematReport | undefined;
     if (rematBatch > plainBatch) {
       const s = at(rematBatch);
-      report = rematerialize(s.step, { budget: o.size, plan: s.plan, plain: s.plain! }).report;
+      report = rematerialize(s.step, { budget: o.size, plan: s.plan, plain: plainPlan(rematBatch) }).report;
     }
     return result(
       { batch: plainBatch, peak: plainBatch ? plainAt(plainBatch) : undefined, nextPeak: plainAt(plainBatch + 1) },

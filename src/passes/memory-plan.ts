@@ -190,13 +190,12 @@ export function packIntervals(
     const it = items[i];
     let done = false;
     for (let b = 0; b < placed.length && !done; b++) {
-      const conflicts = placed[b]
-        .filter((j) => items[j].start <= it.end && it.start <= items[j].end)
-        .sort((x, y) => offset[x] - offset[y]);
+      // placed[b] is kept in offset order, so the live ones are met in offset order.
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
-      for (const j of conflicts) {
+      for (const j of placed[b]) {
+        if (!(items[j].start <= it.end && it.start <= items[j].end)) continue;
         const gap = offset[j] - cursor;
         if (gap >= it.size && gap < bestGap) {
           bestGap = gap;
@@ -208,7 +207,15 @@ export function packIntervals(
       if (bestOff + it.size <= cap) {
         buffer[i] = b;
         offset[i] = bestOff;
-        placed[b].push(i);
+        const list = placed[b];
+        let lo = 0;
+        let hi = list.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (offset[list[mid]] <= bestOff) lo = mid + 1;
+          else hi = mid;
+        }
+        list.splice(lo, 0, i);
         sizes[b] = Math.max(sizes[b], bestOff + it.size);
         done = true;
       }

@@ -19,8 +19,8 @@
 //    The most aggressive prefix is the level end with the smallest estimated activations (kept
 //    bytes + the largest segment's recomputed bytes), so it is found without planning.
 // 4. The exact planner (planMemory) is the judge: the most aggressive prefix must fit the budget,
-//    else a LorafaError names its peak as the smallest budget; otherwise a search (interpolation
-//    alternating with bisection) finds the shortest prefix whose peak fits, assuming peak falls as
+//    else a LorafaError names its peak as the smallest budget; otherwise a search (interpolation,
+//    a probe next to the bracket's end, bisection, in turn) finds the shortest prefix whose peak fits, assuming peak falls as
 //    the prefix grows (it does, though not always strictly).
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes, fmtDecimalBytes } from '../ir/format.ts';
@@ -278,6 +278,37 @@ export interface RematOptions {
   readonly what?: string;
 }
 
+interface Judged {
+  readonly graph: Graph;
+  readonly plan: MemoryPlan;
+  readonly nodes: number;
+  readonly flops: number;
+}
+
+/** Per step graph and planning function: its structure, candidates and every prefix planned. */
+const judgedCache = new WeakMap<Graph, { st: Structure; c: Candidates; byPlan: WeakMap<(g: Graph) => MemoryPlan, Map<number, Judged>> }>();
+
+function analysis(g: Graph, plan: (g: Graph) => MemoryPlan) {
+  let a = judgedCache.get(g);
+  if (!a) {
+    const st = structure(g);
+    judgedCache.set(g, (a = { st, c: candidates(g, st), byPlan: new WeakMap() }));
+  }
+  let judged = a.byPlan.get(plan);
+  if (!judged) a.byPlan.set(plan, (judged = new Map()));
+  const { st, c } = a;
+  const judge = (k: number): Judged => {
+    let j = judged.get(k);
+    if (!j) {
+      const r = applyRemat(g, new Set(c.order.slice(0, k)), st);
+      j = { ...r, plan: plan(r.graph) };
+      judged.set(k, j);
+    }
+    return j;
+  };
+  return { st, c, judge };
+}
+
 const savedAtBackward = (p: MemoryPlan) => p.timeline[p.backwardStart]?.saved ?? 0;
 const GB = fmtDecimalBytes;
 
@@ -289,18 +320,7 @@ const GB = fmtDecimalBytes;
 export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: MemoryPlan; report?: RematReport; minPeak: number } {
   const plain = o.plain ?? o.plan(g);
   if (plain.peak <= o.budget) return { graph: g, plan: plain, minPeak: plain.peak };
-  const st = structure(g);
-  const c = candidates(g, st);
-  const judged = new Map<number, { graph: Graph; plan: MemoryPlan; nodes: number; flops: number }>();
-  const judge = (k: number) => {
-    let j = judged.get(k);
-    if (!j) {
-      const r = applyRemat(g, new Set(c.order.slice(0, k)), st);
-      j = { ...r, plan: o.plan(r.graph) };
-      judged.set(k, j);
-    }
-    return j;
-  };
+  const { st, c, judge } = analysis(g, o.plan);
   const top = c.aggressive > 0 ? judge(c.aggressive) : undefined;
   const minPeak = Math.min(plain.peak, top?.plan.peak ?? Infinity);
   if (!top || top.plan.peak > o.budget) {
@@ -310,20 +330,31 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
       `raise --budget to at least ${fmtBytes(minPeak)} (${minPeak} bytes), or lower --batch/--seq, or use --dtype bf16`,
     );
   }
-  // Search over prefixes, lo not fitting and hi fitting: the next prefix interpolates the two
-  // peaks (the budget is usually near one end), every other step halves, so it is never slower
-  // than bisection by more than a factor of two.
+  // Search over prefixes, lo not fitting and hi fitting, in turns: a guess on the line through
+  // the two bracketing peaks (against the saved bytes each prefix drops); the prefix next to the end that just moved (the budget is usually
+  // close to a planned peak, so this often closes the bracket); a halving, so it stays within a
+  // small factor of bisection when the line guesses badly.
   let lo = 0;
   let hi = c.aggressive;
   let peakLo = plain.peak;
   let peakHi = top.plan.peak;
+  let movedHi = true;
+  const dropped = [0];
+  for (const r of c.order) dropped.push(dropped[dropped.length - 1] + st.saved.get(r)!);
   for (let turn = 0; hi - lo > 1; turn++) {
-    let mid = (lo + hi) >> 1;
-    if (turn % 2 === 0 && peakLo > peakHi) mid = Math.round(lo + ((hi - lo) * (peakLo - o.budget)) / (peakLo - peakHi));
-    mid = Math.min(hi - 1, Math.max(lo + 1, mid));
-    const p = judge(mid).plan.peak;
-    if (p <= o.budget) [hi, peakHi] = [mid, p];
-    else [lo, peakLo] = [mid, p];
+    let next = (lo + hi) >> 1;
+    if (turn % 3 === 0 && peakLo > peakHi) {
+      // Peak falls about linearly in the saved bytes dropped, not in the prefix length.
+      const target = dropped[lo] + ((dropped[hi] - dropped[lo]) * (peakLo - o.budget)) / (peakLo - peakHi);
+      next = lo + 1;
+      while (next < hi - 1 && dropped[next] < target) next++;
+    }
+    else if (turn % 3 === 1) next = movedHi ? hi - 1 : lo + 1;
+    next = Math.min(hi - 1, Math.max(lo + 1, next));
+    const p = judge(next).plan.peak;
+    movedHi = p <= o.budget;
+    if (movedHi) [hi, peakHi] = [next, p];
+    else [lo, peakLo] = [next, p];
   }
   const best = judge(hi);
   const stepFlops = graphFlops(g);
@@ -347,9 +378,8 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
 
 /** The peak of the most aggressive recomputation alone (Infinity when there is nothing to drop). */
 export function aggressivePeak(g: Graph, plan: (g: Graph) => MemoryPlan): number {
-  const st = structure(g);
-  const c = candidates(g, st);
-  return c.aggressive ? plan(applyRemat(g, new Set(c.order.slice(0, c.aggressive)), st).graph).peak : Infinity;
+  const { c, judge } = analysis(g, plan);
+  return c.aggressive ? judge(c.aggressive).plan.peak : Infinity;
 }
 
 /**
@@ -357,8 +387,5 @@ export function aggressivePeak(g: Graph, plan: (g: Graph) => MemoryPlan): number
  * when that is not smaller): the least budget `rematerialize` accepts.
  */
 export function minimumPeak(g: Graph, plan: (g: Graph) => MemoryPlan, plain: MemoryPlan = plan(g)): number {
-  const st = structure(g);
-  const c = candidates(g, st);
-  if (!c.aggressive) return plain.peak;
-  return Math.min(plain.peak, plan(applyRemat(g, new Set(c.order.slice(0, c.aggressive)), st).graph).peak);
+  return Math.min(plain.peak, aggressivePeak(g, plan));
 }
