@@ -274,3 +274,68 @@ describe('remat on the GPU', () => {
     }
   });
 });
+
+describe('the CLI: plan --budget / --fit / --svg, compile --emit ir --budget', () => {
+  async function cli(args: string[]): Promise<{ code: number; out: string }> {
+    const { main } = await import('../src/cli/main.ts');
+    const out: string[] = [];
+    const log = console.log;
+    const write = process.stdout.write;
+    console.log = (...a: unknown[]) => void out.push(a.join(' ') + '\n');
+    process.stdout.write = ((s: string) => (out.push(String(s)), true)) as typeof process.stdout.write;
+    try {
+      const code = await main(args);
+      return { code, out: out.join('') };
+    } finally {
+      console.log = log;
+      process.stdout.write = write;
+    }
+  }
+  const toy = resolve(ROOT, 'models/llama.ts');
+
+  test('plan --budget reports the overhead; --json carries it; a budget too small names the smallest', async () => {
+    const text = await cli(['plan', toy, '--budget', '140KiB']);
+    expect(text.code).toBe(0);
+    expect(text.out).toMatch(/budget {3}140 KiB \(143 KB\): without recomputation the step needs \S+ KiB; with it/);
+    expect(text.out).toMatch(/remat {4}\d+ saved values recomputed in backward \(\d+ recompute nodes\): \S+ KiB no longer saved/);
+    expect(text.out).toMatch(/overhead \S+ \w*FLOP, \d+\.\d% of the step's/);
+    const json = JSON.parse((await cli(['plan', toy, '--budget', '143360', '--json'])).out);
+    expect(json.peak).toBeLessThanOrEqual(143360);
+    expect(json.remat.recomputed).toBeGreaterThan(0);
+    expect(json.remat.extraFlops).toBeGreaterThan(0);
+    expect(json.remat.savedBytesDropped).toBeGreaterThan(0);
+    const small = await cli(['plan', toy, '--budget', '1KB']);
+    expect(small.code).toBe(1);
+  });
+
+  test('plan --fit echoes the unit given, and --json gives every mode', async () => {
+    const text = await cli(['plan', toy, '--fit', '300KB']);
+    expect(text.code).toBe(0);
+    expect(text.out).toContain('fits 300 KB (293 KiB)');
+    expect(text.out).toMatch(/^lora-fa +\d+ /m);
+    const gib = await cli(['plan', toy, '--fit', '0.0003GiB']);
+    expect(gib.out).toContain("fits 315 KiB (322 KB)");
+    const json = JSON.parse((await cli(['plan', toy, '--fit', '300KB', '--json'])).out);
+    expect(json.unit).toBe('GB');
+    expect(Object.keys(json.modes)).toEqual(['full', 'lora', 'lora-fa']);
+    expect(json.modes['lora-fa'].rematBatch).toBeGreaterThanOrEqual(json.modes['lora-fa'].batch);
+  });
+
+  test('--svg with --budget or --fit draws the budget line', async () => {
+    const { mkdtempSync, readFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(resolve(tmpdir(), 'remat-svg-'));
+    for (const [flag, size] of [['--budget', '140KiB'], ['--fit', '300KB']]) {
+      const file = resolve(dir, `${flag.slice(2)}.svg`);
+      expect((await cli(['plan', toy, flag, size, '--svg', file])).code).toBe(0);
+      const svg = readFileSync(file, 'utf8');
+      expect(svg).toMatch(/<text [^>]*fill="#d50000">budget /);
+    }
+  });
+
+  test('compile --emit ir --budget prints the recompute nodes (stage remat), which verify', async () => {
+    const r = await cli(['compile', toy, '--emit', 'ir', '--budget', '130KiB', '--verify']);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/# \S+\.remat$/m);
+  });
+});

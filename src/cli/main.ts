@@ -220,9 +220,14 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
     // --emit given explicitly still prints; by default -o prints only what it wrote.
     if (cmd.getOptionValueSource('emit') !== 'cli') return;
   }
-  const compiled = compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
+  // With --budget the whole step is planned, and the IR after recomputation is stage remat.
+  const budgeted =
+    flags.budget !== undefined
+      ? planStep(s.graph, { mode: flags.mode, lora: s.lora, optimizer: optimizerOptions(flags), gradCorrection: flags.gradCorrection, verify: flags.verify, budget: flags.budget }, await resolveLimits({ ...flags, limits: flags.limits ?? 'discrete' }))
+      : undefined;
+  const compiled = budgeted?.compiled ?? compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
   if (flags.emit === 'ir') {
-    const stage = flags.stage ?? 'dce';
+    const stage = flags.stage ?? (compiled.stages.some((x) => x.pass === 'remat') ? 'remat' : 'dce');
     const st = compiled.stages.find((x) => x.pass === stage);
     if (!st) throw new LorafaError('--stage', `no stage "${stage}" in mode ${flags.mode}`, `stages: ${compiled.stages.map((x) => x.pass).join(', ')}`);
     process.stdout.write(printGraph(st.graph, { locations: flags.locations }));
@@ -378,14 +383,14 @@ export function program(helpFor?: string): Command {
       .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'));
   optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer folder'), 'lora-fa'), undefined)
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
-    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, linear-ce when a frozen head was fused, autodiff, simplify, dce)')
+    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, linear-ce when a frozen head was fused, autodiff, simplify, dce; with --budget also optimizer and remat, the default)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
     .option('-o, --out <dir>', 'write a runnable trainer folder there: trainer.ts, plan.json, kernels/*.wgsl')
     .option('--seed <n>', "with -o: the trainer's default seed of the init and the data order", nonNegativeInt('--seed'), 0)
     .option('--grad-accum <k>', 'with -o: compile gradient accumulators (the trainer then takes --grad-accum k)', positiveInt('--grad-accum'))
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
-    .option('--budget <size>', 'with -o: the most the step may use (e.g. 24GB, 22GiB, bytes); backward recomputes forward values until it fits', byteSize('--budget'))
+    .option('--budget <size>', 'the most the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until it fits (with -o, in the trainer; with --emit ir, stage remat)', byteSize('--budget'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))

@@ -26,6 +26,13 @@ export function bothUnits(n: number, unit: 'decimal' | 'binary'): string {
   return unit === 'decimal' ? `${decimal(n)} (${fmtBytes(n)})` : `${fmtBytes(n)} (${decimal(n)})`;
 }
 
+/** FLOPs with an SI prefix: 812 kFLOP, 42.8 TFLOP. */
+export function fmtFlops(n: number): string {
+  const units: [number, string][] = [[1e15, 'PFLOP'], [1e12, 'TFLOP'], [1e9, 'GFLOP'], [1e6, 'MFLOP'], [1e3, 'kFLOP']];
+  const [d, u] = units.find(([x]) => n >= x) ?? [1, 'FLOP'];
+  return `${Number((n / d).toPrecision(3))} ${u}`;
+}
+
 const pct = (a: number, b: number) => `${((100 * a) / b).toFixed(1)}%`;
 
 /** The --budget line(s): what recomputation cost, or that the step fit without it. */
@@ -38,7 +45,7 @@ export function rematLines(pm: PlannedMode): string[] {
   return [
     `${head}; with it ${fmtBytes(pm.plan.peak)} (smallest reachable ${fmtBytes(x.minPeak)})`,
     `remat    ${x.dropped.length} saved values recomputed in backward (${x.recomputeNodes} recompute nodes): ${fmtBytes(x.savedBefore - x.savedAfter)} no longer saved (${fmtBytes(x.savedBefore)} → ${fmtBytes(x.savedAfter)} when backward starts)`,
-    `         overhead ${(x.extraFlops / 1e9).toFixed(1)} GFLOP, ${pct(x.extraFlops, x.stepFlops)} of the step's ${(x.stepFlops / 1e9).toFixed(1)} GFLOP`,
+    `         overhead ${fmtFlops(x.extraFlops)}, ${pct(x.extraFlops, x.stepFlops)} of the step's ${fmtFlops(x.stepFlops)}`,
   ];
 }
 
