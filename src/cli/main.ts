@@ -286,7 +286,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
       what: `${m.displayFile} (${mode})`,
     });
     const step = flags.verify ? verifyGraph(r.graph, 'remat') : r.graph;
-    planned.push({ mode, compiled: { ...compiled, step }, plan: r.plan, ms: performance.now() - t0, remat: { budget: flags.budget, plainPeak: plan.peak, report: r.report } });
+    planned.push({ mode, compiled: { ...compiled, step }, plan: r.plan, ms: performance.now() - t0, remat: { budget: flags.budget, plainPeak: plan.peak, report: r.report, unit: byteUnit(rawFlag('--budget') ?? '') } });
   }
   if (flags.fit !== undefined) {
     writeFileAtomic(svg!, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0], { budget: flags.fit })));

@@ -39,7 +39,7 @@ const pct = (a: number, b: number) => `${((100 * a) / b).toFixed(1)}%`;
 export function rematLines(pm: PlannedMode): string[] {
   const r = pm.remat;
   if (!r) return [];
-  const head = `budget   ${bothUnits(r.budget, 'binary')}: without recomputation the step needs ${fmtBytes(r.plainPeak)}`;
+  const head = `budget   ${bothUnits(r.budget, r.unit ?? 'binary')}: without recomputation the step needs ${fmtBytes(r.plainPeak)}`;
   const x = r.report;
   if (!x) return [`${head}, which fits: nothing recomputed`];
   return [
@@ -131,7 +131,7 @@ export interface PlannedMode {
   readonly plan: MemoryPlan;
   readonly ms: number;
   /** Planned under --budget: the budget, the peak without recomputation, and what remat did (none when it fit). */
-  readonly remat?: { readonly budget: number; readonly plainPeak: number; readonly report?: RematReport };
+  readonly remat?: { readonly budget: number; readonly plainPeak: number; readonly report?: RematReport; readonly unit?: 'decimal' | 'binary' };
 }
 
 export interface PlanContext {
