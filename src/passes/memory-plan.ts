@@ -184,38 +184,43 @@ export function packIntervals(
 ): { buffer: number[]; offset: number[]; sizes: number[] } {
   const buffer = new Array<number>(items.length).fill(-1);
   const offset = new Array<number>(items.length).fill(0);
-  const placed: number[][] = [];
+  // Per buffer, its tensors in offset order as parallel arrays (offset, offset + size, first and
+  // last step): the scan below reads them many times, so they are plain numbers side by side.
+  const placed: { off: number[]; top: number[]; from: number[]; to: number[] }[] = [];
   const sizes: number[] = [];
   for (const i of order) {
     const it = items[i];
     let done = false;
     for (let b = 0; b < placed.length && !done; b++) {
-      // placed[b] is kept in offset order, so the live ones are met in offset order.
+      const { off, top, from, to } = placed[b];
+      // In offset order, the live ones are met in offset order.
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
-      for (const j of placed[b]) {
-        if (!(items[j].start <= it.end && it.start <= items[j].end)) continue;
-        const gap = offset[j] - cursor;
+      for (let k = 0; k < off.length; k++) {
+        if (!(from[k] <= it.end && it.start <= to[k])) continue;
+        const gap = off[k] - cursor;
         if (gap >= it.size && gap < bestGap) {
           bestGap = gap;
           bestOff = cursor;
         }
-        cursor = Math.max(cursor, offset[j] + items[j].size);
+        if (top[k] > cursor) cursor = top[k];
       }
       if (bestOff < 0) bestOff = cursor;
       if (bestOff + it.size <= cap) {
         buffer[i] = b;
         offset[i] = bestOff;
-        const list = placed[b];
         let lo = 0;
-        let hi = list.length;
+        let hi = off.length;
         while (lo < hi) {
           const mid = (lo + hi) >> 1;
-          if (offset[list[mid]] <= bestOff) lo = mid + 1;
+          if (off[mid] <= bestOff) lo = mid + 1;
           else hi = mid;
         }
-        list.splice(lo, 0, i);
+        off.splice(lo, 0, bestOff);
+        top.splice(lo, 0, bestOff + it.size);
+        from.splice(lo, 0, it.start);
+        to.splice(lo, 0, it.end);
         sizes[b] = Math.max(sizes[b], bestOff + it.size);
         done = true;
       }
@@ -223,7 +228,7 @@ export function packIntervals(
     if (!done) {
       buffer[i] = placed.length;
       offset[i] = 0;
-      placed.push([i]);
+      placed.push({ off: [0], top: [it.size], from: [it.start], to: [it.end] });
       sizes.push(it.size);
     }
   }
