@@ -401,7 +401,18 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const timeline: Record<Category, number>[] = Array.from({ length: steps + 1 }, () => zeroCategories());
   const persistentBytes = zeroCategories();
   for (const it of persistentItems) persistentBytes[it.t.category] += it.size;
-  for (const it of transientItems) for (let s = it.t.start; s <= it.t.end; s++) timeline[s][it.t.category] += it.size;
+  // Live bytes per category along the steps, from each tensor's birth and death (a running sum).
+  const delta = new Map<Category, Float64Array>();
+  for (const it of transientItems) {
+    let d = delta.get(it.t.category);
+    if (!d) delta.set(it.t.category, (d = new Float64Array(steps + 2)));
+    d[it.t.start] += it.size;
+    d[it.t.end + 1] -= it.size;
+  }
+  for (const [category, d] of delta) {
+    let live = 0;
+    for (let st = 0; st <= steps; st++) timeline[st][category] = live += d[st];
+  }
   let lowerBound = 0;
   let peakStep = 0;
   timeline.forEach((row, s) => {

@@ -19,9 +19,11 @@
 //    The most aggressive prefix is the level end with the smallest estimated activations (kept
 //    bytes + the largest segment's recomputed bytes), so it is found without planning.
 // 4. The exact planner (planMemory) is the judge: the most aggressive prefix must fit the budget,
-//    else a LorafaError names its peak as the smallest budget; otherwise a search (interpolation,
-//    a probe next to the bracket's end, bisection, in turn) finds the shortest prefix whose peak fits, assuming peak falls as
-//    the prefix grows (it does, though not always strictly).
+//    else a LorafaError names its peak as the smallest budget. Otherwise a search (interpolation,
+//    a probe next to the bracket's end, bisection, in turn) finds the shortest prefix whose peak
+//    fits, assuming peak falls as the prefix grows (it does, though not always strictly), or one
+//    whose recomputation costs at most half a percent of the step's FLOPs more than the longest
+//    prefix known not to fit (SEARCH_TOLERANCE): planning is the expensive part.
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes, fmtDecimalBytes } from '../ir/format.ts';
 import { numel, type Graph, type Node, type Value } from '../ir/types.ts';
@@ -309,6 +311,9 @@ function analysis(g: Graph, plan: (g: Graph) => MemoryPlan) {
   return { st, c, judge };
 }
 
+/** The search stops when the bracket's two prefixes differ by less than this share of the step's FLOPs. */
+export const SEARCH_TOLERANCE = 0.005;
+
 const savedAtBackward = (p: MemoryPlan) => p.timeline[p.backwardStart]?.saved ?? 0;
 const GB = fmtDecimalBytes;
 
@@ -341,7 +346,16 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
   let movedHi = true;
   const dropped = [0];
   for (const r of c.order) dropped.push(dropped[dropped.length - 1] + st.saved.get(r)!);
-  for (let turn = 0; hi - lo > 1; turn++) {
+  // Close enough: the prefixes between lo and hi differ by less than SEARCH_TOLERANCE of the
+  // step's FLOPs (recomputation counted without planning), so hi is as cheap as any.
+  const stepFlops = graphFlops(g);
+  const flopsOf_ = new Map<number, number>();
+  const costOf = (k: number) => {
+    let f = flopsOf_.get(k);
+    if (f === undefined) flopsOf_.set(k, (f = applyRemat(g, new Set(c.order.slice(0, k)), st).flops));
+    return f;
+  };
+  for (let turn = 0; hi - lo > 1 && costOf(hi) - costOf(lo) > SEARCH_TOLERANCE * stepFlops; turn++) {
     let next = (lo + hi) >> 1;
     if (turn % 3 === 0 && peakLo > peakHi) {
       // Peak falls about linearly in the saved bytes dropped, not in the prefix length.
@@ -357,7 +371,6 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
     else [lo, peakLo] = [next, p];
   }
   const best = judge(hi);
-  const stepFlops = graphFlops(g);
   return {
     graph: best.graph,
     plan: best.plan,
