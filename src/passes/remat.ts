@@ -142,6 +142,9 @@ export function applyRemat(g: Graph, drop: ReadonlySet<number>, st: Structure = 
     const p = producer.get(v.id);
     if (!p || p.phase !== 'forward' || isInlineConstant(p)) return true;
     const r = rootOf(v.id);
+    // A view of a parameter, an input or an inlined scalar owns no bytes: nothing to recompute.
+    const root = producer.get(r);
+    if (persistent.has(r) || (root && isInlineConstant(root))) return true;
     return saved.has(r) && !drop.has(r);
   };
   let nextId = g.nextId;
