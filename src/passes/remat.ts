@@ -19,8 +19,8 @@
 //    The most aggressive prefix is the level end with the smallest estimated activations (kept
 //    bytes + the largest segment's recomputed bytes), so it is found without planning.
 // 4. The exact planner (planMemory) is the judge: the most aggressive prefix must fit the budget,
-//    else a LorafaError names its peak as the smallest budget. Otherwise a search (interpolation,
-//    a probe next to the bracket's end, bisection, in turn) finds the shortest prefix whose peak
+//    else a LorafaError names its peak as the smallest budget. Otherwise a search (regula falsi
+//    in the saved bytes dropped, with halvings) finds the shortest prefix whose peak
 //    fits, assuming peak falls as the prefix grows (it does, though not always strictly), or one
 //    whose recomputation costs at most half a percent of the step's FLOPs more than the longest
 //    prefix known not to fit (SEARCH_TOLERANCE): planning is the expensive part.
@@ -338,40 +338,44 @@ export function rematerialize(g: Graph, o: RematOptions): { graph: Graph; plan: 
       `raise --budget to at least ${fmtBytes(minPeak)} (${minPeak} bytes), or lower --batch/--seq, or use --dtype bf16`,
     );
   }
-  // Search over prefixes, lo not fitting and hi fitting, in turns: a guess on the line through
-  // the two bracketing peaks (against the saved bytes each prefix drops); the prefix next to the end that just moved (the budget is usually
-  // close to a planned peak, so this often closes the bracket); a halving, so it stays within a
-  // small factor of bisection when the line guesses badly.
+  // Search over prefixes, lo not fitting and hi fitting: regula falsi on peak − budget against the
+  // saved bytes each prefix drops (peak falls about linearly in them), Illinois-style (an end kept
+  // twice in a row has its excess halved, so the guesses do not creep from one side), with a
+  // halving every third turn so it stays within a small factor of bisection when the line is off.
   let lo = 0;
   let hi = c.aggressive;
-  let peakLo = plain.peak;
-  let peakHi = top.plan.peak;
-  let movedHi = true;
+  let fLo = plain.peak - o.budget;
+  let fHi = top.plan.peak - o.budget;
+  let kept = 0;
   const dropped = [0];
   for (const r of c.order) dropped.push(dropped[dropped.length - 1] + st.saved.get(r)!);
   // Close enough: the prefixes between lo and hi differ by less than SEARCH_TOLERANCE of the
   // step's FLOPs (recomputation counted without planning), so hi is as cheap as any.
   const stepFlops = graphFlops(g);
-  const flopsOf_ = new Map<number, number>();
+  const costs = new Map<number, number>();
   const costOf = (k: number) => {
-    let f = flopsOf_.get(k);
-    if (f === undefined) flopsOf_.set(k, (f = applyRemat(g, new Set(c.order.slice(0, k)), st).flops));
+    let f = costs.get(k);
+    if (f === undefined) costs.set(k, (f = applyRemat(g, new Set(c.order.slice(0, k)), st).flops));
     return f;
   };
-  for (let turn = 0; hi - lo > 1 && costOf(hi) - costOf(lo) > SEARCH_TOLERANCE * stepFlops; turn++) {
+  for (let turn = 1; hi - lo > 1 && costOf(hi) - costOf(lo) > SEARCH_TOLERANCE * stepFlops; turn++) {
     let next = (lo + hi) >> 1;
-    if (turn % 3 === 0 && peakLo > peakHi) {
-      // Peak falls about linearly in the saved bytes dropped, not in the prefix length.
-      const target = dropped[lo] + ((dropped[hi] - dropped[lo]) * (peakLo - o.budget)) / (peakLo - peakHi);
+    if (turn % 3 !== 0 && fLo > fHi) {
+      const target = dropped[lo] + ((dropped[hi] - dropped[lo]) * fLo) / (fLo - fHi);
       next = lo + 1;
       while (next < hi - 1 && dropped[next] < target) next++;
     }
-    else if (turn % 3 === 1) next = movedHi ? hi - 1 : lo + 1;
     next = Math.min(hi - 1, Math.max(lo + 1, next));
-    const p = judge(next).plan.peak;
-    movedHi = p <= o.budget;
-    if (movedHi) [hi, peakHi] = [next, p];
-    else [lo, peakLo] = [next, p];
+    const f = judge(next).plan.peak - o.budget;
+    if (f <= 0) {
+      [hi, fHi] = [next, f];
+      if (kept < 0) fLo /= 2;
+      kept = kept < 0 ? kept - 1 : -1;
+    } else {
+      [lo, fLo] = [next, f];
+      if (kept > 0) fHi /= 2;
+      kept = kept > 0 ? kept + 1 : 1;
+    }
   }
   const best = judge(hi);
   return {
