@@ -22,7 +22,7 @@
 //    else a LorafaError names its peak as the smallest budget. Otherwise a search (regula falsi
 //    in the saved bytes dropped, with halvings) finds the shortest prefix whose peak
 //    fits, assuming peak falls as the prefix grows (it does, though not always strictly), or one
-//    whose recomputation costs at most half a percent of the step's FLOPs more than the longest
+//    whose recomputation costs at most 0.1% of the step's FLOPs more than the longest
 //    prefix known not to fit (SEARCH_TOLERANCE): planning is the expensive part.
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes, fmtDecimalBytes } from '../ir/format.ts';
@@ -315,7 +315,7 @@ function analysis(g: Graph, plan: (g: Graph) => MemoryPlan) {
 }
 
 /** The search stops when the bracket's two prefixes differ by less than this share of the step's FLOPs. */
-export const SEARCH_TOLERANCE = 0.005;
+export const SEARCH_TOLERANCE = 0.001;
 
 const savedAtBackward = (p: MemoryPlan) => p.timeline[p.backwardStart]?.saved ?? 0;
 const GB = fmtDecimalBytes;
