@@ -37,6 +37,8 @@ export { applyLora, type LoraOptions, type LoraReport } from './passes/lora.ts';
 export { OPTIMIZERS, optimizerFeeds, accumFeeds, type OptimizerOptions } from './passes/optimizer.ts';
 export { INV_LOSS_SCALE_INPUT, LOSS_SCALE_INPUT, lossScaleFeeds, OVERFLOW_OUTPUT, type LossScaleReport } from './passes/loss-scale.ts';
 export { planStep, type StepSetup } from './passes/plan-step.ts';
+export { applyRemat, flopsOf, graphFlops, minimumPeak, rematerialize, type RematOptions, type RematReport } from './passes/remat.ts';
+export { fitBatches, type FitResult } from './passes/fit.ts';
 export {
   CATEGORIES,
   CATEGORY_LABELS,
@@ -49,7 +51,7 @@ export {
   type PlanOptions,
   type StorageDType,
 } from './passes/memory-plan.ts';
-export { compareTable, planJson, planSvgText, planTable, topTable, type PlanContext, type PlannedMode } from './report/plan.ts';
+export { byteUnit, compareTable, fitJson, fitTable, planJson, planSvgText, planTable, topTable, type PlanContext, type PlannedMode } from './report/plan.ts';
 export { summarize, type SummaryContext } from './report/summary.ts';
 export { buildKernelPlan, type KernelPlan } from './codegen/kernel-plan.ts';
 
@@ -65,7 +67,7 @@ export { compileProgram, type CompileProgramOptions, type MemorySummary, type Pr
 export { emitTrainer, type EmittedTrainer } from './train/emit-trainer.ts';
 export { readProgram } from './train/trainer-files.ts';
 export { addTrainOptions, isMain, runTrainer, trainerCli, type TrainFlags } from './train/trainer.ts';
-export { addCompiledOptions, addDataOptions, addRunOptions, LOSS_SCALE_HELP, lossScaleFlag, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
+export { addCompiledOptions, addDataOptions, addRunOptions, LOSS_SCALE_HELP, lossScaleFlag, byteSize, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
 export { DEFAULT_LOSS_SCALE, defaultLossScale, describeLossScale, LossScaler, parseLossScale, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './train/loss-scale.ts';
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';

@@ -208,6 +208,24 @@ describe('lorafa train', () => {
     expect(other.stderr).toMatch(/lorafa: --dtype: this trainer was compiled with --dtype bf16; f32 needs another step\n\s+fix: drop --dtype, or recompile the trainer with it: lorafa compile models\/mlp\.ts .*--dtype f32 -o <dir>/);
   });
 
+  test('a trainer compiled with --budget recomputes to fit it: GPU bytes = its plan ≤ the budget; another --budget is refused', async () => {
+    // The toy LLaMA's LoRA-FA step needs 150 KiB without recomputation, 125 KiB at the least.
+    const dir = join(tmp, 'budget');
+    await compileTo(dir, 'llama', ['--budget', '140KiB', '--limits', 'adapter']);
+    const plan = planFile(dir);
+    expect(plan.spec.budget?.bytes).toBe(140 * 1024);
+    expect(plan.spec.budget?.recomputed).toBeGreaterThan(0);
+    expect(plan.memory.peak).toBeLessThanOrEqual(140 * 1024);
+    const r = lorafa(['train', dir, '--steps', '2', ...RUN]);
+    expect(r.status, r.stderr).toBe(0);
+    const [, gpu, planned] = r.stdout.match(/GPU buffers (\S+ [KMG]?i?B) \(plan peak (\S+ [KMG]?i?B), budget 140 KiB: backward recomputes \d+ forward values, \+[\d.]+% FLOPs\)/) ?? [];
+    expect(gpu).toMatch(/^[\d.]+ KiB$/);
+    expect(gpu).toBe(planned);
+    const other = lorafa(['train', dir, '--steps', '2', '--data', 'synthetic', '--budget', '1MiB']);
+    expect(other.status).toBe(1);
+    expect(other.stderr).toMatch(/lorafa: --budget: this trainer was compiled with --budget 143360; 1048576 needs another step/);
+  });
+
   test('lorafa train on a directory with no trainer says how to make one', () => {
     const r = lorafa(['train', join(tmp, 'nothing-here'), '--steps', '2']);
     expect(r.status).toBe(1);

@@ -20,6 +20,7 @@ import {
   addRunOptions,
   addTrainOptions,
   acquireGpu,
+  defaultLossScale,
   describeLossScale,
   LOSS_SCALE_HELP,
   lossScaleFlag,
@@ -32,8 +33,16 @@ import {
   compileTraining,
   emitTrainer,
   finetune,
+  byteUnit,
+  fitBatches,
+  fitJson,
+  fitTable,
   fmtBytes,
   formatAdapterReport,
+  rematerialize,
+  verify as verifyGraph,
+  type Graph,
+  type MemoryPlan,
   gpuLimits,
   LIMIT_PRESETS,
   loadModel,
@@ -48,6 +57,7 @@ import {
   planSvgText,
   planTable,
   positiveInt,
+  byteSize,
   positiveNumber,
   printGraph,
   probeAdapter,
@@ -107,9 +117,11 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
   evalBatch?: number;
   dtype: StorageDType;
   lossScale?: LossScaleSetting;
+  budget?: number;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
+  fitText?: string;
   dtype: string;
   attention?: AttentionImpl;
   composed?: boolean;
@@ -117,6 +129,8 @@ interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
   top?: number;
   json?: boolean;
   svg?: string;
+  budget?: number;
+  fit?: number;
 }
 
 async function setup(modelPath: string, flags: CommonFlags & { attention?: AttentionImpl; composed?: boolean }) {
@@ -201,6 +215,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       seed: flags.seed,
       command: commandLine(),
       verify: flags.verify,
+      budget: flags.budget,
       limits: { ...limits, preset },
       maxWorkgroupsPerDimension,
       subgroupSize,
@@ -218,9 +233,14 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
     // --emit given explicitly still prints; by default -o prints only what it wrote.
     if (cmd.getOptionValueSource('emit') !== 'cli') return;
   }
-  const compiled = compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
+  // With --budget the whole step is planned, and the IR after recomputation is stage remat.
+  const budgeted =
+    flags.budget !== undefined
+      ? planStep(s.graph, { mode: flags.mode, lora: s.lora, optimizer: optimizerOptions(flags), gradCorrection: flags.gradCorrection, verify: flags.verify, budget: flags.budget }, await resolveLimits({ ...flags, limits: flags.limits ?? 'discrete' }))
+      : undefined;
+  const compiled = budgeted?.compiled ?? compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
   if (flags.emit === 'ir') {
-    const stage = flags.stage ?? 'dce';
+    const stage = flags.stage ?? (compiled.stages.some((x) => x.pass === 'remat') ? 'remat' : 'dce');
     const st = compiled.stages.find((x) => x.pass === stage);
     if (!st) throw new LorafaError('--stage', `no stage "${stage}" in mode ${flags.mode}`, `stages: ${compiled.stages.map((x) => x.pass).join(', ')}`);
     process.stdout.write(printGraph(st.graph, { locations: flags.locations }));
@@ -235,21 +255,60 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
     throw new LorafaError('--dtype', `unknown storage dtype "${flags.dtype}"`, `use one of: ${STORAGE_DTYPES.join(', ')}`);
   }
   const dtype = flags.dtype as StorageDType;
+  // The step a run with this dtype trains: f16 compiles dynamic loss scaling in by default.
+  const lossScaling = defaultLossScale(dtype) !== 'none';
   const { maxWorkgroupsPerDimension: _, ...limits } = await resolveLimits(flags);
   const svg = flags.svg ? checkOutputPath(flags.svg, 'file', '--svg') : undefined;
   const { m, graph, lora, config, cfg } = await setup(modelPath, flags);
-  const modes: Mode[] = flags.compare ? [...MODES] : [flags.mode];
-  const planned: PlannedMode[] = [];
-  for (const mode of modes) {
-    const t0 = performance.now();
-    const compiled = compileTraining(graph, { mode, lora, optimizer, verify: flags.verify });
-    // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
-    const loraPlan = mode === 'lora-fa' ? planned.find((p) => p.mode === 'lora') : undefined;
-    const dominating = loraPlan ? { graph: loraPlan.compiled.step!, plan: loraPlan.plan } : undefined;
-    const plan = planMemory(compiled.step ?? compileTraining(graph, { mode, lora, optimizer }).step!, { limits, dtype, gradients: compiled.gradients, dominating });
-    planned.push({ mode, compiled: compiled.step ? compiled : compileTraining(graph, { mode, lora, optimizer }), plan, ms: performance.now() - t0 });
-  }
+  const modes: Mode[] = flags.compare || flags.fit !== undefined ? [...MODES] : [flags.mode];
   const ctx = { file: m.displayFile, config, cfg, optimizer: describeOptimizer(optimizer), limitsName: flags.limits };
+  if (flags.fit !== undefined) {
+    const size = flags.fit;
+    const t0 = performance.now();
+    const fits = fitBatches({
+      size,
+      graphAt: (batch) => (batch === cfg.batch ? graph : trace(m, config, { ...(flags.seq !== undefined ? { seq: flags.seq } : {}), batch }, { composed: flags.composed, attention: flags.attention })),
+      reference: Number(cfg.batch ?? 1),
+      modes,
+      lora,
+      optimizer,
+      lossScaling,
+      plan: { limits, dtype },
+    });
+    const fitCtx = { ...ctx, dtype, size, unit: byteUnit(flags.fitText ?? ''), ms: performance.now() - t0 };
+    if (flags.json) process.stdout.write(JSON.stringify(fitJson(fitCtx, fits), null, 2) + '\n');
+    else console.log(fitTable(fitCtx, fits));
+    if (!svg) return;
+  }
+  const planned: PlannedMode[] = [];
+  const plainPlans = new Map<Mode, { step: Graph; plan: MemoryPlan }>();
+  for (const mode of flags.compare ? modes : [flags.mode]) {
+    const t0 = performance.now();
+    const compiled = compileTraining(graph, { mode, lora, optimizer, lossScaling, verify: flags.verify });
+    // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
+    const loraPlan = mode === 'lora-fa' ? plainPlans.get('lora') : undefined;
+    const dominating = loraPlan ? { graph: loraPlan.step, plan: loraPlan.plan } : undefined;
+    const plan = planMemory(compiled.step!, { limits, dtype, gradients: compiled.gradients, dominating });
+    plainPlans.set(mode, { step: compiled.step!, plan });
+    if (flags.budget === undefined) {
+      planned.push({ mode, compiled, plan, ms: performance.now() - t0 });
+      continue;
+    }
+    // --budget: backward recomputes what it must for the peak to fit (remat.ts).
+    const r = rematerialize(compiled.step!, {
+      budget: flags.budget,
+      plain: plan,
+      plan: (g) => planMemory(g, { limits, dtype, gradients: compiled.gradients }),
+      what: `${m.displayFile} (${mode})`,
+    });
+    const step = flags.verify ? verifyGraph(r.graph, 'remat') : r.graph;
+    planned.push({ mode, compiled: { ...compiled, step }, plan: r.plan, ms: performance.now() - t0, remat: { budget: flags.budget, plainPeak: plan.peak, report: r.report, unit: byteUnit(rawFlag('--budget') ?? '') } });
+  }
+  if (flags.fit !== undefined) {
+    writeFileAtomic(svg!, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0], { budget: flags.fit })));
+    if (!flags.json) console.log(`\nwrote ${shown(svg!)}`);
+    return;
+  }
   if (flags.json) {
     const doc = flags.compare ? Object.fromEntries(planned.map((p) => [p.mode, planJson(ctx, p)])) : planJson(ctx, planned[0]);
     process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
@@ -259,7 +318,7 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   }
   if (svg) {
     // --compare: every mode's curve on one picture; otherwise the one mode, stacked by category.
-    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0])));
+    writeFileAtomic(svg, Buffer.from(planSvgText(ctx, flags.compare ? planned : planned[0], { budget: flags.budget })));
     if (!flags.json) console.log(`\nwrote ${shown(svg)}`);
   }
 }
@@ -279,17 +338,11 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
     .option('--verify', 'run the IR verifier after every pass');
 }
 
-/** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
-function byteSize(name: string) {
-  return (v: string) => {
-    const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
-    if (!m) throw new InvalidArgumentError(`${name} must be a byte count, got "${v}"\n  fix: pass a value like ${name} 134217728 or ${name} 128MiB`);
-    const unit = (m[2] ?? 'B').toLowerCase();
-    const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
-    const n = Math.floor(Number(m[1]) * mult[unit]);
-    if (!(n >= 1 && Number.isSafeInteger(n))) throw new InvalidArgumentError(`${name} must be a positive byte count below 2^53, got "${v}"\n  fix: pass a value like ${name} 128MiB`);
-    return n;
-  };
+/** The text given for a flag on the command line (`--fit 80GB` or `--fit=80GB`), for echoing its unit. */
+function rawFlag(name: string): string | undefined {
+  const i = invocation.findIndex((a) => a === name || a.startsWith(`${name}=`));
+  if (i < 0) return undefined;
+  return invocation[i] === name ? invocation[i + 1] : invocation[i].slice(name.length + 1);
 }
 
 function packageVersion(): string {
@@ -333,7 +386,7 @@ export function program(helpFor?: string): Command {
       .option('--alignment <bytes>', 'override minStorageBufferOffsetAlignment', positiveInt('--alignment'));
   optimizerAndLimits(commonOptions(p.command('compile').description('trace a model file and compile its training step (forward, loss, gradients); with -o, a runnable trainer folder'), 'lora-fa'), undefined)
     .addOption(new Option('--emit <what>', 'output').choices(['summary', 'ir']).default('summary'))
-    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, linear-ce when a frozen head was fused, autodiff, simplify, dce)')
+    .option('--stage <pass>', 'with --emit ir: the graph after this pass (trace, lora, lora-fa, linear-ce when a frozen head was fused, autodiff, simplify, dce; with --budget also optimizer and remat, the default)')
     .option('--locations', 'with --emit ir: annotate nodes with model file:line')
     .option('-o, --out <dir>', 'write a runnable trainer folder there: trainer.ts, plan.json, kernels/*.wgsl')
     .option('--seed <n>', "with -o: the trainer's default seed of the init and the data order", nonNegativeInt('--seed'), 0)
@@ -342,6 +395,7 @@ export function program(helpFor?: string): Command {
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
     .addOption(new Option('--dtype <d>', 'with -o: storage of frozen weights and activations on the GPU (trainable parameters, gradients and optimizer state stay f32)').choices([...STORAGE_DTYPES]).default('f32'))
+    .option('--budget <size>', 'the most the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until it fits (with -o, in the trainer; with --emit ir, stage remat)', byteSize('--budget'))
     .action(compileCommand);
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))
@@ -350,8 +404,10 @@ export function program(helpFor?: string): Command {
     .option('--compare', 'full vs LoRA vs LoRA-FA side by side, with ratios')
     .option('--top <n>', 'the n largest saved activations, and whether each of the first n adapted layers keeps its input', positiveInt('--top'))
     .option('--json', 'the whole plan as JSON')
-    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode)')
-    .action(planCommand);
+    .option('--svg <file>', 'write a picture of live bytes along the schedule (with --compare: one curve per mode; with --budget or --fit: the budget as a line)')
+    .option('--budget <size>', 'the most the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until the peak fits; the report gives the extra FLOPs', byteSize('--budget'))
+    .option('--fit <size>', 'for each mode, the largest batch (at this --seq) that fits the size (e.g. 80GB) without and with recomputation, and the recomputation overhead there', byteSize('--fit'))
+    .action((model: string, f: PlanFlags) => planCommand(model, { ...f, fitText: f.fit !== undefined ? rawFlag('--fit') : undefined }));
   addTrainOptions(
     p
       .command('train')

@@ -41,6 +41,8 @@ export interface Node {
   readonly out: Value;
   readonly phase: Phase;
   readonly src?: SourceLoc;
+  /** A forward node's clone that backward recomputes (remat.ts); schedulers keep it late. */
+  readonly recompute?: boolean;
 }
 
 export type Init =

@@ -199,31 +199,43 @@ export function packIntervals(
 ): { buffer: number[]; offset: number[]; sizes: number[] } {
   const buffer = new Array<number>(items.length).fill(-1);
   const offset = new Array<number>(items.length).fill(0);
-  const placed: number[][] = [];
+  // Per buffer, its tensors in offset order as parallel arrays (offset, offset + size, first and
+  // last step): the scan below reads them many times, so they are plain numbers side by side.
+  const placed: { off: number[]; top: number[]; from: number[]; to: number[] }[] = [];
   const sizes: number[] = [];
   for (const i of order) {
     const it = items[i];
     let done = false;
     for (let b = 0; b < placed.length && !done; b++) {
-      const conflicts = placed[b]
-        .filter((j) => items[j].start <= it.end && it.start <= items[j].end)
-        .sort((x, y) => offset[x] - offset[y]);
+      const { off, top, from, to } = placed[b];
+      // In offset order, the live ones are met in offset order.
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
-      for (const j of conflicts) {
-        const gap = offset[j] - cursor;
+      for (let k = 0; k < off.length; k++) {
+        if (!(from[k] <= it.end && it.start <= to[k])) continue;
+        const gap = off[k] - cursor;
         if (gap >= it.size && gap < bestGap) {
           bestGap = gap;
           bestOff = cursor;
         }
-        cursor = Math.max(cursor, offset[j] + items[j].size);
+        if (top[k] > cursor) cursor = top[k];
       }
       if (bestOff < 0) bestOff = cursor;
       if (bestOff + it.size <= cap) {
         buffer[i] = b;
         offset[i] = bestOff;
-        placed[b].push(i);
+        let lo = 0;
+        let hi = off.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (off[mid] <= bestOff) lo = mid + 1;
+          else hi = mid;
+        }
+        off.splice(lo, 0, bestOff);
+        top.splice(lo, 0, bestOff + it.size);
+        from.splice(lo, 0, it.start);
+        to.splice(lo, 0, it.end);
         sizes[b] = Math.max(sizes[b], bestOff + it.size);
         done = true;
       }
@@ -231,7 +243,7 @@ export function packIntervals(
     if (!done) {
       buffer[i] = placed.length;
       offset[i] = 0;
-      placed.push([i]);
+      placed.push({ off: [0], top: [it.size], from: [it.start], to: [it.end] });
       sizes.push(it.size);
     }
   }
@@ -408,7 +420,18 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const timeline: Record<Category, number>[] = Array.from({ length: steps + 1 }, () => zeroCategories());
   const persistentBytes = zeroCategories();
   for (const it of persistentItems) persistentBytes[it.t.category] += it.size;
-  for (const it of transientItems) for (let s = it.t.start; s <= it.t.end; s++) timeline[s][it.t.category] += it.size;
+  // Live bytes per category along the steps, from each tensor's birth and death (a running sum).
+  const delta = new Map<Category, Float64Array>();
+  for (const it of transientItems) {
+    let d = delta.get(it.t.category);
+    if (!d) delta.set(it.t.category, (d = new Float64Array(steps + 2)));
+    d[it.t.start] += it.size;
+    d[it.t.end + 1] -= it.size;
+  }
+  for (const [category, d] of delta) {
+    let live = 0;
+    for (let st = 0; st <= steps; st++) timeline[st][category] = live += d[st];
+  }
   let lowerBound = 0;
   let peakStep = 0;
   timeline.forEach((row, s) => {

@@ -8,7 +8,8 @@
 //    list schedule that, among ready nodes, runs the one that frees the most bytes net (bytes of
 //    inputs it is the last reader of, minus the bytes it allocates); ties keep program order.
 //    Under it, each parameter's update runs as soon as its gradient exists, so gradients do not
-//    pile up until the end of backward.
+//    pile up until the end of backward. Recompute nodes (remat.ts) never jump the queue: they
+//    run where the pass placed them, just before their first reader.
 // 3. The caller keeps the candidate with the lowest peak of live bytes.
 import type { Graph, Node } from '../ir/types.ts';
 import { opDef } from '../ir/ops.ts';
@@ -65,8 +66,8 @@ export function dependencies(g: Graph): number[][] {
 }
 
 /**
- * List scheduling: repeatedly runs one ready node, chosen by `pick` among the ready ones.
- * `pick` sees each candidate's net gain (bytes freed minus bytes allocated) and its key.
+ * List scheduling: repeatedly runs one ready node: the first in `key` order, or (greedy) the one
+ * that frees the most bytes net (bytes freed minus bytes allocated), if any frees some.
  */
 function listSchedule(g: Graph, sizeOf: SizeOf, key: readonly number[], greedy: boolean): Node[] {
   const n = g.nodes.length;
@@ -80,49 +81,101 @@ function listSchedule(g: Graph, sizeOf: SizeOf, key: readonly number[], greedy: 
   const root = new Map<number, number>();
   const rootOf = (id: number): number => root.get(id) ?? id;
   for (const node of g.nodes) if (isView(node)) root.set(node.out.id, rootOf(node.inputs[0].id));
+  // Each node's distinct input roots, and each root's unscheduled readers.
+  const ins = g.nodes.map((node) => [...new Set(node.inputs.map((v) => rootOf(v.id)))]);
   const readers = new Map<number, number>();
-  for (const node of g.nodes) {
-    for (const x of new Set(node.inputs.map((v) => rootOf(v.id)))) readers.set(x, (readers.get(x) ?? 0) + 1);
-  }
+  for (const xs of ins) for (const x of xs) readers.set(x, (readers.get(x) ?? 0) + 1);
   const kept = new Set([...Object.values(g.outputs), ...g.updates.map((u) => u.value)].map((v) => rootOf(v.id)));
+  const size = g.nodes.map((node) => sizeOf(node));
   const bytesOf = (id: number) => {
     const p = producer.get(id);
-    return p === undefined ? 0 : sizeOf(g.nodes[p]);
+    return p === undefined ? 0 : size[p];
   };
   const gain = (i: number) => {
     let freed = 0;
-    for (const x of new Set(g.nodes[i].inputs.map((v) => rootOf(v.id)))) {
-      if (readers.get(x) === 1 && !kept.has(x)) freed += bytesOf(x);
-    }
-    return freed - sizeOf(g.nodes[i]);
+    for (const x of ins[i]) if (readers.get(x) === 1 && !kept.has(x)) freed += bytesOf(x);
+    return freed - size[i];
   };
-  const ready: number[] = [];
-  for (let i = 0; i < n; i++) if (pending[i] === 0) ready.push(i);
+  // The ready nodes: a heap by key (the next in keyed order is its top; nodes taken by the greedy
+  // rule are skipped there lazily) and, for the greedy rule, a list of those that may jump.
+  const heap: number[] = [];
+  const less = (a: number, b: number) => key[heap[a]] < key[heap[b]];
+  const push = (i: number) => {
+    heap.push(i);
+    for (let c = heap.length - 1; c > 0; ) {
+      const p = (c - 1) >> 1;
+      if (!less(c, p)) break;
+      [heap[c], heap[p]] = [heap[p], heap[c]];
+      c = p;
+    }
+  };
+  const pop = () => {
+    const top = heap[0];
+    const last = heap.pop()!;
+    if (heap.length) {
+      heap[0] = last;
+      for (let c = 0; ; ) {
+        const l = 2 * c + 1;
+        const r = l + 1;
+        let m = c;
+        if (l < heap.length && less(l, m)) m = l;
+        if (r < heap.length && less(r, m)) m = r;
+        if (m === c) break;
+        [heap[c], heap[m]] = [heap[m], heap[c]];
+        c = m;
+      }
+    }
+    return top;
+  };
+  const taken = new Array<boolean>(n).fill(false);
+  const jumpers: number[] = [];
+  const at = new Array<number>(n).fill(-1);
+  const removeJumper = (i: number) => {
+    const k = at[i];
+    if (k < 0) return;
+    const last = jumpers.pop()!;
+    if (last !== i) {
+      jumpers[k] = last;
+      at[last] = k;
+    }
+    at[i] = -1;
+  };
+  const makeReady = (i: number) => {
+    push(i);
+    // A recompute node (remat.ts) runs at its place, just before its first reader: pulled early,
+    // it would hold its output as long as the value it replaces.
+    if (greedy && !g.nodes[i].recompute) {
+      at[i] = jumpers.length;
+      jumpers.push(i);
+    }
+  };
+  for (let i = 0; i < n; i++) if (pending[i] === 0) makeReady(i);
   const order: Node[] = [];
-  while (ready.length) {
-    let best = -1;
+  for (let left = n; left > 0; left--) {
+    let i = -1;
     if (greedy) {
       // Only a node that frees memory jumps the queue: one that merely allocates less would be
-      // pulled early and held (e.g. an update's p·wd term, ready from the first step).
+      // pulled early and held (e.g. an update's p·wd term, ready from the first step). Among
+      // those that free the most, the first in keyed order.
       let bestGain = 0;
-      for (let k = 0; k < ready.length; k++) {
-        const gk = gain(ready[k]);
-        if (gk > bestGain || (gk === bestGain && gk > 0 && key[ready[k]] < key[ready[best]])) {
-          best = k;
-          bestGain = gk;
+      for (const j of jumpers) {
+        const gj = gain(j);
+        if (gj > bestGain || (gj === bestGain && gj > 0 && key[j] < key[i])) {
+          i = j;
+          bestGain = gj;
         }
       }
     }
-    if (best < 0) {
-      best = 0;
-      for (let k = 1; k < ready.length; k++) if (key[ready[k]] < key[ready[best]]) best = k;
+    if (i < 0) {
+      while (heap.length && taken[heap[0]]) pop();
+      if (!heap.length) break;
+      i = pop();
     }
-    const i = ready[best];
-    ready[best] = ready[ready.length - 1];
-    ready.pop();
+    taken[i] = true;
+    removeJumper(i);
     order.push(g.nodes[i]);
-    for (const x of new Set(g.nodes[i].inputs.map((v) => rootOf(v.id)))) readers.set(x, readers.get(x)! - 1);
-    for (const s of succ[i]) if (--pending[s] === 0) ready.push(s);
+    for (const x of ins[i]) readers.set(x, readers.get(x)! - 1);
+    for (const s of succ[i]) if (--pending[s] === 0) makeReady(s);
   }
   if (order.length !== n) throw new Error(`schedule: dependency cycle (${n - order.length} nodes unscheduled)`);
   return order;

@@ -1,6 +1,6 @@
 // `lorafa plan`: the memory plan of one training step as a table, a comparison of modes, the
 // largest saved activations, JSON for machines and an SVG picture.
-import { fmtBytes } from '../ir/format.ts';
+import { fmtBytes, fmtDecimalBytes as decimal } from '../ir/format.ts';
 import { fmtType, type Graph } from '../ir/types.ts';
 import type { Compiled, Mode } from '../passes/compile.ts';
 import { adapterInputs } from '../passes/lora-fa.ts';
@@ -12,12 +12,126 @@ import {
   type PlannedTensor,
 } from '../passes/memory-plan.ts';
 import { planCompareSvg, planSvg, type PlanSvgOptions } from './plan-svg.ts';
+import type { FitResult } from '../passes/fit.ts';
+import type { RematReport } from '../passes/remat.ts';
+
+/** Bytes in the unit family the user wrote: decimal (GB) first, or binary (GiB) first. */
+export function byteUnit(text: string): 'decimal' | 'binary' {
+  return /\d\s*[kmg]b$/i.test(text.trim()) ? 'decimal' : 'binary';
+}
+
+
+/** A size in both families, the user's first: "80 GB (74.5 GiB)" or "22.0 GiB (23.6 GB)". */
+export function bothUnits(n: number, unit: 'decimal' | 'binary'): string {
+  return unit === 'decimal' ? `${decimal(n)} (${fmtBytes(n)})` : `${fmtBytes(n)} (${decimal(n)})`;
+}
+
+/** FLOPs with an SI prefix: 812 kFLOP, 42.8 TFLOP. */
+export function fmtFlops(n: number): string {
+  const units: [number, string][] = [[1e15, 'PFLOP'], [1e12, 'TFLOP'], [1e9, 'GFLOP'], [1e6, 'MFLOP'], [1e3, 'kFLOP']];
+  const [d, u] = units.find(([x]) => n >= x) ?? [1, 'FLOP'];
+  return `${Number((n / d).toPrecision(3))} ${u}`;
+}
+
+const pct = (a: number, b: number) => `${((100 * a) / b).toFixed(1)}%`;
+
+/** The --budget line(s): what recomputation cost, or that the step fit without it. */
+export function rematLines(pm: PlannedMode): string[] {
+  const r = pm.remat;
+  if (!r) return [];
+  const head = `budget   ${bothUnits(r.budget, r.unit ?? 'binary')}: without recomputation the step needs ${fmtBytes(r.plainPeak)}`;
+  const x = r.report;
+  if (!x) return [`${head}, which fits: nothing recomputed`];
+  return [
+    `${head}; with it ${fmtBytes(pm.plan.peak)} (smallest reachable ${fmtBytes(x.minPeak)})`,
+    `remat    ${x.dropped.length} saved values recomputed in backward (${x.recomputeNodes} recompute nodes): ${fmtBytes(x.savedBefore - x.savedAfter)} no longer saved (${fmtBytes(x.savedBefore)} → ${fmtBytes(x.savedAfter)} when backward starts)`,
+    `         overhead ${fmtFlops(x.extraFlops)}, ${pct(x.extraFlops, x.stepFlops)} of the step's ${fmtFlops(x.stepFlops)}`,
+  ];
+}
+
+function rematJson(pm: PlannedMode): unknown {
+  const r = pm.remat;
+  if (!r) return undefined;
+  const x = r.report;
+  return {
+    budget: r.budget,
+    plainPeak: r.plainPeak,
+    recomputed: x ? x.dropped.length : 0,
+    recomputedValues: x?.dropped ?? [],
+    recomputeNodes: x?.recomputeNodes ?? 0,
+    extraFlops: x?.extraFlops ?? 0,
+    stepFlops: x?.stepFlops,
+    overheadPercent: x ? Number(((100 * x.extraFlops) / x.stepFlops).toFixed(3)) : 0,
+    savedBytesDropped: x ? x.savedBefore - x.savedAfter : 0,
+    minPeak: x?.minPeak,
+  };
+}
+
+export interface FitContext extends PlanContext {
+  readonly size: number;
+  readonly unit: 'decimal' | 'binary';
+  readonly ms: number;
+}
+
+export function fitTable(ctx: FitContext, fits: readonly FitResult[]): string {
+  const cfg = Object.entries(ctx.cfg).filter(([k]) => k !== 'batch').map(([k, v]) => `${k}=${v}`).join(' ');
+  const rows: string[][] = [['mode', 'batch, no remat', 'peak', 'batch, remat', 'peak', 'remat overhead at that batch']];
+  for (const f of fits) {
+    const r = f.remat.report;
+    rows.push([
+      f.mode,
+      f.plain.batch ? String(f.plain.batch) : 'none',
+      f.plain.peak !== undefined ? fmtBytes(f.plain.peak) : f.persistent > ctx.size ? `(persistent alone ${fmtBytes(f.persistent)})` : `(1: ${fmtBytes(f.plain.nextPeak)})`,
+      f.remat.batch ? String(f.remat.batch) : 'none',
+      f.remat.peak !== undefined ? fmtBytes(f.remat.peak) : f.persistent > ctx.size ? '' : `(1: ${fmtBytes(f.remat.nextPeak)})`,
+      !f.remat.batch ? '—' : r ? `${pct(r.extraFlops, r.stepFlops)} FLOPs (${r.dropped.length} values recomputed)` : 'none needed',
+    ]);
+  }
+  return [
+    `model    ${ctx.file}, config ${ctx.config}: ${cfg}`,
+    `         optimizer ${ctx.optimizer}; storage ${ctx.dtype}; limits ${ctx.limitsName}`,
+    `fits ${bothUnits(ctx.size, ctx.unit)}: the largest batch whose plan's peak (persistent buffers + arena) fits, each checked exactly with the next batch (${fits.reduce((s, f) => s + f.plans, 0)} plans, ${(ctx.ms / 1000).toFixed(1)} s)`,
+    '',
+    ...pad(rows, [false, true, true, true, true, false]),
+  ].join('\n');
+}
+
+export function fitJson(ctx: FitContext, fits: readonly FitResult[]): unknown {
+  return {
+    model: ctx.file,
+    config: ctx.config,
+    sizes: ctx.cfg,
+    optimizer: ctx.optimizer,
+    dtype: ctx.dtype,
+    size: ctx.size,
+    unit: ctx.unit === 'decimal' ? 'GB' : 'GiB',
+    modes: Object.fromEntries(
+      fits.map((f) => [
+        f.mode,
+        {
+          batch: f.plain.batch,
+          peak: f.plain.peak ?? null,
+          nextBatchPeak: f.plain.nextPeak,
+          rematBatch: f.remat.batch,
+          rematPeak: f.remat.peak ?? null,
+          rematNextBatchPeak: f.remat.nextPeak,
+          persistent: f.persistent,
+          rematOverheadPercent: f.remat.report ? Number(((100 * f.remat.report.extraFlops) / f.remat.report.stepFlops).toFixed(3)) : 0,
+          rematExtraFlops: f.remat.report?.extraFlops ?? 0,
+          recomputed: f.remat.report?.dropped.length ?? 0,
+        },
+      ]),
+    ),
+  };
+}
 
 export interface PlannedMode {
   readonly mode: Mode;
   readonly compiled: Compiled;
   readonly plan: MemoryPlan;
   readonly ms: number;
+  /** Planned under --budget: the budget, the peak without recomputation, and what remat did (none when it fit). */
+  readonly remat?: { readonly budget: number; readonly plainPeak: number; readonly report?: RematReport; readonly unit?: 'decimal' | 'binary' };
 }
 
 export interface PlanContext {
@@ -26,6 +140,8 @@ export interface PlanContext {
   readonly cfg: Readonly<Record<string, unknown>>;
   readonly optimizer: string;
   readonly limitsName: string;
+  /** Storage dtype (for --fit, which prints no plan). */
+  readonly dtype?: string;
 }
 
 function pad(rows: readonly (readonly string[])[], right: readonly boolean[]): string[] {
@@ -63,7 +179,7 @@ export function planTable(ctx: PlanContext, pm: PlannedMode): string {
   rows.push(['lower bound', fmtBytes(p.lowerBound), `live bytes at step ${p.peakStep}`]);
   rows.push(['peak', fmtBytes(p.peak), buffersLine(p)]);
   rows.push(['fragmentation', p.fragmentation.toFixed(3), 'peak ÷ lower bound']);
-  return [...header(ctx, pm), '', ...pad(rows, [false, true, false])].join('\n');
+  return [...header(ctx, pm), ...rematLines(pm), '', ...pad(rows, [false, true, false])].join('\n');
 }
 
 export function compareTable(ctx: PlanContext, modes: readonly PlannedMode[]): string {
@@ -87,6 +203,7 @@ export function compareTable(ctx: PlanContext, modes: readonly PlannedMode[]): s
     `peak:              LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', (p) => p.peak)}   full ÷ LoRA-FA = ${ratio('full', 'lora-fa', (p) => p.peak)}   full ÷ LoRA = ${ratio('full', 'lora', (p) => p.peak)}`,
     `saved activations when backward starts: ${modes.map((m) => `${m.mode} ${fmtBytes(saved(m.plan))}`).join(', ')}`,
     `                   LoRA ÷ LoRA-FA = ${ratio('lora', 'lora-fa', saved)}   LoRA − LoRA-FA = ${fmtBytes(saved(by('lora').plan) - saved(by('lora-fa').plan))}`,
+    ...modes.flatMap((m) => (m.remat ? ['', `[${m.mode}]`, ...rematLines(m)] : [])),
   ];
   return out.join('\n');
 }
@@ -137,6 +254,7 @@ export function planJson(ctx: PlanContext, pm: PlannedMode): unknown {
     limits: { preset: ctx.limitsName, ...p.limits },
     schedule: { order: p.scheduleName, steps: p.schedule.length, backwardStart: p.backwardStart },
     peak: p.peak,
+    remat: rematJson(pm),
     lowerBound: p.lowerBound,
     fragmentation: Number(p.fragmentation.toFixed(6)),
     peakStep: p.peakStep,

@@ -76,6 +76,8 @@ export interface FinetuneOptions extends DataFlags {
   readonly verify?: boolean;
   /** Storage of frozen weights and activations on the GPU: f32 (default), f16 or bf16. */
   readonly dtype?: string;
+  /** GPU bytes the step must fit: backward recomputes forward values until its plan does (remat.ts). */
+  readonly budget?: number;
   readonly progress?: ProgressMode;
   readonly logEvery?: number;
   readonly log?: (line: string) => void;
@@ -250,7 +252,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
   }
   // The comparison planned this very step (same model, LoRA settings, optimizer) unless the
   // gradient correction changes it.
-  const planned = compared && !o.gradCorrection ? compared.get(s.mode) : undefined;
+  const planned = compared && !o.gradCorrection && o.budget === undefined ? compared.get(s.mode) : undefined;
   const program = compileProgram(s.model, {
     config: s.config,
     overrides: s.overrides,
@@ -268,6 +270,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
     subgroupSize: gpu.subgroupSize,
     dtype: s.dtype,
+    budget: o.budget,
     shaderF16: gpu.shaderF16,
     planned,
   });

@@ -81,6 +81,19 @@ export function regexFlag(flag: string) {
   };
 }
 
+/** Byte sizes: a plain number, or with a unit (KiB, MiB, GiB, KB, MB, GB). */
+export function byteSize(name: string) {
+  return (v: string) => {
+    const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(v.trim());
+    if (!m) throw new InvalidArgumentError(`${name} must be a byte count, got "${v}"\n  fix: pass a value like ${name} 134217728 or ${name} 128MiB`);
+    const unit = (m[2] ?? 'B').toLowerCase();
+    const mult: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1e3, mb: 1e6, gb: 1e9 };
+    const n = Math.floor(Number(m[1]) * mult[unit]);
+    if (!(n >= 1 && Number.isSafeInteger(n))) throw new InvalidArgumentError(`${name} must be a positive byte count below 2^53, got "${v}"\n  fix: pass a value like ${name} 128MiB`);
+    return n;
+  };
+}
+
 export function positiveInt(flag: string) {
   return (v: string) => whole(flag, v, 1);
 }
@@ -207,10 +220,12 @@ export interface CompiledFlagValues {
   momentum?: number;
   evalBatch?: number;
   dtype?: string;
+  budget?: number;
 }
 
 export function addCompiledOptions(c: Command): Command {
   return c
+    .option('--budget <size>', 'the most GPU memory the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until its plan fits', byteSize('--budget'))
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations on the GPU: f32, f16 or bf16 (trainable parameters, gradients and optimizer state stay f32; default f32)').choices([...STORAGE_DTYPES]))
     .option('--batch <n>', "rows per (micro-)batch (default: the model config's)", positiveInt('--batch'))
     .addOption(new Option('--optimizer <name>', 'adamw (default) or sgd').choices(['adamw', 'sgd']))

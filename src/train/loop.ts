@@ -455,7 +455,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     const meta = (step: number) => ({ ...want, data_description: data.description, step: String(step), command: o.command ?? '', ...(scaler ? { loss_scaler: JSON.stringify(scaler.state()) } : {}) });
     try {
       runner.writeParams(new Map([...current].map(([k, v]) => [k, { data: v }])));
-      log(`GPU buffers ${fmtBytes(runner.allocatedBytes)} (plan peak ${fmtBytes(p.step.bytes)}${spec.dtype && spec.dtype !== 'f32' ? `, ${spec.dtype} storage: frozen weights and activations; trainable state f32` : ''}); ${spec.batch} rows × ${K} micro-batch${K > 1 ? 'es' : ''} per step; ${describeSchedule(schedule)}${scaler ? `; ${describeLossScale(lossScale)} (${scaler.describe()})` : ''}`);
+      log(`GPU buffers ${fmtBytes(runner.allocatedBytes)} (plan peak ${fmtBytes(p.step.bytes)}${spec.dtype && spec.dtype !== 'f32' ? `, ${spec.dtype} storage: frozen weights and activations; trainable state f32` : ''}${spec.budget ? `, budget ${fmtBytes(spec.budget.bytes)}: ${spec.budget.recomputed ? `backward recomputes ${spec.budget.recomputed} forward values, +${spec.budget.percent}% FLOPs` : 'fits without recomputing'}` : ''}); ${spec.batch} rows × ${K} micro-batch${K > 1 ? 'es' : ''} per step; ${describeSchedule(schedule)}${scaler ? `; ${describeLossScale(lossScale)} (${scaler.describe()})` : ''}`);
       if (start === o.steps) log(`already at step ${start}: nothing to do`);
       const bar = progress({ mode: o.progress ?? 'auto', first: start, total: o.steps, unit: data.unit, perStep, suffix: `GPU ${fmtBytes(runner.allocatedBytes)}`, every: o.logEvery, log });
       const replaced = existing.filter((c) => c.step > start);

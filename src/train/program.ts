@@ -21,6 +21,7 @@ import { resolveConfig, type ModelConfig } from '../model/define.ts';
 import { trace, type LoadedModel } from '../model/load.ts';
 import type { Compiled, Mode } from '../passes/compile.ts';
 import { planStep } from '../passes/plan-step.ts';
+import type { RematReport } from '../passes/remat.ts';
 import { applyLora, type LoraOptions } from '../passes/lora.ts';
 import { planMemory, type Category, type Limits, type MemoryPlan, type StorageDType } from '../passes/memory-plan.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
@@ -57,6 +58,11 @@ export interface ProgramSpec {
    * optimizer state are f32). Absent in trainers compiled before half storage: f32.
    */
   readonly dtype?: StorageDType;
+  /**
+   * The GPU-memory budget the step was compiled for (--budget), and what fitting it cost: backward
+   * recomputes `recomputed` forward values, `extraFlops` more FLOPs (`percent` of the step).
+   */
+  readonly budget?: { readonly bytes: number; readonly recomputed: number; readonly extraFlops: number; readonly percent: number };
   /** Gradient accumulators compiled in (any --grad-accum K then runs); false: K must be 1. */
   readonly accumulate: boolean;
   /**
@@ -133,6 +139,8 @@ export interface CompileProgramOptions {
   readonly seed: number;
   readonly command: string;
   readonly verify?: boolean;
+  /** Bytes the step's plan must fit; backward recomputes forward values to fit it (StepSetup.budget). */
+  readonly budget?: number;
   /** The limits to plan for, with the preset name for the record. */
   readonly limits: Limits & { readonly preset: string };
   readonly maxWorkgroupsPerDimension?: number;
@@ -142,7 +150,7 @@ export interface CompileProgramOptions {
   /** The device has shader-f16 (an f16 plan then stores array<f16>; else packed u32). */
   readonly shaderF16?: boolean;
   /** The step already planned for these options and limits (finetune's mode comparison). */
-  readonly planned?: { readonly compiled: Compiled; readonly memory: MemoryPlan };
+  readonly planned?: { readonly compiled: Compiled; readonly memory: MemoryPlan; readonly remat?: RematReport };
 }
 
 export function memorySummary(plan: MemoryPlan, limits: Limits & { preset: string }): MemorySummary {
@@ -226,7 +234,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
   const graph = trace(m, config, { ...o.overrides });
   const { preset: _preset, ...limits } = o.limits;
   const lossScale = o.lossScale ?? programLossScale(o);
-  const { compiled, memory } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, lossScaling: lossScale !== 'none', verify: o.verify, dtype: o.dtype }, limits);
+  const { compiled, memory, remat } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, lossScaling: lossScale !== 'none', verify: o.verify, dtype: o.dtype, budget: o.budget }, limits);
   const dtype = o.dtype ?? 'f32';
   if (memory.dtype !== dtype) throw new LorafaError('--dtype', `the step was planned with ${memory.dtype} storage, not ${dtype}`, 'plan it with the same --dtype');
   const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize, shaderF16: o.shaderF16 };
@@ -270,6 +278,9 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     modulesToSave: [...(m.def.modulesToSave ?? [])],
     gradCorrection: !!o.gradCorrection,
     ...(dtype !== 'f32' ? { dtype } : {}),
+    ...(o.budget !== undefined
+      ? { budget: { bytes: o.budget, recomputed: remat?.recomputeNodes ?? 0, extraFlops: remat?.extraFlops ?? 0, percent: remat ? Number(((100 * remat.extraFlops) / remat.stepFlops).toFixed(3)) : 0 } }
+      : {}),
     accumulate: !!o.accumulate,
     ...(lossScale !== 'none' ? { lossScale } : {}),
     batch,

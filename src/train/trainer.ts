@@ -39,6 +39,7 @@ function checkCompiled(spec: ProgramSpec, f: CompiledFlagValues): void {
     ['--batch', f.batch, spec.batch],
     ['--eval-batch', f.evalBatch, spec.evalBatch],
     ['--dtype', f.dtype, spec.dtype ?? 'f32'],
+    ['--budget', f.budget, spec.budget?.bytes],
     ['--optimizer', f.optimizer, o.kind],
     ['--weight-decay', f.weightDecay, o.weightDecay ?? (o.kind === 'adamw' ? 0.01 : 0)],
     ['--momentum', f.momentum, o.kind === 'sgd' ? (o.momentum ?? 0) : undefined],
