@@ -47,6 +47,11 @@ export interface CompileOptions {
    * Feeds: lossScaleFeeds(S, gradAccum).
    */
   readonly lossScaling?: boolean;
+  /**
+   * lora-fa: also compile the same model as LoRA to say what freezing A pruned (`reports.pruned`,
+   * which `compile` prints). Default true; a search that only plans (plan --fit) skips it.
+   */
+  readonly explain?: boolean;
 }
 
 export interface Stage {
@@ -133,7 +138,7 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     loraFaReport = fa.report;
     stages.push({ pass: 'lora-fa', graph: forward });
     // The same LoRA graph trained with A trainable: the baseline LoRA-FA's pruning is measured against.
-    pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes, opts.lossScaling).joint, train(forward, check, opts.linearCeChunkBytes, opts.lossScaling).joint);
+    if (opts.explain !== false) pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes, opts.lossScaling).joint, train(forward, check, opts.linearCeChunkBytes, opts.lossScaling).joint);
   }
   const t = train(forward, check, opts.linearCeChunkBytes, opts.lossScaling);
   if (t.lce.report.fused.length) stages.push({ pass: 'linear-ce', graph: t.fused });

@@ -102,13 +102,28 @@ export function fitBatches(o: FitOptions): FitResult[] {
   };
   return o.modes.map((mode) => {
     let plans = 0;
-    // Per batch: the step, its planning function and (planned when first asked) its plain plan.
-    const steps = new Map<number, { step: Graph; plan: (g: Graph) => MemoryPlan; plain?: MemoryPlan | null }>();
+    // Searches run on quick plans (PlanOptions.quick: the reference plan's schedule and packing
+    // order only, a third of the work); every answer is then confirmed with full plans, which are
+    // what `lorafa plan --batch b` makes: b fits and b + 1 does not.
+    let hint: PlanOptions['quick'];
+    // Per batch: the step, its planning functions and (planned when first asked) its plain plans.
+    interface AtBatch {
+      readonly step: Graph;
+      readonly exact: (g: Graph) => MemoryPlan;
+      readonly quick: (g: Graph) => MemoryPlan;
+      plain?: MemoryPlan | null;
+      plainExact?: MemoryPlan | null;
+    }
+    const steps = new Map<number, AtBatch>();
     const at = (b: number) => {
       let s = steps.get(b);
       if (!s) {
-        const c = compileTraining(graphAt(b), { mode, lora: mode === 'full' ? undefined : o.lora, optimizer: o.optimizer, lossScaling: o.lossScaling });
-        s = { step: c.step!, plan: (g: Graph) => (plans++, planMemory(g, { ...o.plan, gradients: c.gradients })) };
+        const c = compileTraining(graphAt(b), { mode, lora: mode === 'full' ? undefined : o.lora, optimizer: o.optimizer, lossScaling: o.lossScaling, explain: false });
+        s = {
+          step: c.step!,
+          exact: (g: Graph) => (plans++, planMemory(g, { ...o.plan, gradients: c.gradients })),
+          quick: (g: Graph) => (plans++, planMemory(g, { ...o.plan, gradients: c.gradients, quick: hint })),
+        };
         steps.set(b, s);
       }
       return s;
@@ -122,29 +137,32 @@ export function fitBatches(o: FitOptions): FitResult[] {
         throw e;
       }
     };
-    const plainPlan = (b: number) => {
+    const plainPlan = (b: number, exact = false) => {
       const s = at(b);
-      if (s.plain === undefined) {
+      const key = exact || !hint ? 'plainExact' : 'plain';
+      if (s[key] === undefined) {
         try {
-          s.plain = s.plan(s.step);
+          s[key] = (key === 'plainExact' ? s.exact : s.quick)(s.step);
         } catch (e) {
           if (!(e instanceof LorafaError)) throw e;
-          s.plain = null;
+          s[key] = null;
         }
       }
-      return s.plain ?? undefined;
+      return s[key] ?? undefined;
     };
     const plainAt = (b: number) => plainPlan(b)?.peak ?? Infinity;
-    const aggressive = new Map<number, number>();
-    const aggressiveAt = (b: number) => {
-      let m = aggressive.get(b);
+    const plainExactAt = (b: number) => plainPlan(b, true)?.peak ?? Infinity;
+    const aggressive = new Map<string, number>();
+    const aggressiveAt = (b: number, exact = false) => {
+      let m = aggressive.get(`${b}${exact}`);
       if (m === undefined) {
         const s = at(b);
-        aggressive.set(b, (m = orInfinity(() => aggressivePeak(s.step, s.plan))));
+        aggressive.set(`${b}${exact}`, (m = orInfinity(() => aggressivePeak(s.step, exact ? s.exact : s.quick))));
       }
       return m;
     };
-    const ref = plainPlan(o.reference);
+    const ref = plainPlan(o.reference, true);
+    if (ref && ref.packing >= 0) hint = { schedule: ref.scheduleName, packing: ref.packing };
     const persistent = ref ? persistentBytes(ref) : Infinity;
     const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
     if (ref && persistent > o.size) {
@@ -155,10 +173,18 @@ export function fitBatches(o: FitOptions): FitResult[] {
       const perRow = (peak - persistent) / b;
       return perRow > 0 ? Math.floor((o.size - persistent) / perRow) : b + 1;
     };
-    const plainBatch = largest(plainAt, o.size, ref ? [[o.reference, ref.peak]] : [], ref ? estimate(o.reference, ref.peak) : 1);
+    /** The search's answer confirmed with full plans: the largest b with peakAt(b) ≤ size near it. */
+    const confirm = (b0: number, peakAt: (b: number) => number) => {
+      let b = b0;
+      while (peakAt(b + 1) <= o.size) b++;
+      while (b >= 1 && !(peakAt(b) <= o.size)) b--;
+      return b;
+    };
+    const plainBatch = confirm(largest(plainAt, o.size, ref ? [[o.reference, ref.peak]] : [], ref ? estimate(o.reference, ref.peak) : 1), plainExactAt);
     // Past plainBatch the plain plan does not fit (peak grows with the batch), so what --budget
     // accepts there is the most aggressive recomputation's peak.
     const rematPeakAt = (b: number) => (b <= plainBatch ? plainAt(b) : aggressiveAt(b));
+    const rematExactAt = (b: number) => (b <= plainBatch ? plainExactAt(b) : Math.min(plainExactAt(b), aggressiveAt(b, true)));
     const start = plainBatch + 1;
     const startPeak = rematPeakAt(start);
     // Past some batch one tensor passes the binding limit whatever the budget: the largest tensor
@@ -166,15 +192,16 @@ export function fitBatches(o: FitOptions): FitResult[] {
     const limit = o.plan.limits?.maxBindingSize ?? Infinity;
     const [t0, t1] = [largestTensor(at(o.reference).step, o.plan.dtype), largestTensor(at(start).step, o.plan.dtype)];
     const cap = start !== o.reference && t1 > t0 ? Math.floor(o.reference + ((limit - t0) * (start - o.reference)) / (t1 - t0)) : Infinity;
-    const rematBatch = largest(rematPeakAt, o.size, [[start, startPeak]], Number.isFinite(startPeak) ? estimate(start, startPeak) : plainBatch, cap);
+    const rematBatch = confirm(largest(rematPeakAt, o.size, [[start, startPeak]], Number.isFinite(startPeak) ? estimate(start, startPeak) : plainBatch, cap), rematExactAt);
     let report: RematReport | undefined;
     if (rematBatch > plainBatch) {
       const s = at(rematBatch);
-      report = rematerialize(s.step, { budget: o.size, plan: s.plan, plain: plainPlan(rematBatch) }).report;
+      // The cheapest recomputation that fits, searched on quick plans like the batches were.
+      report = rematerialize(s.step, { budget: o.size, plan: s.quick, plain: plainPlan(rematBatch) }).report;
     }
     return result(
-      { batch: plainBatch, peak: plainBatch ? plainAt(plainBatch) : undefined, nextPeak: plainAt(plainBatch + 1) },
-      { batch: rematBatch, peak: rematBatch ? rematPeakAt(rematBatch) : undefined, nextPeak: rematPeakAt(rematBatch + 1), report },
+      { batch: plainBatch, peak: plainBatch ? plainExactAt(plainBatch) : undefined, nextPeak: plainExactAt(plainBatch + 1) },
+      { batch: rematBatch, peak: rematBatch ? rematExactAt(rematBatch) : undefined, nextPeak: rematExactAt(rematBatch + 1), report },
     );
   });
 }

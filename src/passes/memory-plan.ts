@@ -82,6 +82,13 @@ export interface PlanOptions {
    * tried: so this plan is never worse than the dominating one.
    */
   readonly dominating?: { readonly graph: Graph; readonly plan: MemoryPlan };
+  /**
+   * Only this schedule candidate and this packing order (an earlier plan's `scheduleName` and
+   * `packing`): a third of the work, and a peak the full planner can only match or improve on
+   * where it picks the same candidate. For searches (plan --fit) that confirm their answer with
+   * full plans.
+   */
+  readonly quick?: { readonly schedule: string; readonly packing: number };
 }
 
 export interface PlannedTensor {
@@ -111,6 +118,8 @@ export interface MemoryPlan {
   readonly dtype: StorageDType;
   readonly schedule: readonly Node[];
   readonly scheduleName: string;
+  /** Which packing order of the arena won (PlanOptions.quick); -1 when a dominating plan's layout was kept. */
+  readonly packing: number;
   /** Step at which backward starts (the step after the loss). */
   readonly backwardStart: number;
   readonly tensors: readonly PlannedTensor[];
@@ -317,7 +326,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     return { life, lb };
   };
   let best: { name: string; order: readonly Node[]; life: Map<number, [number, number]>; lb: number } | undefined;
-  for (const cand of scheduleCandidates(g, transientSize)) {
+  for (const cand of scheduleCandidates(g, transientSize, opts.quick?.schedule)) {
     const { life, lb } = lifetimes(cand.order);
     if (!best || lb < best.lb) best = { name: cand.name, order: cand.order, life, lb };
   }
@@ -406,12 +415,14 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     packed = fromHint(transientItems, hint);
     if (!packed) return undefined;
   }
-  for (const cmp of hint ? [] : orders) {
+  let packing = -1;
+  orders.forEach((cmp, k) => {
+    if (hint || (opts.quick && opts.quick.packing >= 0 && opts.quick.packing !== k)) return;
     const idx = transientItems.map((_, i) => i).sort((a, b) => cmp(transientItems[a], transientItems[b]));
     const p = packIntervals(intervals, idx, limits.maxBufferSize);
     const total = p.sizes.reduce((s, x) => s + x, 0);
-    if (!packed || total < packed.sizes.reduce((s, x) => s + x, 0)) packed = p;
-  }
+    if (!packed || total < packed.sizes.reduce((s, x) => s + x, 0)) [packed, packing] = [p, k];
+  });
   const arenaBase = buffers.length;
   packed!.sizes.forEach((bytes, i) => buffers.push({ index: arenaBase + i, region: 'arena', bytes }));
   transientItems.forEach((it, i) => tensors.push({ ...it.t, buffer: arenaBase + packed!.buffer[i], offset: packed!.offset[i] }));
@@ -449,6 +460,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     dtype,
     schedule: order,
     scheduleName,
+    packing,
     backwardStart,
     tensors,
     aliases,

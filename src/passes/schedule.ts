@@ -213,12 +213,13 @@ function eagerUpdateKeys(g: Graph): number[] {
   return key;
 }
 
-export function scheduleCandidates(g: Graph, sizeOf: SizeOf): ScheduleCandidate[] {
-  const program = g.nodes.map((_, i) => i);
-  const eager = eagerUpdateKeys(g);
-  return [
-    { name: 'program', order: listSchedule(g, sizeOf, program, false) },
-    { name: 'eager-update', order: listSchedule(g, sizeOf, eager, false) },
-    { name: 'greedy', order: listSchedule(g, sizeOf, eager, true) },
+/** The candidate orders, or with `only` just the one of that name. */
+export function scheduleCandidates(g: Graph, sizeOf: SizeOf, only?: string): ScheduleCandidate[] {
+  const program = () => g.nodes.map((_, i) => i);
+  const all: { name: string; order: () => readonly Node[] }[] = [
+    { name: 'program', order: () => listSchedule(g, sizeOf, program(), false) },
+    { name: 'eager-update', order: () => listSchedule(g, sizeOf, eagerUpdateKeys(g), false) },
+    { name: 'greedy', order: () => listSchedule(g, sizeOf, eagerUpdateKeys(g), true) },
   ];
+  return all.filter((c) => only === undefined || c.name === only).map((c) => ({ name: c.name, order: c.order() }));
 }
