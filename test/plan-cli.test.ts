@@ -64,6 +64,8 @@ async function expectedPlan(
     mode,
     lora: { rank, alpha: 2 * rank, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave },
     optimizer: o.optimizer ?? { kind: 'adamw' },
+    // The step an f16 run trains: with dynamic loss scaling, as `plan --dtype f16` plans it.
+    lossScaling: o.dtype === 'f16',
   });
   return planMemory(c.step!, { limits: o.limits ?? LIMIT_PRESETS.discrete, dtype: o.dtype ?? 'f32', gradients: c.gradients });
 }

@@ -27,6 +27,7 @@ import {
   planMemory,
   type Category,
   type Limits,
+  persistentBytesOf,
   type MemoryPlan,
   type PlannedTensor,
   type StorageDType,
@@ -769,5 +770,20 @@ describe('a tensor over a device limit is an error that names it, its shape and 
     const plan = planMemory(c.step!, { limits: LIMIT_PRESETS.webgpu, gradients: c.gradients });
     checkPlan(c.step!, plan, { limits: LIMIT_PRESETS.webgpu, dtype: 'f32', gradients: c.gradients });
     expect(plan.buffers.filter((b) => b.region === 'arena')).toHaveLength(1);
+  });
+});
+
+describe('persistentBytesOf: the persistent buffers without planning', () => {
+  test.each(['f32', 'f16', 'bf16'] as const)('%s: equals the plan\'s persistent buffers in every mode (with accumulators and loss scaling too)', async (dtype) => {
+    const m = await loadModel(resolve(ROOT, 'models', 'llama.ts'));
+    const graph = trace(m, 'toy');
+    for (const mode of MODES) {
+      for (const extra of [{}, { gradAccum: true, lossScaling: true }]) {
+        const c = compileTraining(graph, { mode, lora: { rank: 2, alpha: 4, targets: m.def.defaultTargets ?? [] }, optimizer: { kind: 'adamw' }, ...extra });
+        const plan = planMemory(c.step!, { limits: LIMIT_PRESETS.discrete, dtype, gradients: c.gradients });
+        const persistent = plan.buffers.filter((b) => b.region === 'persistent').reduce((s, b) => s + b.bytes, 0);
+        expect(persistentBytesOf(c.step!, { limits: LIMIT_PRESETS.discrete, dtype }), `${mode} ${JSON.stringify(extra)}`).toBe(persistent);
+      }
+    }
   });
 });

@@ -673,15 +673,22 @@ export class Builder {
   private loc(): SourceLoc | undefined {
     if (this.fixedSrc) return this.fixedSrc;
     if (!this.file) return undefined;
+    // Formatting a stack (source-mapped under tsx) costs per frame, and tracing LLaMA-7B asks
+    // for thousands: the model file's frame is nearly always among the first 16; look deeper only
+    // when it is not.
+    return this.locWithin(16) ?? this.locWithin(64);
+  }
+
+  private locWithin(frames: number): SourceLoc | undefined {
     const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 64;
+    Error.stackTraceLimit = frames;
     const stack = new Error().stack ?? '';
     Error.stackTraceLimit = limit;
     for (const line of stack.split('\n')) {
-      const at = line.lastIndexOf(this.file);
+      const at = line.lastIndexOf(this.file!);
       if (at < 0) continue;
-      const m = /:(\d+):(\d+)\)?\s*$/.exec(line.slice(at + this.file.length));
-      if (m) return { file: this.displayFile ?? this.file, line: Number(m[1]), column: Number(m[2]) };
+      const m = /:(\d+):(\d+)\)?\s*$/.exec(line.slice(at + this.file!.length));
+      if (m) return { file: this.displayFile ?? this.file!, line: Number(m[1]), column: Number(m[2]) };
     }
     return undefined;
   }

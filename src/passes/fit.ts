@@ -16,7 +16,7 @@ import { LorafaError } from '../ir/errors.ts';
 import type { Graph } from '../ir/types.ts';
 import { compileTraining, type Mode } from './compile.ts';
 import type { LoraOptions } from './lora.ts';
-import { planMemory, type MemoryPlan, type PlanOptions } from './memory-plan.ts';
+import { persistentBytesOf, planMemory, type MemoryPlan, type PlanOptions } from './memory-plan.ts';
 import type { OptimizerOptions } from './optimizer.ts';
 import { aggressivePeak, rematerialize, type RematReport } from './remat.ts';
 
@@ -161,10 +161,14 @@ export function fitBatches(o: FitOptions): FitResult[] {
       }
       return m;
     };
+    const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
+    // Weights and optimizer state alone over the size (full fine-tuning of a 7B model at 80 GB):
+    // known without planning.
+    const early = persistentBytesOf(at(o.reference).step, o.plan);
+    if (early > o.size) return { mode, plain: { batch: 0, nextPeak: early }, remat: { batch: 0, nextPeak: early }, persistent: early, plans };
     const ref = plainPlan(o.reference, true);
     if (ref && ref.packing >= 0) hint = { schedule: ref.scheduleName, packing: ref.packing };
     const persistent = ref ? persistentBytes(ref) : Infinity;
-    const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
     if (ref && persistent > o.size) {
       // Weights and optimizer state alone are over the size: no batch fits, with or without remat.
       return result({ batch: 0, nextPeak: persistent }, { batch: 0, nextPeak: persistent });

@@ -293,6 +293,43 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   }
   for (const i of g.inputs) persistentCategory.set(i.value.id, 'inputs');
 
+  /** `half`: the bytes the tensor would take under --dtype f16/bf16 (to suggest it only where it helps). */
+  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, half: number, persistentish = false) => {
+    const halfHelps = half < s.bytes;
+    const what = `tensor ${fmtType({ dtype: s.dtype, shape: v.type.shape })} needs ${fmtBytes(s.bytes)}`;
+    if (s.bytes > limits.maxBindingSize) {
+      throw new LorafaError(
+        name,
+        `${what}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
+        `plan for an adapter with larger limits (--limits discrete, or --max-binding-size as \`lorafa doctor\` reports)${
+          persistentish ? '' : ', lower --batch or --seq'
+        }${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
+      );
+    }
+    // A buffer holds at least one whole tensor (its slot padded to the alignment).
+    if (alignUp(s.bytes, align) > limits.maxBufferSize) {
+      throw new LorafaError(
+        name,
+        `${what} (${fmtBytes(alignUp(s.bytes, align))} aligned), over the buffer limit maxBufferSize = ${fmtBytes(limits.maxBufferSize)}`,
+        `raise --max-buffer-size (at least --max-binding-size, as \`lorafa doctor\` reports), lower --batch or --seq${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
+      );
+    }
+  };
+  // Every tensor within the binding and buffer limits, checked before any scheduling (a plan
+  // that cannot exist fails fast: plan --fit asks for such plans), in the order the plan lists
+  // tensors: parameters, inputs, then computed values.
+  {
+    const inputNames = new Set([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
+    for (const [v, category, role] of [...g.params.map((p) => [p.value, persistentCategory.get(p.value.id)!, p.role] as const), ...g.inputs.map((i) => [i.value, 'inputs' as Category, undefined] as const)]) {
+      check(v.name, v, storageBytes(v, category, dtype, inputNames.has(v.name), role === 'lora_A'), storageBytes(v, category, 'f16', inputNames.has(v.name), role === 'lora_A').bytes, category !== 'inputs');
+    }
+    for (const n of g.nodes) {
+      if (aliases.has(n.out.id) || persistentCategory.has(n.out.id)) continue;
+      const category: Category = gradients.has(n.out.id) ? 'gradients' : 'workspace';
+      check(n.out.name, n.out, storageBytes(n.out, category, dtype, isUpdate(n.phase), keptF32(n)), storageBytes(n.out, category, 'f16', isUpdate(n.phase), keptF32(n)).bytes);
+    }
+  }
+
   // 2. schedule and lifetimes
   // The bytes the plan will give a transient (gradients and the update stay f32 under f16), so
   // the schedules are compared on what they will really hold.
@@ -344,28 +381,6 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const phaseOf = new Map(order.map((n) => [n.out.id, n.phase]));
 
   // 3. categories and sizes
-  /** `half`: the bytes the tensor would take under --dtype f16/bf16 (to suggest it only where it helps). */
-  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, half: number, persistentish = false) => {
-    const halfHelps = half < s.bytes;
-    const what = `tensor ${fmtType({ dtype: s.dtype, shape: v.type.shape })} needs ${fmtBytes(s.bytes)}`;
-    if (s.bytes > limits.maxBindingSize) {
-      throw new LorafaError(
-        name,
-        `${what}, over the binding limit maxStorageBufferBindingSize = ${fmtBytes(limits.maxBindingSize)}`,
-        `plan for an adapter with larger limits (--limits discrete, or --max-binding-size as \`lorafa doctor\` reports)${
-          persistentish ? '' : ', lower --batch or --seq'
-        }${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
-      );
-    }
-    // A buffer holds at least one whole tensor (its slot padded to the alignment).
-    if (alignUp(s.bytes, align) > limits.maxBufferSize) {
-      throw new LorafaError(
-        name,
-        `${what} (${fmtBytes(alignUp(s.bytes, align))} aligned), over the buffer limit maxBufferSize = ${fmtBytes(limits.maxBufferSize)}`,
-        `raise --max-buffer-size (at least --max-binding-size, as \`lorafa doctor\` reports), lower --batch or --seq${halfHelps ? ', or use --dtype f16/bf16' : ''}`,
-      );
-    }
-  };
   // The loss scale too: 2¹⁶ is past f16's largest value, and 1/S is an f16 subnormal.
   const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
   const persistentItems: Item[] = [];
@@ -572,6 +587,24 @@ function fromHint(items: readonly Item[], hint: ReadonlyMap<number, Placement>):
     }
   }
   return { buffer, offset, sizes };
+}
+
+/**
+ * The bytes of a plan's persistent buffers (weights, trainable parameters, optimizer state,
+ * inputs, accumulators: every tensor aligned), without planning: planMemory(g, opts) has exactly
+ * these. For searches that rule a step out when its persistent state alone is too big.
+ */
+export function persistentBytesOf(g: Graph, opts: Pick<PlanOptions, 'limits' | 'dtype'> = {}): number {
+  const align = (opts.limits ?? LIMIT_PRESETS.webgpu).alignment;
+  const dtype = opts.dtype ?? 'f32';
+  const inputNames = new Set([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
+  let total = 0;
+  for (const p of g.params) {
+    const category: Category = p.role === 'optimizer_state' ? 'optimizer' : p.role === 'grad_accumulator' ? 'gradients' : p.trainable ? 'trainable' : 'frozen';
+    total += alignUp(storageBytes(p.value, category, dtype, inputNames.has(p.value.name), p.role === 'lora_A').bytes, align);
+  }
+  for (const i of g.inputs) total += alignUp(storageBytes(i.value, 'inputs', dtype, inputNames.has(i.value.name)).bytes, align);
+  return total;
 }
 
 export function zeroCategories(): Record<Category, number> {
