@@ -673,25 +673,37 @@ export class Builder {
   private loc(): SourceLoc | undefined {
     if (this.fixedSrc) return this.fixedSrc;
     if (!this.file) return undefined;
-    // Formatting a stack (source-mapped under tsx) costs per frame, and tracing LLaMA-7B asks
-    // for thousands: the model file's frame is nearly always among the first 16; look deeper only
-    // when it is not.
-    return this.locWithin(16) ?? this.locWithin(64);
-  }
-
-  private locWithin(frames: number): SourceLoc | undefined {
+    // Capturing a stack is cheap; formatting it (source-mapped under tsx) is what made tracing
+    // LLaMA-7B slow, thousands of times over. So the frames are captured now and read only when
+    // the location is (an error, --locations).
     const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = frames;
-    const stack = new Error().stack ?? '';
+    Error.stackTraceLimit = 64;
+    const captured = new Error();
     Error.stackTraceLimit = limit;
-    for (const line of stack.split('\n')) {
-      const at = line.lastIndexOf(this.file!);
-      if (at < 0) continue;
-      const m = /:(\d+):(\d+)\)?\s*$/.exec(line.slice(at + this.file!.length));
-      if (m) return { file: this.displayFile ?? this.file!, line: Number(m[1]), column: Number(m[2]) };
-    }
-    return undefined;
+    return lazyLoc(captured, this.file, this.displayFile ?? this.file);
   }
+}
+
+/**
+ * A SourceLoc whose line and column come from `captured`'s first frame in `file`, found when
+ * first read (line 0 when no frame is in the file: fmtLoc then gives the file alone).
+ */
+function lazyLoc(captured: Error, file: string, display: string): SourceLoc {
+  let found: { line: number; column?: number } | undefined;
+  const frame = () => {
+    if (found) return found;
+    for (const line of (captured.stack ?? '').split('\n')) {
+      const at = line.lastIndexOf(file);
+      if (at < 0) continue;
+      const m = /:(\d+):(\d+)\)?\s*$/.exec(line.slice(at + file.length));
+      if (m) return (found = { line: Number(m[1]), column: Number(m[2]) });
+    }
+    return (found = { line: 0 });
+  };
+  return Object.defineProperties({ file: display } as SourceLoc, {
+    line: { get: () => frame().line, enumerable: true },
+    column: { get: () => frame().column, enumerable: true },
+  });
 }
 
 function checkShape(shape: readonly number[], what: string, src: SourceLoc | undefined): void {

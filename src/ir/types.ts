@@ -161,6 +161,7 @@ export function fmtType(t: TensorType): string {
 
 export function fmtLoc(src: SourceLoc | undefined): string {
   if (!src) return '';
+  if (!src.line) return src.file;
   return src.column !== undefined ? `${src.file}:${src.line}:${src.column}` : `${src.file}:${src.line}`;
 }
 
