@@ -33,6 +33,7 @@ import { numel, type Graph } from '../src/ir/types.ts';
 import { resolveConfig } from '../src/model/define.ts';
 import { compileTraining, type Mode } from '../src/passes/compile.ts';
 import { planMemory, type StorageDType } from '../src/passes/memory-plan.ts';
+import { flopsOf } from '../src/passes/remat.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { PipelineCache, quietly, type Gpu } from '../src/runtime/gpu.ts';
@@ -105,9 +106,7 @@ function work(g: Graph): { matmulFlops: number; elementwise: number } {
   let elementwise = 0;
   for (const n of g.nodes) {
     if (n.op === 'matmul') {
-      const a = n.inputs[0].type.shape;
-      const k = (n.attrs as { transA: boolean }).transA ? a[a.length - 2] : a[a.length - 1];
-      matmulFlops += 2 * numel(n.out.type.shape) * k;
+      matmulFlops += flopsOf(n);
     } else if (['add', 'sub', 'mul', 'div', 'neg', 'exp', 'log', 'sqrt', 'rsqrt', 'tanh', 'sigmoid', 'relu', 'gelu', 'silu', 'powc', 'where', 'eq', 'step'].includes(n.op)) {
       elementwise += numel(n.out.type.shape);
     }

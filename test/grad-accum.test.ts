@@ -34,7 +34,7 @@ import { isInlineConstant, isView } from '../src/passes/schedule.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../src/runtime/gpu.ts';
 import { referenceStep, runReference } from '../src/runtime/reference.ts';
-import { deviceValues, feedsFor, intBoundsFor, paramsWithRandomB, property, toyModel, relErr } from './helpers.ts';
+import { deviceValues, feedsFor, intBoundsFor, OPT_CASES, paramsWithRandomB, property, relErr, toyModel, type OptCase } from './helpers.ts';
 import { FC_RUNS } from './setup.ts';
 
 const K = 4;
@@ -43,15 +43,6 @@ const STEPS = 3;
 const MICRO = { mlp: 8, llama: 2 } as const;
 type Toy = keyof typeof MICRO;
 
-interface OptCase {
-  readonly label: string;
-  readonly opts: OptimizerOptions;
-  readonly lr: number;
-}
-const OPT_CASES: readonly OptCase[] = [
-  { label: 'sgd momentum=0.9 weight_decay=0.01', opts: { kind: 'sgd', momentum: 0.9, weightDecay: 0.01 }, lr: 0.05 },
-  { label: 'adamw', opts: { kind: 'adamw' }, lr: 0.01 },
-];
 /** A learning-rate schedule, so the fed lr matters. */
 const lrAt = (base: number, t: number) => base * (1 - 0.2 * (t - 1));
 

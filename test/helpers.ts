@@ -1,4 +1,5 @@
 // Shared test machinery: seeded data, finite differences, model loading.
+import type { OptimizerOptions } from '../src/passes/optimizer.ts';
 import type { AttentionImpl } from '../src/ir/builder.ts';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -317,3 +318,14 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return Number.isNaN(d) || a.length !== b.length ? Infinity : m ? d / m : d;
 }
+
+/** The optimizers multi-step tests run: SGD with momentum and weight decay, and AdamW. */
+export interface OptCase {
+  readonly label: string;
+  readonly opts: OptimizerOptions;
+  readonly lr: number;
+}
+export const OPT_CASES: readonly OptCase[] = [
+  { label: 'sgd momentum=0.9 weight_decay=0.01', opts: { kind: 'sgd', momentum: 0.9, weightDecay: 0.01 }, lr: 0.05 },
+  { label: 'adamw', opts: { kind: 'adamw' }, lr: 0.01 },
+];

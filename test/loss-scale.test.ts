@@ -37,22 +37,13 @@ import { listCheckpoints } from '../src/train/checkpoint.ts';
 import { finetune, type FinetuneOptions } from '../src/train/finetune.ts';
 import { runTrainer } from '../src/train/trainer.ts';
 import type { PlanFile } from '../src/train/trainer-files.ts';
-import { feedsFor, intBoundsFor, paramsWithRandomB, ROOT, toyModel, relErr } from './helpers.ts';
+import { feedsFor, intBoundsFor, OPT_CASES, paramsWithRandomB, relErr, ROOT, toyModel, type OptCase } from './helpers.ts';
 
 const K = 4;
 const STEPS = 4;
 const S = 2 ** 10;
 const F64_TOL = 1e-12;
 
-interface OptCase {
-  readonly label: string;
-  readonly opts: OptimizerOptions;
-  readonly lr: number;
-}
-const OPT_CASES: readonly OptCase[] = [
-  { label: 'sgd momentum=0.9 weight_decay=0.01', opts: { kind: 'sgd', momentum: 0.9, weightDecay: 0.01 }, lr: 0.05 },
-  { label: 'adamw', opts: { kind: 'adamw' }, lr: 0.01 },
-];
 
 let mlp: LoadedModel;
 beforeAll(async () => {

@@ -42,7 +42,7 @@ export function header(bound: readonly Value[], out: Value, ctx: EmitContext): s
 
 /** The statement `out[e] = v;` in the output's storage. */
 export function storeOut(node: Node, ctx: EmitContext): (e: string, v: string) => string {
-  return access(0, 'out', (ctx.elem ?? defaultElem)(node.out), { written: true }).st;
+  return bindings([], node.out, ctx).out.st;
 }
 
 /** `groups` workgroups (at least one) in a row, folded into 2-D past the per-dimension limit. */

@@ -82,3 +82,19 @@ export function fromHalf(dtype: 'f16' | 'bf16', bits: Uint16Array, n = bits.leng
   for (let i = 0; i < n; i++) out[i] = value(bits[i]);
   return out;
 }
+
+/** The bytes a GPU buffer of `dtype` holds for `data` (i32, f32, or half padded to whole words). */
+export function toDevice(dtype: DType, data: ArrayLike<number>): Int32Array | Float32Array | Uint16Array {
+  return isHalf(dtype) ? toHalf(dtype, data) : dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+}
+
+/** Bytes to read back for n values stored as `dtype` (whole words, at least one). */
+export function deviceBytes(dtype: DType, n: number): number {
+  return Math.max(4, Math.ceil((n * (isHalf(dtype) ? 2 : 4)) / 4) * 4);
+}
+
+/** n values of `dtype` from a GPU buffer's bytes (half widened to f32). */
+export function fromDevice(dtype: DType, raw: ArrayBuffer, n: number): Int32Array | Float32Array {
+  if (isHalf(dtype)) return fromHalf(dtype, new Uint16Array(raw), n);
+  return dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
+}

@@ -91,7 +91,6 @@ function largestTensor(g: Graph, dtype: string | undefined): number {
   return most;
 }
 
-const persistentBytes = (p: MemoryPlan) => p.buffers.filter((x) => x.region === 'persistent').reduce((t, x) => t + x.bytes, 0);
 
 export function fitBatches(o: FitOptions): FitResult[] {
   const graphs = new Map<number, Graph>();
@@ -161,18 +160,15 @@ export function fitBatches(o: FitOptions): FitResult[] {
       }
       return m;
     };
-    const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
-    // Weights and optimizer state alone over the size (full fine-tuning of a 7B model at 80 GB):
-    // known without planning.
+    // The persistent buffers (weights, trainable parameters, optimizer state) do not depend on the
+    // batch, and are known without planning: over the size (full fine-tuning of a 7B model at
+    // 80 GB), no batch fits, with or without remat, and nothing is planned.
     const early = persistentBytesOf(at(o.reference).step, o.plan);
     if (early > o.size) return { mode, plain: { batch: 0, nextPeak: early }, remat: { batch: 0, nextPeak: early }, persistent: early, plans };
     const ref = plainPlan(o.reference, true);
     if (ref && ref.packing >= 0) hint = { schedule: ref.scheduleName, packing: ref.packing };
-    const persistent = ref ? persistentBytes(ref) : Infinity;
-    if (ref && persistent > o.size) {
-      // Weights and optimizer state alone are over the size: no batch fits, with or without remat.
-      return result({ batch: 0, nextPeak: persistent }, { batch: 0, nextPeak: persistent });
-    }
+    const persistent = ref ? early : Infinity;
+    const result = (plain: FitResult['plain'], remat: FitResult['remat']): FitResult => ({ mode, plain, remat, persistent, plans });
     const estimate = (b: number, peak: number) => {
       const perRow = (peak - persistent) / b;
       return perRow > 0 ? Math.floor((o.size - persistent) / perRow) : b + 1;

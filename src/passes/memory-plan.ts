@@ -166,6 +166,19 @@ function storageBytes(v: Value, category: Category, dtype: StorageDType, update 
 const F32_OUTPUT_OPS: ReadonlySet<string> = new Set(['cross_entropy', 'linear_cross_entropy']);
 const keptF32 = (n: Node | undefined) => n !== undefined && F32_OUTPUT_OPS.has(n.op);
 
+/**
+ * The scalars the trainer feeds the optimizer and the loss scaler: stored f32 whatever the dtype
+ * (2¹⁶, the loss scale, is past f16's largest value, and 1/S is an f16 subnormal).
+ */
+const MASTER_INPUTS: ReadonlySet<string> = new Set([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
+
+/** The category of a parameter (persistent: weights, trainable parameters, optimizer state, accumulators). */
+const paramCategory = (p: Graph['params'][number]): Category =>
+  p.role === 'optimizer_state' ? 'optimizer' : p.role === 'grad_accumulator' ? 'gradients' : p.trainable ? 'trainable' : 'frozen';
+
+/** Storage of a persistent tensor (a parameter with its role, or a data input). */
+const persistentStorage = (v: Value, category: Category, dtype: StorageDType, role?: string) => storageBytes(v, category, dtype, MASTER_INPUTS.has(v.name), role === 'lora_A');
+
 /** The optimizer's arithmetic and gradient accumulation stay f32 (see storageBytes). */
 const isUpdate = (phase: string | undefined) => phase === 'update' || phase === 'accumulate';
 
@@ -289,13 +302,17 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   for (const [sum, acc] of accumulatedInPlace(g)) aliases.set(sum, acc);
   const persistentCategory = new Map<number, Category>();
   for (const p of g.params) {
-    persistentCategory.set(p.value.id, p.role === 'optimizer_state' ? 'optimizer' : p.role === 'grad_accumulator' ? 'gradients' : p.trainable ? 'trainable' : 'frozen');
+    persistentCategory.set(p.value.id, paramCategory(p));
   }
   for (const i of g.inputs) persistentCategory.set(i.value.id, 'inputs');
 
-  /** `half`: the bytes the tensor would take under --dtype f16/bf16 (to suggest it only where it helps). */
-  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, half: number, persistentish = false) => {
-    const halfHelps = half < s.bytes;
+  /**
+   * Throws when a tensor is over the binding or buffer limit. `half`: its bytes under --dtype
+   * f16/bf16, asked only then, to suggest the flag only where it would help.
+   */
+  const check = (name: string, v: Value, s: { dtype: DType; bytes: number }, half: () => number, persistentish = false) => {
+    if (s.bytes <= limits.maxBindingSize && alignUp(s.bytes, align) <= limits.maxBufferSize) return;
+    const halfHelps = half() < s.bytes;
     const what = `tensor ${fmtType({ dtype: s.dtype, shape: v.type.shape })} needs ${fmtBytes(s.bytes)}`;
     if (s.bytes > limits.maxBindingSize) {
       throw new LorafaError(
@@ -318,16 +335,14 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   // Every tensor within the binding and buffer limits, checked before any scheduling (a plan
   // that cannot exist fails fast: plan --fit asks for such plans), in the order the plan lists
   // tensors: parameters, inputs, then computed values.
-  {
-    const inputNames = new Set([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
-    for (const [v, category, role] of [...g.params.map((p) => [p.value, persistentCategory.get(p.value.id)!, p.role] as const), ...g.inputs.map((i) => [i.value, 'inputs' as Category, undefined] as const)]) {
-      check(v.name, v, storageBytes(v, category, dtype, inputNames.has(v.name), role === 'lora_A'), storageBytes(v, category, 'f16', inputNames.has(v.name), role === 'lora_A').bytes, category !== 'inputs');
-    }
-    for (const n of g.nodes) {
-      if (aliases.has(n.out.id) || persistentCategory.has(n.out.id)) continue;
-      const category: Category = gradients.has(n.out.id) ? 'gradients' : 'workspace';
-      check(n.out.name, n.out, storageBytes(n.out, category, dtype, isUpdate(n.phase), keptF32(n)), storageBytes(n.out, category, 'f16', isUpdate(n.phase), keptF32(n)).bytes);
-    }
+  // (A saved value is sized as workspace: the category does not change its bytes.)
+  for (const [v, category, role] of [...g.params.map((p) => [p.value, paramCategory(p), p.role] as const), ...g.inputs.map((i) => [i.value, 'inputs' as Category, undefined] as const)]) {
+    check(v.name, v, persistentStorage(v, category, dtype, role), () => persistentStorage(v, category, 'f16', role).bytes, category !== 'inputs');
+  }
+  for (const n of g.nodes) {
+    if (aliases.has(n.out.id) || persistentCategory.has(n.out.id)) continue;
+    const category: Category = gradients.has(n.out.id) ? 'gradients' : 'workspace';
+    check(n.out.name, n.out, storageBytes(n.out, category, dtype, isUpdate(n.phase), keptF32(n)), () => storageBytes(n.out, category, 'f16', isUpdate(n.phase), keptF32(n)).bytes);
   }
 
   // 2. schedule and lifetimes
@@ -381,12 +396,10 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   const phaseOf = new Map(order.map((n) => [n.out.id, n.phase]));
 
   // 3. categories and sizes
-  // The loss scale too: 2¹⁶ is past f16's largest value, and 1/S is an f16 subnormal.
-  const optimizerInputs = new Set<string>([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
+  // (Every tensor's limits were checked before scheduling.)
   const persistentItems: Item[] = [];
   const addPersistent = (v: Value, category: Category, role?: string) => {
-    const s = storageBytes(v, category, dtype, optimizerInputs.has(v.name), role === 'lora_A');
-    check(v.name, v, s, storageBytes(v, category, 'f16', optimizerInputs.has(v.name), role === 'lora_A').bytes, category !== 'inputs');
+    const s = persistentStorage(v, category, dtype, role);
     persistentItems.push({ t: { id: v.id, name: v.name, shape: v.type.shape, dtype: s.dtype, bytes: s.bytes, category, start: 0, end: steps }, size: alignUp(s.bytes, align) });
   };
   for (const p of g.params) addPersistent(p.value, persistentCategory.get(p.value.id)!, p.role);
@@ -400,7 +413,6 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
     const saved = phaseOf.get(id) === 'forward' && s < backwardStart && e >= backwardStart && id !== lossId;
     const category: Category = gradients.has(id) ? 'gradients' : saved ? 'saved' : 'workspace';
     const st = storageBytes(v, category, dtype, isUpdate(phaseOf.get(id)), keptF32(nodeById.get(id)));
-    check(v.name, v, st, storageBytes(v, category, 'f16', isUpdate(phaseOf.get(id)), keptF32(nodeById.get(id))).bytes);
     transientItems.push({ t: { id, name: v.name, shape: v.type.shape, dtype: st.dtype, bytes: st.bytes, category, start: s, end: e }, size: alignUp(st.bytes, align) });
   }
 
@@ -597,13 +609,9 @@ function fromHint(items: readonly Item[], hint: ReadonlyMap<number, Placement>):
 export function persistentBytesOf(g: Graph, opts: Pick<PlanOptions, 'limits' | 'dtype'> = {}): number {
   const align = (opts.limits ?? LIMIT_PRESETS.webgpu).alignment;
   const dtype = opts.dtype ?? 'f32';
-  const inputNames = new Set([LR_INPUT, BC1_INPUT, BC2_INPUT, ACCUM_FIRST_INPUT, GRAD_SCALE_INPUT, LOSS_SCALE_INPUT, INV_LOSS_SCALE_INPUT]);
   let total = 0;
-  for (const p of g.params) {
-    const category: Category = p.role === 'optimizer_state' ? 'optimizer' : p.role === 'grad_accumulator' ? 'gradients' : p.trainable ? 'trainable' : 'frozen';
-    total += alignUp(storageBytes(p.value, category, dtype, inputNames.has(p.value.name), p.role === 'lora_A').bytes, align);
-  }
-  for (const i of g.inputs) total += alignUp(storageBytes(i.value, 'inputs', dtype, inputNames.has(i.value.name)).bytes, align);
+  for (const p of g.params) total += alignUp(persistentStorage(p.value, paramCategory(p), dtype, p.role).bytes, align);
+  for (const i of g.inputs) total += alignUp(persistentStorage(i.value, 'inputs', dtype).bytes, align);
   return total;
 }
 

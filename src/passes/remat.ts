@@ -99,6 +99,11 @@ export interface RematReport {
   readonly minPeak: number;
 }
 
+/** The recomputation's extra FLOPs as a percentage of the step's (0 when nothing was recomputed), to 3 decimals. */
+export function overheadPercent(r: RematReport | undefined): number {
+  return r ? Number(((100 * r.extraFlops) / r.stepFlops).toFixed(3)) : 0;
+}
+
 interface Structure {
   readonly producer: ReadonlyMap<number, Node>;
   readonly rootOf: (id: number) => number;

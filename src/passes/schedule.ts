@@ -215,11 +215,12 @@ function eagerUpdateKeys(g: Graph): number[] {
 
 /** The candidate orders, or with `only` just the one of that name. */
 export function scheduleCandidates(g: Graph, sizeOf: SizeOf, only?: string): ScheduleCandidate[] {
-  const program = () => g.nodes.map((_, i) => i);
+  let eager: number[] | undefined;
+  const eagerKeys = () => (eager ??= eagerUpdateKeys(g));
   const all: { name: string; order: () => readonly Node[] }[] = [
-    { name: 'program', order: () => listSchedule(g, sizeOf, program(), false) },
-    { name: 'eager-update', order: () => listSchedule(g, sizeOf, eagerUpdateKeys(g), false) },
-    { name: 'greedy', order: () => listSchedule(g, sizeOf, eagerUpdateKeys(g), true) },
+    { name: 'program', order: () => listSchedule(g, sizeOf, g.nodes.map((_, i) => i), false) },
+    { name: 'eager-update', order: () => listSchedule(g, sizeOf, eagerKeys(), false) },
+    { name: 'greedy', order: () => listSchedule(g, sizeOf, eagerKeys(), true) },
   ];
   return all.filter((c) => only === undefined || c.name === only).map((c) => ({ name: c.name, order: c.order() }));
 }

@@ -13,7 +13,7 @@ import {
 } from '../passes/memory-plan.ts';
 import { planCompareSvg, planSvg, type PlanSvgOptions } from './plan-svg.ts';
 import type { FitResult } from '../passes/fit.ts';
-import type { RematReport } from '../passes/remat.ts';
+import { overheadPercent, type RematReport } from '../passes/remat.ts';
 
 /** Bytes in the unit family the user wrote: decimal (GB) first, or binary (GiB) first. */
 export function byteUnit(text: string): 'decimal' | 'binary' {
@@ -61,7 +61,7 @@ function rematJson(pm: PlannedMode): unknown {
     recomputeNodes: x?.recomputeNodes ?? 0,
     extraFlops: x?.extraFlops ?? 0,
     stepFlops: x?.stepFlops,
-    overheadPercent: x ? Number(((100 * x.extraFlops) / x.stepFlops).toFixed(3)) : 0,
+    overheadPercent: overheadPercent(x),
     savedBytesDropped: x ? x.savedBefore - x.savedAfter : 0,
     minPeak: x?.minPeak,
   };
@@ -116,7 +116,7 @@ export function fitJson(ctx: FitContext, fits: readonly FitResult[]): unknown {
           rematPeak: f.remat.peak ?? null,
           rematNextBatchPeak: f.remat.nextPeak,
           persistent: f.persistent,
-          rematOverheadPercent: f.remat.report ? Number(((100 * f.remat.report.extraFlops) / f.remat.report.stepFlops).toFixed(3)) : 0,
+          rematOverheadPercent: overheadPercent(f.remat.report),
           rematExtraFlops: f.remat.report?.extraFlops ?? 0,
           recomputed: f.remat.report?.dropped.length ?? 0,
         },

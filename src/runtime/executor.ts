@@ -5,8 +5,8 @@
 import type { KernelPlan, Resident, Slice } from '../codegen/kernel-plan.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { Tensor } from '../ir/shape.ts';
-import { numel } from '../ir/types.ts';
-import { fromHalf, isHalf, toHalf } from '../ir/half.ts';
+import { numel, type DType } from '../ir/types.ts';
+import { deviceBytes, fromDevice, toDevice } from '../ir/half.ts';
 import { acquireGpu, checked, PipelineCache, quietly, readBuffer, type Gpu } from './gpu.ts';
 import { OVERFLOW_OUTPUT } from '../passes/loss-scale.ts';
 
@@ -98,7 +98,7 @@ export class StepRunner {
   private write(r: Resident, data: ArrayLike<number>): void {
     const n = numel(r.shape);
     if (data.length !== n) throw new LorafaError(r.name, `expected ${n} values for [${r.shape.join(',')}], got ${data.length}`);
-    const host = isHalf(r.dtype) ? toHalf(r.dtype, data) : r.dtype === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+    const host = toDevice(r.dtype, data);
     this.gpu.device.queue.writeBuffer(this.buffers[r.slice.buffer], r.slice.offset, host);
   }
 
@@ -198,11 +198,8 @@ export class StepRunner {
   }
 
   /** n elements at `slice`, stored as `dtype` (half storage comes back widened to f32). */
-  async read(slice: Slice, dtype: string, n: number): Promise<Float32Array | Int32Array> {
-    const width = isHalf(dtype) ? 2 : 4;
-    const raw = await readBuffer(this.gpu.device, this.buffers[slice.buffer], slice.offset, Math.max(4, Math.ceil((n * width) / 4) * 4));
-    if (isHalf(dtype)) return fromHalf(dtype, new Uint16Array(raw), n);
-    return dtype === 'i32' ? new Int32Array(raw, 0, n) : new Float32Array(raw, 0, n);
+  async read(slice: Slice, dtype: DType, n: number): Promise<Float32Array | Int32Array> {
+    return fromDevice(dtype, await readBuffer(this.gpu.device, this.buffers[slice.buffer], slice.offset, deviceBytes(dtype, n)), n);
   }
 
   /** The value of a graph output (e.g. `logits`) after the last step. */

@@ -3,10 +3,10 @@
 // past its output (a missing bounds check) is caught instead of clobbering a neighbour.
 import { emitKernel } from '../codegen/wgsl.ts';
 import type { Tensor } from '../ir/shape.ts';
-import { numel, type Node, type Value } from '../ir/types.ts';
+import { numel, type DType, type Node, type Value } from '../ir/types.ts';
 import type { KernelSource } from '../codegen/kernel.ts';
 import { defaultElem, type ElemKind } from '../codegen/storage.ts';
-import { fromHalf, toHalf } from '../ir/half.ts';
+import { deviceBytes, fromDevice, toDevice } from '../ir/half.ts';
 import { acquireGpu, checked, PipelineCache, readBuffer } from './gpu.ts';
 
 let cache: PipelineCache | undefined;
@@ -25,7 +25,8 @@ export interface KernelRunOptions {
   readonly elem?: (v: Value) => ElemKind;
 }
 
-const halfOf = (kind: ElemKind) => (kind === 'bf16' ? 'bf16' : kind === 'f16' || kind === 'f16p' ? 'f16' : undefined);
+/** The dtype a storage kind holds (packed f16 holds f16). */
+const dtypeOf = (kind: ElemKind): DType => (kind === 'f16p' ? 'f16' : kind);
 
 /**
  * Runs kernel `k` (emitted for `node`) once: binding i < k.bound.length holds `inputs` of
@@ -47,8 +48,7 @@ export async function runKernelOnGpu(
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const elem = opts.elem ?? defaultElem;
   const upload = (data: ArrayLike<number>, kind: ElemKind) => {
-    const half = halfOf(kind);
-    const host = half ? toHalf(half, data) : kind === 'i32' ? Int32Array.from(data) : Float32Array.from(data);
+    const host = toDevice(dtypeOf(kind), data);
     const buf = device.createBuffer({ size: Math.max(4, host.byteLength), usage });
     if (data.length) device.queue.writeBuffer(buf, 0, host);
     return buf;
@@ -79,10 +79,9 @@ export async function runKernelOnGpu(
     pass.end();
     device.queue.submit([enc.finish()]);
   });
-  const half = halfOf(outKind);
-  const raw = await readBuffer(device, out, 0, Math.ceil(((n + guard) * (half ? 2 : 4)) / 4) * 4);
+  const raw = await readBuffer(device, out, 0, deviceBytes(dtypeOf(outKind), n + guard));
   for (const b of [...bound, out]) b.destroy();
-  const all = Float64Array.from(half ? fromHalf(half, new Uint16Array(raw), n + guard) : node.out.type.dtype === 'i32' ? new Int32Array(raw) : new Float32Array(raw));
+  const all = Float64Array.from(fromDevice(dtypeOf(outKind), raw, n + guard));
   for (let j = n; j < n + guard; j++) {
     if (!Object.is(all[j], sentinel)) throw new Error(`kernel ${node.op} (${node.out.name}) wrote ${all[j]} at element ${j}, past its ${n}-element output`);
   }

@@ -21,7 +21,7 @@ import { resolveConfig, type ModelConfig } from '../model/define.ts';
 import { trace, type LoadedModel } from '../model/load.ts';
 import type { Compiled, Mode } from '../passes/compile.ts';
 import { planStep } from '../passes/plan-step.ts';
-import type { RematReport } from '../passes/remat.ts';
+import { overheadPercent, type RematReport } from '../passes/remat.ts';
 import { applyLora, type LoraOptions } from '../passes/lora.ts';
 import { planMemory, type Category, type Limits, type MemoryPlan, type StorageDType } from '../passes/memory-plan.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
@@ -279,7 +279,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     gradCorrection: !!o.gradCorrection,
     ...(dtype !== 'f32' ? { dtype } : {}),
     ...(o.budget !== undefined
-      ? { budget: { bytes: o.budget, recomputed: remat?.recomputeNodes ?? 0, extraFlops: remat?.extraFlops ?? 0, percent: remat ? Number(((100 * remat.extraFlops) / remat.stepFlops).toFixed(3)) : 0 } }
+      ? { budget: { bytes: o.budget, recomputed: remat?.recomputeNodes ?? 0, extraFlops: remat?.extraFlops ?? 0, percent: overheadPercent(remat) } }
       : {}),
     accumulate: !!o.accumulate,
     ...(lossScale !== 'none' ? { lossScale } : {}),
