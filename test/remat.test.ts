@@ -337,5 +337,10 @@ describe('the CLI: plan --budget / --fit / --svg, compile --emit ir --budget', (
     const r = await cli(['compile', toy, '--emit', 'ir', '--budget', '130KiB', '--verify']);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/# \S+\.remat$/m);
+    // The step -o would compile: in bf16 (86.5 KiB) it fits 130 KiB without recomputing.
+    const half = await cli(['compile', toy, '--emit', 'ir', '--budget', '130KiB', '--dtype', 'bf16']);
+    expect(half.code).toBe(0);
+    expect(half.out).toMatch(/^graph /);
+    expect(half.out).not.toMatch(/\.remat$/m);
   });
 });

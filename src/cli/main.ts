@@ -236,7 +236,21 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
   // With --budget the whole step is planned, and the IR after recomputation is stage remat.
   const budgeted =
     flags.budget !== undefined
-      ? planStep(s.graph, { mode: flags.mode, lora: s.lora, optimizer: optimizerOptions(flags), gradCorrection: flags.gradCorrection, verify: flags.verify, budget: flags.budget }, await resolveLimits({ ...flags, limits: flags.limits ?? 'discrete' }))
+      ? planStep(
+          s.graph,
+          {
+            mode: flags.mode,
+            lora: s.lora,
+            optimizer: optimizerOptions(flags),
+            gradCorrection: flags.gradCorrection,
+            verify: flags.verify,
+            budget: flags.budget,
+            // The step -o would compile: its storage, and loss scaling as it defaults.
+            dtype: flags.dtype,
+            lossScaling: (flags.lossScale ?? defaultLossScale(flags.dtype)) !== 'none',
+          },
+          await resolveLimits({ ...flags, limits: flags.limits ?? 'discrete' }),
+        )
       : undefined;
   const compiled = budgeted?.compiled ?? compileTraining(s.graph, { mode: flags.mode, verify: flags.verify, lora: s.lora, gradCorrection: flags.gradCorrection });
   if (flags.emit === 'ir') {
