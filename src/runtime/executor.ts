@@ -130,6 +130,23 @@ export class StepRunner {
 
   /** step(), with the overflow count of a loss-scaled plan (see StepResult). */
   async runStep(feeds?: Readonly<Record<string, ArrayLike<number>>>, opts: { readonly update?: boolean } = {}): Promise<StepResult> {
+    const update = this.beginStep(feeds, opts);
+    try {
+      await this.encodeStep(update);
+    } catch (e) {
+      // The whole step failed validation: find the kernel, so the error names it and its IR node.
+      if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
+      throw e;
+    }
+    return this.readResult(update);
+  }
+
+  /**
+   * What every step does before its dispatches: checks `update` against the plan and writes the
+   * feeds. Returns whether the update's dispatches run. runStep and the profiler (profile.ts) share
+   * this, encodeDispatch, encodeReadback and readResult, so a profiled step computes what runStep does.
+   */
+  beginStep(feeds: Readonly<Record<string, ArrayLike<number>>> | undefined, opts: { readonly update?: boolean } = {}): boolean {
     const update = opts.update ?? true;
     if (!update && !this.plan.params.some((p) => p.role === 'grad_accumulator')) {
       throw new LorafaError(
@@ -139,13 +156,32 @@ export class StepRunner {
       );
     }
     if (feeds) this.writeInputs(feeds);
-    try {
-      await this.encodeStep(update);
-    } catch (e) {
-      // The whole step failed validation: find the kernel, so the error names it and its IR node.
-      if (e instanceof LorafaError && /validation/.test(e.problem)) await this.diagnose(e);
-      throw e;
-    }
+    return update;
+  }
+
+  /** Whether dispatch `i` runs in a step: a micro-step without its update skips the update's dispatches. */
+  runs(i: number, update: boolean): boolean {
+    return update || !this.plan.dispatches[i].update;
+  }
+
+  /** Records dispatch `i` of the plan into a compute pass. */
+  encodeDispatch(pass: GPUComputePassEncoder, i: number): void {
+    const p = this.passes[i];
+    pass.setPipeline(p.pipeline);
+    pass.setBindGroup(0, p.bind);
+    pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+  }
+
+  /** The last commands of a step: the loss (and, on an update, the overflow count) into the readback buffer. */
+  encodeReadback(enc: GPUCommandEncoder, update: boolean): void {
+    const loss = this.plan.loss;
+    enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
+    const overflow = this.plan.outputs[OVERFLOW_OUTPUT];
+    if (overflow && update) enc.copyBufferToBuffer(this.buffers[overflow.slice.buffer], overflow.slice.offset, this.staging, 4, 4);
+  }
+
+  /** Waits for the submitted step and reads what encodeReadback copied. */
+  async readResult(update: boolean): Promise<StepResult> {
     await quietly(() => this.staging.mapAsync(GPUMapMode.READ));
     const [loss, overflow] = new Float32Array(this.staging.getMappedRange().slice(0));
     this.staging.unmap();
@@ -157,17 +193,9 @@ export class StepRunner {
     return checked(device, 'a training step', () => {
       const enc = device.createCommandEncoder({ label: 'lorafa step' });
       const pass = enc.beginComputePass();
-      for (const [i, p] of this.passes.entries()) {
-        if (!update && this.plan.dispatches[i].update) continue;
-        pass.setPipeline(p.pipeline);
-        pass.setBindGroup(0, p.bind);
-        pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
-      }
+      for (let i = 0; i < this.passes.length; i++) if (this.runs(i, update)) this.encodeDispatch(pass, i);
       pass.end();
-      const loss = this.plan.loss;
-      enc.copyBufferToBuffer(this.buffers[loss.buffer], loss.offset, this.staging, 0, 4);
-      const overflow = this.plan.outputs[OVERFLOW_OUTPUT];
-      if (overflow && update) enc.copyBufferToBuffer(this.buffers[overflow.slice.buffer], overflow.slice.offset, this.staging, 4, 4);
+      this.encodeReadback(enc, update);
       device.queue.submit([enc.finish()]);
     });
   }
@@ -176,14 +204,11 @@ export class StepRunner {
   private async diagnose(cause: LorafaError): Promise<void> {
     const device = this.gpu.device;
     for (let i = 0; i < this.passes.length; i++) {
-      const p = this.passes[i];
       const d = this.plan.dispatches[i];
       device.pushErrorScope('validation');
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
-      pass.setPipeline(p.pipeline);
-      pass.setBindGroup(0, p.bind);
-      pass.dispatchWorkgroups(p.workgroups[0], p.workgroups[1], p.workgroups[2]);
+      this.encodeDispatch(pass, i);
       pass.end();
       enc.finish();
       const err = await device.popErrorScope();

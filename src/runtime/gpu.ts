@@ -80,7 +80,9 @@ export function acquireGpu(): Promise<Gpu> {
     Object.assign(globalThis, webgpu.globals);
     // Keep the GPU instance reachable for the life of the device: if it is collected, Dawn frees
     // state the device still uses and the process crashes (seen as SIGSEGV).
-    instance = webgpu.create([]);
+    // Dawn rounds timestamp queries to 65.536 µs (a browser's guard against timing attacks), which
+    // reads every small kernel of a profile (profile.ts) as 0 or 65 µs; lorafa is no web page.
+    instance = webgpu.create(['disable-dawn-features=timestamp_quantization']);
     const gpuInstance = instance;
     const adapter = await quietDawn(() => gpuInstance.requestAdapter());
     if (!adapter) {
@@ -101,7 +103,7 @@ export function acquireGpu(): Promise<Gpu> {
     // `--limits adapter` on an adapter that allows less (lavapipe: 16).
     requiredLimits.minStorageBufferOffsetAlignment = adapter.limits.minStorageBufferOffsetAlignment;
     // Subgroups let the matmul share loads across a subgroup (2× on lavapipe); timestamp queries
-    // let the benchmark time kernels; shader-f16 lets an f16 plan store array<f16> rather than
+    // let a profile (profile.ts) time kernels; shader-f16 lets an f16 plan store array<f16> rather than
     // packed u32 (codegen/storage.ts). Each is asked for when offered.
     const requiredFeatures = (['subgroups', 'timestamp-query', 'shader-f16'] as const).filter((f) => adapter.features.has(f)) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
