@@ -14,7 +14,8 @@
 //   data               openRows (jsonl, csv, tsv, parquet, text, idx, npy, safetensors),
 //                      openDataset, memoryRows, CharTokenizer, the built-in data sets
 //   weights            safetensors, PyTorch-layout state dicts, PEFT adapters, merged weights
-//   device             probeAdapter, acquireGpu, StepRunner
+//   device             probeAdapter, acquireGpu, StepRunner, StepProfiler / profileSteps (a step,
+//                      kernel by kernel)
 //   errors             LorafaError (where, problem, fix) and asCommand
 
 // The DSL and the IR.
@@ -67,7 +68,7 @@ export { compileProgram, type CompileProgramOptions, type MemorySummary, type Pr
 export { emitTrainer, type EmittedTrainer } from './train/emit-trainer.ts';
 export { readProgram } from './train/trainer-files.ts';
 export { addTrainOptions, isMain, runTrainer, trainerCli, type TrainFlags } from './train/trainer.ts';
-export { addCompiledOptions, addDataOptions, addRunOptions, LOSS_SCALE_HELP, lossScaleFlag, byteSize, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
+export { addCompiledOptions, addDataOptions, addRunOptions, DEFAULT_PROFILE_STEPS, LOSS_SCALE_HELP, lossScaleFlag, byteSize, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
 export { DEFAULT_LOSS_SCALE, defaultLossScale, describeLossScale, LossScaler, parseLossScale, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './train/loss-scale.ts';
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
@@ -93,4 +94,15 @@ export { exportPeftAdapter, importPeftAdapter, peftAdapter, type PeftAdapter, ty
 export { probeAdapter, formatAdapterReport, type AdapterReport } from './runtime/device.ts';
 export { acquireGpu, type Gpu } from './runtime/gpu.ts';
 export { StepRunner, type StepResult } from './runtime/executor.ts';
+export {
+  kernelFlops,
+  profileMarkdown,
+  profileSteps,
+  profileTable,
+  StepProfiler,
+  type ProfileClock,
+  type ProfilerOptions,
+  type ProfileRow,
+  type StepProfile,
+} from './runtime/profile.ts';
 export { gpuLimits } from './runtime/session.ts';

@@ -80,6 +80,9 @@ export interface FinetuneOptions extends DataFlags {
   readonly budget?: number;
   readonly progress?: ProgressMode;
   readonly logEvery?: number;
+  /** Profile this many steps after the first (TrainOptions.profile), timed by `profileClock`. */
+  readonly profile?: number;
+  readonly profileClock?: TrainOptions['profileClock'];
   readonly log?: (line: string) => void;
   readonly onStep?: TrainOptions['onStep'];
   /** Write weights and reports (default true with `out`). */
@@ -317,6 +320,8 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
       title: s.preset ? `${s.preset.name}: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}` : undefined,
       progress: o.progress,
       logEvery: o.logEvery,
+      profile: o.profile,
+      profileClock: o.profileClock,
       log,
       onStep: o.onStep,
       readFrozen: o.readFrozen,

@@ -26,6 +26,7 @@ const EXAMPLES: Readonly<Record<string, string>> = {
   '--eval-every': '50',
   '--checkpoint-every': '100',
   '--log-every': '10',
+  '--profile': '3',
   '--eval-split': '0.1',
   '--weight-decay': '0.01',
   '--momentum': '0.9',
@@ -173,7 +174,12 @@ export interface RunFlagValues {
   merged?: boolean;
   progress: ProgressMode;
   logEvery?: number;
+  /** --profile [steps]: profile this many steps after the first (DEFAULT_PROFILE_STEPS when no number is given). */
+  profile?: number;
 }
+
+/** Steps `--profile` times when it is given without a number. */
+export const DEFAULT_PROFILE_STEPS = 3;
 
 export function addDataOptions(c: Command): Command {
   return c
@@ -209,7 +215,12 @@ export function addRunOptions(c: Command, what: { outHelp: string }): Command {
     .option('--init-adapter <dir>', 'start the adapters from a PEFT adapter folder')
     .option('--merged', 'also write merged.safetensors (the adapters folded into the base weights)')
     .addOption(new Option('--progress <how>', 'a progress bar (on a terminal), plain lines, or nothing').choices([...PROGRESS_MODES]).default('auto'))
-    .option('--log-every <n>', 'with plain lines: one every n steps', positiveInt('--log-every'));
+    .option('--log-every <n>', 'with plain lines: one every n steps', positiveInt('--log-every'))
+    .addOption(
+      new Option('--profile [steps]', `time every kernel in the steps after the first (default ${DEFAULT_PROFILE_STEPS}; they train as usual) and print where a step goes: per kernel time, share, GFLOP/s or GB/s; also in report.md and report.json`)
+        .preset(String(DEFAULT_PROFILE_STEPS))
+        .argParser(positiveInt('--profile')),
+    );
 }
 
 /** Options that are compiled into the step (a trainer takes them only as they were compiled). */

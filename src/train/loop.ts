@@ -16,6 +16,9 @@
 //    and the optimizer's step count (bias corrections) is t minus the steps skipped so far,
 //    while the lr schedule and the data go on with t (as PyTorch's scheduler does). Every --eval-every steps: evaluate; every
 //    --checkpoint-every steps and at the end: a checkpoint (atomic; the newest two are kept).
+//    With --profile N, steps start+2 … start+N+1 run through a StepProfiler (runtime/profile.ts):
+//    training steps like the others, bit for bit, with every kernel timed; the profile is printed
+//    after the run, against the wall time of the steps that ran unprofiled, and reported.
 // 4. Evaluate the result; write the outputs: the weights (a PEFT adapter with A and B, or
 //    model.safetensors for full fine-tuning; merged.safetensors with --merged), report.md and
 //    report.json, loss.svg (training loss and evaluations), memory.svg.
@@ -35,6 +38,7 @@ import type { Mode } from '../passes/compile.ts';
 import { accumFeeds, optimizerFeeds, type OptimizerOptions } from '../passes/optimizer.ts';
 import { StepRunner } from '../runtime/executor.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
+import { median, profileTable, StepProfiler, type ProfileClock, type StepProfile } from '../runtime/profile.ts';
 import { initParam, resolveDerived } from '../runtime/init.ts';
 import { listCheckpoints, readCheckpoint, removeStaleTemps, writeCheckpoint, type Checkpoint, type CheckpointTensor } from './checkpoint.ts';
 import { OUTPUT_NAMES, writeOutputs } from './outputs.ts';
@@ -115,6 +119,14 @@ export interface TrainOptions {
   /** Also return the frozen parameters' final values (tests). */
   readonly readFrozen?: boolean;
   readonly gpu?: Gpu;
+  /**
+   * --profile: run this many optimizer steps, the ones after the run's first (which compiles the
+   * pipelines), in profiled mode (runtime/profile.ts): they train as any other step, bit for bit,
+   * and their kernels are timed. The profile is printed at the end, returned and reported.
+   */
+  readonly profile?: number;
+  /** How the profile times kernels (default 'auto': timestamp queries where the device has them). */
+  readonly profileClock?: ProfileClock | 'auto';
 }
 
 export interface TrainResult {
@@ -150,6 +162,8 @@ export interface TrainResult {
   readonly device: string;
   /** Files written under `out`. */
   readonly files: readonly string[];
+  /** With `profile`: where a step's time went, kernel by kernel. */
+  readonly profile?: StepProfile;
 }
 
 export function rel(p: string): string {
@@ -315,6 +329,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   if (!(Number.isInteger(o.steps) && o.steps >= 1)) throw new LorafaError('--steps', `must be a positive integer, got ${o.steps}`, 'e.g. --steps 100');
   const K = o.gradAccum ?? 1;
   if (!(Number.isInteger(K) && K >= 1)) throw new LorafaError('--grad-accum', `must be a positive integer, got ${K}`, 'e.g. --grad-accum 4');
+  if (o.profile !== undefined && !(Number.isInteger(o.profile) && o.profile >= 0)) throw new LorafaError('--profile', `must be a whole number of steps, got ${o.profile}`, 'e.g. --profile 3');
   if (K > 1 && !spec.accumulate) {
     throw new LorafaError('--grad-accum', `this program was compiled without gradient accumulators, so it cannot run ${K} micro-batches per step`, `recompile it with --grad-accum ${K} (lorafa compile … --grad-accum ${K} -o DIR), or drop --grad-accum`);
   }
@@ -443,12 +458,20 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
     const before = o.evalBefore === false || resumed ? undefined : await runEval(start, current);
     if (before) log(`step ${start} (before training): ${fmtMetrics(before, data.unit)}`);
 
+    // The profiler's buffers are made before the measurement starts: they are not the step's.
+    const profiler = o.profile ? new StepProfiler(gpu, p.step, { clock: o.profileClock }) : undefined;
+    // The profiled steps: the first `profile` after the run's first step (its pipelines' first use
+    // compiles them on some drivers), or the first itself when the run has no other.
+    const profileFrom = o.steps - start >= 2 ? start + 2 : start + 1;
+    const profileTo = profiler ? Math.min(o.steps, profileFrom + o.profile! - 1) : 0;
+    const profiled = (t: number) => !!profiler && t >= profileFrom && t <= profileTo;
     const baseline = gpu.memory.live;
     gpu.memory.resetPeak();
     const runner = await StepRunner.create(p.step, gpu);
     let measured = 0;
     const losses: { step: number; loss: number }[] = [];
     const times: number[] = [];
+    let profile: StepProfile | undefined;
     let finalValues: Map<string, Float32Array>;
     const rows = spec.batch * K;
     const perStep = rows * data.unitsPerRow;
@@ -482,7 +505,8 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
           let overflow = 0;
           for (let j = 0; j < K; j++) {
             const feeds = K === 1 ? big : sliceRows(big, rows, j * spec.batch, (j + 1) * spec.batch);
-            const r = await runner.runStep({ ...feeds, ...opt, ...scaling, ...(spec.accumulate ? accumFeeds(j, K, scaler?.scale) : {}) }, { update: j === K - 1 });
+            const stepFeeds = { ...feeds, ...opt, ...scaling, ...(spec.accumulate ? accumFeeds(j, K, scaler?.scale) : {}) };
+            const r = profiled(t) ? await profiler!.runStep(runner, stepFeeds, { update: j === K - 1 }) : await runner.runStep(stepFeeds, { update: j === K - 1 });
             loss += r.loss / K;
             overflow = r.overflow ?? 0;
           }
@@ -523,18 +547,31 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       }
       if (start === o.steps) measured = gpu.memory.peak - baseline;
       finalValues = await runner.readParams();
+      if (profiler?.profiledSteps) {
+        // The wall time of the steps that ran unprofiled (past the first), which profiling did not slow.
+        const plain = times.map((ms, i) => ({ ms, t: start + 1 + i })).filter((x) => x.t > start + 1 && !profiled(x.t));
+        profile = profiler.result({
+          which: profileFrom === profileTo ? `step ${profileFrom}` : `steps ${profileFrom}–${profileTo}`,
+          wall: plain.length ? { ms: median(plain.map((x) => x.ms)), of: `the median of ${plain.length} unprofiled step${plain.length === 1 ? '' : 's'}` } : undefined,
+        });
+      }
     } finally {
       runner.destroy();
+      profiler?.destroy();
     }
     // Frozen parameters that training never touched keep their uploaded values.
     const forwardValues = new Map<string, Float32Array>();
     for (const q of p.weights.params) forwardValues.set(q.value.name, finalValues.get(q.value.name) ?? current.get(q.value.name)!);
     const after = await runEval(o.steps, finalValues);
-    const steady = times.length > 1 ? times.slice(1) : times;
+    // Past the first step (shader compilation), and unprofiled unless every such step was profiled.
+    const rest = times.slice(1);
+    const unprofiled = rest.filter((_, i) => !profiled(start + 2 + i));
+    const steady = unprofiled.length ? unprofiled : rest.length ? rest : times;
     const msPerStep = steady.reduce((a, b) => a + b, 0) / Math.max(1, steady.length);
     if (losses.length) {
       log(`done: steps ${start + 1}–${o.steps}, loss ${losses[0].loss.toFixed(4)} → ${losses[losses.length - 1].loss.toFixed(4)}, ${msPerStep.toFixed(1)} ms/step (first step ${(times[0] ?? 0).toFixed(0)} ms, with shader compilation)${scaler ? `; loss ${scaler.describe()}${skippedSteps.length ? ` (skipped by this run: ${listSome(skippedSteps.map(String), 8)})` : ''}` : ''}`);
     }
+    if (profile) log(profileTable(profile));
     if (after) log(`after ${o.steps} steps: ${fmtMetrics(after, data.unit)}`);
     if (before?.accuracy !== undefined && after?.accuracy !== undefined) {
       log(`accuracy: ${(100 * before.accuracy).toFixed(2)}% (start) → ${(100 * after.accuracy).toFixed(2)}% (${spec.mode})`);
@@ -568,6 +605,7 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
       trainable,
       device: gpu.description,
       files: [],
+      ...(profile ? { profile } : {}),
     };
     if (!out) return result;
     // The outputs replace the previous ones whole: built in a temporary sibling folder (with links

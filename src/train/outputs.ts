@@ -4,7 +4,8 @@
 //                       with PEFT's key names), for lora and lora-fa
 //   model.safetensors   the whole model, for full fine-tuning (Hugging Face key names, [out, in])
 //   merged.safetensors  with --merged: the base with every adapter folded in (W + s·A·B)
-//   report.json         every number of the run (settings, losses, evaluations, GPU bytes, plans)
+//   report.json         every number of the run (settings, losses, evaluations, GPU bytes, plans,
+//                       and with --profile the kernel profile)
 //   report.md           the same, for people
 //   loss.svg            training loss (raw and smoothed) and the evaluations
 //   memory.svg          the plan(s) by category at the peak, with the bytes measured
@@ -22,6 +23,7 @@ import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } f
 import { fmtMetrics } from './metrics.ts';
 import { describeSchedule } from './schedule.ts';
 import { describeLossScale, describeScaler } from './loss-scale.ts';
+import { profileMarkdown } from '../runtime/profile.ts';
 
 /** Everything writeOutputs may write; the rest of an --out folder (checkpoints, the user's files) is carried over. */
 export const OUTPUT_NAMES: ReadonlySet<string> = new Set(['adapter', 'model.safetensors', 'merged.safetensors', 'report.json', 'report.md', 'loss.svg', 'memory.svg']);
@@ -153,6 +155,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
     plans: Object.fromEntries([...plans].map(([m, s]) => [m, { peak: s.peak, lowerBound: s.lowerBound, atPeak: s.atPeak }])),
     losses: r.losses,
     evals: r.evals,
+    ...(r.profile ? { profile: r.profile } : {}),
   };
   put('report.json', JSON.stringify(report, null, 2) + '\n');
   const pct = (m?: { accuracy?: number }) => (m?.accuracy !== undefined ? `${(100 * m.accuracy).toFixed(2)}%` : '—');
@@ -187,6 +190,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
       ...compareLines(plans),
       '```',
       '',
+      ...(r.profile ? ['## Where a step goes', '', profileMarkdown(r.profile, { top: 15 }), ''] : []),
       '![loss](loss.svg) ![memory](memory.svg)',
       '',
       `Files: ${written.concat('report.md').join(', ')}.`,

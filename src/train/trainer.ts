@@ -111,6 +111,7 @@ export async function runTrainer(outDir: string, spec: ProgramSpec, flags: Train
       title: `${spec.model} (${spec.config}): ${spec.mode}`,
       progress: flags.progress,
       logEvery: flags.logEvery,
+      profile: flags.profile,
     });
   } finally {
     data.close();
