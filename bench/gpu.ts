@@ -13,8 +13,9 @@
 //    GPU bytes = what the runner allocated, next to the plan's peak (they must be equal).
 // 2. The matmul kernel alone on 512×768 · 768×768 (x·W, dy·Wᵀ, xᵀ·dy shapes of W1): median of 7
 //    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone() (through quietly(): no busy poll).
-// 3. Where a W1 LoRA-FA step goes: every dispatch in its own compute pass with timestamp queries
-//    (when the adapter has 'timestamp-query'), summed per kernel.
+// 3. Where a W1 LoRA-FA step goes: src/runtime/profile.ts (`lorafa train --profile`'s profiler) on
+//    3 steps after the timed ones: per kernel time, share, GFLOP/s (matmul) and GB/s; timestamp
+//    queries where the adapter has them, else the wall clock per dispatch (the table says which).
 // 4. Attention alone, fused op against the composition (b.attentionComposed): one training step
 //    (forward + backward + SGD update of q, k, v as parameters; loss ⟨attention(q, k, v), c⟩) for
 //    s = 128, 256, 512 (1 × 8 heads × 64, causal): median ms, the plan's peak and saved bytes.
@@ -24,7 +25,7 @@ import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { loadModel, trace } from '../src/model/load.ts';
-import { buildKernelPlan, type KernelPlan } from '../src/codegen/kernel-plan.ts';
+import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
 import { acquireGpu } from '../src/runtime/gpu.ts';
 import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING, ROW_LANES } from '../src/codegen/matmul.ts';
 import { Builder } from '../src/ir/builder.ts';
@@ -38,6 +39,7 @@ import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.t
 import { StepRunner } from '../src/runtime/executor.ts';
 import { PipelineCache, quietly, type Gpu } from '../src/runtime/gpu.ts';
 import { initParams, rng } from '../src/runtime/init.ts';
+import { median, profileMarkdown, profileSteps, type StepProfile } from '../src/runtime/profile.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RANK = 8;
@@ -47,17 +49,10 @@ const ALPHA = 16;
 // The device: acquireGpu's limits, plus 'subgroups' (the lavapipe matmul shares A loads across a
 // subgroup) and 'timestamp-query' (the profile) when the adapter has them.
 
-interface BenchGpu extends Gpu {
-  /** Fixed subgroup size when the device has subgroups (lavapipe: 8). */
-  readonly subgroupSize?: number;
-  readonly timestamps: boolean;
-}
-
 /** The runtime's own device (subgroups and timestamp queries requested when offered). */
-export async function benchGpu(): Promise<BenchGpu | string> {
+export async function benchGpu(): Promise<Gpu | string> {
   try {
-    const gpu = await acquireGpu();
-    return { ...gpu, timestamps: gpu.device.features.has('timestamp-query') };
+    return await acquireGpu();
   } catch (e) {
     return (e as Error).message;
   }
@@ -86,18 +81,7 @@ interface StepRow extends StepCase {
   readonly kernels: number;
   readonly allocated: number;
   readonly peak: number;
-  readonly timeline?: readonly ProfileRow[];
-}
-
-interface ProfileRow {
-  readonly kernel: string;
-  readonly dispatches: number;
-  readonly ms: number;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  readonly timeline?: StepProfile;
 }
 
 /** 2·m·n·k per matmul node (batch included), and the elements elementwise nodes write. */
@@ -133,12 +117,13 @@ function feedsFor(g: Graph, cfg: Readonly<Record<string, unknown>>, seed: number
 
 /**
  * Plans a compiled step with this adapter's limits, lowers it, and runs 2 warm-up steps then
- * `steps` timed ones (parameters seeded, inputs from feedsFor, the optimizer's scalars).
+ * `steps` timed ones (parameters seeded, inputs from feedsFor, the optimizer's scalars); with
+ * `profile`, then 3 profiled steps, against the timed steps' median.
  */
 async function timeSteps(
-  gpu: BenchGpu,
+  gpu: Gpu,
   compiled: ReturnType<typeof compileTraining>,
-  o: { readonly optimizer: OptimizerOptions; readonly cfg: Readonly<Record<string, unknown>>; readonly steps: number; readonly fuse: boolean; readonly subgroupSize?: number; readonly dtype?: StorageDType },
+  o: { readonly optimizer: OptimizerOptions; readonly cfg: Readonly<Record<string, unknown>>; readonly steps: number; readonly fuse: boolean; readonly subgroupSize?: number; readonly dtype?: StorageDType; readonly profile?: boolean },
 ) {
   const step = compiled.step!;
   const l = gpu.limits;
@@ -159,11 +144,12 @@ async function timeSteps(
     if (i >= 2) times.push(performance.now() - t0);
   }
   const allocated = runner.allocatedBytes;
+  const profile = o.profile ? await profileSteps(runner, { steps: 3, warmup: 0, wall: { ms: median(times), of: `the median of ${times.length} timed steps` } }) : undefined;
   runner.destroy();
-  return { step, plan, kp, params, allocated, median: median(times), min: Math.min(...times), max: Math.max(...times) };
+  return { step, plan, kp, allocated, profile, median: median(times), min: Math.min(...times), max: Math.max(...times) };
 }
 
-async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
+async function runStepCase(gpu: Gpu, c: StepCase): Promise<StepRow> {
   const m = await loadModel(join(ROOT, 'models', `${c.model}.ts`));
   const graph = trace(m, c.config);
   const cfg = resolveConfig(m.def, { config: c.config });
@@ -172,15 +158,15 @@ async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
     lora: { rank: RANK, alpha: ALPHA, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave },
     optimizer: c.optimizer,
   });
-  const { step, kp, params, allocated, median: med, min, max } = await timeSteps(gpu, compiled, {
+  const { step, kp, allocated, profile, median: med, min, max } = await timeSteps(gpu, compiled, {
     optimizer: c.optimizer,
     cfg,
     steps: c.steps,
     fuse: c.variant !== 'no fusion',
     subgroupSize: c.variant === 'portable matmul' ? undefined : gpu.subgroupSize,
     dtype: c.variant === 'f16 storage' ? 'f16' : c.variant === 'bf16 storage' ? 'bf16' : 'f32',
+    profile: c.profile,
   });
-  const timeline = c.profile && gpu.timestamps ? await profileSteps(gpu, kp, params) : undefined;
   return {
     ...c,
     median: med,
@@ -191,64 +177,8 @@ async function runStepCase(gpu: BenchGpu, c: StepCase): Promise<StepRow> {
     kernels: kp.kernels.length,
     allocated,
     peak: kp.bytes,
-    timeline,
+    timeline: profile,
   };
-}
-
-/**
- * Every dispatch of one step in its own compute pass, bracketed by timestamp writes; the median
- * of 3 such steps per dispatch, summed per kernel. Buffers as the plan says, parameters written.
- */
-async function profileSteps(gpu: BenchGpu, kp: KernelPlan, params: ReadonlyMap<string, { data: ArrayLike<number> }>): Promise<ProfileRow[]> {
-  const device = gpu.device;
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const buffers = kp.buffers.map((b) => device.createBuffer({ size: b.bytes, usage }));
-  for (const p of kp.params) {
-    const v = params.get(p.name);
-    if (v) device.queue.writeBuffer(buffers[p.slice.buffer], p.slice.offset, Float32Array.from(v.data));
-  }
-  const cache = new PipelineCache(device);
-  const compiled = await Promise.all(kp.kernels.map((k) => cache.get(k.wgsl, k.bindings, k.label)));
-  const binds = kp.dispatches.map((d) =>
-    device.createBindGroup({
-      layout: compiled[d.kernel].layout,
-      entries: d.bindings.map((s, i) => ({ binding: i, resource: { buffer: buffers[s.buffer], offset: s.offset, size: s.size } })),
-    }),
-  );
-  const n = kp.dispatches.length;
-  const querySet = device.createQuerySet({ type: 'timestamp', count: 2 * n });
-  const resolved = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const readback = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const perDispatch: number[][] = kp.dispatches.map(() => []);
-  for (let rep = 0; rep < 4; rep++) {
-    const enc = device.createCommandEncoder();
-    kp.dispatches.forEach((d, i) => {
-      const pass = enc.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
-      pass.setPipeline(compiled[d.kernel].pipeline);
-      pass.setBindGroup(0, binds[i]);
-      pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
-      pass.end();
-    });
-    enc.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
-    enc.copyBufferToBuffer(resolved, 0, readback, 0, 16 * n);
-    device.queue.submit([enc.finish()]);
-    await quietly(() => readback.mapAsync(GPUMapMode.READ));
-    const t = new BigUint64Array(readback.getMappedRange().slice(0));
-    readback.unmap();
-    if (rep === 0) continue; // warm-up: the first use of a pipeline compiles it on lavapipe
-    for (let i = 0; i < n; i++) perDispatch[i].push(Number(t[2 * i + 1] - t[2 * i]) / 1e6);
-  }
-  const rows = new Map<string, { dispatches: number; ms: number }>();
-  kp.dispatches.forEach((d, i) => {
-    const label = kp.kernels[d.kernel].label;
-    const r = rows.get(label) ?? { dispatches: 0, ms: 0 };
-    r.dispatches++;
-    r.ms += median(perDispatch[i]);
-    rows.set(label, r);
-  });
-  for (const b of [...buffers, resolved, readback]) b.destroy();
-  querySet.destroy();
-  return [...rows].map(([kernel, r]) => ({ kernel, ...r })).sort((a, b) => b.ms - a.ms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,7 +195,7 @@ interface MatmulRow {
 /** portable: no subgroups; column lanes: that variant forced; default: what the compiler picks. */
 type MatmulVariant = 'portable' | 'column lanes' | 'default';
 
-async function benchMatmul(gpu: BenchGpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, variant: MatmulVariant): Promise<MatmulRow> {
+async function benchMatmul(gpu: Gpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, variant: MatmulVariant): Promise<MatmulRow> {
   const device = gpu.device;
   const b = new Builder();
   const a = b.input('a', transA ? [k, m] : [m, k]);
@@ -356,7 +286,7 @@ interface AttentionRow {
 const ATTENTION = { batch: 1, heads: 8, headDim: 64, seqs: [128, 256, 512], steps: 5 } as const;
 
 /** One SGD step of q, k, v through attention (fused op or composition), planned and run. */
-export async function benchAttention(gpu: BenchGpu, seq: number, fused: boolean, shape0: { batch: number; heads: number; headDim: number } = ATTENTION): Promise<AttentionRow> {
+export async function benchAttention(gpu: Gpu, seq: number, fused: boolean, shape0: { batch: number; heads: number; headDim: number } = ATTENTION): Promise<AttentionRow> {
   const { batch, heads, headDim } = shape0;
   const b = new Builder({ name: `attention_${fused ? 'fused' : 'composed'}_${seq}` });
   const shape = [batch, heads, seq, headDim];
@@ -447,15 +377,12 @@ export async function runGpuBench(): Promise<string> {
   );
   const prof = rows.find((r) => r.timeline);
   if (prof?.timeline) {
-    const total = prof.timeline.reduce((s, r) => s + r.ms, 0);
     lines.push(
       `## Where a ${prof.model} ${prof.mode} step goes`,
       '',
-      `Each dispatch in its own compute pass between timestamp queries (median of 3 steps after one warm-up), summed per kernel: ${f1(total)} ms of kernel time in all.`,
+      'src/runtime/profile.ts, as `lorafa train --profile` runs it, on 3 steps after the timed ones: per kernel, its dispatches summed within a step and the median over the steps; share = of the summed kernel time. GB/s = the bytes a kernel binds (operands read, outputs written once each) ÷ its time; GFLOP/s for matmul (2·m·n·k) and attention.',
       '',
-      '| kernel | dispatches | ms | share |',
-      '|---|--:|--:|--:|',
-      ...prof.timeline.map((r) => `| ${r.kernel.replace(/\|/g, '\\|')} | ${r.dispatches} | ${r.ms.toFixed(2)} | ${((100 * r.ms) / total).toFixed(1)}% |`),
+      profileMarkdown(prof.timeline),
       '',
     );
   }
