@@ -131,6 +131,17 @@ describe('the profile of a step', () => {
     }
   });
 
+  test('a plan of more dispatches than one query set holds takes several, with the same rows', async () => {
+    // 32 queries: 16 dispatches per set, so the toy MLP's step takes 4 sets (LLaMA-7B's, past
+    // WebGPU's 4096 queries, takes 2).
+    expect(mlp.plan.dispatches.length).toBeGreaterThan(3 * 16);
+    const p = await profileSteps(mlp.runner, { steps: 1, warmup: 0, querySetSize: 32, wall: { ms: 1, of: 'a test' } });
+    expect(p.clock).toBe('timestamps');
+    expect(new Map(p.rows.map((r) => [r.kernel, r.dispatches]))).toEqual(new Map(profile.rows.map((r) => [r.kernel, r.dispatches])));
+    for (const r of p.rows) expect(r.ms, r.kernel).toBeGreaterThan(0);
+    expect(() => new StepProfiler(gpu, mlp.plan, { querySetSize: 40 })).toThrow(/multiple of 32/);
+  });
+
   test('kernelFlops reads a label: k from the side of the left operand the output does not take', () => {
     expect(kernelFlops('matmul [8,4][4,6]→[8,6]')).toBe(2 * 8 * 6 * 4);
     expect(kernelFlops('matmul [4,8][4,6]→[8,6]')).toBe(2 * 8 * 6 * 4); // aᵀ·b

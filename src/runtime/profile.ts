@@ -8,7 +8,8 @@
 //    other's writes, so a profiled step computes what StepRunner.runStep computes, bit for bit on a
 //    deterministic device (test/profile.test.ts trains both ways and compares).
 // 2. The clock. With 'timestamp-query', each pass writes a timestamp as it begins and ends into a
-//    query set (two per dispatch), resolved into a buffer and read back once per step. Without it,
+//    query set (two per dispatch; WebGPU allows 4096 queries a set, so a plan past 2048 dispatches
+//    takes several), resolved into one buffer and read back once per step. Without it,
 //    each dispatch is submitted alone and waited for (onSubmittedWorkDone through quietly()): wall
 //    time, which also holds a submission and the wait (a tenth of a millisecond and more on
 //    lavapipe), so small kernels read long. The profile says which clock it used.
@@ -83,7 +84,12 @@ export interface StepProfile {
 export interface ProfilerOptions {
   /** 'auto' (default): timestamps where the device has 'timestamp-query', else the wall clock. */
   readonly clock?: ProfileClock | 'auto';
+  /** Queries per query set: a multiple of 32 (resolve offsets are multiples of 256 B), default and most MAX_QUERIES; the tests make it small. */
+  readonly querySetSize?: number;
 }
+
+/** WebGPU's largest query set: a plan of more than half as many dispatches takes several. */
+export const MAX_QUERIES = 4096;
 
 type Feeds = Readonly<Record<string, ArrayLike<number>>>;
 
@@ -101,7 +107,9 @@ interface StepRecord {
  */
 export class StepProfiler {
   readonly clock: ProfileClock;
-  private readonly querySet?: GPUQuerySet;
+  /** Dispatch i writes its begin and end at 2·(i mod perSet), +1 of query set ⌊i / perSet⌋. */
+  private readonly querySets: GPUQuerySet[] = [];
+  private readonly perSet: number = 0;
   private readonly resolved?: GPUBuffer;
   private readonly readback?: GPUBuffer;
   private readonly steps: StepRecord[] = [];
@@ -121,7 +129,12 @@ export class StepProfiler {
     if (this.clock === 'timestamps') {
       const n = plan.dispatches.length;
       const device = gpu.device;
-      this.querySet = device.createQuerySet({ label: 'lorafa profile', type: 'timestamp', count: 2 * n });
+      const size = Math.min(o.querySetSize ?? MAX_QUERIES, MAX_QUERIES);
+      if (!(Number.isInteger(size) && size >= 32 && size % 32 === 0)) throw new LorafaError('profile', `querySetSize must be a multiple of 32 up to ${MAX_QUERIES}, got ${o.querySetSize}`);
+      this.perSet = size >> 1;
+      for (let first = 0; first < n; first += this.perSet) {
+        this.querySets.push(device.createQuerySet({ label: `lorafa profile ${first}`, type: 'timestamp', count: 2 * Math.min(this.perSet, n - first) }));
+      }
       this.resolved = device.createBuffer({ label: 'lorafa profile resolve', size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
       this.readback = device.createBuffer({ label: 'lorafa profile readback', size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     }
@@ -146,17 +159,19 @@ export class StepProfiler {
     const device = this.gpu.device;
     let result: StepResult;
     if (this.clock === 'timestamps') {
-      const querySet = this.querySet!;
+      const per = this.perSet;
       await scoped(device, 'a profiled training step', async () => {
         const enc = device.createCommandEncoder({ label: 'lorafa profiled step' });
         for (let i = 0; i < n; i++) {
           if (!ran[i]) continue;
-          const pass = enc.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+          const at = 2 * (i % per);
+          const pass = enc.beginComputePass({ timestampWrites: { querySet: this.querySets[Math.floor(i / per)], beginningOfPassWriteIndex: at, endOfPassWriteIndex: at + 1 } });
           runner.encodeDispatch(pass, i);
           pass.end();
         }
         runner.encodeReadback(enc, update);
-        enc.resolveQuerySet(querySet, 0, 2 * n, this.resolved!, 0);
+        // Set k resolves to byte 16·per·k, which keeps the index of dispatch i at 2i.
+        this.querySets.forEach((q, k) => enc.resolveQuerySet(q, 0, q.count, this.resolved!, 16 * per * k));
         enc.copyBufferToBuffer(this.resolved!, 0, this.readback!, 0, 16 * n);
         device.queue.submit([enc.finish()]);
       });
@@ -205,7 +220,7 @@ export class StepProfiler {
   }
 
   destroy(): void {
-    this.querySet?.destroy();
+    for (const q of this.querySets) q.destroy();
     this.resolved?.destroy();
     this.readback?.destroy();
   }
