@@ -217,7 +217,8 @@ export function addRunOptions(c: Command, what: { outHelp: string }): Command {
     .addOption(new Option('--progress <how>', 'a progress bar (on a terminal), plain lines, or nothing').choices([...PROGRESS_MODES]).default('auto'))
     .option('--log-every <n>', 'with plain lines: one every n steps', positiveInt('--log-every'))
     .addOption(
-      new Option('--profile [steps]', `time every kernel in the steps after the first (default ${DEFAULT_PROFILE_STEPS}; they train as usual) and print where a step goes: per kernel time, share, GFLOP/s or GB/s; also in report.md and report.json`)
+      // commander shows the preset ("preset: 3") after the text: the count without a number.
+      new Option('--profile [steps]', 'time every kernel in this many steps after the first (they train as usual) and print where a step goes: per kernel time, share, GFLOP/s or GB/s; also in report.md and report.json')
         .preset(String(DEFAULT_PROFILE_STEPS))
         .argParser(positiveInt('--profile')),
     );
