@@ -249,6 +249,14 @@ describe('trainer folders', () => {
     const other = { ...mine, adapter: { ...mine.adapter, device: 'some other GPU' } };
     const file = (...entries: (typeof mine)[]): TuningFile => ({ format: 'lorafa-tuning/1', adapters: Object.fromEntries(entries.map((e) => [adapterKey(e.adapter), e])) });
 
+    // A key holds all a kernel depends on: re-emitting every matmul from its key with the variant
+    // the compiled plan chose gives the compiled kernels, text for text.
+    const same = new Map(keys.map((key) => [key, chooseMatmulVariant(matmulNodeFromKey(key)!.node, { ...ctxFor('f32'), elem: matmulNodeFromKey(key)!.elem }).name]));
+    const again = applyTuning(program, { path: 'tuning.json', file: file(tuningEntry(gpu, 'auto', keys.map((key) => ({ key, flops: 0, timings: [], choice: same.get(key)!, heuristic: same.get(key)! })))) }, gpu).program;
+    for (const [plan, compiled] of [[again.step, program.step], [again.eval, program.eval]]) {
+      expect(plan.dispatches.map((d) => plan.kernels[d.kernel].wgsl)).toEqual(compiled.dispatches.map((d) => compiled.kernels[d.kernel].wgsl));
+    }
+
     const foreign = applyTuning(program, { path: 'tuning.json', file: file(other) }, gpu);
     expect(foreign.program).toBe(program);
     expect(foreign.note).toMatch(/no entry for this adapter \(.*\), only for ".*some other GPU.*": running the heuristic's kernels/);

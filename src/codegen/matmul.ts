@@ -34,8 +34,14 @@
 //   column lanes 8×8         39.1
 //   row lanes 4×16 (32×16)   54.9      (row lanes 4×32: 57.2, 8×16: 49.7, 2×32: 51.1)
 // (the issue's textbook 16×16 workgroup-memory tile: ~0.7 GFLOP/s). On a discrete GPU the
-// portable kernel is a plain register-blocked one reading through L1/L2 rather than workgroup
-// memory: sane, not peak; a tiled variant for such adapters is future work.
+// register-blocked kernel reads through L1/L2 rather than workgroup memory: sane, not peak.
+// There the heuristic takes the workgroup-memory tiled kernels of matmul-tiled.ts instead.
+//
+// The kernels are variants in one registry (MATMUL_VARIANTS below: register, row-lanes,
+// column-lanes, tiled, tiled-small), each saying whether it needs subgroups and which nodes it
+// fits. emitMatmul runs a tuned choice for the node's shape key (`lorafa tune`, EmitContext
+// .matmulChoice) when there is one and it fits, else the heuristic's; `--kernels portable` keeps
+// both to the variants without subgroups.
 import { OPS } from '../ir/ops.ts';
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
