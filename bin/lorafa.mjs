@@ -15,7 +15,7 @@ const args = process.argv.slice(2);
 
 // A command that may touch the GPU, with stderr a socket (Node's child_process), runs as a child
 // whose stderr drops Dawn's driver warnings (src/runtime/quiet-dawn.ts says why and how).
-const gpuCommand = ['finetune', 'train', 'doctor'].includes(args[0]) || (args[0] === 'compile' && args.some((a) => a === '-o' || a.startsWith('--out'))) || (args[0] === 'plan' && args.includes('adapter'));
+const gpuCommand = ['finetune', 'train', 'tune', 'doctor'].includes(args[0]) || (args[0] === 'compile' && args.some((a) => a === '-o' || a.startsWith('--out'))) || (args[0] === 'plan' && args.includes('adapter'));
 const { runWithFilteredStderr } = await import(module('runtime/quiet-dawn'));
 const filtered = gpuCommand ? await runWithFilteredStderr(fileURLToPath(import.meta.url), args) : undefined;
 if (filtered !== undefined) {

@@ -67,8 +67,12 @@ export { fmtMetrics, type Metrics } from './train/metrics.ts';
 export { compileProgram, type CompileProgramOptions, type MemorySummary, type ProgramSpec, type TrainingProgram, type WeightLayout } from './train/program.ts';
 export { emitTrainer, type EmittedTrainer } from './train/emit-trainer.ts';
 export { readProgram } from './train/trainer-files.ts';
+export { applyTuning, readTuning, tuneTrainer, tuningFor, writeTuning, TUNING_FILE, TUNING_FORMAT, type AdapterTuning, type LoadedTuning, type TuningFile } from './train/tuning.ts';
+export { tuneMatmul, tuneMatmuls, type ShapeTuning, type TuneOptions, type VariantTiming } from './runtime/tune.ts';
+export { KERNEL_CHOICES, type KernelChoice } from './codegen/kernel.ts';
+export { MATMUL_VARIANTS, matmulShapeKey, type MatmulVariant } from './codegen/matmul.ts';
 export { addTrainOptions, isMain, runTrainer, trainerCli, type TrainFlags } from './train/trainer.ts';
-export { addCompiledOptions, addDataOptions, addRunOptions, DEFAULT_PROFILE_STEPS, LOSS_SCALE_HELP, lossScaleFlag, byteSize, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
+export { addCompiledOptions, addDataOptions, addRunOptions, DEFAULT_PROFILE_STEPS, KERNELS_HELP, LOSS_SCALE_HELP, lossScaleFlag, byteSize, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, usageOutput, regexFlag } from './train/flags.ts';
 export { DEFAULT_LOSS_SCALE, defaultLossScale, describeLossScale, LossScaler, parseLossScale, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './train/loss-scale.ts';
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
@@ -105,4 +109,4 @@ export {
   type ProfileRow,
   type StepProfile,
 } from './runtime/profile.ts';
-export { gpuLimits } from './runtime/session.ts';
+export { gpuLimits, kernelOptionsFor } from './runtime/session.ts';

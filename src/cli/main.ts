@@ -5,6 +5,7 @@
 //   plan <model>            every byte of one step, by category; --compare, --top, --json, --svg
 //   train <dir>             train a compiled trainer folder (same as npx tsx <dir>/trainer.ts)
 //   finetune <model|preset> compile + train on data in one command, with a report
+//   tune <dir>              time each matmul variant of a trainer's shapes here: <dir>/tuning.json
 //   doctor                  the WebGPU adapter Dawn finds: limits, memory where reported, host RAM
 //
 // Exit codes: 0 success, 1 a failure (a LorafaError: bad model, data, weights, …), 2 a usage error
@@ -78,6 +79,11 @@ import {
   type PlannedMode,
   type StorageDType,
   type TrainFlags,
+  KERNEL_CHOICES,
+  KERNELS_HELP,
+  kernelOptionsFor,
+  tuneTrainer,
+  type KernelChoice,
 } from '../index.ts';
 
 interface CommonFlags {
@@ -118,6 +124,8 @@ interface CompileFlags extends CommonFlags, OptimizerFlags, Partial<LimitFlags> 
   dtype: StorageDType;
   lossScale?: LossScaleSetting;
   budget?: number;
+  kernels?: KernelChoice;
+  tune?: boolean;
 }
 
 interface PlanFlags extends CommonFlags, OptimizerFlags, LimitFlags {
@@ -200,8 +208,7 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
     const { maxWorkgroupsPerDimension, ...limits } = await resolveLimits({ ...flags, limits: preset });
     // Planned for this machine's adapter: use its subgroup matmul when it has one (the trainer then
     // needs that feature where it runs, which the runtime checks).
-    const gpu = preset === 'adapter' ? await acquireGpu() : undefined;
-    const subgroupSize = gpu?.subgroupSize;
+    const gpu = preset === 'adapter' || flags.tune ? await acquireGpu() : undefined;
     const program = compileProgram(s.m, {
       config: s.config,
       overrides: s.overrides,
@@ -217,17 +224,19 @@ async function compileCommand(modelPath: string, flags: CompileFlags, cmd: Comma
       verify: flags.verify,
       budget: flags.budget,
       limits: { ...limits, preset },
-      maxWorkgroupsPerDimension,
-      subgroupSize,
+      // This adapter's kernels (subgroup matmuls on lavapipe, workgroup-memory tiles on a GPU;
+      // f16 as array<f16> where it has shader-f16) when planned for it; with a preset, the
+      // portable ones a CPU adapter would run.
+      ...(gpu && preset === 'adapter' ? kernelOptionsFor(gpu) : { maxWorkgroupsPerDimension }),
+      kernels: flags.kernels,
       dtype: flags.dtype,
-      // f16 as array<f16> where this adapter has shader-f16; packed in u32 (portable) otherwise.
-      shaderF16: gpu?.shaderF16,
     });
     const emitted = emitTrainer({ outDir: flags.out, program, log: (line) => console.log(line) });
     const dir = shown(emitted.outDir);
     const spec = program.spec;
     console.log(`wrote ${dir}/trainer.ts, ${dir}/plan.json, ${dir}/kernels/ (${emitted.kernels} kernels; ${program.step.dispatches.length} dispatches per step, ${program.eval.dispatches.length} per evaluation batch)`);
-    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}${spec.lossScale !== undefined ? `, ${describeLossScale(spec.lossScale)}` : ''}; ${spec.dtype ? `${spec.dtype} storage (trainable state f32); ` : ''}limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
+    console.log(`${spec.model} (config ${spec.config}), ${spec.mode}, ${spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD'}, batch ${spec.batch}${spec.accumulate ? ' with gradient accumulators' : ''}${spec.lossScale !== undefined ? `, ${describeLossScale(spec.lossScale)}` : ''}; ${spec.dtype ? `${spec.dtype} storage (trainable state f32); ` : ''}${spec.kernels ? `${spec.kernels} kernels; ` : ''}limits ${preset}; GPU memory ${fmtBytes(program.memory.peak)} (lower bound ${fmtBytes(program.memory.lowerBound)})`);
+    if (flags.tune) await tuneTrainer(emitted.outDir, { gpu, log: (line) => console.log(line) });
     console.log(`train it:  npx lorafa train ${dir} --data <file> --steps 100${spec.accumulate ? ` --grad-accum ${flags.gradAccum}` : ''}`);
     console.log(`       or: npx tsx ${dir}/trainer.ts --data <file> --steps 100   (where the lorafa package is installed)`);
     // --emit given explicitly still prints; by default -o prints only what it wrote.
@@ -410,7 +419,12 @@ export function program(helpFor?: string): Command {
     .option('--eval-batch <n>', 'with -o: rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
     .addOption(new Option('--dtype <d>', 'with -o: storage of frozen weights and activations on the GPU (trainable parameters, gradients and optimizer state stay f32)').choices([...STORAGE_DTYPES]).default('f32'))
     .option('--budget <size>', 'the most the step may use (e.g. 24GB, 22GiB, bytes): backward recomputes forward values until it fits (with -o, in the trainer; with --emit ir, stage remat)', byteSize('--budget'))
-    .action(compileCommand);
+    .addOption(new Option('--kernels <which>', `with -o: ${KERNELS_HELP}; recorded in the trainer`).choices([...KERNEL_CHOICES]))
+    .option('--tune', 'with -o: then time each matmul variant of the trainer on this adapter and write <dir>/tuning.json (as lorafa tune <dir>)')
+    .action((model: string, f: CompileFlags, cmd: Command) => {
+      if (f.tune && !f.out) throw new LorafaError('--tune', 'tunes a trainer folder: it needs -o', 'add -o <dir>, or tune an existing trainer with lorafa tune <dir>');
+      return compileCommand(model, f, cmd);
+    });
   optimizerAndLimits(commonOptions(p.command('plan').description('plan every byte of one training step (forward, backward, optimizer update)'), 'lora-fa'), 'discrete')
     .addOption(new Option('--dtype <d>', 'storage of frozen weights and activations (trainable state stays f32)').choices([...STORAGE_DTYPES]).default('f32'))
     .addOption(new Option('--attention <impl>', "how attention lowers: fused (keeps no [b, h, s, s] tensor), composed (keeps two), auto (fused from 8 MiB of scores up)").choices(['auto', 'fused', 'composed']).default('auto'))
@@ -445,6 +459,16 @@ export function program(helpFor?: string): Command {
     .option('--init-missing', "initialise weights the base checkpoint lacks from the model's init, instead of failing (a new classifier head never needs it)")
     .option('--verify', 'run the IR verifier after every pass');
   addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
+  p.command('tune')
+    .description("time each matmul kernel variant that fits each distinct matmul shape of a trainer on this machine's adapter, and write <dir>/tuning.json: the trainer then runs the fastest")
+    .argument('<dir>', 'the folder lorafa compile -o wrote')
+    .option('--runs <n>', 'timed runs per variant, the median kept', positiveInt('--runs'), 5)
+    .action(async (dir: string, f: { runs: number }) => {
+      if (!existsSync(join(dir, 'plan.json'))) {
+        throw new LorafaError(dir, 'no compiled trainer here (plan.json)', `compile one first: lorafa compile model.ts --mode lora-fa -o ${dir}`);
+      }
+      await tuneTrainer(dir, { runs: f.runs, log: (line) => console.log(line) });
+    });
   p.command('doctor')
     .description("report the WebGPU adapter Dawn finds, its limits and memory (or that WebGPU does not report it) and the host's RAM, or why there is none")
     .action(async () => {
@@ -496,7 +520,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   invocation = argv;
   return asCommand(async () => {
     const sub = argv.find((a) => !a.startsWith('-'));
-    await program(sub && ['compile', 'plan', 'train', 'finetune', 'doctor'].includes(sub) ? sub : undefined).parseAsync([...argv], { from: 'user' });
+    await program(sub && ['compile', 'plan', 'train', 'finetune', 'tune', 'doctor'].includes(sub) ? sub : undefined).parseAsync([...argv], { from: 'user' });
   });
 }
 

@@ -7,6 +7,8 @@ import type { MemoryPlan, PlanBuffer } from '../passes/memory-plan.ts';
 import { isInlineConstant, isView } from '../passes/schedule.ts';
 import { emitFused, planFusion, type FusedGroup } from './fuse.ts';
 import { defaultElem, type ElemKind } from './storage.ts';
+import type { EmitContext, KernelChoice } from './kernel.ts';
+import { chooseMatmulVariant, matmulCandidates, matmulNodeFromKey, matmulShapeKey } from './matmul.ts';
 import { emitKernel } from './wgsl.ts';
 
 /** Bytes [offset, offset + size) of one plan buffer. */
@@ -35,6 +37,11 @@ export interface Dispatch {
    * otherwise, so plans without accumulators (and their hashes) are as they were.
    */
   readonly update?: boolean;
+  /**
+   * A matmul's shape key (matmul.ts, matmulShapeKey): what `lorafa tune` times, and what a tuned
+   * choice replaces the kernel of (applyMatmulChoices). Absent on other dispatches.
+   */
+  readonly matmul?: string;
 }
 
 export interface Resident {
@@ -79,6 +86,14 @@ export interface KernelPlanOptions {
    * that feature.
    */
   readonly shaderF16?: boolean;
+  /** Portable kernels only, or what the adapter offers (EmitContext.kernels; default auto). */
+  readonly kernels?: KernelChoice;
+  /** A CPU adapter (EmitContext.cpuAdapter): the matmul heuristic's main input. */
+  readonly cpuAdapter?: boolean;
+  readonly maxWorkgroupStorageSize?: number;
+  readonly maxInvocationsPerWorkgroup?: number;
+  /** Tuned matmul variants by shape key (EmitContext.matmulChoice). */
+  readonly matmulChoice?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -121,7 +136,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     const t = byId.get(root(v));
     return !t || t.dtype === 'f32' || t.dtype === 'i32' ? defaultElem(v) : half;
   };
-  const ctx = { constants, maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535, storage: root, subgroupSize: opts.subgroupSize, elem };
+  const ctx: EmitContext = { ...emitOptions(opts), constants, storage: root, elem };
   const dispatched = (n: Node) => !isView(n) && !constants.has(n.out.id);
   // With accumulators, a kernel is all update or none of it (fuse.ts rule 6), so a micro-step
   // can run the forward, backward and accumulation dispatches without the update's.
@@ -176,6 +191,7 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
       bindings: [...k.bound.map(slice), slice(n.out)],
       workgroups: k.workgroups,
       ...phaseOf([n]),
+      ...(n.op === 'matmul' ? { matmul: matmulShapeKey(n, ctx) } : {}),
     });
   }
   const resident = (v: Value): Resident => ({ name: v.name, shape: v.type.shape, dtype: byId.get(root(v))?.dtype ?? v.type.dtype, slice: slice(v) });
@@ -192,6 +208,82 @@ export function buildKernelPlan(g: Graph, plan: MemoryPlan, opts: KernelPlanOpti
     outputs: Object.fromEntries(Object.entries(g.outputs).filter(([, v]) => byId.has(root(v))).map(([k, v]) => [k, resident(v)])),
     bytes: plan.buffers.reduce((s, b) => s + Math.max(4, Math.ceil(b.bytes / 4) * 4), 0),
   };
+}
+
+/** The EmitContext fields a KernelPlanOptions sets (everything but the plan's own constants and storage). */
+export function emitOptions(opts: Omit<KernelPlanOptions, 'fuse' | 'shaderF16'>): Omit<EmitContext, 'constants'> {
+  return {
+    maxWorkgroupsPerDimension: opts.maxWorkgroupsPerDimension ?? 65535,
+    subgroupSize: opts.subgroupSize,
+    ...(opts.kernels ? { kernels: opts.kernels } : {}),
+    ...(opts.cpuAdapter !== undefined ? { cpuAdapter: opts.cpuAdapter } : {}),
+    ...(opts.maxWorkgroupStorageSize !== undefined ? { maxWorkgroupStorageSize: opts.maxWorkgroupStorageSize } : {}),
+    ...(opts.maxInvocationsPerWorkgroup !== undefined ? { maxInvocationsPerWorkgroup: opts.maxInvocationsPerWorkgroup } : {}),
+    ...(opts.matmulChoice ? { matmulChoice: opts.matmulChoice } : {}),
+  };
+}
+
+/** The distinct matmul shape keys of a plan's dispatches, in first-use order. */
+export function matmulKeys(plan: KernelPlan): string[] {
+  return [...new Set(plan.dispatches.flatMap((d) => (d.matmul ? [d.matmul] : [])))];
+}
+
+export interface AppliedChoices {
+  readonly plan: KernelPlan;
+  /** Shape key → the variant its dispatches now run, for every key `choices` named that fits. */
+  readonly applied: ReadonlyMap<string, string>;
+  /** Keys whose choice does not fit here (or is not portable under kernels: 'portable'): left as compiled. */
+  readonly refused: ReadonlyMap<string, string>;
+}
+
+/**
+ * A compiled plan with its matmuls re-emitted as `choices` (shape key → variant) say: the tuned
+ * kernels `lorafa tune` measured, applied when a trainer starts. Every variant binds the same
+ * slices, so a dispatch keeps its bindings and takes the new kernel and grid; a matmul whose key
+ * has no choice keeps the compiled kernel, and kernels no dispatch uses any more are dropped (the
+ * runner compiles every kernel of a plan). The plan's bytes do not change.
+ */
+export function applyMatmulChoices(plan: KernelPlan, choices: ReadonlyMap<string, string>, opts: Omit<KernelPlanOptions, 'fuse' | 'shaderF16' | 'matmulChoice'>): AppliedChoices {
+  const applied = new Map<string, string>();
+  const refused = new Map<string, string>();
+  const emitted = new Map<string, { wgsl: string; bindings: number; workgroups: readonly [number, number, number] }>();
+  for (const key of matmulKeys(plan)) {
+    const want = choices.get(key);
+    if (want === undefined) continue;
+    const rebuilt = matmulNodeFromKey(key);
+    if (!rebuilt) {
+      refused.set(key, want);
+      continue;
+    }
+    const ctx: EmitContext = { ...emitOptions(opts), constants: new Map(), elem: rebuilt.elem, matmulChoice: new Map([[key, want]]) };
+    if (!matmulCandidates(rebuilt.node, ctx).some((v) => v.name === want)) {
+      refused.set(key, want);
+      continue;
+    }
+    const k = chooseMatmulVariant(rebuilt.node, ctx).emit(rebuilt.node, ctx);
+    emitted.set(key, { wgsl: k.wgsl, bindings: k.bound.length + 1, workgroups: k.workgroups });
+    applied.set(key, want);
+  }
+  if (!applied.size) return { plan, applied, refused };
+  // Rebuild the kernel list: every kernel a dispatch still uses, in first-use order.
+  const kernels: KernelText[] = [];
+  const index = new Map<string, number>();
+  const use = (k: KernelText) => {
+    let i = index.get(k.wgsl);
+    if (i === undefined) {
+      i = kernels.length;
+      kernels.push(k);
+      index.set(k.wgsl, i);
+    }
+    return i;
+  };
+  const dispatches = plan.dispatches.map((d): Dispatch => {
+    const e = d.matmul ? emitted.get(d.matmul) : undefined;
+    if (!e) return { ...d, kernel: use(plan.kernels[d.kernel]) };
+    if (e.bindings !== d.bindings.length) throw new Error(`applyMatmulChoices: ${d.label}: the ${applied.get(d.matmul!)} kernel binds ${e.bindings} slices, the dispatch ${d.bindings.length}`);
+    return { ...d, kernel: use({ wgsl: e.wgsl, bindings: e.bindings, label: `matmul ${d.matmul} (${applied.get(d.matmul!)})` }), workgroups: e.workgroups };
+  });
+  return { plan: { ...plan, kernels, dispatches }, applied, refused };
 }
 
 function shapeTag(n: Node): string {

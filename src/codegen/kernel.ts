@@ -42,6 +42,31 @@ export interface EmitContext {
    * or bf16 where the memory plan stores it in half precision. Views share their root's.
    */
   readonly elem?: (v: Value) => ElemKind;
+  /**
+   * Which kernels may be used: 'portable' keeps to those that need no optional feature (no
+   * subgroups), so the plan runs on any adapter; 'auto' (the default) may use what the adapter
+   * offers. `lorafa compile|train|finetune --kernels`.
+   */
+  readonly kernels?: KernelChoice;
+  /**
+   * The adapter runs on the CPU (lavapipe, SwiftShader): barriers and workgroup memory cost more
+   * than they save there, so the matmul heuristic keeps to barrier-free kernels; on a GPU it
+   * takes the workgroup-memory tiled one (matmul.ts, heuristicMatmulVariant). Undefined: as a
+   * CPU adapter (the kernels lorafa chose before it knew about the adapter).
+   */
+  readonly cpuAdapter?: boolean;
+  /** The device's maxComputeWorkgroupStorageSize (default WebGPU's 16384). */
+  readonly maxWorkgroupStorageSize?: number;
+  /** The device's maxComputeInvocationsPerWorkgroup (default WebGPU's 256). */
+  readonly maxInvocationsPerWorkgroup?: number;
+  /**
+   * Tuned matmul variants (`lorafa tune`): variant name by matmulShapeKey. A choice that does not
+   * fit (or is not portable under `kernels: 'portable'`) is ignored for the heuristic's.
+   */
+  readonly matmulChoice?: ReadonlyMap<string, string>;
 }
+
+export const KERNEL_CHOICES = ['auto', 'portable'] as const;
+export type KernelChoice = (typeof KERNEL_CHOICES)[number];
 
 export type KernelEmitterFn = (node: Node, ctx: EmitContext) => KernelSource;

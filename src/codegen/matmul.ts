@@ -34,12 +34,20 @@
 //   column lanes 8×8         39.1
 //   row lanes 4×16 (32×16)   54.9      (row lanes 4×32: 57.2, 8×16: 49.7, 2×32: 51.1)
 // (the issue's textbook 16×16 workgroup-memory tile: ~0.7 GFLOP/s). On a discrete GPU the
-// portable kernel is a plain register-blocked one reading through L1/L2 rather than workgroup
-// memory: sane, not peak; a tiled variant for such adapters is future work.
+// register-blocked kernel reads through L1/L2 rather than workgroup memory: sane, not peak.
+// There the heuristic takes the workgroup-memory tiled kernels of matmul-tiled.ts instead.
+//
+// The kernels are variants in one registry (MATMUL_VARIANTS below: register, row-lanes,
+// column-lanes, tiled, tiled-small), each saying whether it needs subgroups and which nodes it
+// fits. emitMatmul runs a tuned choice for the node's shape key (`lorafa tune`, EmitContext
+// .matmulChoice) when there is one and it fits, else the heuristic's; `--kernels portable` keeps
+// both to the variants without subgroups.
+import { OPS } from '../ir/ops.ts';
 import { strides } from '../ir/shape.ts';
 import { numel, type Node, type Value } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
-import { access, declare, defaultElem, type Access } from './storage.ts';
+import { emitMatmulTiled, TILED_LARGE, TILED_SMALL, tiledFits, tiledGrid } from './matmul-tiled.ts';
+import { access, declare, defaultElem, type Access, type ElemKind } from './storage.ts';
 
 export interface MatmulTiling {
   /** Rows of C per invocation: a multiple of 4 (Aᵀ is read as vec4 along m). */
@@ -64,14 +72,14 @@ const u = (x: number) => `${x}u`;
 const XYZW = ['x', 'y', 'z', 'w'];
 
 /** Strides of `inShape` read as a broadcast to `outShape` (0 along broadcast dims). */
-function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
+export function broadcastStrides(inShape: readonly number[], outShape: readonly number[]): number[] {
   const s = strides(inShape);
   const off = outShape.length - inShape.length;
   return outShape.map((_, d) => (d < off || inShape[d - off] === 1 ? 0 : s[d - off]));
 }
 
 /** `let name = Σ coord_d(idx)·str[d]` over the batch dims of `shape`. */
-function batchOffset(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
+export function batchOffset(name: string, idx: string, shape: readonly number[], str: readonly number[]): string {
   if (!shape.length || str.every((s) => s === 0)) return `let ${name} = 0u;`;
   const parts = [`var ${name} = 0u;`, `var ${name}_r = ${idx};`];
   for (let d = shape.length - 1; d >= 0; d--) {
@@ -83,7 +91,7 @@ function batchOffset(name: string, idx: string, shape: readonly number[], str: r
 }
 
 /** A matmul node's operands, flags, sizes and per-batch operand offsets (element strides). */
-function matmulDims(node: Node) {
+export function matmulDims(node: Node) {
   const [a, b] = node.inputs;
   const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
   const out = node.out.type.shape;
@@ -98,7 +106,7 @@ function matmulDims(node: Node) {
 }
 
 /** The output never aliases an operand (an invocation would read elements another one has overwritten). */
-function checkOutputApart(node: Node, key: (v: Value) => number): void {
+export function checkOutputApart(node: Node, key: (v: Value) => number): void {
   for (const [i, v] of node.inputs.entries()) {
     if (key(v) === key(node.out)) {
       throw new Error(`matmul ${node.out.name}: operand #${i} "${v.name}" shares the output's storage, and only elementwise kernels run in place`);
@@ -107,21 +115,173 @@ function checkOutputApart(node: Node, key: (v: Value) => number): void {
 }
 
 /**
- * The kernel for one matmul node. With `ctx.subgroupSize` 8, an A read as vec4 and at least a
- * subgroup's worth of column blocks, the subgroup variant (A loaded once per subgroup and
- * broadcast); otherwise the portable one. `tiling` overrides the choice's tiling (benchmarks).
+ * One way to compute a matmul node. `fits` says whether this variant takes the node on the device
+ * `ctx` describes (features, limits, the shapes it was written for); `emit` gives its kernel.
+ * Every variant binds the same operands in the same order (A, B unless they share storage, then
+ * C), so a dispatch can swap one for another (kernel-plan.ts's applyMatmulChoices).
  */
-export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling): KernelSource {
+export interface MatmulVariant {
+  readonly name: string;
+  /** Needs no optional feature (subgroups): `--kernels portable` keeps to these. */
+  readonly portable: boolean;
+  fits(node: Node, ctx: EmitContext): boolean;
+  emit(node: Node, ctx: EmitContext): KernelSource;
+}
+
+/** A read as vec4 along its contiguous dimension, as the column-lane variant needs. */
+function aReadAsVec4(node: Node, ctx: EmitContext): boolean {
   const { a, b, transA, transB, m, n, k } = matmulDims(node);
   const key = ctx.storage ?? ((v: Value) => v.id);
-  // A is read as vec4 (see emitMatmulWith): required by the subgroup variant.
-  const aVec = (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
-  const fits = (t: MatmulTiling) => ctx.subgroupSize === 8 && aVec && t.wgx === 8 && t.tm % 8 === 0 && Math.ceil(n / t.tn) >= 8;
-  // Row lanes wherever they fit, except a transposed A that column lanes also take: Aᵀ read along
-  // m at a stride of m per k step ran at 29 GFLOP/s in row lanes, 33 in column lanes (xᵀ·dy, W1).
-  if (!tiling && ctx.subgroupSize === 8 && rowLanesFit(node) && !(transA && fits(MATMUL_SUBGROUP_TILING))) return emitMatmulRowLanes(node, ctx, key);
-  const t = tiling ?? (fits(MATMUL_SUBGROUP_TILING) ? MATMUL_SUBGROUP_TILING : MATMUL_TILING);
-  return emitMatmulWith(node, ctx, t, fits(t));
+  return (transA ? m : k) % 4 === 0 && (key(a) !== key(b) || (transB ? k : n) % 4 === 0);
+}
+
+/** The column-lane tiling fits: 8-wide subgroups, A as vec4, a subgroup's worth of column blocks. */
+function columnLanesFit(node: Node, ctx: EmitContext): boolean {
+  const t = MATMUL_SUBGROUP_TILING;
+  const { n } = matmulDims(node);
+  return ctx.subgroupSize === 8 && aReadAsVec4(node, ctx) && t.wgx === 8 && t.tm % 8 === 0 && Math.ceil(n / t.tn) >= 8;
+}
+
+/**
+ * Every matmul kernel lorafa has. A test forces each one through the float64 reference on ragged
+ * shapes, transposes, broadcast batches and half storage (test/matmul-variants.test.ts), so a
+ * variant added here is covered without a new test.
+ */
+export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
+  {
+    name: 'register',
+    portable: true,
+    fits: () => true,
+    emit: (node, ctx) => emitMatmulWith(node, ctx, MATMUL_TILING, false),
+  },
+  {
+    name: 'row-lanes',
+    portable: false,
+    fits: (node, ctx) => ctx.subgroupSize === 8 && rowLanesFit(node),
+    emit: (node, ctx) => emitMatmulRowLanes(node, ctx, ctx.storage ?? ((v: Value) => v.id)),
+  },
+  {
+    name: 'column-lanes',
+    portable: false,
+    fits: columnLanesFit,
+    emit: (node, ctx) => emitMatmulWith(node, ctx, MATMUL_SUBGROUP_TILING, true),
+  },
+  {
+    name: 'tiled',
+    portable: true,
+    fits: (node, ctx) => tiledFits(node, ctx, TILED_LARGE),
+    emit: (node, ctx) => emitMatmulTiled(node, ctx, TILED_LARGE, 'tiled'),
+  },
+  {
+    name: 'tiled-small',
+    portable: true,
+    fits: (node, ctx) => tiledFits(node, ctx, TILED_SMALL),
+    emit: (node, ctx) => emitMatmulTiled(node, ctx, TILED_SMALL, 'tiled-small'),
+  },
+];
+
+export function matmulVariant(name: string): MatmulVariant | undefined {
+  return MATMUL_VARIANTS.find((v) => v.name === name);
+}
+
+/** The variants `ctx` allows for this node: those that fit, only portable ones under `kernels: 'portable'`. */
+export function matmulCandidates(node: Node, ctx: EmitContext): MatmulVariant[] {
+  return MATMUL_VARIANTS.filter((v) => (ctx.kernels !== 'portable' || v.portable) && v.fits(node, ctx));
+}
+
+/**
+ * The variant the heuristic picks (no tuning). On a CPU adapter (lavapipe; also when the context
+ * does not say, the choice lorafa always made): with 8-wide subgroups, row lanes wherever they fit
+ * except a transposed A that column lanes also take (Aᵀ read along m at a stride of m per k step
+ * ran at 29 GFLOP/s in row lanes, 33 in column lanes: xᵀ·dy, W1), else column lanes where they
+ * fit; otherwise the register-blocked kernel. On a GPU: the workgroup-memory tiles, 64×64 where C
+ * has at least 128 such blocks and 32×32 below (a guess for filling a GPU's cores, not measured
+ * here: `lorafa tune` measures).
+ */
+export function heuristicMatmulVariant(node: Node, ctx: EmitContext): MatmulVariant {
+  const ok = new Set(matmulCandidates(node, ctx).map((v) => v.name));
+  const pick = (name: string) => matmulVariant(name)!;
+  if (ctx.cpuAdapter ?? true) {
+    const { transA } = matmulDims(node);
+    if (ok.has('row-lanes') && !(transA && ok.has('column-lanes'))) return pick('row-lanes');
+    if (ok.has('column-lanes')) return pick('column-lanes');
+    return pick('register');
+  }
+  const [gx, gy, gz] = tiledGrid(node, TILED_LARGE);
+  if (ok.has('tiled') && (gx * gy * gz >= 128 || !ok.has('tiled-small'))) return pick('tiled');
+  if (ok.has('tiled-small')) return pick('tiled-small');
+  return pick('register');
+}
+
+/**
+ * What identifies a matmul for tuning: the operand shapes (batch dims, m, k, n), the transposes,
+ * the storage of A, B and C, and whether A and B are one tensor. Every variant's kernel depends on
+ * nothing else, so a choice measured for a key holds for every node with it. Parsed back by
+ * matmulNodeFromKey. E.g. `[512,768]·[768,768]ᵀ f32,f32→f32`.
+ */
+export function matmulShapeKey(node: Node, ctx: Pick<EmitContext, 'elem' | 'storage'>): string {
+  const [a, b] = node.inputs;
+  const { transA, transB } = node.attrs as { transA: boolean; transB: boolean };
+  const elem = ctx.elem ?? defaultElem;
+  const key = ctx.storage ?? ((v: Value) => v.id);
+  const shape = (v: Value, t: boolean) => `[${v.type.shape.join(',')}]${t ? 'ᵀ' : ''}`;
+  return `${shape(a, transA)}·${shape(b, transB)} ${elem(a)},${elem(b)}→${elem(node.out)}${key(a) === key(b) ? ' shared' : ''}`;
+}
+
+const KEY_RE = /^\[([\d,]*)\](ᵀ?)·\[([\d,]*)\](ᵀ?) (\w+),(\w+)→(\w+)( shared)?$/;
+const ELEMS: readonly ElemKind[] = ['f32', 'f16', 'f16p', 'bf16'];
+
+/**
+ * A matmul node (and the storage context it was keyed in) rebuilt from its shape key, for tuning
+ * and for re-emitting a compiled plan's matmuls with a tuned variant. Undefined for a string that
+ * is not a key.
+ */
+export function matmulNodeFromKey(shapeKey: string): { node: Node; elem: (v: Value) => ElemKind } | undefined {
+  const r = KEY_RE.exec(shapeKey);
+  if (!r) return undefined;
+  const dims = (s: string) => (s ? s.split(',').map(Number) : []);
+  const [as, bs] = [dims(r[1]), dims(r[3])];
+  const kinds = [r[5], r[6], r[7]] as ElemKind[];
+  if (as.length < 2 || bs.length < 2 || !kinds.every((x) => ELEMS.includes(x))) return undefined;
+  const shared = !!r[8];
+  if (shared && as.join(',') !== bs.join(',')) return undefined;
+  const a: Value = { id: 0, name: 'a', type: { dtype: 'f32', shape: as } };
+  const b: Value = shared ? a : { id: 1, name: 'b', type: { dtype: 'f32', shape: bs } };
+  const attrs = { transA: r[2] === 'ᵀ', transB: r[4] === 'ᵀ' };
+  let out;
+  try {
+    out = OPS.matmul.infer([a.type, b.type], attrs);
+  } catch {
+    return undefined;
+  }
+  const c: Value = { id: 2, name: 'c', type: out };
+  const node: Node = { op: 'matmul', inputs: [a, b], attrs, out: c, phase: 'forward' };
+  return { node, elem: (v) => (v.id === 2 ? kinds[2] : v.id === 1 ? kinds[1] : kinds[0]) };
+}
+
+/**
+ * The kernel for one matmul node: the variant `ctx.matmulChoice` names for its shape key when
+ * there is one and it fits (tuning: `lorafa tune`), else the heuristic's
+ * (heuristicMatmulVariant), in both cases only a portable variant under `kernels: 'portable'`.
+ * `tiling` forces the register-blocked kernel with that tiling (benchmarks), subgroup loads
+ * when it fits them.
+ */
+export function emitMatmul(node: Node, ctx: EmitContext, tiling?: MatmulTiling): KernelSource {
+  if (tiling) {
+    const fits = ctx.kernels !== 'portable' && ctx.subgroupSize === 8 && aReadAsVec4(node, ctx) && tiling.wgx === 8 && tiling.tm % 8 === 0 && Math.ceil(matmulDims(node).n / tiling.tn) >= 8;
+    return emitMatmulWith(node, ctx, tiling, fits);
+  }
+  return chooseMatmulVariant(node, ctx).emit(node, ctx);
+}
+
+/** The variant emitMatmul uses for this node. */
+export function chooseMatmulVariant(node: Node, ctx: EmitContext): MatmulVariant {
+  const tuned = ctx.matmulChoice?.get(matmulShapeKey(node, ctx));
+  if (tuned !== undefined) {
+    const v = matmulCandidates(node, ctx).find((c) => c.name === tuned);
+    if (v) return v;
+  }
+  return heuristicMatmulVariant(node, ctx);
 }
 
 /** Rows of C per lane and columns per subgroup in the row-lane variant. */

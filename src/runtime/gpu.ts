@@ -4,7 +4,7 @@ import { quietDawn } from './quiet-dawn.ts';
 import { tmpdir } from 'node:os';
 import { LorafaError } from '../ir/errors.ts';
 import { fixedSubgroupSize } from '../codegen/kernel-plan.ts';
-import { probeAdapter } from './device.ts';
+import { isCpuAdapter, probeAdapter } from './device.ts';
 
 export interface Gpu {
   readonly device: GPUDevice;
@@ -15,6 +15,10 @@ export interface Gpu {
   readonly subgroupSize?: number;
   /** The device has shader-f16: f16 storage is array<f16> (else packed in u32). */
   readonly shaderF16: boolean;
+  /** A software adapter on the CPU (lavapipe, SwiftShader): the matmul heuristic avoids barriers there. */
+  readonly cpuAdapter: boolean;
+  /** Who the adapter is, as tuning results are keyed (src/train/tuning.ts). */
+  readonly identity: AdapterIdentity;
   /** Bytes of GPU buffers, counted at every createBuffer and destroy on this device. */
   readonly memory: BufferMeter;
 }
@@ -57,6 +61,22 @@ export class BufferMeter {
     this.peak = this.live;
     return this.live;
   }
+}
+
+/**
+ * An adapter as tuning results are keyed: what WebGPU's GPUAdapterInfo says of it. Dawn's Node
+ * binding has no driver version; its description carries the driver's name and, for Mesa, its
+ * version (lavapipe: "Mesa 25.0.7 (LLVM 19.1.7)").
+ */
+export interface AdapterIdentity {
+  readonly vendor: string;
+  readonly architecture: string;
+  readonly device: string;
+  readonly description: string;
+}
+
+export function adapterIdentity(info: Partial<AdapterIdentity>): AdapterIdentity {
+  return { vendor: info.vendor ?? '', architecture: info.architecture ?? '', device: info.device ?? '', description: info.description ?? '' };
 }
 
 const SETUP = 'run `bash scripts/setup.sh` (it installs Mesa lavapipe when no adapter is found), then `npx lorafa doctor`';
@@ -117,6 +137,8 @@ export function acquireGpu(): Promise<Gpu> {
       description: `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.trim(),
       subgroupSize: fixedSubgroupSize(device, info as { subgroupMinSize?: number; subgroupMaxSize?: number }),
       shaderF16: device.features.has('shader-f16'),
+      cpuAdapter: isCpuAdapter(info, (info as { isFallbackAdapter?: boolean }).isFallbackAdapter),
+      identity: adapterIdentity(info),
     };
   })();
   return shared;

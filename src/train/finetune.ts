@@ -16,7 +16,8 @@ import type { LoraOptions } from '../passes/lora.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
 import { STORAGE_DTYPES, type StorageDType } from '../passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
-import { gpuLimits } from '../runtime/session.ts';
+import { gpuLimits, kernelOptionsFor } from '../runtime/session.ts';
+import { KERNEL_CHOICES, type KernelChoice } from '../codegen/kernel.ts';
 import { openTrainingData, type DataFlags } from './data.ts';
 import { runTraining, type TrainOptions, type TrainResult } from './loop.ts';
 import { compareLines } from './outputs.ts';
@@ -78,6 +79,8 @@ export interface FinetuneOptions extends DataFlags {
   readonly dtype?: string;
   /** GPU bytes the step must fit: backward recomputes forward values until its plan does (remat.ts). */
   readonly budget?: number;
+  /** --kernels: auto (default) or portable (no kernel that needs subgroups). */
+  readonly kernels?: string;
   readonly progress?: ProgressMode;
   readonly logEvery?: number;
   /** Profile this many steps after the first (TrainOptions.profile), timed by `profileClock`. */
@@ -125,6 +128,7 @@ export interface ResolvedSetup {
   readonly data?: string;
   /** Storage of frozen weights and activations (--dtype). */
   readonly dtype: StorageDType;
+  readonly kernels: KernelChoice;
 }
 
 function checkPositiveInt(flag: string, v: number | undefined): void {
@@ -199,7 +203,15 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
     baseFix,
     data: o.data ?? preset?.data,
     dtype: checkDtype(o.dtype),
+    kernels: checkKernels(o.kernels),
   };
+}
+
+/** --kernels: auto by default. */
+export function checkKernels(k: string | undefined): KernelChoice {
+  if (k === undefined) return 'auto';
+  if (!(KERNEL_CHOICES as readonly string[]).includes(k)) throw new LorafaError('--kernels', `unknown kernel choice "${k}"`, `use one of: ${KERNEL_CHOICES.join(', ')}`);
+  return k as KernelChoice;
 }
 
 /** --dtype: f32 by default. */
@@ -270,11 +282,9 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     command: o.command ?? '',
     verify: o.verify,
     limits,
-    maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
-    subgroupSize: gpu.subgroupSize,
+    ...kernelOptionsFor(gpu, s.kernels),
     dtype: s.dtype,
     budget: o.budget,
-    shaderF16: gpu.shaderF16,
     planned,
   });
   const plans = compared ? new Map([...compared].map(([m, p]) => [m, memorySummary(p.memory, limits)])) : undefined;

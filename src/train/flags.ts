@@ -3,6 +3,7 @@
 // flags with the same checks. Numbers are checked where they are parsed: NaN, ±Infinity and values
 // past the safe range are refused with the flag's name (a usage error, exit code 2).
 import { STORAGE_DTYPES } from '../passes/memory-plan.ts';
+import { KERNEL_CHOICES } from '../codegen/kernel.ts';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { DATA_FORMATS } from '../data/rows.ts';
 import { PROGRESS_MODES, type ProgressMode } from './progress.ts';
@@ -233,7 +234,10 @@ export interface CompiledFlagValues {
   evalBatch?: number;
   dtype?: string;
   budget?: number;
+  kernels?: string;
 }
+
+export const KERNELS_HELP = 'which kernels: auto (what this adapter offers: subgroup matmuls on lavapipe, workgroup-memory tiles on a GPU) or portable (none that need an optional feature such as subgroups: the trainer runs on any adapter); default auto';
 
 export function addCompiledOptions(c: Command): Command {
   return c
@@ -243,5 +247,6 @@ export function addCompiledOptions(c: Command): Command {
     .addOption(new Option('--optimizer <name>', 'adamw (default) or sgd').choices(['adamw', 'sgd']))
     .option('--weight-decay <w>', 'weight decay (AdamW: decoupled, default 0.01; SGD: L2, default 0)', nonNegativeNumber('--weight-decay'))
     .option('--momentum <m>', 'SGD momentum', nonNegativeNumber('--momentum'))
-    .option('--eval-batch <n>', 'rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'));
+    .option('--eval-batch <n>', 'rows per evaluation batch (default: the training batch)', positiveInt('--eval-batch'))
+    .addOption(new Option('--kernels <which>', KERNELS_HELP).choices([...KERNEL_CHOICES]));
 }

@@ -46,6 +46,7 @@ import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } f
 import { progress, type ProgressMode } from './progress.ts';
 import { checkSchedule, defaultWarmup, describeSchedule, lrAt, type LrSchedule, type LrScheduleName } from './schedule.ts';
 import { evaluate, fmtMetrics, type Metrics } from './metrics.ts';
+import { applyTuning, type LoadedTuning } from './tuning.ts';
 import { describeLossScale, LossScaler, type LossScaleSetting, type LossScalerOptions, type LossScalerState } from './loss-scale.ts';
 
 export interface ExportOptions {
@@ -127,6 +128,11 @@ export interface TrainOptions {
   readonly profile?: number;
   /** How the profile times kernels (default 'auto': timestamp queries where the device has them). */
   readonly profileClock?: ProfileClock | 'auto';
+  /**
+   * A trainer folder's tuning.json (tuning.ts): this adapter's tuned matmul kernels replace the
+   * heuristic's; an entry for another adapter is ignored, and the run says so.
+   */
+  readonly tuning?: LoadedTuning;
 }
 
 export interface TrainResult {
@@ -322,7 +328,8 @@ function sliceRows(feeds: Feeds, rows: number, r0: number, r1: number): Feeds {
   return out;
 }
 
-export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<TrainResult> {
+export async function runTraining(program: TrainingProgram, o: TrainOptions): Promise<TrainResult> {
+  let p = program;
   const log = o.log ?? ((s: string) => void process.stdout.write(s + '\n'));
   const spec = p.spec;
   const data = o.data;
@@ -355,6 +362,11 @@ export async function runTraining(p: TrainingProgram, o: TrainOptions): Promise<
   const scaler = lossScale === 'none' ? undefined : new LossScaler(lossScale, o.lossScaler);
   const skippedSteps: number[] = [];
   const gpu = o.gpu ?? (await acquireGpu());
+  if (o.tuning) {
+    const tuned = applyTuning(p, o.tuning, gpu);
+    p = tuned.program;
+    log(tuned.note);
+  }
   const out = o.out ? resolve(o.out) : undefined;
   if (out) checkOutputPath(out, 'folder', '--out');
 

@@ -14,6 +14,7 @@
 //    keys, the data inputs, the classifier's class count and the vocabulary.
 import { createHash } from 'node:crypto';
 import { dirname, isAbsolute, resolve as resolvePath } from 'node:path';
+import type { KernelChoice } from '../codegen/kernel.ts';
 import { buildKernelPlan, type KernelPlan } from '../codegen/kernel-plan.ts';
 import { LorafaError } from '../ir/errors.ts';
 import type { DType, Graph, Init, LinearModule, LoraAdapter, Param } from '../ir/types.ts';
@@ -58,6 +59,11 @@ export interface ProgramSpec {
    * optimizer state are f32). Absent in trainers compiled before half storage: f32.
    */
   readonly dtype?: StorageDType;
+  /**
+   * --kernels portable: only kernels that need no optional feature (no subgroups), so the trainer
+   * runs on any adapter. Absent: auto (what the compiling adapter offers).
+   */
+  readonly kernels?: 'portable';
   /**
    * The GPU-memory budget the step was compiled for (--budget), and what fitting it cost: backward
    * recomputes `recomputed` forward values, `extraFlops` more FLOPs (`percent` of the step).
@@ -145,6 +151,12 @@ export interface CompileProgramOptions {
   readonly limits: Limits & { readonly preset: string };
   readonly maxWorkgroupsPerDimension?: number;
   readonly subgroupSize?: number;
+  /** A CPU adapter (lavapipe): the matmul heuristic keeps to barrier-free kernels (EmitContext.cpuAdapter). */
+  readonly cpuAdapter?: boolean;
+  readonly maxWorkgroupStorageSize?: number;
+  readonly maxInvocationsPerWorkgroup?: number;
+  /** --kernels: auto (default) or portable (no subgroups; recorded in the spec). */
+  readonly kernels?: KernelChoice;
   /** Storage of frozen weights and activations (default f32). */
   readonly dtype?: StorageDType;
   /** The device has shader-f16 (an f16 plan then stores array<f16>; else packed u32). */
@@ -237,7 +249,15 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
   const { compiled, memory, remat } = o.planned ?? planStep(graph, { mode: o.mode, lora: o.lora, optimizer: o.optimizer, gradCorrection: o.gradCorrection, accumulate: o.accumulate, lossScaling: lossScale !== 'none', verify: o.verify, dtype: o.dtype, budget: o.budget }, limits);
   const dtype = o.dtype ?? 'f32';
   if (memory.dtype !== dtype) throw new LorafaError('--dtype', `the step was planned with ${memory.dtype} storage, not ${dtype}`, 'plan it with the same --dtype');
-  const kernelOptions = { maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension, subgroupSize: o.subgroupSize, shaderF16: o.shaderF16 };
+  const kernelOptions = {
+    maxWorkgroupsPerDimension: o.maxWorkgroupsPerDimension,
+    subgroupSize: o.subgroupSize,
+    shaderF16: o.shaderF16,
+    cpuAdapter: o.cpuAdapter,
+    maxWorkgroupStorageSize: o.maxWorkgroupStorageSize,
+    maxInvocationsPerWorkgroup: o.maxInvocationsPerWorkgroup,
+    kernels: o.kernels,
+  };
   const step = buildKernelPlan(compiled.step!, memory, kernelOptions);
 
   const batch = cfg.batch;
@@ -278,6 +298,7 @@ export function compileProgram(m: LoadedModel, o: CompileProgramOptions): Traini
     modulesToSave: [...(m.def.modulesToSave ?? [])],
     gradCorrection: !!o.gradCorrection,
     ...(dtype !== 'f32' ? { dtype } : {}),
+    ...(o.kernels === 'portable' ? { kernels: 'portable' as const } : {}),
     ...(o.budget !== undefined
       ? { budget: { bytes: o.budget, recomputed: remat?.recomputeNodes ?? 0, extraFlops: remat?.extraFlops ?? 0, percent: overheadPercent(remat) } }
       : {}),

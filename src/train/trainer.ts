@@ -13,7 +13,8 @@ import { asCommand, LorafaError } from '../ir/errors.ts';
 import { listCheckpoints, readCheckpoint } from './checkpoint.ts';
 import { openTrainingData } from './data.ts';
 import { addCompiledOptions, addDataOptions, addRunOptions, type CompiledFlagValues, type DataFlagValues, type RunFlagValues } from './flags.ts';
-import { checkpointDir, runTraining, type TrainResult } from './loop.ts';
+import { checkpointDir, rel, runTraining, type TrainResult } from './loop.ts';
+import { readTuning, TUNING_FILE } from './tuning.ts';
 import type { ProgramSpec, TrainingProgram } from './program.ts';
 import type { LrScheduleName } from './schedule.ts';
 import { readProgram } from './trainer-files.ts';
@@ -40,6 +41,7 @@ function checkCompiled(spec: ProgramSpec, f: CompiledFlagValues): void {
     ['--eval-batch', f.evalBatch, spec.evalBatch],
     ['--dtype', f.dtype, spec.dtype ?? 'f32'],
     ['--budget', f.budget, spec.budget?.bytes],
+    ['--kernels', f.kernels, spec.kernels ?? 'auto'],
     ['--optimizer', f.optimizer, o.kind],
     ['--weight-decay', f.weightDecay, o.weightDecay ?? (o.kind === 'adamw' ? 0.01 : 0)],
     ['--momentum', f.momentum, o.kind === 'sgd' ? (o.momentum ?? 0) : undefined],
@@ -82,6 +84,9 @@ function resumeDefaults(outDir: string, f: TrainFlags): Partial<TrainFlags> {
 export async function runTrainer(outDir: string, spec: ProgramSpec, flags: TrainFlags): Promise<TrainResult> {
   const program: TrainingProgram = readProgram(outDir, spec);
   checkCompiled(spec, flags);
+  // Tuned kernels for this adapter, when `lorafa tune` left some beside the trainer.
+  const tuningFile = readTuning(outDir);
+  const tuning = tuningFile && { path: rel(join(outDir, TUNING_FILE)), file: tuningFile };
   const out = flags.out ?? outDir;
   const d = resumeDefaults(out, flags);
   const pick = <K extends keyof TrainFlags>(k: K): TrainFlags[K] => (flags[k] !== undefined ? flags[k] : (d[k] as TrainFlags[K]));
@@ -112,6 +117,7 @@ export async function runTrainer(outDir: string, spec: ProgramSpec, flags: Train
       progress: flags.progress,
       logEvery: flags.logEvery,
       profile: flags.profile,
+      tuning,
     });
   } finally {
     data.close();
