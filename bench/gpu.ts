@@ -11,8 +11,10 @@
 //    median (min–max) of the timed ones. GFLOP/s counts matmul FLOPs only: 2·m·n·k per matmul
 //    node of the step graph (batch included); elementwise work is listed as elements, not FLOPs.
 //    GPU bytes = what the runner allocated, next to the plan's peak (they must be equal).
-// 2. The matmul kernel alone on 512×768 · 768×768 (x·W, dy·Wᵀ, xᵀ·dy shapes of W1): median of 7
-//    dispatches after 2 warm-ups, each waited for with queue.onSubmittedWorkDone() (through quietly(): no busy poll).
+// 2. The matmul kernels shape by shape: every distinct matmul of the W1 LoRA-FA step and of the
+//    attention composition (s 256), every variant that fits this adapter timed as `lorafa tune`
+//    times it (interleaved rounds, medians), with [512,768]·[768,768] against its 80 GFLOP/s target
+//    and the fastest portable variant beside it.
 // 3. Where a W1 LoRA-FA step goes: src/runtime/profile.ts (`lorafa train --profile`'s profiler) on
 //    3 steps after the timed ones: per kernel time, share, GFLOP/s (matmul) and GB/s; timestamp
 //    queries where the adapter has them, else the wall clock per dispatch (the table says which).
@@ -25,9 +27,9 @@ import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { loadModel, trace } from '../src/model/load.ts';
-import { buildKernelPlan } from '../src/codegen/kernel-plan.ts';
+import { buildKernelPlan, matmulKeys } from '../src/codegen/kernel-plan.ts';
 import { acquireGpu } from '../src/runtime/gpu.ts';
-import { emitMatmul, MATMUL_SUBGROUP_TILING, MATMUL_TILING, ROW_LANES } from '../src/codegen/matmul.ts';
+import { MATMUL_VARIANTS, matmulVariant } from '../src/codegen/matmul.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { fmtBytes } from '../src/ir/format.ts';
 import { numel, type Graph } from '../src/ir/types.ts';
@@ -37,8 +39,9 @@ import { planMemory, type StorageDType } from '../src/passes/memory-plan.ts';
 import { flopsOf } from '../src/passes/remat.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../src/passes/optimizer.ts';
 import { StepRunner } from '../src/runtime/executor.ts';
-import { PipelineCache, quietly, type Gpu } from '../src/runtime/gpu.ts';
+import { type Gpu } from '../src/runtime/gpu.ts';
 import { initParams, rng } from '../src/runtime/init.ts';
+import { tuneMatmul, type ShapeTuning, type VariantTiming } from '../src/runtime/tune.ts';
 import { median, profileMarkdown, profileSteps, type StepProfile } from '../src/runtime/profile.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -82,6 +85,8 @@ interface StepRow extends StepCase {
   readonly allocated: number;
   readonly peak: number;
   readonly timeline?: StepProfile;
+  /** The step's distinct matmul shape keys (kernel-plan.ts matmulKeys). */
+  readonly matmulKeys: readonly string[];
 }
 
 /** 2·m·n·k per matmul node (batch included), and the elements elementwise nodes write. */
@@ -175,6 +180,7 @@ async function runStepCase(gpu: Gpu, c: StepCase): Promise<StepRow> {
     ...work(step),
     dispatches: kp.dispatches.length,
     kernels: kp.kernels.length,
+    matmulKeys: matmulKeys(kp),
     allocated,
     peak: kp.bytes,
     timeline: profile,
@@ -183,72 +189,33 @@ async function runStepCase(gpu: Gpu, c: StepCase): Promise<StepRow> {
 
 // ---------------------------------------------------------------------------------------------
 
-interface MatmulRow {
-  readonly what: string;
-  readonly variant: string;
-  readonly median: number;
-  readonly min: number;
-  readonly max: number;
-  readonly gflops: number;
+/** Where a matmul shape comes from, and every variant's time on it (src/runtime/tune.ts). */
+interface MatmulShapeRow {
+  readonly from: string;
+  readonly tuning: ShapeTuning;
 }
 
-/** portable: no subgroups; column lanes: that variant forced; default: what the compiler picks. */
-type MatmulVariant = 'portable' | 'column lanes' | 'default';
+/** The product the issue's target names: x·W of W1. */
+const HEADLINE_KEY = '[512,768]·[768,768] f32,f32→f32';
+const HEADLINE_TARGET = 80;
 
-async function benchMatmul(gpu: Gpu, what: string, m: number, k: number, n: number, transA: boolean, transB: boolean, variant: MatmulVariant): Promise<MatmulRow> {
-  const device = gpu.device;
-  const b = new Builder();
-  const a = b.input('a', transA ? [k, m] : [m, k]);
-  const w = b.input('w', transB ? [n, k] : [k, n]);
-  b.matmul(a, w, { transA, transB });
-  const node = b.build().nodes.at(-1)!;
-  const ks = emitMatmul(
-    node,
-    {
-      constants: new Map(),
-      maxWorkgroupsPerDimension: gpu.limits.maxComputeWorkgroupsPerDimension,
-      subgroupSize: variant === 'portable' ? undefined : gpu.subgroupSize,
-    },
-    variant === 'column lanes' ? MATMUL_SUBGROUP_TILING : undefined,
-  );
-  const u = rng(5);
-  const make = (count: number) => {
-    const buf = device.createBuffer({ size: count * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(buf, 0, new Float32Array(count).map(() => u() - 0.5));
-    return buf;
-  };
-  const bufs = [make(m * k), make(k * n), make(m * n)];
-  const { pipeline, layout } = await new PipelineCache(device).get(ks.wgsl, 3, `matmul ${what}`);
-  const bind = device.createBindGroup({ layout, entries: bufs.map((buffer, i) => ({ binding: i, resource: { buffer } })) });
-  const once = async () => {
-    const t0 = performance.now();
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bind);
-    pass.dispatchWorkgroups(...ks.workgroups);
-    pass.end();
-    device.queue.submit([enc.finish()]);
-    await quietly(() => device.queue.onSubmittedWorkDone());
-    return performance.now() - t0;
-  };
-  await once();
-  await once();
-  const times: number[] = [];
-  for (let i = 0; i < 7; i++) times.push(await once());
-  for (const x of bufs) x.destroy();
-  const med = median(times);
-  const ran = ks.wgsl.startsWith('// lorafa matmul: row lanes') ? 'row lanes' : ks.wgsl.includes('subgroupBroadcast') ? 'column lanes' : 'portable';
-  const t = ran === 'portable' ? MATMUL_TILING : MATMUL_SUBGROUP_TILING;
-  const block = ran === 'row lanes' ? `${ROW_LANES.tm}×${ROW_LANES.tn}/lane, ${8 * ROW_LANES.tm}×${ROW_LANES.tn}/subgroup` : `${t.tm}×${t.tn}/invocation`;
-  return {
-    what,
-    variant: `${variant === 'default' ? 'default: ' : ''}${ran} ${block}`,
-    median: med,
-    min: Math.min(...times),
-    max: Math.max(...times),
-    gflops: (2 * m * n * k) / med / 1e6,
-  };
+/**
+ * Every distinct matmul of the W1 LoRA-FA step and of the attention composition at s = 256, each
+ * variant that fits this adapter timed as `lorafa tune` times it: 7 rounds, one dispatch of each
+ * variant per round, medians (a variant 3× slower than the best on its first run stops there).
+ */
+async function benchMatmulShapes(gpu: Gpu, sources: readonly { from: string; keys: readonly string[] }[]): Promise<MatmulShapeRow[]> {
+  const rows: MatmulShapeRow[] = [];
+  const seen = new Set<string>();
+  for (const { from, keys } of sources) {
+    for (const key of keys) {
+      if (seen.has(key)) continue;
+      seen.add(key);
+      rows.push({ from, tuning: await tuneMatmul(gpu, key, { runs: 7 }) });
+      process.stderr.write(`  matmul ${key}: ${rows.at(-1)!.tuning.timings.map((t) => `${t.variant} ${f1(t.ms)} ms`).join(', ')}\n`);
+    }
+  }
+  return rows;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +248,7 @@ interface AttentionRow {
   readonly saved: number;
   readonly allocated: number;
   readonly dispatches: number;
+  readonly matmulKeys: readonly string[];
 }
 
 const ATTENTION = { batch: 1, heads: 8, headDim: 64, seqs: [128, 256, 512], steps: 5 } as const;
@@ -296,7 +264,42 @@ export async function benchAttention(gpu: Gpu, seq: number, fused: boolean, shap
   const optimizer: OptimizerOptions = { kind: 'sgd' };
   const r = await timeSteps(gpu, compileTraining(b.build(), { mode: 'full', optimizer }), { optimizer, cfg: {}, steps: ATTENTION.steps, fuse: true, subgroupSize: gpu.subgroupSize });
   const saved = r.plan.timeline[r.plan.backwardStart]?.saved ?? 0;
-  return { seq, fused, median: r.median, min: r.min, max: r.max, peak: r.kp.bytes, saved, allocated: r.allocated, dispatches: r.kp.dispatches.length };
+  return { seq, fused, median: r.median, min: r.min, max: r.max, peak: r.kp.bytes, saved, allocated: r.allocated, dispatches: r.kp.dispatches.length, matmulKeys: matmulKeys(r.kp) };
+}
+
+/** The per-shape matmul table: every variant's GFLOP/s, the heuristic's choice and the fastest. */
+function matmulSection(mm: readonly MatmulShapeRow[]): string[] {
+  const names = MATMUL_VARIANTS.map((v) => v.name).filter((name) => mm.some((r) => r.tuning.timings.some((t) => t.variant === name)));
+  const gf = (r: MatmulShapeRow, t: VariantTiming) => r.tuning.flops / t.ms / 1e6;
+  const cell = (r: MatmulShapeRow, name: string) => {
+    const t = r.tuning.timings.find((x) => x.variant === name);
+    if (!t) return '—';
+    const fastest = r.tuning.timings.reduce((x, y) => (y.ms < x.ms ? y : x));
+    const text = `${gf(r, t).toFixed(1)}${t.runs < 7 ? '*' : ''}`;
+    return t === fastest ? `**${text}**` : text;
+  };
+  const lines = [
+    '## The matmul kernels, shape by shape',
+    '',
+    "Every distinct matmul of the W1 LoRA-FA step and of the attention composition (s 256), each variant that fits this adapter timed as `lorafa tune` times it (src/runtime/tune.ts): 2 warm-ups, then 7 rounds of one dispatch of every variant, the median per variant, waits through quietly(). GFLOP/s = 2·m·n·k·batch ÷ median; **bold** = the fastest; * = stopped after one run at 3× the best; — = does not fit. \"heuristic\" = what the compiler runs untuned.",
+    '',
+  ];
+  const head = mm.find((r) => r.tuning.key === HEADLINE_KEY);
+  if (head) {
+    const best = head.tuning.timings.reduce((x, y) => (y.ms < x.ms ? y : x));
+    const portable = head.tuning.timings.filter((t) => matmulVariant(t.variant)?.portable).reduce((x, y) => (y.ms < x.ms ? y : x));
+    lines.push(
+      `[512,768]·[768,768] (x·W): the fastest variant, ${best.variant}, ${gf(head, best).toFixed(1)} GFLOP/s against the target of ${HEADLINE_TARGET} (${gf(head, best) >= HEADLINE_TARGET ? 'met' : 'not met'}); the fastest portable one, ${portable.variant}, ${gf(head, portable).toFixed(1)} GFLOP/s.`,
+      '',
+    );
+  }
+  lines.push(
+    `| product | from | heuristic | ${names.join(' | ')} |`,
+    `|---|---|---|${names.map(() => '--:').join('|')}|`,
+    ...mm.map((r) => `| ${r.tuning.key} | ${r.from} | ${r.tuning.heuristic} | ${names.map((n) => cell(r, n)).join(' | ')} |`),
+    '',
+  );
+  return lines;
 }
 
 export async function runGpuBench(): Promise<string> {
@@ -314,16 +317,6 @@ export async function runGpuBench(): Promise<string> {
     rows.push(r);
     process.stderr.write(`  ${c.model} ${c.config} ${c.mode}${c.variant ? ` (${c.variant})` : ''}: ${f1(r.median)} ms\n`);
   }
-  const mm: MatmulRow[] = [];
-  const shapes = [
-    ['x·W (512×768 · 768×768)', 512, 768, 768, false, false],
-    ['dy·Wᵀ (512×768 · (768×768)ᵀ)', 512, 768, 768, false, true],
-    ['xᵀ·dy ((512×768)ᵀ · 512×768)', 768, 512, 768, true, false],
-  ] as const;
-  for (const variant of (gpu.subgroupSize ? ['portable', 'column lanes', 'default'] : ['portable']) as MatmulVariant[]) {
-    for (const [what, m, k, n, ta, tb] of shapes) mm.push(await benchMatmul(gpu, what, m, k, n, ta, tb, variant));
-  }
-
   const attn: AttentionRow[] = [];
   for (const seq of ATTENTION.seqs) {
     for (const fused of [true, false]) {
@@ -332,6 +325,12 @@ export async function runGpuBench(): Promise<string> {
       process.stderr.write(`  attention s=${seq} ${fused ? 'fused' : 'composed'}: ${f1(r.median)} ms\n`);
     }
   }
+  const w1 = rows.find((r) => r.model === 'w1' && r.mode === 'lora-fa' && !r.variant)!;
+  const att = attn.find((r) => r.seq === 256 && !r.fused)!;
+  const mm = await benchMatmulShapes(gpu, [
+    { from: 'W1 LoRA-FA', keys: w1.matmulKeys },
+    { from: 'attention (composition, s 256)', keys: att.matmulKeys },
+  ]);
 
   const cpu = cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const lines = [
@@ -353,14 +352,7 @@ export async function runGpuBench(): Promise<string> {
     '"no fusion" = every node its own kernel; "portable matmul" = the kernel every adapter gets;',
     `"f16 storage" / "bf16 storage" = --dtype: frozen weights and activations stored in 2 bytes (f16 ${gpu.shaderF16 ? 'as array<f16> (shader-f16)' : 'packed in u32 (no shader-f16)'}, bf16 packed in u32), f32 arithmetic and trainable state.`,
     '',
-    '## The matmul kernel alone',
-    '',
-    'One dispatch, median (min–max) of 7 after 2 warm-ups, each waited for with onSubmittedWorkDone() through quietly() (no busy poll). "default" = the variant the compiler picks for that product.',
-    '',
-    '| product | kernel | ms (min–max) | GFLOP/s |',
-    '|---|---|--:|--:|',
-    ...mm.map((r) => `| ${r.what} | ${r.variant} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${r.gflops.toFixed(2)} |`),
-    '',
+    ...matmulSection(mm),
   ];
   lines.push(
     '## Attention: the fused op against the composition',

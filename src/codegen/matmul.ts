@@ -59,6 +59,26 @@ export interface MatmulTiling {
   readonly wgy: number;
 }
 
+/** Rows of C per lane and columns per subgroup in the row-lane variant. */
+export const ROW_LANES: RowLaneTile = { tm: 4, tn: 16 };
+
+/**
+ * A row-lane block: TM rows of C per lane (a multiple of 4), TN columns per subgroup (a multiple
+ * of 8). 4×16 is the heuristic's; the others are candidates `lorafa tune` measures, since which
+ * wins depends on the shape and the CPU (docs/performance.md: loads per multiply-add fall with
+ * both, spills rise).
+ */
+export interface RowLaneTile {
+  readonly tm: number;
+  readonly tn: number;
+}
+
+/** The row-lane blocks lorafa has besides 4×16, by variant name. */
+export const ROW_LANE_TILES: Readonly<Record<string, RowLaneTile>> = {
+  'row-lanes-4x32': { tm: 4, tn: 32 },
+  'row-lanes-8x16': { tm: 8, tn: 16 },
+};
+
 /** 4×8 per invocation, 4×8 invocations: each workgroup covers 32×32 of C. */
 export const MATMUL_TILING: MatmulTiling = { tm: 4, tn: 8, wgx: 4, wgy: 8 };
 
@@ -160,6 +180,12 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
     fits: (node, ctx) => ctx.subgroupSize === 8 && rowLanesFit(node),
     emit: (node, ctx) => emitMatmulRowLanes(node, ctx, ctx.storage ?? ((v: Value) => v.id)),
   },
+  ...Object.entries(ROW_LANE_TILES).map(([name, tile]) => ({
+    name,
+    portable: false,
+    fits: (node: Node, ctx: EmitContext) => ctx.subgroupSize === 8 && rowLanesFit(node, tile),
+    emit: (node: Node, ctx: EmitContext) => emitMatmulRowLanes(node, ctx, ctx.storage ?? ((v: Value) => v.id), tile),
+  })),
   {
     name: 'column-lanes',
     portable: false,
@@ -284,8 +310,6 @@ export function chooseMatmulVariant(node: Node, ctx: EmitContext): MatmulVariant
   return heuristicMatmulVariant(node, ctx);
 }
 
-/** Rows of C per lane and columns per subgroup in the row-lane variant. */
-export const ROW_LANES = { tm: 4, tn: 16 } as const;
 
 /**
  * Whether the row-lane variant takes this matmul: k and n multiples of 4 (A along k or Aᵀ along
@@ -293,9 +317,9 @@ export const ROW_LANES = { tm: 4, tn: 16 } as const;
  * multiple of 4 when A is transposed, and at least one subgroup's worth of rows (m ≥ 8·TM/2:
  * below that most lanes would compute clamped copies; the column-lane variant takes such a C).
  */
-function rowLanesFit(node: Node): boolean {
+function rowLanesFit(node: Node, tile: RowLaneTile = ROW_LANES): boolean {
   const { transA, m, n, k } = matmulDims(node);
-  return k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= 4 * ROW_LANES.tm;
+  return k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= 4 * tile.tm && (tile === ROW_LANES || n >= tile.tn);
 }
 
 /**
@@ -307,12 +331,12 @@ function rowLanesFit(node: Node): boolean {
  * column-lane variant: 9 for 256; this one: 6 for 256). Loads clamp to the matrix; stores are
  * guarded; every lane runs to the end (the broadcasts need them all).
  */
-function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => number): KernelSource {
-  const TM = ROW_LANES.tm;
+function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => number, tile: RowLaneTile = ROW_LANES): KernelSource {
+  const TM = tile.tm;
   const { a, b, transA, transB, m, n, k, batch, nb, aStr, bStr } = matmulDims(node);
   checkOutputApart(node, key);
   // Narrow C (x·A at rank 8): fewer columns per subgroup rather than clamped copies.
-  const TN = n >= ROW_LANES.tn ? ROW_LANES.tn : n >= 8 ? 8 : 4;
+  const TN = n >= tile.tn ? tile.tn : n >= 16 && tile.tn > 16 ? 16 : n >= 8 ? 8 : 4;
   const nv = TN / 4;
   const shared = key(a) === key(b);
   const elem = ctx.elem ?? defaultElem;
@@ -331,11 +355,16 @@ function emitMatmulRowLanes(node: Node, ctx: EmitContext, key: (v: Value) => num
     for (let i = 0; i < TM; i++) pre.push(`let ab${i} = (aOff + min(row0 + ${u(i)}, ${u(m - 1)}) * ${u(k)}) / 4u;`);
     for (let i = 0; i < TM; i++) body.push(`let a${i} = ${A(`ab${i} + kq`)};`);
     aval = (i, q) => `a${i}.${XYZW[q]}`;
-  } else {
+  } else if (TM === 4) {
     // Aᵀ stored [k, m]: rows row0 … row0 + 3 at one k are one vec4 (TM = 4, m a multiple of 4).
     pre.push(`let ag = (aOff / 4u) + min(row0 / 4u, ${u(m / 4 - 1)});`);
     for (let q = 0; q < 4; q++) body.push(`let a_${q} = ${A(`ag + (kq * 4u + ${u(q)}) * ${u(m / 4)}`)};`);
     aval = (i, q) => `a_${q}.${XYZW[i]}`;
+  } else {
+    // The same with TM / 4 vec4 of rows per k step.
+    for (let g = 0; g < TM / 4; g++) pre.push(`let ag${g} = (aOff / 4u) + min(row0 / 4u + ${u(g)}, ${u(m / 4 - 1)});`);
+    for (let q = 0; q < 4; q++) for (let g = 0; g < TM / 4; g++) body.push(`let a${g}_${q} = ${A(`ag${g} + (kq * 4u + ${u(q)}) * ${u(m / 4)}`)};`);
+    aval = (i, q) => `a${Math.floor(i / 4)}_${q}.${XYZW[i % 4]}`;
   }
   // The quad's TN vec4 of op(B), e = 0 … TN - 1, spread over the lanes: lane s loads e = 8g + s
   // (a clamped duplicate where TN < 8) and vector e lives in lane e % 8 of load g = e / 8.

@@ -4,12 +4,13 @@
 // 1. Rebuild the node from its key (matmulNodeFromKey) and list the variants this device takes
 //    (matmulCandidates: they fit its limits and features; portable ones only under --kernels
 //    portable).
-// 2. For each: compile it, run it WARMUPS times (the first dispatch of a pipeline pays for the
-//    driver's compilation), then time RUNS dispatches and keep the median. A run is a submit and its
+// 2. Compile each and run it WARMUPS times (the first dispatch of a pipeline pays for the
+//    driver's compilation); then RUNS rounds, one timed run of every variant per round (so drift on
+//    a shared machine falls on all of them alike), and keep each variant's median. A run is a submit and its
 //    onSubmittedWorkDone, awaited through quietly() (Dawn's busy poll would take a core from a CPU
 //    adapter's kernel: DESIGN.md §6). Where one dispatch takes under a millisecond (a GPU), a run
 //    encodes several back to back in one pass and counts their mean, so the submit's own latency does
-//    not decide. A variant whose first timed run is CUTOFF times the best median so far stops there
+//    not decide. A variant whose first timed run is CUTOFF times the best first run stops there
 //    (its time is that run): on lavapipe the tiled kernels take seconds where the others take a
 //    fraction, and five more runs would not change the choice.
 // 3. The fastest is the choice, unless the heuristic's variant is within MARGIN of it: a swap for a
@@ -51,7 +52,7 @@ export interface TuneOptions {
   readonly warmups?: number;
   /** Timed runs per variant, the median kept (default 5). */
   readonly runs?: number;
-  /** Stop timing a variant whose first run is this many times the best median so far (default 3). */
+  /** Stop timing a variant whose first run is this many times the best first run (default 3). */
   readonly cutoff?: number;
   /** Only these variants (tests). */
   readonly only?: readonly string[];
@@ -95,6 +96,10 @@ export async function tuneMatmul(gpu: Gpu, key: string, o: TuneOptions = {}, cac
   const { m, n, k, nb } = matmulDims(node);
   const timings: VariantTiming[] = [];
   try {
+    // Compile and warm every variant first, then time them in rounds, one run of each variant per
+    // round: drift on a shared machine (another process, a frequency change) then falls on every
+    // variant alike instead of on whichever ran during it.
+    const runners: { name: string; run: (repeat: number) => Promise<number>; repeat: number; times: number[] }[] = [];
     for (const v of candidates) {
       const ks = v.emit(node, ctx);
       const { pipeline, layout } = await cache.get(ks.wgsl, ks.bound.length + 1, `matmul ${key} (${v.name})`);
@@ -114,12 +119,16 @@ export async function tuneMatmul(gpu: Gpu, key: string, o: TuneOptions = {}, cac
       // The first dispatch inside error scopes: a kernel the device refuses is named.
       let last = await (await checked(device, `matmul ${key} (${v.name})`, () => run(1)));
       for (let w = 1; w < (o.warmups ?? 2); w++) last = await run(1);
-      const repeat = Math.max(1, Math.min(MAX_REPEAT, Math.ceil(RUN_MS / Math.max(last, 1e-3))));
-      const best = timings.length ? Math.min(...timings.map((t) => t.ms)) : Infinity;
-      const times = [await run(repeat)];
-      if (!(times[0] > (o.cutoff ?? 3) * best)) while (times.length < (o.runs ?? 5)) times.push(await run(repeat));
-      timings.push({ variant: v.name, ms: median(times), runs: times.length });
+      runners.push({ name: v.name, run, repeat: Math.max(1, Math.min(MAX_REPEAT, Math.ceil(RUN_MS / Math.max(last, 1e-3)))), times: [] });
     }
+    for (let round = 0; round < (o.runs ?? 5); round++) {
+      for (const r of runners) {
+        // A variant whose first run was `cutoff` times the best first run stops after it.
+        if (round > 0 && r.times[0] > (o.cutoff ?? 3) * Math.min(...runners.map((x) => x.times[0]))) continue;
+        r.times.push(await r.run(r.repeat));
+      }
+    }
+    for (const r of runners) timings.push({ variant: r.name, ms: median(r.times), runs: r.times.length });
   } finally {
     for (const buf of [...inputs, out]) buf.destroy();
   }
