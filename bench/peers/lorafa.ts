@@ -4,6 +4,9 @@
 // (StepRunner.step returns the loss from the GPU). GPU bytes: the peers' meter (gpu-meter.ts:
 // GPUDevice/GPUBuffer prototypes patched before any device exists, peak over the whole run), so
 // every WebGPU system is counted by the same code; the runtime's own BufferMeter must agree.
+// Before the timed run the step's matmuls are tuned on this adapter as `lorafa tune` tunes a
+// trainer (src/runtime/tune.ts; --no-tune keeps the heuristic's kernels), and the meters' peaks are
+// reset after it, so the tuning's scratch buffers are not counted.
 //   npx tsx bench/peers/lorafa.ts --variant lora-fa --optimizer sgd --data FILE --steps 12 --warmup 2
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,7 +16,9 @@ import { readSafetensors } from '../../src/io/safetensors.ts';
 import { optimizerFeeds, type OptimizerOptions } from '../../src/passes/optimizer.ts';
 import { StepRunner } from '../../src/runtime/executor.ts';
 import { acquireGpu } from '../../src/runtime/gpu.ts';
-import { planStepForGpu } from '../../src/runtime/session.ts';
+import { kernelOptionsFor, planStepForGpu } from '../../src/runtime/session.ts';
+import { tuneMatmuls } from '../../src/runtime/tune.ts';
+import { applyMatmulChoices, matmulKeys } from '../../src/codegen/kernel-plan.ts';
 import { PACKAGE_ROOT as ROOT } from '../../src/train/presets.ts';
 import { installNodeWebGPU } from './gpu-meter.ts';
 import { packageVersion, W1_HYPER } from './w1-data.ts';
@@ -24,8 +29,9 @@ const flags = new Command('lorafa-w1')
   .requiredOption('--data <file>', 'the W1 data file (bench/peers/w1-data.ts)')
   .option('--steps <k>', 'steps in all', Number, 12)
   .option('--warmup <w>', 'steps not timed', Number, 2)
+  .option('--no-tune', "run the heuristic's matmul kernels untuned")
   .parse()
-  .opts<{ variant: 'lora' | 'lora-fa'; optimizer: 'sgd' | 'adamw'; data: string; steps: number; warmup: number }>();
+  .opts<{ variant: 'lora' | 'lora-fa'; optimizer: 'sgd' | 'adamw'; data: string; steps: number; warmup: number; tune: boolean }>();
 
 const data = readSafetensors(flags.data);
 const [n, d] = data.get('x')!.shape;
@@ -42,12 +48,22 @@ const optimizer: OptimizerOptions =
 const lr = flags.optimizer === 'sgd' ? W1_HYPER.sgd.lr : W1_HYPER.adamw.lr;
 const node = await installNodeWebGPU();
 const gpu = await acquireGpu();
+const planned = planStepForGpu(graph, { mode: flags.variant, lora: { rank: r, alpha: W1_HYPER.alpha, targets: ['fc'] }, optimizer }, gpu);
+let kernels = planned.kernels;
+let tuned = 'untuned (--no-tune)';
+if (flags.tune) {
+  const keys = matmulKeys(kernels);
+  const tunings = await tuneMatmuls(gpu, keys);
+  const choices = new Map(tunings.map((t) => [t.key, t.choice]));
+  kernels = applyMatmulChoices(kernels, choices, kernelOptionsFor(gpu)).plan;
+  tuned = `tuned here: ${tunings.map((t) => `${t.key} → ${t.choice}`).join('; ')}`;
+}
+node.meter.resetPeak();
 const before = gpu.memory.live;
 gpu.memory.resetPeak();
-const planned = planStepForGpu(graph, { mode: flags.variant, lora: { rank: r, alpha: W1_HYPER.alpha, targets: ['fc'] }, optimizer }, gpu);
-const runner = await StepRunner.create(planned.kernels, gpu);
+const runner = await StepRunner.create(kernels, gpu);
 const values = new Map<string, { data: Float32Array }>();
-for (const p of planned.kernels.params) {
+for (const p of kernels.params) {
   const t = data.get(p.name);
   // Optimizer state starts at zero; everything else comes from the shared file.
   values.set(p.name, { data: t ? Float32Array.from(t.data) : new Float32Array(p.shape.reduce((a, b) => a * b, 1)) });
@@ -76,10 +92,10 @@ console.log(
     steps: flags.steps,
     losses,
     ms,
-    memory: { kind: 'gpu-buffer-bytes', peak, planned: planned.kernels.bytes, bufferMeter: own },
+    memory: { kind: 'gpu-buffer-bytes', peak, planned: kernels.bytes, bufferMeter: own },
     adapter: gpu.description,
     versions: { lorafa: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version, webgpu: packageVersion('webgpu') },
-    notes: [`${planned.kernels.dispatches.length} dispatches per step, ${planned.kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}; GPU waits through quietly() (no busy poll)`],
+    notes: [`${kernels.dispatches.length} dispatches per step, ${kernels.kernels.length} kernels; subgroup matmul: ${gpu.subgroupSize ? 'yes' : 'no'}; GPU waits through quietly() (no busy poll); matmul kernels ${tuned}`],
   }),
 );
 process.exit(0);
