@@ -213,7 +213,46 @@ interface Item {
   readonly size: number;
 }
 
-/** Best-fit interval packing into buffers of at most `cap` bytes. Returns offsets and buffer sizes. */
+/** Steps per block of the packer's time index (a block lists every tensor live in it). */
+const PACK_BLOCK = 256;
+
+/** Placed tensors in offset order, as parallel arrays (the scan reads them many times). */
+interface Placed {
+  readonly off: number[];
+  readonly top: number[];
+  readonly from: number[];
+  readonly to: number[];
+}
+
+const nothingPlaced = (): Placed => ({ off: [], top: [], from: [], to: [] });
+
+/** Inserts a tensor after those at offsets ≤ its own: equal offsets stay in placement order. */
+function insertPlaced(p: Placed, at: number, size: number, start: number, end: number): void {
+  let lo = 0;
+  let hi = p.off.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (p.off[mid] <= at) lo = mid + 1;
+    else hi = mid;
+  }
+  p.off.splice(lo, 0, at);
+  p.top.splice(lo, 0, at + size);
+  p.from.splice(lo, 0, start);
+  p.to.splice(lo, 0, end);
+}
+
+/**
+ * Best-fit interval packing into buffers of at most `cap` bytes. Returns offsets and buffer sizes.
+ *
+ * Each item, in `order`, goes into the first buffer where it fits: at the start of the smallest
+ * gap between the placed tensors live at the same time as it (met in offset order) that holds it,
+ * or else above the highest of them. Only the live ones matter, and most tensors of a training
+ * step live a few steps (LLaMA-7B: half of them 2 or fewer; 6% of the pairs overlap in time), so
+ * besides the whole buffer in offset order, each buffer keeps, per block of PACK_BLOCK steps, the
+ * tensors live in that block in offset order: an item whose lifetime is inside one block walks
+ * that list, which holds every tensor it can meet, in the same order. A longer-lived item walks
+ * the whole buffer.
+ */
 export function packIntervals(
   items: readonly { size: number; start: number; end: number }[],
   order: readonly number[],
@@ -221,16 +260,26 @@ export function packIntervals(
 ): { buffer: number[]; offset: number[]; sizes: number[] } {
   const buffer = new Array<number>(items.length).fill(-1);
   const offset = new Array<number>(items.length).fill(0);
-  // Per buffer, its tensors in offset order as parallel arrays (offset, offset + size, first and
-  // last step): the scan below reads them many times, so they are plain numbers side by side.
-  const placed: { off: number[]; top: number[]; from: number[]; to: number[] }[] = [];
+  const blockOf = (step: number) => Math.floor(step / PACK_BLOCK);
+  const blocks = items.reduce((m, it) => Math.max(m, blockOf(it.end) + 1), 0);
+  const whole: Placed[] = [];
+  const byBlock: Placed[][] = [];
   const sizes: number[] = [];
+  const place = (i: number, b: number, at: number) => {
+    const it = items[i];
+    buffer[i] = b;
+    offset[i] = at;
+    insertPlaced(whole[b], at, it.size, it.start, it.end);
+    for (let k = blockOf(it.start); k <= blockOf(it.end); k++) insertPlaced(byBlock[b][k], at, it.size, it.start, it.end);
+    sizes[b] = Math.max(sizes[b], at + it.size);
+  };
   for (const i of order) {
     const it = items[i];
+    const first = blockOf(it.start);
+    const within = first === blockOf(it.end);
     let done = false;
-    for (let b = 0; b < placed.length && !done; b++) {
-      const { off, top, from, to } = placed[b];
-      // In offset order, the live ones are met in offset order.
+    for (let b = 0; b < whole.length && !done; b++) {
+      const { off, top, from, to } = within ? byBlock[b][first] : whole[b];
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
@@ -245,28 +294,15 @@ export function packIntervals(
       }
       if (bestOff < 0) bestOff = cursor;
       if (bestOff + it.size <= cap) {
-        buffer[i] = b;
-        offset[i] = bestOff;
-        let lo = 0;
-        let hi = off.length;
-        while (lo < hi) {
-          const mid = (lo + hi) >> 1;
-          if (off[mid] <= bestOff) lo = mid + 1;
-          else hi = mid;
-        }
-        off.splice(lo, 0, bestOff);
-        top.splice(lo, 0, bestOff + it.size);
-        from.splice(lo, 0, it.start);
-        to.splice(lo, 0, it.end);
-        sizes[b] = Math.max(sizes[b], bestOff + it.size);
+        place(i, b, bestOff);
         done = true;
       }
     }
     if (!done) {
-      buffer[i] = placed.length;
-      offset[i] = 0;
-      placed.push({ off: [0], top: [it.size], from: [it.start], to: [it.end] });
-      sizes.push(it.size);
+      whole.push(nothingPlaced());
+      byBlock.push(Array.from({ length: blocks }, nothingPlaced));
+      sizes.push(0);
+      place(i, whole.length - 1, 0);
     }
   }
   return { buffer, offset, sizes };
