@@ -34,6 +34,7 @@ import {
   type MemoryPlan,
   type PlannedTensor,
   type StorageDType,
+  zeroCategories,
 } from '../src/passes/memory-plan.ts';
 import type { OptimizerOptions } from '../src/passes/optimizer.ts';
 import { modelFiles, property, ROOT, toyConfigName } from './helpers.ts';
@@ -868,6 +869,10 @@ describe("the fast scheduler and packer make their plain forms' choices exactly"
     }
     expect(ties, 'steps with two nodes of one eager key').toBeGreaterThan(0);
     expect(recomputed, 'steps with recompute nodes').toBeGreaterThan(0);
+  });
+
+  test('zeroCategories, spelled out, has the categories in their order (the plan JSON lists them so)', () => {
+    expect(Object.keys(zeroCategories())).toEqual([...CATEGORIES]);
   });
 
   test('property: packIntervals places as the plain scan does, lifetimes across many blocks of steps', () => {
