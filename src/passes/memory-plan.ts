@@ -230,29 +230,37 @@ const placedAt = (t: Item['t'], buffer: number, offset: number): PlannedTensor =
 /** Steps per block of the packer's time index (a block lists every tensor live in it). */
 const PACK_BLOCK = 256;
 
-/** Placed tensors in offset order, as parallel arrays (the scan reads them many times). */
-interface Placed {
-  readonly off: number[];
-  readonly top: number[];
-  readonly from: number[];
-  readonly to: number[];
-}
+/**
+ * Placed tensors in offset order: offset, offset + size, first and last step, four numbers per
+ * tensor side by side in one typed array (the scan reads them many times; an insertion moves them
+ * with one copyWithin).
+ */
+class Placed {
+  data = new Float64Array(32);
+  length = 0;
 
-const nothingPlaced = (): Placed => ({ off: [], top: [], from: [], to: [] });
-
-/** Inserts a tensor after those at offsets ≤ its own: equal offsets stay in placement order. */
-function insertPlaced(p: Placed, at: number, size: number, start: number, end: number): void {
-  let lo = 0;
-  let hi = p.off.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (p.off[mid] <= at) lo = mid + 1;
-    else hi = mid;
+  /** Inserts a tensor after those at offsets ≤ its own: equal offsets stay in placement order. */
+  insert(at: number, size: number, start: number, end: number): void {
+    let d = this.data;
+    let lo = 0;
+    let hi = this.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (d[4 * mid] <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    if (4 * (this.length + 1) > d.length) {
+      const grown = new Float64Array(2 * d.length);
+      grown.set(d);
+      this.data = d = grown;
+    }
+    d.copyWithin(4 * lo + 4, 4 * lo, 4 * this.length);
+    d[4 * lo] = at;
+    d[4 * lo + 1] = at + size;
+    d[4 * lo + 2] = start;
+    d[4 * lo + 3] = end;
+    this.length++;
   }
-  p.off.splice(lo, 0, at);
-  p.top.splice(lo, 0, at + size);
-  p.from.splice(lo, 0, start);
-  p.to.splice(lo, 0, end);
 }
 
 /**
@@ -283,8 +291,8 @@ export function packIntervals(
     const it = items[i];
     buffer[i] = b;
     offset[i] = at;
-    insertPlaced(whole[b], at, it.size, it.start, it.end);
-    for (let k = blockOf(it.start); k <= blockOf(it.end); k++) insertPlaced(byBlock[b][k], at, it.size, it.start, it.end);
+    whole[b].insert(at, it.size, it.start, it.end);
+    for (let k = blockOf(it.start); k <= blockOf(it.end); k++) byBlock[b][k].insert(at, it.size, it.start, it.end);
     sizes[b] = Math.max(sizes[b], at + it.size);
   };
   for (const i of order) {
@@ -293,18 +301,19 @@ export function packIntervals(
     const within = first === blockOf(it.end);
     let done = false;
     for (let b = 0; b < whole.length && !done; b++) {
-      const { off, top, from, to } = within ? byBlock[b][first] : whole[b];
+      const list = within ? byBlock[b][first] : whole[b];
+      const d = list.data;
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
-      for (let k = 0; k < off.length; k++) {
-        if (!(from[k] <= it.end && it.start <= to[k])) continue;
-        const gap = off[k] - cursor;
+      for (let k = 0; k < 4 * list.length; k += 4) {
+        if (!(d[k + 2] <= it.end && it.start <= d[k + 3])) continue;
+        const gap = d[k] - cursor;
         if (gap >= it.size && gap < bestGap) {
           bestGap = gap;
           bestOff = cursor;
         }
-        if (top[k] > cursor) cursor = top[k];
+        if (d[k + 1] > cursor) cursor = d[k + 1];
       }
       if (bestOff < 0) bestOff = cursor;
       if (bestOff + it.size <= cap) {
@@ -313,8 +322,8 @@ export function packIntervals(
       }
     }
     if (!done) {
-      whole.push(nothingPlaced());
-      byBlock.push(Array.from({ length: blocks }, nothingPlaced));
+      whole.push(new Placed());
+      byBlock.push(Array.from({ length: blocks }, () => new Placed()));
       sizes.push(0);
       place(i, whole.length - 1, 0);
     }
