@@ -3,7 +3,7 @@
 // package, and in a checkout (src/ beside bin/) when dist/ is fresh, built from the sources as they
 // are now (scripts/dist-stamp.mjs checks a hash that `npm run build` records). Otherwise, or with
 // LORAFA_FROM_SOURCE=1, it runs the TypeScript sources through tsx, so an edit never runs stale
-// code and there is no build step while developing; only slower to start (about a second).
+// code and there is no build step while developing, only a start a few tenths of a second slower.
 // From dist/, tsx is registered only when a model file or a trainer is imported (src/model/load.ts
 // registers it and lorafa's module hooks, src/model/hooks.mjs, first).
 import { existsSync } from 'node:fs';

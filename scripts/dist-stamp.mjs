@@ -1,6 +1,7 @@
 // Whether dist/ was compiled from the sources as they are now. In a checkout bin/lorafa.mjs runs
-// dist/ (plain JavaScript: no TypeScript loader to start, a second less per command) only when it
-// is fresh, and the TypeScript sources through tsx otherwise, so an edit never runs stale code.
+// dist/ (plain JavaScript: no TypeScript loader to start, a few tenths of a second less per
+// command) only when it is fresh, and the TypeScript sources through tsx otherwise, so an edit
+// never runs stale code.
 //
 // Fresh means: dist/.src-sha256, written by `npm run build` (scripts/build.mjs), holds the hash of
 // what the build read: every file under src/ (paths and bytes) and the files that steer tsc. A hash

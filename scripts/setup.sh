@@ -57,8 +57,8 @@ fi
 
 # --- 2b. The package's compiled JavaScript, and `lorafa` resolvable in the checkout -----
 # dist/ is what the package ships, what bin/lorafa.mjs runs in a checkout while it is fresh (the
-# TypeScript sources through tsx otherwise: a second slower to start) and what a generated trainer
-# run with `npx tsx trainer.ts` imports as `lorafa`. Fresh: built from the sources as they are now
+# TypeScript sources through tsx otherwise: a few tenths of a second slower to start) and what a
+# generated trainer run with `npx tsx trainer.ts` imports as `lorafa`. Fresh: built from the sources as they are now
 # (a hash that npm run build records, scripts/dist-stamp.mjs). node_modules/lorafa links to the
 # checkout, so that a trainer folder inside it resolves `lorafa` as it would in a project with the
 # package installed.
