@@ -9,6 +9,8 @@
 // - Closed forms on every shipped model: LoRA − LoRA-FA saved-activation bytes equal the bytes of
 //   the distinct adapted-layer inputs LoRA-FA no longer needs, per layer and in total.
 // - Storage dtypes under mixed precision, and errors that name the tensor and the fix.
+// - The fast scheduler and packer make exactly the choices of their plain first forms
+//   (test/plain-plan.ts), on random graphs and lifetimes and on the shipped models.
 import { resolve } from 'node:path';
 import fc from 'fast-check';
 import { beforeAll, describe, expect, test } from 'vitest';
@@ -18,7 +20,8 @@ import { opDef } from '../src/ir/ops.ts';
 import { bytesPerElement, numel, type Graph, type Node, type Value } from '../src/ir/types.ts';
 import { compileTraining, MODES, type Compiled, type Mode } from '../src/passes/compile.ts';
 import type { LoraOptions } from '../src/passes/lora.ts';
-import { scheduleCandidates } from '../src/passes/schedule.ts';
+import { dependencies, eagerUpdateKeys, keyedSchedule, scheduleCandidates } from '../src/passes/schedule.ts';
+import { minimumPeak, rematerialize } from '../src/passes/remat.ts';
 import {
   alignUp,
   CATEGORIES,
@@ -31,9 +34,11 @@ import {
   type MemoryPlan,
   type PlannedTensor,
   type StorageDType,
+  zeroCategories,
 } from '../src/passes/memory-plan.ts';
 import type { OptimizerOptions } from '../src/passes/optimizer.ts';
 import { modelFiles, property, ROOT, toyConfigName } from './helpers.ts';
+import { plainDependencies, plainListSchedule, plainPackIntervals } from './plain-plan.ts';
 
 // ---------------------------------------------------------------------------------------------
 // the independent oracle: what the plan must satisfy, derived from the step graph alone
@@ -785,5 +790,107 @@ describe('persistentBytesOf: the persistent buffers without planning', () => {
         expect(persistentBytesOf(c.step!, { limits: LIMIT_PRESETS.discrete, dtype }), `${mode} ${JSON.stringify(extra)}`).toBe(persistent);
       }
     }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// the fast scheduler and packer against their plain forms (test/plain-plan.ts)
+
+describe("the fast scheduler and packer make their plain forms' choices exactly", () => {
+  // Sizes in coarse steps, so that many nodes free or allocate the same bytes: ties in gain.
+  const coarse = (n: Node) => (isViewOp(n) || (n.op === 'fill' && n.out.type.shape.length === 0) ? 0 : 64 * Math.ceil(numel(n.out.type.shape) / 16));
+  const exact = (n: Node) => (isViewOp(n) ? 0 : alignUp(4 * numel(n.out.type.shape), 256));
+  /** Whether two nodes share a key of the eager order (the greedy rule's rare tie), for coverage. */
+  const sharesKey = (g: Graph) => new Set(eagerUpdateKeys(g)).size < g.nodes.length;
+  const sameOrders = (g: Graph, sizeOf: (n: Node) => number, what: string) => {
+    expect(dependencies(g), what).toEqual(plainDependencies(g));
+    const keys: Record<string, readonly number[]> = { program: g.nodes.map((_, i) => i), 'eager-update': eagerUpdateKeys(g), greedy: eagerUpdateKeys(g) };
+    const cands = scheduleCandidates(g, sizeOf);
+    expect(cands.map((c) => c.name)).toEqual(['program', 'eager-update', 'greedy']);
+    for (const c of cands) {
+      const plain = plainListSchedule(g, sizeOf, keys[c.name], c.name === 'greedy');
+      expect(c.order.map((n) => n.out.id), `${what}: ${c.name}`).toEqual(plain.map((n) => n.out.id));
+    }
+  };
+
+  test('property: every candidate order on random graphs, in every mode and with every optimizer', () => {
+    property(
+      'schedule candidates = plain list schedules',
+      fc.record({ model: modelArb, mode: fc.constantFrom(...MODES), optimizer: optimizerArb, coarse: fc.boolean() }),
+      ({ model, mode, optimizer, coarse: c }) => {
+        const { graph, lora } = buildModel(model);
+        sameOrders(compile(graph, mode, lora, optimizer).step!, c ? coarse : exact, mode);
+      },
+    );
+  });
+
+  test('property: any priority with many ties of key and of gain, greedy or not', () => {
+    let ties = 0;
+    property(
+      'keyed schedule = plain list schedule',
+      fc.record({ model: modelArb, mode: fc.constantFrom(...MODES), optimizer: optimizerArb, keys: fc.array(fc.nat({ max: 3 }), { minLength: 1 }), greedy: fc.boolean() }),
+      ({ model, mode, optimizer, keys, greedy }) => {
+        const { graph, lora } = buildModel(model);
+        const g = compile(graph, mode, lora, optimizer).step!;
+        const key = g.nodes.map((_, i) => keys[i % keys.length]);
+        const fast = keyedSchedule(g, coarse, key, greedy).map((n) => n.out.id);
+        const plain = plainListSchedule(g, coarse, key, greedy).map((n) => n.out.id);
+        expect(fast).toEqual(plain);
+        if (greedy && fast.join() !== keyedSchedule(g, coarse, g.nodes.map((_, i) => key[i] + i / g.nodes.length), true).map((n) => n.out.id).join()) ties++;
+      },
+    );
+    // Cases where breaking the key ties some other way changes the greedy order: ties decided.
+    if ((fc.readConfigureGlobal().numRuns ?? 100) >= 30) expect(ties).toBeGreaterThan(0);
+  });
+
+  test('every candidate order of the shipped models (recomputation and ties of one key included)', async () => {
+    let ties = 0;
+    let recomputed = 0;
+    for (const name of modelFiles()) {
+      const m = await loadModel(resolve(ROOT, 'models', `${name}.ts`));
+      const configs = [toyConfigName(m.def), ...(['spam', 'toy-cls'] as const).filter((c) => c in m.def.configs)];
+      for (const config of configs) {
+        const graph = trace(m, config);
+        for (const mode of MODES) {
+          const c = compileTraining(graph, { mode, lora: { rank: 2, alpha: 4, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave }, optimizer: { kind: 'adamw' } });
+          const step = c.step!;
+          if (sharesKey(step)) ties++;
+          sameOrders(step, coarse, `${name} ${config} ${mode} (coarse sizes)`);
+          sameOrders(step, exact, `${name} ${config} ${mode}`);
+          // The step recomputing all it can: recompute nodes never jump the queue.
+          const plan = (g: Graph) => planMemory(g, { gradients: c.gradients, limits: LIMIT_PRESETS.none });
+          const r = rematerialize(step, { budget: minimumPeak(step, plan), plan });
+          if (r.graph.nodes.some((n) => n.recompute)) {
+            recomputed++;
+            sameOrders(r.graph, exact, `${name} ${config} ${mode} recomputing`);
+          }
+        }
+      }
+    }
+    expect(ties, 'steps with two nodes of one eager key').toBeGreaterThan(0);
+    expect(recomputed, 'steps with recompute nodes').toBeGreaterThan(0);
+  });
+
+  test('zeroCategories, spelled out, has the categories in their order (the plan JSON lists them so)', () => {
+    expect(Object.keys(zeroCategories())).toEqual([...CATEGORIES]);
+  });
+
+  test('property: packIntervals places as the plain scan does, lifetimes across many blocks of steps', () => {
+    property(
+      'packIntervals = plain packing',
+      fc.record({
+        items: fc.array(
+          fc.record({ size: fc.integer({ min: 0, max: 64 }), start: fc.nat({ max: 1200 }), len: fc.oneof(fc.nat({ max: 4 }), fc.nat({ max: 40 }), fc.nat({ max: 900 })) }),
+          { minLength: 1, maxLength: 80 },
+        ),
+        cap: fc.integer({ min: 64, max: 400 }),
+        seed: fc.nat(),
+      }),
+      ({ items, cap, seed }) => {
+        const its = items.map((i) => ({ size: i.size, start: i.start, end: i.start + i.len }));
+        const order = its.map((_, i) => i).sort((a, b) => ((a * 7919 + seed) % 101) - ((b * 7919 + seed) % 101) || a - b);
+        expect(packIntervals(its, order, cap)).toEqual(plainPackIntervals(its, order, cap));
+      },
+    );
   });
 });

@@ -307,7 +307,8 @@ async function planCommand(modelPath: string, flags: PlanFlags): Promise<void> {
   const plainPlans = new Map<Mode, { step: Graph; plan: MemoryPlan }>();
   for (const mode of flags.compare ? modes : [flags.mode]) {
     const t0 = performance.now();
-    const compiled = compileTraining(graph, { mode, lora, optimizer, lossScaling, verify: flags.verify });
+    // (The plan does not print what LoRA-FA pruned: explaining it would train the LoRA step again.)
+    const compiled = compileTraining(graph, { mode, lora, optimizer, lossScaling, verify: flags.verify, explain: false });
     // LoRA-FA does a subset of LoRA's work: LoRA's layout, restricted, is one of its candidates.
     const loraPlan = mode === 'lora-fa' ? plainPlans.get('lora') : undefined;
     const dominating = loraPlan ? { graph: loraPlan.step, plan: loraPlan.plan } : undefined;

@@ -131,16 +131,18 @@ export function compileTraining(model: Graph, opts: CompileOptions): Compiled {
     loraReport = l.report;
     stages.push({ pass: 'lora', graph: forward });
   }
+  // Lora-fa: the same LoRA graph, to train with A trainable as the baseline LoRA-FA's pruning is
+  // measured against.
+  let loraForward: Graph | undefined;
   if (opts.mode === 'lora-fa') {
-    const loraForward = forward;
+    loraForward = forward;
     const fa = applyLoraFa(forward);
     forward = check(fa.graph, 'lora-fa');
     loraFaReport = fa.report;
     stages.push({ pass: 'lora-fa', graph: forward });
-    // The same LoRA graph trained with A trainable: the baseline LoRA-FA's pruning is measured against.
-    if (opts.explain !== false) pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes, opts.lossScaling).joint, train(forward, check, opts.linearCeChunkBytes, opts.lossScaling).joint);
   }
   const t = train(forward, check, opts.linearCeChunkBytes, opts.lossScaling);
+  if (loraForward && opts.explain !== false) pruned = explainLoraFa(train(loraForward, check, opts.linearCeChunkBytes, opts.lossScaling).joint, t.joint);
   if (t.lce.report.fused.length) stages.push({ pass: 'linear-ce', graph: t.fused });
   stages.push({ pass: 'autodiff', graph: t.withGrads }, { pass: 'simplify', graph: t.simplified }, { pass: 'dce', graph: t.joint });
   let joint = t.joint;

@@ -70,10 +70,12 @@ function signature(n: Node): string {
 export function adapterInputs(g: Graph): AdapterInputStatus[] {
   const saved = savedActivations(g);
   const dataInputs = new Set(g.inputs.map((i) => i.value.id));
-  const readers = new Map<number, Node[]>();
+  // The backward readers of each adapted input (only those: a scalar such as the learning rate
+  // has thousands of readers).
+  const readers = new Map<number, Node[]>(g.adapters.map((a) => [a.input, []]));
   for (const n of g.nodes) {
     if (n.phase === 'forward') continue;
-    for (const x of n.inputs) readers.set(x.id, [...(readers.get(x.id) ?? []), n]);
+    for (const x of n.inputs) readers.get(x.id)?.push(n);
   }
   return g.adapters.map((a) => ({
     module: a.module,

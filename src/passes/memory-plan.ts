@@ -213,7 +213,68 @@ interface Item {
   readonly size: number;
 }
 
-/** Best-fit interval packing into buffers of at most `cap` bytes. Returns offsets and buffer sizes. */
+/** The tensor placed (an object literal, not a spread: a LLaMA-7B --fit places millions). */
+const placedAt = (t: Item['t'], buffer: number, offset: number): PlannedTensor => ({
+  id: t.id,
+  name: t.name,
+  shape: t.shape,
+  dtype: t.dtype,
+  bytes: t.bytes,
+  category: t.category,
+  start: t.start,
+  end: t.end,
+  buffer,
+  offset,
+});
+
+/** Steps per block of the packer's time index (a block lists every tensor live in it). */
+const PACK_BLOCK = 256;
+
+/**
+ * Placed tensors in offset order: offset, offset + size, first and last step, four numbers per
+ * tensor side by side in one typed array (the scan reads them many times; an insertion moves them
+ * with one copyWithin).
+ */
+class Placed {
+  data = new Float64Array(32);
+  length = 0;
+
+  /** Inserts a tensor after those at offsets ≤ its own: equal offsets stay in placement order. */
+  insert(at: number, size: number, start: number, end: number): void {
+    let d = this.data;
+    let lo = 0;
+    let hi = this.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (d[4 * mid] <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    if (4 * (this.length + 1) > d.length) {
+      const grown = new Float64Array(2 * d.length);
+      grown.set(d);
+      this.data = d = grown;
+    }
+    d.copyWithin(4 * lo + 4, 4 * lo, 4 * this.length);
+    d[4 * lo] = at;
+    d[4 * lo + 1] = at + size;
+    d[4 * lo + 2] = start;
+    d[4 * lo + 3] = end;
+    this.length++;
+  }
+}
+
+/**
+ * Best-fit interval packing into buffers of at most `cap` bytes. Returns offsets and buffer sizes.
+ *
+ * Each item, in `order`, goes into the first buffer where it fits: at the start of the smallest
+ * gap between the placed tensors live at the same time as it (met in offset order) that holds it,
+ * or else above the highest of them. Only the live ones matter, and most tensors of a training
+ * step live a few steps (LLaMA-7B: half of them 2 or fewer; 6% of the pairs overlap in time), so
+ * besides the whole buffer in offset order, each buffer keeps, per block of PACK_BLOCK steps, the
+ * tensors live in that block in offset order: an item whose lifetime is inside one block walks
+ * that list, which holds every tensor it can meet, in the same order. A longer-lived item walks
+ * the whole buffer.
+ */
 export function packIntervals(
   items: readonly { size: number; start: number; end: number }[],
   order: readonly number[],
@@ -221,52 +282,50 @@ export function packIntervals(
 ): { buffer: number[]; offset: number[]; sizes: number[] } {
   const buffer = new Array<number>(items.length).fill(-1);
   const offset = new Array<number>(items.length).fill(0);
-  // Per buffer, its tensors in offset order as parallel arrays (offset, offset + size, first and
-  // last step): the scan below reads them many times, so they are plain numbers side by side.
-  const placed: { off: number[]; top: number[]; from: number[]; to: number[] }[] = [];
+  const blockOf = (step: number) => Math.floor(step / PACK_BLOCK);
+  const blocks = items.reduce((m, it) => Math.max(m, blockOf(it.end) + 1), 0);
+  const whole: Placed[] = [];
+  const byBlock: Placed[][] = [];
   const sizes: number[] = [];
+  const place = (i: number, b: number, at: number) => {
+    const it = items[i];
+    buffer[i] = b;
+    offset[i] = at;
+    whole[b].insert(at, it.size, it.start, it.end);
+    for (let k = blockOf(it.start); k <= blockOf(it.end); k++) byBlock[b][k].insert(at, it.size, it.start, it.end);
+    sizes[b] = Math.max(sizes[b], at + it.size);
+  };
   for (const i of order) {
     const it = items[i];
+    const first = blockOf(it.start);
+    const within = first === blockOf(it.end);
     let done = false;
-    for (let b = 0; b < placed.length && !done; b++) {
-      const { off, top, from, to } = placed[b];
-      // In offset order, the live ones are met in offset order.
+    for (let b = 0; b < whole.length && !done; b++) {
+      const list = within ? byBlock[b][first] : whole[b];
+      const d = list.data;
       let bestOff = -1;
       let bestGap = Infinity;
       let cursor = 0;
-      for (let k = 0; k < off.length; k++) {
-        if (!(from[k] <= it.end && it.start <= to[k])) continue;
-        const gap = off[k] - cursor;
+      for (let k = 0; k < 4 * list.length; k += 4) {
+        if (!(d[k + 2] <= it.end && it.start <= d[k + 3])) continue;
+        const gap = d[k] - cursor;
         if (gap >= it.size && gap < bestGap) {
           bestGap = gap;
           bestOff = cursor;
         }
-        if (top[k] > cursor) cursor = top[k];
+        if (d[k + 1] > cursor) cursor = d[k + 1];
       }
       if (bestOff < 0) bestOff = cursor;
       if (bestOff + it.size <= cap) {
-        buffer[i] = b;
-        offset[i] = bestOff;
-        let lo = 0;
-        let hi = off.length;
-        while (lo < hi) {
-          const mid = (lo + hi) >> 1;
-          if (off[mid] <= bestOff) lo = mid + 1;
-          else hi = mid;
-        }
-        off.splice(lo, 0, bestOff);
-        top.splice(lo, 0, bestOff + it.size);
-        from.splice(lo, 0, it.start);
-        to.splice(lo, 0, it.end);
-        sizes[b] = Math.max(sizes[b], bestOff + it.size);
+        place(i, b, bestOff);
         done = true;
       }
     }
     if (!done) {
-      buffer[i] = placed.length;
-      offset[i] = 0;
-      placed.push({ off: [0], top: [it.size], from: [it.start], to: [it.end] });
-      sizes.push(it.size);
+      whole.push(new Placed());
+      byBlock.push(Array.from({ length: blocks }, () => new Placed()));
+      sizes.push(0);
+      place(i, whole.length - 1, 0);
     }
   }
   return { buffer, offset, sizes };
@@ -426,7 +485,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
         if (current) buffers.push({ index: current.index, region: 'persistent', category, bytes: current.bytes });
         current = { index: buffers.length, bytes: 0 };
       }
-      tensors.push({ ...it.t, buffer: current.index, offset: current.bytes });
+      tensors.push(placedAt(it.t, current.index, current.bytes));
       current.bytes += it.size;
     }
     if (current) buffers.push({ index: current.index, region: 'persistent', category, bytes: current.bytes });
@@ -452,7 +511,7 @@ export function planMemory(g: Graph, opts: PlanOptions = {}): MemoryPlan {
   });
   const arenaBase = buffers.length;
   packed!.sizes.forEach((bytes, i) => buffers.push({ index: arenaBase + i, region: 'arena', bytes }));
-  transientItems.forEach((it, i) => tensors.push({ ...it.t, buffer: arenaBase + packed!.buffer[i], offset: packed!.offset[i] }));
+  transientItems.forEach((it, i) => tensors.push(placedAt(it.t, arenaBase + packed!.buffer[i], packed!.offset[i])));
 
   // 5. accounting
   const timeline: Record<Category, number>[] = Array.from({ length: steps + 1 }, () => zeroCategories());
@@ -616,5 +675,7 @@ export function persistentBytesOf(g: Graph, opts: Pick<PlanOptions, 'limits' | '
 }
 
 export function zeroCategories(): Record<Category, number> {
-  return Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+  // Spelled out in CATEGORIES' order (the plan's JSON lists them so): a literal is much cheaper
+  // than one built from the list, and a plan builds one per step.
+  return { frozen: 0, trainable: 0, optimizer: 0, inputs: 0, gradients: 0, saved: 0, workspace: 0 };
 }

@@ -7,13 +7,15 @@
 //    and a guarded entry point for `npx tsx trainer.ts`. It imports `lorafa` by name, never by a
 //    path: the folder trains wherever `lorafa` resolves (a project with the package installed; under
 //    `lorafa train`, the running lorafa, whatever the folder holds).
-// 3. In a lorafa checkout (the sources beside this file), type-check it with ts-morph against the
-//    package's own types: any diagnostic in trainer.ts fails the compile, listed, and trainer.ts is
-//    not written. Installed from the package the check is skipped (it proves the emitter and the
-//    API agree, which the package's tests did before it was packed).
+// 3. In a lorafa checkout (src/ in the package, whether it runs from there or from dist/),
+//    type-check it with ts-morph against the package's own types: any diagnostic in trainer.ts
+//    fails the compile, listed, and trainer.ts is not written. Installed from the package the check
+//    is skipped (it proves the emitter and the API agree, which the package's tests did before it
+//    was packed).
 import { existsSync, statSync } from 'node:fs';
-import { extname, join, resolve } from 'node:path';
-import { Project, QuoteKind, StructureKind, ts, VariableDeclarationKind, type SourceFileStructure } from 'ts-morph';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import type { Project, SourceFileStructure } from 'ts-morph';
 import { LorafaError } from '../ir/errors.ts';
 import { fmtBytes } from '../ir/format.ts';
 import { replaceDir, writeFileAtomic } from '../io/output.ts';
@@ -22,8 +24,18 @@ import { planFiles, TRAINER_PACKAGE_JSON } from './trainer-files.ts';
 
 /** The lorafa package this module belongs to (a checkout, or node_modules/lorafa). */
 export const LORAFA_ROOT = resolve(import.meta.dirname, '..', '..');
-/** Whether lorafa runs from its TypeScript sources (a checkout) rather than dist/. */
-export const FROM_SOURCE = extname(new URL(import.meta.url).pathname) === '.ts';
+/**
+ * Whether this lorafa is a checkout (its TypeScript sources beside dist/, which it may run from:
+ * bin/lorafa.mjs) rather than an installed package, which ships dist/ alone. The trainer is
+ * type-checked against those sources.
+ */
+export const FROM_SOURCE = existsSync(join(LORAFA_ROOT, 'src', 'index.ts'));
+
+/**
+ * ts-morph, loaded on first use: it is most of the package's load time (about 0.6 s, TypeScript's
+ * compiler), and only `compile -o` needs it.
+ */
+const tsMorph = (): typeof import('ts-morph') => createRequire(import.meta.url)('ts-morph');
 
 export interface EmitTrainerOptions {
   readonly outDir: string;
@@ -66,6 +78,7 @@ function tsString(s: string): string {
 }
 
 function trainerStructure(spec: ProgramSpec, p: TrainingProgram, kernels: number): SourceFileStructure {
+  const { StructureKind, VariableDeclarationKind } = tsMorph();
   const lora = spec.lora ? `, LoRA rank ${spec.lora.rank} alpha ${spec.lora.alpha}` : '';
   const opt = spec.optimizer.kind === 'adamw' ? 'AdamW' : 'SGD';
   return {
@@ -129,6 +142,7 @@ let checkerProject: Project | undefined;
  * Node load trainer.ts as an ES module.
  */
 function checker(): Project {
+  const { Project, ts } = tsMorph();
   checkerProject ??= new Project({
     skipAddingFilesFromTsConfig: true,
     compilerOptions: {
@@ -166,6 +180,7 @@ function typecheckTrainer(path: string, text: string): void {
 
 /** trainer.ts's text for a program. */
 export function trainerSource(p: TrainingProgram, kernels: number): string {
+  const { Project, QuoteKind } = tsMorph();
   const printed = new Project({ useInMemoryFileSystem: true, manipulationSettings: { quoteKind: QuoteKind.Single } }).createSourceFile('trainer.ts', trainerStructure(p.spec, p, kernels));
   printed.formatText({ indentSize: 2, convertTabsToSpaces: true });
   return printed.getFullText();
