@@ -37,9 +37,9 @@
 // register-blocked kernel reads through L1/L2 rather than workgroup memory: sane, not peak.
 // There the heuristic takes the workgroup-memory tiled kernels of matmul-tiled.ts instead.
 //
-// The kernels are variants in one registry (MATMUL_VARIANTS below: register, row-lanes,
-// column-lanes, tiled, tiled-small), each saying whether it needs subgroups and which nodes it
-// fits. emitMatmul runs a tuned choice for the node's shape key (`lorafa tune`, EmitContext
+// The kernels are variants in one registry (MATMUL_VARIANTS below: register, row-lanes and its
+// 4×32 and 8×16 blocks, column-lanes, tiled, tiled-small), each saying whether it needs subgroups
+// and which nodes it fits. emitMatmul runs a tuned choice for the node's shape key (`lorafa tune`, EmitContext
 // .matmulChoice) when there is one and it fits, else the heuristic's; `--kernels portable` keeps
 // both to the variants without subgroups.
 import { OPS } from '../ir/ops.ts';
