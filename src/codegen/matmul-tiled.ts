@@ -26,10 +26,9 @@
 // invocation and workgroup memory is ordinary memory behind bounds checks, so the tiles buy
 // nothing there (docs/performance.md has the figures); the heuristic never picks it on a CPU
 // adapter, and `lorafa tune` measures rather than assumes.
-import type { Node, Value } from '../ir/types.ts';
+import type { Node } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
-import { batchOffset, checkOutputApart, matmulDims } from './matmul.ts';
-import { access, declare, defaultElem } from './storage.ts';
+import { batchOffset, matmulBindings, matmulDims } from './matmul.ts';
 
 export interface TileShape {
   /** Rows of C per workgroup: a multiple of 4. */
@@ -78,21 +77,8 @@ const XYZW = ['x', 'y', 'z', 'w'];
 export function emitMatmulTiled(node: Node, ctx: EmitContext, t: TileShape, name: string): KernelSource {
   const { bm: BM, bn: BN, bk: BK } = t;
   if (BM % 4 || BN % 4 || BK % 4) throw new Error(`matmul tile ${BM}×${BN}×${BK}: every side must be a multiple of 4`);
-  const { a, b, transA, transB, m, n, k, batch, aStr, bStr } = matmulDims(node);
-  const key = ctx.storage ?? ((v: Value) => v.id);
-  checkOutputApart(node, key);
-  const shared = key(a) === key(b);
-  const bound: Value[] = shared ? [a] : [a, b];
-  // vec4 along the contiguous dimension when it is a multiple of 4 (then so is every batch offset).
-  let aVec = (transA ? m : k) % 4 === 0;
-  let bVec = (transB ? k : n) % 4 === 0;
-  if (shared) aVec = bVec = aVec && bVec;
-  const cVec = n % 4 === 0;
-  const elem = ctx.elem ?? defaultElem;
-  const accA = access(0, 'in0', elem(a), { vec: aVec });
-  const accB = shared ? accA : access(1, 'in1', elem(b), { vec: bVec });
-  const accC = access(bound.length, 'out', elem(node.out), { vec: cVec, written: true });
-  const decls = declare(shared ? [accA, accC] : [accA, accB, accC]);
+  const { transA, transB, m, n, k, batch, aStr, bStr } = matmulDims(node);
+  const { bound, aVec, bVec, cVec, accA, accB, accC, decl: decls } = matmulBindings(node, ctx);
 
   const WX = BN / 4;
   const WY = BM / 4;

@@ -442,6 +442,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   };
 }
 
+/**
+ * The bindings of a matmul kernel that reads each operand as vec4 along its contiguous dimension
+ * where that dimension is a multiple of 4 (then so is every batch offset), else as scalars:
+ * operands with one storage are bound once (both then vec4 only if both can be), the output
+ * after them. The output must not alias an operand.
+ */
+export function matmulBindings(node: Node, ctx: EmitContext) {
+  const { a, b, transA, transB, m, n, k } = matmulDims(node);
+  const key = ctx.storage ?? ((v: Value) => v.id);
+  checkOutputApart(node, key);
+  const shared = key(a) === key(b);
+  const bound: Value[] = shared ? [a] : [a, b];
+  let aVec = (transA ? m : k) % 4 === 0;
+  let bVec = (transB ? k : n) % 4 === 0;
+  if (shared) aVec = bVec = aVec && bVec;
+  const cVec = n % 4 === 0;
+  const elem = ctx.elem ?? defaultElem;
+  const accA = access(0, 'in0', elem(a), { vec: aVec });
+  const accB = shared ? accA : access(1, 'in1', elem(b), { vec: bVec });
+  const accC = access(bound.length, 'out', elem(node.out), { vec: cVec, written: true });
+  return { shared, bound, aVec, bVec, cVec, accA, accB, accC, decl: declare(shared ? [accA, accC] : [accA, accB, accC]) };
+}
+
 function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subgroup: boolean): KernelSource {
   const { tm: TM, tn: TN } = tiling;
   if (TM % 4 || TN % 4) throw new Error(`matmul tiling ${TM}×${TN}: both must be multiples of 4`);
@@ -463,26 +486,13 @@ function emitMatmulWith(node: Node, ctx: EmitContext, tiling: MatmulTiling, subg
       if (!subgroup) WGX *= 2;
     }
   }
-  const { a, b, transA, transB, m, n, k, batch, nb, aStr, bStr } = matmulDims(node);
+  const { transA, transB, m, n, k, batch, nb, aStr, bStr } = matmulDims(node);
 
-  // Bindings: operands with one storage are bound once.
-  const key = ctx.storage ?? ((v: Value) => v.id);
-  checkOutputApart(node, key);
-  const shared = key(a) === key(b);
-  const bound: Value[] = shared ? [a] : [a, b];
-  // vec4 along the contiguous dimension when it is a multiple of 4 (then so is every batch offset).
-  let aVec = (transA ? m : k) % 4 === 0;
-  let bVec = (transB ? k : n) % 4 === 0;
-  if (shared) aVec = bVec = aVec && bVec;
-  const cVec = n % 4 === 0;
-  const elem = ctx.elem ?? defaultElem;
-  const accA = access(0, 'in0', elem(a), { vec: aVec });
-  const accB = shared ? accA : access(1, 'in1', elem(b), { vec: bVec });
-  const accC = access(bound.length, 'out', elem(node.out), { vec: cVec, written: true });
+  const { bound, aVec, bVec, cVec, accA, accB, accC, decl } = matmulBindings(node, ctx);
   // A load: a vec4 (by vec4 index) from a vec4 binding, an element from a scalar one.
   const A = (i: string) => (aVec ? accA.ld4(i) : accA.ld(i));
   const B = (i: string) => (bVec ? accB.ld4(i) : accB.ld(i));
-  const decls = [declare(shared ? [accA, accC] : [accA, accB, accC])];
+  const decls = [decl];
 
   // Quads of k, unrolled, when an operand is read as vec4; otherwise (both scalar: odd shapes,
   // where compile time matters more than speed) one k step per iteration.
