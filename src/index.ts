@@ -77,6 +77,27 @@ export { DEFAULT_LOSS_SCALE, defaultLossScale, describeLossScale, LossScaler, pa
 export { openTrainingData, type DataFlags } from './train/data.ts';
 export { lrAt, LR_SCHEDULES, type LrSchedule, type LrScheduleName } from './train/schedule.ts';
 export { PRESETS, PRESET_NAMES, presetByName, type Preset } from './train/presets.ts';
+export {
+  BASELINE_PRESETS,
+  charNgrams,
+  firstChars,
+  fitLogistic,
+  fitNaiveBayes,
+  logisticLossAndGradient,
+  naiveBayesScores,
+  predictLogistic,
+  predictNaiveBayes,
+  presetBaselines,
+  spamBaselinesOn,
+  spamTexts,
+  wordTokens,
+  type BaselineResult,
+  type LabelledTexts,
+  type Logistic,
+  type LogisticOptions,
+  type NaiveBayes,
+  type PresetBaselineOptions,
+} from './train/baselines.ts';
 export { chooseModel, HF_ARCHITECTURES, openHfCheckpoint, type HfCheckpoint, type ModelChoice } from './train/hf.ts';
 export { listCheckpoints, readCheckpoint, type Checkpoint } from './train/checkpoint.ts';
 

@@ -376,6 +376,7 @@ function packageVersion(): string {
 
 interface FinetuneCliFlags extends TrainFlags {
   mode: Mode;
+  baselines?: boolean;
   rank?: number;
   alpha?: number;
   targets?: string;
@@ -458,7 +459,9 @@ export function program(helpFor?: string): Command {
     .option('--grad-correction', "LoRA-FA's gradient correction: gB ← (r/alpha)²·(AᵀA)⁻¹·gB")
     .option('--from-scratch', "a preset or checkpoint folder: start from the seeded init, not its base weights")
     .option('--init-missing', "initialise weights the base checkpoint lacks from the model's init, instead of failing (a new classifier head never needs it)")
-    .option('--verify', 'run the IR verifier after every pass');
+    .option('--verify', 'run the IR verifier after every pass')
+    .option('--baselines', "a preset's classical baseline even when slow (fashion-mnist's logistic regression, several seconds; spam's naive Bayes runs by default)")
+    .option('--no-baselines', "skip the preset's classical baselines");
   addCompiledOptions(addRunOptions(addDataOptions(ft), { outHelp: 'where the checkpoints, adapter and reports go (default out/finetune-<model>-<mode>)' })).action(finetuneCommand);
   p.command('tune')
     .description("time each matmul kernel variant that fits each distinct matmul shape of a trainer on this machine's adapter, and write <dir>/tuning.json: the trainer then runs the fastest")

@@ -18,6 +18,7 @@ import { STORAGE_DTYPES, type StorageDType } from '../passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
 import { gpuLimits, kernelOptionsFor } from '../runtime/session.ts';
 import { KERNEL_CHOICES, type KernelChoice } from '../codegen/kernel.ts';
+import { BASELINE_PRESETS, presetBaselines, type BaselineResult } from './baselines.ts';
 import { openTrainingData, type DataFlags } from './data.ts';
 import { runTraining, type TrainOptions, type TrainResult } from './loop.ts';
 import { compareLines } from './outputs.ts';
@@ -74,6 +75,11 @@ export interface FinetuneOptions extends DataFlags {
   readonly compare?: boolean;
   /** Presets: evaluate on the test split (default) or on every 10th training row. */
   readonly evalOn?: 'test' | 'validation';
+  /**
+   * The preset's classical baselines beside the accuracy (src/train/baselines.ts): default on for
+   * spam (naive Bayes, about a second), off for fashion-mnist (logistic regression, several seconds).
+   */
+  readonly baselines?: boolean;
   readonly verify?: boolean;
   /** Storage of frozen weights and activations on the GPU: f32 (default), f16 or bf16. */
   readonly dtype?: string;
@@ -105,6 +111,8 @@ export interface FinetuneResult extends TrainResult {
   readonly preset?: Preset;
   /** The plans of the three modes (with `compare`). */
   readonly plans?: ReadonlyMap<Mode, MemorySummary>;
+  /** The preset's classical baselines, when computed. */
+  readonly baselines?: readonly BaselineResult[];
 }
 
 /** Settings a run takes from its preset, or the general defaults. */
@@ -295,6 +303,15 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
   }
   log(`training: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}${s.dtype !== 'f32' ? `, ${storageLine(s.dtype)}` : ''}`);
   const data = o.dataset ?? (await openTrainingData(program, { ...o, data: s.data }, { seed, base: s.base, evalOn: o.evalOn }));
+  // Only where the loop reads the preset's own rows and input: other data, another tokenizer or a
+  // held-out slice of its own would make the comparison unfair.
+  const preset = s.preset && s.data === s.preset.data && !o.dataset && !o.evalData && o.evalSplit === undefined && !o.tokenizer && BASELINE_PRESETS.includes(s.preset.data) ? s.preset.data : undefined;
+  let baselines: BaselineResult[] | undefined;
+  if (preset && (o.baselines ?? preset === 'spam')) {
+    const seq = program.inputs.find((i) => i.name === 'input_ids')?.shape[1];
+    baselines = await presetBaselines(preset, { evalOn: o.evalOn, seq, seed });
+    for (const b of baselines) log(`baseline: ${b.name}: ${(100 * b.accuracy).toFixed(2)}% on ${b.evalRows} ${o.evalOn === 'validation' ? 'validation' : 'test'} rows (fitted on ${b.trainRows} training rows in ${(b.ms / 1000).toFixed(1)} s)`);
+  }
   try {
     const r = await runTraining(program, {
       steps: s.steps,
@@ -326,6 +343,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
         metadata: s.preset ? { 'lorafa.task': s.preset.name } : undefined,
       },
       compare: plans,
+      baselines,
       command: o.command,
       title: s.preset ? `${s.preset.name}: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}` : undefined,
       progress: o.progress,
@@ -337,7 +355,10 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
       readFrozen: o.readFrozen,
       gpu,
     });
-    return { ...r, program, model: s.model, preset: s.preset, plans };
+    if (baselines && r.after?.accuracy !== undefined) {
+      log(`${s.mode} ${(100 * r.after.accuracy).toFixed(2)}% beside the classical baselines: ${baselines.map((b) => `${b.name} ${(100 * b.accuracy).toFixed(2)}%`).join(', ')}`);
+    }
+    return { ...r, program, model: s.model, preset: s.preset, plans, baselines };
   } finally {
     if (!o.dataset) data.close();
   }

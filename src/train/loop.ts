@@ -23,6 +23,7 @@
 //    model.safetensors for full fine-tuning; merged.safetensors with --merged), report.md and
 //    report.json, loss.svg (training loss and evaluations), memory.svg.
 // GPU bytes are measured, not assumed: the device's createBuffer/destroy are counted (BufferMeter).
+import type { BaselineResult } from './baselines.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rmSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -113,6 +114,8 @@ export interface TrainOptions {
   readonly command?: string;
   /** Title of the reports (default: the model and mode). */
   readonly title?: string;
+  /** Classical baselines on the same split and input (src/train/baselines.ts), shown beside the accuracy in the reports. */
+  readonly baselines?: readonly BaselineResult[];
   readonly progress?: ProgressMode;
   readonly logEvery?: number;
   readonly log?: (line: string) => void;

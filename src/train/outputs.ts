@@ -148,6 +148,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
     device: r.device,
     before: r.before ?? null,
     after: r.after ?? null,
+    ...(o.baselines?.length ? { baselines: o.baselines } : {}),
     msPerStep: r.msPerStep,
     firstStepMs: r.firstStepMs,
     trainableParameters: r.trainable,
@@ -180,6 +181,16 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
       lm ? `| perplexity | ${r.before?.perplexity?.toFixed(3) ?? '—'} | ${r.after?.perplexity?.toFixed(3) ?? '—'} |` : `| accuracy | ${pct(r.before)} | ${pct(r.after)} |`,
       `| evaluation loss | ${r.before?.loss.toFixed(4) ?? '—'} | ${r.after?.loss.toFixed(4) ?? '—'} |`,
       '',
+      ...(o.baselines?.length
+        ? [
+            'Classical baselines on the same rows and input, fitted on the training rows only (src/train/baselines.ts):',
+            '',
+            '| baseline | accuracy |',
+            '|---|---|',
+            ...o.baselines.map((b) => `| ${b.name} | ${pct(b)} |`),
+            '',
+          ]
+        : []),
       ...(r.evals.length ? [`Evaluations: ${r.evals.map((e) => `step ${e.step}: ${fmtMetrics(e.metrics, data.unit)}`).join('; ')}.`, ''] : []),
       `Step time ${r.msPerStep.toFixed(1)} ms (first step ${r.firstStepMs.toFixed(0)} ms, with shader compilation).`,
       `GPU bytes of the training step: ${r.measuredBytes} measured at createBuffer, ${p.step.bytes} planned (+${r.lossScale ? '8 B loss and overflow' : '4 B loss'} readback).`,
