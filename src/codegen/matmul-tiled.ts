@@ -29,6 +29,7 @@
 import type { Node } from '../ir/types.ts';
 import type { EmitContext, KernelSource } from './kernel.ts';
 import { batchOffset, matmulBindings, matmulDims } from './matmul.ts';
+import type { Access } from './storage.ts';
 
 export interface TileShape {
   /** Rows of C per workgroup: a multiple of 4. */
@@ -104,87 +105,50 @@ export function emitMatmulTiled(node: Node, ctx: EmitContext, t: TileShape, name
     return out;
   };
 
-  const loadA: string[] = [];
-  if (aVec && !transA) {
-    // A [m, k]: a vec4 is 4 steps of k in one row; item e = (row r, quad q).
-    loadA.push(
-      ...shares((BM * BK) / 4, (e) => [
-        `let r = ${e} / ${u(BK / 4)};`,
+  // One operand's tile, op(A) [BM rows × BK] or op(B)ᵀ [BN columns × BK], from storage that is
+  // either outer-major (A, Bᵀ: contiguous along k) or k-major (Aᵀ, B: contiguous along the outer
+  // dimension). `x` names the outer index (r for A's rows, c for B's columns).
+  const loadTile = (o: { x: 'r' | 'c'; start: string; dim: number; BX: number; kMajor: boolean; vec: boolean; acc: Access; off: string; tile: string; slot: (kk: string, x: string) => string }): string[] => {
+    const { x, start, dim, BX, kMajor, vec, acc, off } = o;
+    const gx = `g${x}`;
+    const inside = `if (${gx} < ${u(dim)} && gk < ${u(k)})`;
+    if (vec && !kMajor) {
+      // A vec4 is 4 steps of k at one outer index; item e = (outer x, quad q).
+      return shares((BX * BK) / 4, (e) => [
+        `let ${x} = ${e} / ${u(BK / 4)};`,
         `let q = ${e} % ${u(BK / 4)};`,
-        `let gr = row0 + r;`,
+        `let ${gx} = ${start} + ${x};`,
         `let gk = k0 + q * 4u;`,
         `var v = vec4<f32>(0.0);`,
-        `if (gr < ${u(m)} && gk < ${u(k)}) { v = ${accA.ld4(`(aOff + gr * ${u(k)} + gk) / 4u`)}; }`,
-        ...[0, 1, 2, 3].map((c) => `${aSlot(`q * 4u + ${u(c)}`, 'r')} = v.${XYZW[c]};`),
-      ]),
-    );
-  } else if (aVec && transA) {
-    // Aᵀ stored [k, m]: a vec4 is 4 rows at one k, one vec4 of the tile; item e = (kk, rows 4r4…).
-    loadA.push(
-      ...shares((BM * BK) / 4, (e) => [
-        `let kk = ${e} / ${u(BM / 4)};`,
-        `let r4 = ${e} % ${u(BM / 4)};`,
+        `${inside} { v = ${acc.ld4(`(${off} + ${gx} * ${u(k)} + gk) / 4u`)}; }`,
+        ...[0, 1, 2, 3].map((c) => `${o.slot(`q * 4u + ${u(c)}`, x)} = v.${XYZW[c]};`),
+      ]);
+    }
+    if (vec) {
+      // A vec4 is 4 outer indices at one k: one vec4 of the tile; item e = (kk, outer 4·x4 …).
+      return shares((BX * BK) / 4, (e) => [
+        `let kk = ${e} / ${u(BX / 4)};`,
+        `let ${x}4 = ${e} % ${u(BX / 4)};`,
         `let gk = k0 + kk;`,
-        `let gr = row0 + r4 * 4u;`,
+        `let ${gx} = ${start} + ${x}4 * 4u;`,
         `var v = vec4<f32>(0.0);`,
-        `if (gr < ${u(m)} && gk < ${u(k)}) { v = ${accA.ld4(`(aOff + gk * ${u(m)} + gr) / 4u`)}; }`,
-        `As[kk * ${u(BM / 4)} + r4] = v;`,
-      ]),
-    );
-  } else {
+        `${inside} { v = ${acc.ld4(`(${off} + gk * ${u(dim)} + ${gx}) / 4u`)}; }`,
+        `${o.tile}[kk * ${u(BX / 4)} + ${x}4] = v;`,
+      ]);
+    }
     // Element by element, consecutive items along the stored contiguous dimension.
-    loadA.push(
-      ...shares(BM * BK, (e) => [
-        transA ? `let kk = ${e} / ${u(BM)};` : `let r = ${e} / ${u(BK)};`,
-        transA ? `let r = ${e} % ${u(BM)};` : `let kk = ${e} % ${u(BK)};`,
-        `let gr = row0 + r;`,
-        `let gk = k0 + kk;`,
-        `var v = 0.0;`,
-        `if (gr < ${u(m)} && gk < ${u(k)}) { v = ${accA.ld(transA ? `aOff + gk * ${u(m)} + gr` : `aOff + gr * ${u(k)} + gk`)}; }`,
-        `${aSlot('kk', 'r')} = v;`,
-      ]),
-    );
-  }
-  const loadB: string[] = [];
-  if (bVec && !transB) {
-    // B [k, n]: a vec4 is 4 columns at one k, one vec4 of the tile.
-    loadB.push(
-      ...shares((BK * BN) / 4, (e) => [
-        `let kk = ${e} / ${u(BN / 4)};`,
-        `let c4 = ${e} % ${u(BN / 4)};`,
-        `let gk = k0 + kk;`,
-        `let gc = col0 + c4 * 4u;`,
-        `var v = vec4<f32>(0.0);`,
-        `if (gc < ${u(n)} && gk < ${u(k)}) { v = ${accB.ld4(`(bOff + gk * ${u(n)} + gc) / 4u`)}; }`,
-        `Bs[kk * ${u(BN / 4)} + c4] = v;`,
-      ]),
-    );
-  } else if (bVec && transB) {
-    // Bᵀ stored [n, k]: a vec4 is 4 steps of k in one column.
-    loadB.push(
-      ...shares((BK * BN) / 4, (e) => [
-        `let c = ${e} / ${u(BK / 4)};`,
-        `let q = ${e} % ${u(BK / 4)};`,
-        `let gc = col0 + c;`,
-        `let gk = k0 + q * 4u;`,
-        `var v = vec4<f32>(0.0);`,
-        `if (gc < ${u(n)} && gk < ${u(k)}) { v = ${accB.ld4(`(bOff + gc * ${u(k)} + gk) / 4u`)}; }`,
-        ...[0, 1, 2, 3].map((x) => `${bSlot(`q * 4u + ${u(x)}`, 'c')} = v.${XYZW[x]};`),
-      ]),
-    );
-  } else {
-    loadB.push(
-      ...shares(BK * BN, (e) => [
-        transB ? `let c = ${e} / ${u(BK)};` : `let kk = ${e} / ${u(BN)};`,
-        transB ? `let kk = ${e} % ${u(BK)};` : `let c = ${e} % ${u(BN)};`,
-        `let gc = col0 + c;`,
-        `let gk = k0 + kk;`,
-        `var v = 0.0;`,
-        `if (gc < ${u(n)} && gk < ${u(k)}) { v = ${accB.ld(transB ? `bOff + gc * ${u(k)} + gk` : `bOff + gk * ${u(n)} + gc`)}; }`,
-        `${bSlot('kk', 'c')} = v;`,
-      ]),
-    );
-  }
+    return shares(BX * BK, (e) => [
+      kMajor ? `let kk = ${e} / ${u(BX)};` : `let ${x} = ${e} / ${u(BK)};`,
+      kMajor ? `let ${x} = ${e} % ${u(BX)};` : `let kk = ${e} % ${u(BK)};`,
+      `let ${gx} = ${start} + ${x};`,
+      `let gk = k0 + kk;`,
+      `var v = 0.0;`,
+      `${inside} { v = ${acc.ld(kMajor ? `${off} + gk * ${u(dim)} + ${gx}` : `${off} + ${gx} * ${u(k)} + gk`)}; }`,
+      `${o.slot('kk', x)} = v;`,
+    ]);
+  };
+  const loadA = loadTile({ x: 'r', start: 'row0', dim: m, BX: BM, kMajor: transA, vec: aVec, acc: accA, off: 'aOff', tile: 'As', slot: aSlot });
+  const loadB = loadTile({ x: 'c', start: 'col0', dim: n, BX: BN, kMajor: !transB, vec: bVec, acc: accB, off: 'bOff', tile: 'Bs', slot: bSlot });
 
   // Stores: this invocation's 4×4 block, rows r0 + i, columns c0 … c0 + 3.
   const rowsExact = m % BM === 0;
