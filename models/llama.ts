@@ -22,8 +22,11 @@ interface LlamaConfig {
   readonly tie?: boolean;
   /** A sequence classifier with this many classes. */
   readonly classes?: number;
-  /** How a classifier pools the final hidden states: the last real token (Hugging Face's) or their mean. */
-  readonly pool?: 'last' | 'mean';
+  /**
+   * How a classifier pools the final hidden states: the last real token (Hugging Face's), the mean
+   * over the real tokens (padding left out by the attention mask), or the mean over all positions.
+   */
+  readonly pool?: 'last' | 'mean' | 'mean-all';
   readonly [key: string]: number | string | boolean | undefined;
 }
 
@@ -33,18 +36,22 @@ export default defineModel<LlamaConfig>({
   configs: {
     toy: { batch: 2, seq: 8, vocab: 64, d: 32, heads: 4, layers: 2, ffn: 48, ropeBase: 10000 },
     '7b': { batch: 8, seq: 1024, vocab: 32000, d: 4096, heads: 32, layers: 32, ffn: 11008, ropeBase: 10000 },
-    // The shipped base model (models/pretrained/llama-brown): a character-level decoder pretrained
-    // on the Brown corpus (`npm run pretrain`).
+    // A character-level decoder pretrained on the Brown corpus (`npm run pretrain -- --task brown`,
+    // models/pretrained/llama-brown).
     brown: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000 },
-    // The same decoder as a sequence classifier (SpamAssassin spam/ham): the mean of the final
-    // hidden states over all 128 positions → `score` (as Hugging Face's
-    // LlamaForSequenceClassification names its head).
-    spam: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean' },
+    // The shipped base model of the spam task (models/pretrained/llama-email): the same decoder on
+    // WordPiece tokens (8192: the words and word pieces of the SpamAssassin training messages),
+    // pretrained from scratch on those messages as unlabelled text (`npm run pretrain -- --task email`).
+    email: { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000 },
+    // That decoder as a sequence classifier (SpamAssassin spam/ham): the mean of the final hidden
+    // states over each message's real tokens → `score` (as Hugging Face's
+    // LlamaForSequenceClassification names its head). 64 tokens hold the 128 characters the spam
+    // preset reads for all but a few messages.
+    spam: { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean' },
     // The same classifier pooling the final hidden state of each message's last real token, as
-    // Hugging Face's sequence classifiers do (right padding, with an attention_mask). At 300 steps
-    // it trains worse on this character-level decoder than the mean (docs/results.md compares the
-    // two), so the preset keeps the mean; configs read from a config.json pool the last token.
-    'spam-last': { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
+    // Hugging Face's sequence classifiers do (right padding, with an attention_mask); docs/results.md
+    // compares the two, and configs read from a config.json pool the last token.
+    'spam-last': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
   },
   defaultConfig: 'toy',
   defaultTargets: ['q_proj', 'v_proj'],
@@ -83,9 +90,9 @@ export default defineModel<LlamaConfig>({
     if (heads % kvHeads !== 0) throw new Error(`${heads} attention heads cannot share ${kvHeads} key/value heads evenly`);
     const hd = d / heads;
     const ids = b.input('input_ids', [batch, seq], 'i32');
-    const pooled = cfg.classes !== undefined && cfg.pool !== 'mean';
-    // Which tokens are real (1) or padding (0): the classifier pools its last real token, and no
-    // token attends to padding, as in Hugging Face (with right or left padding alike).
+    const pooled = cfg.classes !== undefined && cfg.pool !== 'mean-all';
+    // Which tokens are real (1) or padding (0): the classifier pools its real tokens, and no token
+    // attends to padding, as in Hugging Face (with right or left padding alike).
     const mask = pooled ? b.input('attention_mask', [batch, seq]) : undefined;
     const embed = b.scope('embed_tokens', () => b.param('weight', [cfg.vocab, d], { init: { kind: 'normal', std: 0.02 } }));
     let h = b.reshape(b.scope('embed_tokens', () => b.emit('gather', [embed, ids], {}, 'lookup')), [batch * seq, d]);
@@ -112,11 +119,11 @@ export default defineModel<LlamaConfig>({
     }
     const final = b.rmsNorm(h, 'norm', { eps: cfg.eps });
     if (cfg.classes !== undefined) {
-      // Sequence classification: one label per sequence, from the last real token's hidden state
-      // (or the mean over all positions, the shipped spam preset's pooling).
+      // Sequence classification: one label per sequence, from the last real token's hidden state,
+      // the mean over the real tokens (the spam preset's pooling) or the mean over all positions.
       const labels = b.input('labels', [batch], 'i32');
       const states = b.reshape(final, [batch, seq, d]);
-      const pooledState = mask ? b.lastToken(states, mask) : b.mean(states, [1]);
+      const pooledState = !mask ? b.mean(states, [1]) : cfg.pool === 'mean' ? b.maskedMean(states, mask) : b.lastToken(states, mask);
       const logits = b.linear(pooledState, 'score', cfg.classes, { bias: false });
       b.output('logits', logits);
       b.loss(b.crossEntropy(logits, labels));

@@ -14,16 +14,18 @@
 // 3. Precision: LoRA-FA at its chosen lr again with --dtype f16 and bf16 (half-precision storage of
 //    frozen weights and activations; f16 with dynamic loss scaling), each seed; and W1 (the speed
 //    workload, synthetic data) in f32, f16 and bf16, whose losses are compared step by step.
-// With --reuse, a run an earlier results.json already holds (same task, variant, seed, steps and
-// lr) is taken from it rather than run again, and the report says so.
+// With --reuse, a run an earlier results.json already holds (same task, variant, seed, steps, lr,
+// evaluation split, base model file and preset settings) is taken from it rather than run again, and
+// the report says so; a new base model (npm run pretrain) or preset default reruns its task.
 // Writes docs/results.md (the tables, the checks, the grid, the exact command and seeds) and
 // docs/results.json (every run).
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { asCommand, finetune, fmtBytes, LorafaError, presetByName, writeFileAtomic, type Metrics, type Mode } from '../src/index.ts';
-import { PACKAGE_ROOT as ROOT } from '../src/train/presets.ts';
+import { PACKAGE_ROOT as ROOT, PRETRAINED_DIR } from '../src/train/presets.ts';
 import { BASELINE_PRESETS, presetBaselines, type BaselineResult } from '../src/train/baselines.ts';
 import type { DataPreset } from '../src/data/presets.ts';
 
@@ -37,7 +39,7 @@ const cmd = new Command('experiment')
   .option('--full-lr-grid <list>', 'peak learning rates tried for full fine-tuning', (v) => list(v).map(Number), [3e-4, 1e-3])
   .option('--no-tune', "skip tuning: every variant at the task's default learning rate")
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
-  .option('--no-pooling', 'skip the pooling comparison (spam: the mean of all positions, the preset, against the last real token, as Hugging Face pools)')
+  .option('--no-pooling', 'skip the pooling comparison (spam: the mean of the real tokens, the preset, against the last real token, as Hugging Face pools)')
   .option('--precision <list>', 'storage dtypes LoRA-FA and W1 are also trained in (empty: none)', list, ['f16', 'bf16'])
   .option('--w1-steps <n>', 'steps of the W1 precision runs', Number, 200)
   .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr) instead of running them again')
@@ -47,7 +49,7 @@ const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; step
 const TUNING_SEED = 0;
 /** Classifier presets, how they pool, and the model config that pools them the other way. */
 const OTHER_POOLING: Readonly<Record<string, { preset: string; config: string; key: string; label: string }>> = {
-  spam: { preset: 'the mean of all positions', config: 'spam-last', key: 'last', label: "the last real token (Hugging Face's pooling)" },
+  spam: { preset: 'the mean of the real tokens', config: 'spam-last', key: 'last', label: "the last real token (Hugging Face's pooling)" },
 };
 const argv = process.argv.slice(2);
 const command = `npm run experiment${argv.length ? ' -- ' + argv.join(' ') : ''}`;
@@ -90,6 +92,8 @@ interface Row {
   readonly lossScale?: { readonly scale: number; readonly skipped: number };
   /** Taken from an earlier results.json (--reuse), of that run's commit. */
   readonly reused?: string;
+  /** What the run started from: see taskFingerprint. */
+  readonly fingerprint?: string;
 }
 
 interface Earlier {
@@ -107,11 +111,29 @@ const earlierCommit = earlierRuns?.commit ?? (flags.reuse ? /commit (\w+)/.exec(
 const reusedFrom = new Map<string, number>();
 const countReused = (commit: string) => reusedFrom.set(commit, (reusedFrom.get(commit) ?? 0) + 1);
 
+const fingerprints = new Map<string, string>();
+/**
+ * What a task's runs start from besides their own flags: the sha256 of the base model's weights and
+ * the preset's defaults (targets, rank, optimizer, schedule…). A run is reused only under the same.
+ */
+function taskFingerprint(task: string): string {
+  let f = fingerprints.get(task);
+  if (!f) {
+    const p = presetByName(task);
+    const h = createHash('sha256');
+    if (p.base) h.update(readFileSync(join(PRETRAINED_DIR, p.base, 'model.safetensors')));
+    h.update(JSON.stringify({ model: p.model, config: p.config, base: p.base, defaults: p.defaults }));
+    fingerprints.set(task, (f = h.digest('hex').slice(0, 16)));
+  }
+  return f;
+}
+
 /** The earlier run of this very configuration (--reuse), if there is one. */
-function reuse(task: string, seed: number, key: string, lr: number | undefined, steps: number | undefined): Row | undefined {
+function reuse(task: string, seed: number, key: string, lr: number | undefined, steps: number | undefined, evalOn: 'test' | 'validation' = 'test'): Row | undefined {
   if (!earlierRuns || lr === undefined) return undefined;
-  const all = [...earlierRuns.runs, ...earlierRuns.rankSweep, ...earlierRuns.pooling, ...(earlierRuns.precision ?? [])];
-  const r = all.find((x) => x.task === task && x.seed === seed && x.key === key && x.lr === lr && (steps === undefined || x.steps === steps));
+  // Learning-rate tuning scores the validation split; every other run the test split.
+  const all = evalOn === 'validation' ? (earlierRuns.tuning ?? []) : [...earlierRuns.runs, ...earlierRuns.rankSweep, ...earlierRuns.pooling, ...(earlierRuns.precision ?? [])];
+  const r = all.find((x) => x.task === task && x.seed === seed && x.key === key && x.lr === lr && (steps === undefined || x.steps === steps) && x.fingerprint === taskFingerprint(task));
   if (!r) return undefined;
   countReused(r.reused ?? earlierCommit);
   return { ...r, reused: r.reused ?? earlierCommit };
@@ -119,12 +141,11 @@ function reuse(task: string, seed: number, key: string, lr: number | undefined, 
 
 /** One run of a preset, through the same finetune() as `lorafa finetune`, no files written. */
 async function runTask(task: string, seed: number, key: string, o: { config?: string; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number; dtype?: string }): Promise<Row> {
-  if (o.evalOn !== 'validation') {
-    const earlier = reuse(task, seed, key, o.lr, o.steps);
-    if (earlier) return earlier;
-  }
+  const earlier = reuse(task, seed, key, o.lr, o.steps, o.evalOn);
+  if (earlier) return { ...earlier, chosen: undefined } as Row;
   const r = await finetune({ model: task, seed, compare: false, progress: 'none', log: () => {}, ...o });
   return {
+    fingerprint: taskFingerprint(task),
     key,
     task,
     mode: o.mode,
@@ -325,7 +346,7 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
     ...(reusedFrom.size
       ? [
           '',
-          `${[...reusedFrom.values()].reduce((a, b) => a + b, 0)} runs were not repeated: \`--reuse ${flags.reuse}\` took them from earlier runs of this script (${[...reusedFrom].map(([c, n]) => `${n} at commit ${c}`).join(', ')}), with the same task, variant, seed, steps and learning rate; runs are deterministic on one device, and what they train has not changed since.`,
+          `${[...reusedFrom.values()].reduce((a, b) => a + b, 0)} runs were not repeated: \`--reuse ${flags.reuse}\` took them from earlier runs of this script (${[...reusedFrom].map(([c, n]) => `${n} at commit ${c}`).join(', ')}), with the same task, variant, seed, steps, learning rate, base model weights (sha256) and preset settings; runs are deterministic on one device, and what they train has not changed since.`,
         ]
       : []),
     '',

@@ -32,16 +32,21 @@ export function modelsTable(): string {
     .filter((d) => existsSync(join(PRETRAINED_DIR, d, 'metrics.json')))
     .sort()
     .map((d) => ({ dir: d, m: JSON.parse(readFileSync(join(PRETRAINED_DIR, d, 'metrics.json'), 'utf8')) as Metrics }));
-  const metric = (m: Metrics) =>
+  // A language model is scored per symbol of its tokenizer: characters (lorafa's char tokenizer) or tokens.
+  const unit = (dir: string) => {
+    const file = join(PRETRAINED_DIR, dir, 'tokenizer.json');
+    return existsSync(file) && JSON.parse(readFileSync(file, 'utf8')).kind === 'char' ? { per: 'char', of: 'characters' } : { per: 'token', of: 'tokens' };
+  };
+  const metric = (dir: string, m: Metrics) =>
     m.final.accuracy !== undefined
       ? `test accuracy ${(100 * m.final.accuracy).toFixed(2)}% (${m.final.count} images), test loss ${m.final.loss.toFixed(4)}`
-      : `validation ${(m.final.loss / Math.LN2).toFixed(3)} bits/char (loss ${m.final.loss.toFixed(4)} nats, ${m.final.count} characters)`;
+      : `validation ${(m.final.loss / Math.LN2).toFixed(3)} bits/${unit(dir).per} (loss ${m.final.loss.toFixed(4)} nats, perplexity ${Math.exp(m.final.loss).toFixed(1)}, ${m.final.count} ${unit(dir).of})`;
   const lines = [
     '| directory | model | trained by | final metrics | training |',
     '|---|---|---|---|---|',
     ...rows.map(
       ({ dir, m }) =>
-        `| \`models/pretrained/${dir}\` | \`${m.model}\` config \`${m.config}\` | \`${m.command}\` | ${metric(m)} | ${m.steps} steps × batch ${m.batch}, AdamW lr ${m.lr}, train loss ${m.firstLoss.toFixed(3)} → ${m.lastLoss.toFixed(3)}, ${m.msPerStep} ms/step, ${m.seconds} s on ${m.device} (${m.date}) |`,
+        `| \`models/pretrained/${dir}\` | \`${m.model}\` config \`${m.config}\` | \`${m.command}\` | ${metric(dir, m)} | ${m.steps} steps × batch ${m.batch}, AdamW lr ${m.lr}, train loss ${m.firstLoss.toFixed(3)} → ${m.lastLoss.toFixed(3)}, ${m.msPerStep} ms/step, ${m.seconds} s on ${m.device} (${m.date}) |`,
     ),
   ];
   return lines.join('\n');

@@ -1,4 +1,4 @@
-// `npm run pretrain [-- --task mnist|brown|all] [--seed N] [--steps N] [--out DIR]`
+// `npm run pretrain [-- --task mnist|brown|email|all] [--seed N] [--steps N] [--out DIR]`
 //
 // Pretrains the shipped base models with lorafa itself (full training, AdamW, on this machine's
 // GPU), reproducibly from a seed, through the same finetune() and training loop as every other run:
@@ -6,6 +6,11 @@
 //   brown → models/pretrained/llama-brown   the LLaMA-style decoder on the Brown corpus, by
 //                                            character (its tokenizer.json is built first, from
 //                                            the training files)
+//   email → models/pretrained/llama-email   the same decoder on WordPiece tokens, from scratch, on
+//                                            the SpamAssassin training messages as unlabelled text
+//                                            (labels and the test split never read); its
+//                                            tokenizer.json (8192 words and pieces) is learnt
+//                                            first, from that text
 // Each directory gets model.safetensors (a PyTorch-layout state dict with Hugging Face key names,
 // written atomically) and metrics.json (command, seed, steps, final metrics, time); the table in
 // models/README.md is regenerated from the metrics files. The run itself (checkpoints, report,
@@ -13,13 +18,13 @@
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { asCommand, brownCorpus, CharTokenizer, finetune, fmtMetrics, writeFileAtomic } from '../src/index.ts';
+import { asCommand, brownCorpus, buildWordPiece, CharTokenizer, finetune, fmtMetrics, loadModel, presetData, writeFileAtomic } from '../src/index.ts';
 import { PACKAGE_ROOT as ROOT, PRESETS, PRETRAINED_DIR, type Preset } from '../src/train/presets.ts';
 import { writeModelsReadme } from './models-readme.ts';
 
 const cmd = new Command('pretrain')
   .description('pretrain the shipped base models (full training from a seed)')
-  .addOption(new Option('--task <name>', 'which base model').choices(['mnist', 'brown', 'all']).default('all'))
+  .addOption(new Option('--task <name>', 'which base model').choices(['mnist', 'brown', 'email', 'all']).default('all'))
   .option('--seed <n>', 'seed of the init and the data order', (v) => Number(v), 0)
   .option('--steps <n>', "training steps (default: the task's)", (v) => Number(v))
   .option('--out <dir>', 'where the model directories go', PRETRAINED_DIR)
@@ -38,6 +43,15 @@ async function pretrain(task: Preset): Promise<void> {
     tokenizer = join(dir, 'tokenizer.json');
     writeFileAtomic(tokenizer, Buffer.from(JSON.stringify(tok.toJSON(), null, 1) + '\n'));
     console.log(`tokenizer: ${tok.vocabSize} symbols → ${relative(ROOT, tokenizer)}`);
+  } else if (task.name === 'email') {
+    // A WordPiece vocabulary of the very text the model is pretrained on, as large as its embedding.
+    const vocab = (await loadModel(join(ROOT, task.model))).def.configs[task.config].vocab as number;
+    const train = presetData('email').train;
+    const wp = buildWordPiece((await train.source.read(train.rows!)).map((r) => r.text as string), { vocabSize: vocab });
+    tokenizer = join(dir, 'tokenizer.json');
+    writeFileAtomic(tokenizer, Buffer.from(JSON.stringify(wp.tokenizer) + '\n'));
+    writeFileAtomic(join(dir, 'tokenizer_config.json'), Buffer.from(JSON.stringify(wp.config, null, 2) + '\n'));
+    console.log(`tokenizer: WordPiece, ${wp.vocab.length} words and pieces → ${relative(ROOT, tokenizer)} (+ tokenizer_config.json)`);
   }
   const command = `npm run pretrain -- --task ${task.name} --seed ${flags.seed}${flags.steps ? ` --steps ${flags.steps}` : ''}`;
   const meta = { model: task.model, config: task.config, task: task.name, seed: String(flags.seed), command };
@@ -83,7 +97,7 @@ async function pretrain(task: Preset): Promise<void> {
 
 process.exit(
   await asCommand(async () => {
-    const which = flags.task === 'all' ? [PRESETS.mnist, PRESETS.brown] : [PRESETS[flags.task as 'mnist' | 'brown']];
+    const which = flags.task === 'all' ? [PRESETS.mnist, PRESETS.brown, PRESETS.email] : [PRESETS[flags.task as 'mnist' | 'brown' | 'email']];
     for (const t of which) await pretrain(t);
     if (resolve(flags.out) === PRETRAINED_DIR) writeModelsReadme();
   }),

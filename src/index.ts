@@ -106,6 +106,7 @@ export { openRows, DATA_FORMATS, formatOf, type Cell, type DataFormat, type Row,
 export { openDataset, inferTask, splitRows, type Dataset, type EvalBatch, type Feeds, type InputSpec, type OpenDatasetOptions, type RowView } from './data/dataset.ts';
 export { memoryRows } from './data/memory.ts';
 export { CharTokenizer } from './data/tokenizer.ts';
+export { buildWordPiece, WORDPIECE_SPECIALS, type WordPieceFiles, type WordPieceOptions } from './data/wordpiece.ts';
 export { brownCorpus, spamAssassin } from './data/text.ts';
 export { DATA_PRESETS, presetData, type DataPreset } from './data/presets.ts';
 

@@ -26,6 +26,8 @@ import {
   untagBrown,
   UNK_CHAR,
 } from '../src/data/index.ts';
+import { EMAIL_CHARS, presetData } from '../src/data/presets.ts';
+import { firstChars } from '../src/data/text.ts';
 import { property } from './helpers.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'lorafa-data-'));
@@ -301,6 +303,27 @@ describe('SpamAssassin', () => {
     expect(revSplit.test.map((i) => `${rev[i].group}/${rev[i].id}`).sort()).toEqual(testKeys);
     const digest = createHash('sha256').update(testKeys.join('\n')).digest('hex').slice(0, 16);
     expect(digest).toBe('ecefc3437611030c'); // changes only if the corpus or the split rule changes
+  });
+
+  it('the email corpus (domain-adaptive pretraining) reads only training messages, never a label, and holds out the spam validation rows', async () => {
+    const email = presetData('email');
+    const spamVal = presetData('spam', 'validation');
+    expect(email.train.source.columns).toEqual(['text']);
+    const texts = async (v: typeof email.train) => (await v.source.read(v.rows!)).map((r) => r.text as string);
+    const [train, held] = [await texts(email.train), await texts(email.eval)];
+    expect(train.length + held.length).toBe(corpus.split.train.length);
+    // No test message is read, checked by content so that an indexing bug cannot hide it: a test
+    // message whose first EMAIL_CHARS characters no training message shares is absent.
+    const seen = new Set([...train, ...held]);
+    const trainPrefixes = new Set(corpus.split.train.map((i) => firstChars(corpus.messages[i].text, EMAIL_CHARS)));
+    const unique = corpus.split.test.map((i) => firstChars(corpus.messages[i].text, EMAIL_CHARS)).filter((t) => !trainPrefixes.has(t));
+    expect(unique.length).toBeGreaterThan(1100);
+    expect(unique.filter((t) => seen.has(t))).toEqual([]);
+    // The held-out messages are exactly the spam preset's validation rows, cut to EMAIL_CHARS.
+    const val = (await spamVal.eval.source.read(spamVal.eval.rows!)).map((r) => firstChars(r.text as string, EMAIL_CHARS));
+    expect(held).toEqual(val);
+    expect(train.every((t) => [...t].length <= EMAIL_CHARS)).toBe(true);
+    expect(Math.max(...train.map((t) => t.length))).toBeGreaterThanOrEqual(EMAIL_CHARS);
   });
 
   it('parseEmail: folded subject, encoded words, CRLF, quoted-printable, HTML', () => {
@@ -601,14 +624,31 @@ describe('CharTokenizer', () => {
     expect(CharTokenizer.fromText('AbC').encode('A')[0]).toBe(2);
   });
 
+  it('extend keeps every id and appends the missing characters, most frequent first', () => {
+    const base = CharTokenizer.fromText('hello world');
+    const ext = base.extend('<<@@@ hello zz>', 13);
+    // The base ids are untouched: text the base knew encodes to the same ids.
+    expect(ext.vocab.slice(0, base.vocabSize)).toEqual(base.vocab);
+    expect(ext.encode('hello world')).toEqual(base.encode('hello world'));
+    // '@' ×3, then '<' ×2 and 'z' ×2 (a tie, by code point: '<' before 'z'), '>' ×1 cut at 13 entries.
+    expect(base.vocabSize).toBe(10);
+    expect(ext.vocab.slice(base.vocabSize)).toEqual(['@', '<', 'z']);
+    expect(ext.decode(ext.encode('@<z>'))).toBe('@<z\ufffd');
+    // minCount drops the rare ones; the JSON of an extended vocabulary reads back.
+    expect(base.extend('<<@@@ zz>', 100, { minCount: 2 }).vocab.slice(base.vocabSize)).toEqual(['@', '<', 'z']);
+    const back = CharTokenizer.fromJSON(JSON.parse(JSON.stringify(ext.toJSON())), 'x');
+    expect(back.encode('@<z> hello')).toEqual(ext.encode('@<z> hello'));
+    expect(() => base.extend('abc', base.vocabSize - 1)).toThrow(/maxSize/);
+  });
+
   it('a malformed tokenizer JSON names where it came from', () => {
     const cases: [unknown, RegExp][] = [
       [null, /expected an object/],
       [{ kind: 'bpe', lowercase: false, vocab: ['<pad>', '<unk>'] }, /kind is "bpe"/],
       [{ kind: 'char', vocab: ['<pad>', '<unk>'] }, /lowercase is undefined/],
       [{ kind: 'char', lowercase: false, vocab: ['<unk>', '<pad>', 'a'] }, /must start with/],
-      [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 'b', 'a'] }, /vocab\[3\] = "a" does not follow vocab\[2\] = "b"/],
-      [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 'a', 'a'] }, /does not follow/],
+      [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 'b', 'a', 'b'] }, /vocab\[4\] = "b" repeats vocab\[2\]/],
+      [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 'a', 'a'] }, /repeats/],
       [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 'ab'] }, /not a single character/],
       [{ kind: 'char', lowercase: false, vocab: ['<pad>', '<unk>', 3] }, /not an array of strings/],
     ];

@@ -14,7 +14,7 @@ import { beforeAll, describe, expect, it, test } from 'vitest';
 import { attentionTiles, attentionWorkgroupBytes, WORKGROUP_BYTES } from '../src/codegen/attention.ts';
 import { L_COLUMNS } from '../src/ir/attention.ts';
 import type { KernelSource } from '../src/codegen/kernel.ts';
-import { emitKernel, lit } from '../src/codegen/wgsl.ts';
+import { CPU_ROW_MAX, emitKernel, lit } from '../src/codegen/wgsl.ts';
 import { Builder } from '../src/ir/builder.ts';
 import { LorafaError } from '../src/ir/errors.ts';
 import { OP_NAMES, OPS, type CaseGen, type Domain, type KernelEmitter, type OpCase, type OpDef, type OpName } from '../src/ir/ops.ts';
@@ -35,6 +35,8 @@ const TIMEOUT = Math.max(120_000, FC_RUNS * 2_000);
 const anyDef = (op: OpName) => OPS[op] as OpDef<any>;
 const GPU_OPS = OP_NAMES.filter((op) => OPS[op].wgsl.kind !== 'view');
 const MAP_OPS = GPU_OPS.filter((op) => OPS[op].wgsl.kind === 'map');
+/** The row kernels: a workgroup per row on a GPU, an invocation per row on a CPU adapter. */
+const PER_ROW_KERNELS = new Set<string>(['cross_entropy', 'norm', 'norm_grad']);
 const emitterOf = (op: OpName): KernelEmitter | 'map' => {
   const w = OPS[op].wgsl;
   return w.kind === 'kernel' ? w.emitter : 'map';
@@ -397,6 +399,17 @@ for (const op of GPU_OPS) {
             const k = emitKernel(c.node, plain);
             expectContract(c.node, k, plain, `${c.desc} (all bound)`);
             expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, c.byId), `${c.desc} (all bound)`);
+            if (PER_ROW_KERNELS.has(emitterOf(op))) {
+              // A CPU adapter's form: one invocation per row up to CPU_ROW_MAX, no barrier; the
+              // workgroup-per-row form above is what a GPU runs.
+              const cpu = { ...plain, cpuAdapter: true };
+              const kc = emitKernel(c.node, cpu);
+              const width = c.node.inputs[0].type.shape.at(-1)!;
+              expect(kc.wgsl.includes('workgroupBarrier'), c.desc).toBe(width > CPU_ROW_MAX);
+              expect(k.wgsl, c.desc).toContain('workgroupBarrier');
+              expectContract(c.node, kc, cpu, `${c.desc} (CPU adapter)`);
+              expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, kc, c.byId), `${c.desc} (CPU adapter)`);
+            }
           },
           { numRuns: RUNS },
         );

@@ -345,10 +345,18 @@ function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
 // workgroup memory combines the partials (a row of 4096 is 64 serial terms and 6 levels, not one
 // running total). The row index comes from workgroup_id only, so it is uniform and every barrier
 // is in uniform control flow.
+//
+// On a CPU adapter (lavapipe) a barrier is a switch through every invocation of the workgroup, and
+// a norm's row pays 8 of them per sum: a row of up to CPU_ROW_MAX is then one invocation's serial
+// loop instead (the same body, with a stride of 1 and sums that are the invocation's own), 64 rows
+// to a workgroup and no barrier. A serial sum of D terms keeps the same (D + 8)·ulp bound.
 
 const ROW_WG = 64;
+/** The widest row one invocation sums alone on a CPU adapter. */
+export const CPU_ROW_MAX = 1024;
 
-const ROW_PRELUDE = `var<workgroup> red: array<f32, ${ROW_WG}>;
+const ROW_PRELUDE = `const RS = ${ROW_WG}u;
+var<workgroup> red: array<f32, ${ROW_WG}>;
 
 fn wsum(v: f32, l: u32) -> f32 {
   red[l] = v;
@@ -374,7 +382,28 @@ fn wmax(v: f32, l: u32) -> f32 {
   return r;
 }`;
 
-function rowKernel(bound: Value[], node: Node, rows: number, ctx: EmitContext, body: string): KernelSource {
+/** One invocation per row, no workgroup memory or barrier: the CPU adapter's row kernel (see above). */
+const SERIAL_ROW_PRELUDE = `const RS = 1u;
+fn wsum(v: f32, l: u32) -> f32 { return v; }
+fn wmax(v: f32, l: u32) -> f32 { return v; }`;
+
+function rowKernel(bound: Value[], node: Node, rows: number, width: number, ctx: EmitContext, body: string): KernelSource {
+  if (ctx.cpuAdapter === true && width <= CPU_ROW_MAX) {
+    return {
+      bound,
+      workgroups: grid1d(rows, ctx),
+      wgsl: `${header(bound, node.out, ctx)}
+${SERIAL_ROW_PRELUDE}
+
+${MAIN_1D}
+  let row = i;
+  let l = 0u;
+  if (row >= ${u(rows)}) { return; }
+${body.replace(/^\n/, '')}
+}
+`,
+    };
+  }
   return {
     bound,
     workgroups: foldGroups(rows, ctx), // one workgroup per row
@@ -392,7 +421,7 @@ ${body.replace(/^\n/, '')}
 }
 
 /** `for` over this invocation's elements j of a row of `width`. */
-const rowLoop = (width: number, body: string) => `for (var j = l; j < ${u(width)}; j += ${u(ROW_WG)}) {
+const rowLoop = (width: number, body: string) => `for (var j = l; j < ${u(width)}; j += RS) {
     ${body}
   }`;
 
@@ -406,7 +435,7 @@ function emitCrossEntropy(node: Node, ctx: EmitContext): KernelSource {
   const c = x.type.shape[x.type.shape.length - 1];
   const rows = numel(x.type.shape) / c;
   const { bound, arg, st } = split(node, ctx);
-  return rowKernel(bound, node, rows, ctx, `
+  return rowKernel(bound, node, rows, c, ctx, `
   let base = row * ${u(c)};
   var m = ${lit(-Infinity)};
   var s = 0.0;
@@ -467,7 +496,7 @@ function emitNorm(node: Node, ctx: EmitContext): KernelSource {
   const { bound, arg, st } = split(node, ctx);
   const xs = (index: string) => arg(0, index);
   const bias = centered ? ` + ${featureArg(node, 2, arg)}` : '';
-  return rowKernel(bound, node, rows, ctx, `
+  return rowKernel(bound, node, rows, width, ctx, `
   const EPS = ${lit((node.attrs as { eps: number }).eps)};
   let base = row * ${u(width)};
   ${normStats(centered, width, xs)}
@@ -483,7 +512,7 @@ function emitNormGrad(node: Node, ctx: EmitContext): KernelSource {
   const { bound, arg, st } = split(node, ctx);
   const xs = (index: string) => arg(0, index);
   const g = `${arg(2, 'base + j')} * ${featureArg(node, 1, arg)}`;
-  return rowKernel(bound, node, rows, ctx, `
+  return rowKernel(bound, node, rows, width, ctx, `
   const EPS = ${lit((node.attrs as { eps: number }).eps)};
   let base = row * ${u(width)};
   ${normStats(centered, width, xs)}

@@ -6,3 +6,4 @@ export * from './text.ts';
 export * from './tokenizer.ts';
 export { idxPath, openIdxImages, openIdxLabels, type IdxImages, type IdxLabels } from './idx.ts';
 export { npmPackageDir } from './paths.ts';
+export * from './wordpiece.ts';

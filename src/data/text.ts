@@ -72,6 +72,12 @@ export function brownCorpus(): BrownCorpus {
 }
 
 // ---------------------------------------------------------------------------------------------
+/** The first `n` code points: what lorafa's character tokenizer keeps of a text at seq = n. */
+export function firstChars(text: string, n: number): string {
+  const cs = Array.from(text.slice(0, 2 * n));
+  return cs.length <= n ? cs.join('') : cs.slice(0, n).join('');
+}
+
 // SpamAssassin
 
 export type SpamLabel = 0 | 1;

@@ -1,6 +1,7 @@
 // A character-level tokenizer: small, deterministic and lossless over its vocabulary, enough for
 // the char-LM and spam examples. Ids: 0 = <pad>, 1 = <unk>, then every character (code point)
 // seen at least minCount times, sorted by code point, so the same text always gives the same ids.
+// `extend` appends the characters of a new domain after them, so a base model's ids stay put.
 // Serialised as JSON next to an adapter; fromJSON validates it strictly.
 import { LorafaError } from '../ir/errors.ts';
 
@@ -20,7 +21,7 @@ export interface CharTokenizerOptions {
 export interface CharTokenizerJSON {
   readonly kind: 'char';
   readonly lowercase: boolean;
-  /** vocab[id]: "<pad>", "<unk>", then one character per entry, ascending by code point. */
+  /** vocab[id]: "<pad>", "<unk>", then one distinct character per entry (fromText: ascending by code point; extend appends). */
   readonly vocab: readonly string[];
 }
 
@@ -49,6 +50,27 @@ export class CharTokenizer {
     const chars = [...counts].filter(([, n]) => n >= minCount).map(([c]) => c);
     chars.sort((a, b) => a.codePointAt(0)! - b.codePointAt(0)!);
     return new CharTokenizer([...SPECIALS, ...chars], lowercase);
+  }
+
+  /**
+   * This vocabulary followed by the characters of `text` it lacks, most frequent first (ties by code
+   * point), at least minCount times each, until `maxSize` entries: every existing id keeps its
+   * character, so a model trained with this tokenizer reads the new one the same way, and learns
+   * rows for the new ids (domain-adaptive pretraining on text with other characters).
+   */
+  extend(text: string, maxSize: number, opts: { minCount?: number } = {}): CharTokenizer {
+    const minCount = opts.minCount ?? 1;
+    if (!Number.isInteger(maxSize) || maxSize < this.vocab.length) {
+      throw new LorafaError('CharTokenizer.extend', `maxSize must be an integer ≥ the current ${this.vocab.length} entries, got ${maxSize}`);
+    }
+    const counts = new Map<string, number>();
+    for (const c of this.lowercase ? text.toLowerCase() : text) if (!this.ids.has(c)) counts.set(c, (counts.get(c) ?? 0) + 1);
+    const added = [...counts]
+      .filter(([, n]) => n >= minCount)
+      .sort((a, b) => b[1] - a[1] || a[0].codePointAt(0)! - b[0].codePointAt(0)!)
+      .slice(0, maxSize - this.vocab.length)
+      .map(([c]) => c);
+    return new CharTokenizer([...this.vocab, ...added], this.lowercase);
   }
 
   /** One id per code point; characters outside the vocabulary become <unk>. */
@@ -101,12 +123,13 @@ export class CharTokenizer {
     const v = o.vocab;
     if (!Array.isArray(v) || v.some((c) => typeof c !== 'string')) return bad('vocab is not an array of strings');
     if (v[0] !== SPECIALS[0] || v[1] !== SPECIALS[1]) bad(`vocab must start with ${JSON.stringify(SPECIALS)}, found ${JSON.stringify(v.slice(0, 2))}`);
+    const seen = new Map<string, number>();
     for (let i = SPECIALS.length; i < v.length; i++) {
       const c = v[i] as string;
       if ([...c].length !== 1) bad(`vocab[${i}] = ${JSON.stringify(c)} is not a single character`);
-      if (i > SPECIALS.length && c.codePointAt(0)! <= (v[i - 1] as string).codePointAt(0)!) {
-        bad(`vocab[${i}] = ${JSON.stringify(c)} does not follow vocab[${i - 1}] = ${JSON.stringify(v[i - 1])} in ascending code point order`);
-      }
+      const first = seen.get(c);
+      if (first !== undefined) bad(`vocab[${i}] = ${JSON.stringify(c)} repeats vocab[${first}]: each character needs one id`);
+      seen.set(c, i);
     }
     return new CharTokenizer(v as string[], o.lowercase as boolean);
   }

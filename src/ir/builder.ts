@@ -423,6 +423,20 @@ export class Builder {
     });
   }
 
+  /**
+   * The mean of each row's real tokens: h [b, s, d], mask [b, s] (1 real, 0 padding) → [b, d]. A row
+   * with no real token gives 0 rather than 0/0.
+   */
+  maskedMean(h: Value, mask: Value): Value {
+    const [batch, seq] = h.type.shape;
+    return this.scope('masked_mean', () => {
+      const m = this.stopGradient(mask);
+      const summed = this.emit('sum', [this.mul(h, this.reshape(m, [batch, seq, 1]))], { axes: [1], keepdims: false }, 'sum'); // [b, d]
+      const count = this.sum(m, [1], true); // [b, 1]
+      return this.div(summed, this.add(count, this.eq(count, this.scalar(0)))); // an empty row divides by 1
+    });
+  }
+
   /** Embedding table [vocab, dim], normal(0, 0.02) as in GPT-2/LLaMA. */
   embedding(idx: Value, name: string, vocab: number, dim: number, opts: { trainable?: boolean } = {}): Value {
     return this.scope(name, () => {

