@@ -41,11 +41,12 @@ const cmd = new Command('experiment')
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
   .option('--no-pooling', 'skip the pooling comparison (spam: the mean of the real tokens, the preset, against the last real token, as Hugging Face pools)')
   .option('--precision <list>', 'storage dtypes LoRA-FA and W1 are also trained in (empty: none)', list, ['f16', 'bf16'])
+  .option('--precision-tasks <list>', 'the tasks whose LoRA-FA runs are repeated in those dtypes (default: every task)', list)
   .option('--w1-steps <n>', 'steps of the W1 precision runs', Number, 200)
   .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr) instead of running them again')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; w1Steps: number; reuse?: string }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; precisionTasks?: string[]; w1Steps: number; reuse?: string }>();
 const TUNING_SEED = 0;
 /** Classifier presets, how they pool, and the model config that pools them the other way. */
 const OTHER_POOLING: Readonly<Record<string, { preset: string; config: string; key: string; label: string }>> = {
@@ -263,7 +264,7 @@ async function runAll(): Promise<void> {
           console.log(`${name} seed ${seed} ${v.key.padEnd(11)} pooled by ${other.key}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%`);
         }
       }
-      for (const dtype of flags.precision) {
+      for (const dtype of flags.precisionTasks && !flags.precisionTasks.includes(name) ? [] : flags.precision) {
         const r = await runTask(name, seed, `lora-fa@${dtype}`, { mode: 'lora-fa', steps: flags.steps, lr: chosen.get(`${name}/lora-fa`), dtype });
         precision.push(r);
         console.log(`${name} seed ${seed} lora-fa ${dtype}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%  GPU ${r.gpu.measured} B  ${r.msPerStep.toFixed(1)} ms/step${r.lossScale ? `  loss scale ${r.lossScale.scale}, ${r.lossScale.skipped} skipped` : ''}`);

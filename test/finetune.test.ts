@@ -529,7 +529,7 @@ describe('lorafa finetune (CLI)', () => {
     test('(v) an unknown preset (and no such file) lists the presets; a fresh --out is not even created', () => {
       const msg = fails(['fashion-mnst', '--steps', '2']);
       expect(msg).toMatch(/fashion-mnst: no model file, checkpoint folder or preset of that name/);
-      expect(msg).toMatch(/fix: pass a model file \(\.ts\), a Hugging Face checkpoint folder, or one of the presets: mnist, fashion-mnist, brown, spam/);
+      expect(msg).toMatch(/fix: pass a model file \(\.ts\), a Hugging Face checkpoint folder, or one of the presets: mnist, fashion-mnist, brown, email, spam/);
       const fresh = join(tmp, 'never');
       const r = lorafa(['fashion-mnst', '--out', fresh]);
       expect(r.status).toBe(1);

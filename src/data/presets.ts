@@ -1,4 +1,4 @@
-// The built-in data sets as rows: what `--data mnist|fashion-mnist|brown|spam` means. Each preset
+// The built-in data sets as rows: what `--data mnist|fashion-mnist|brown|email|spam` means. Each preset
 // is a train view and a fixed evaluation view over a RowSource, fed to the same openDataset as a
 // user's file; nothing downstream knows it is a preset.
 //

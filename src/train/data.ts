@@ -2,7 +2,7 @@
 //
 //   --data FILE | PRESET | synthetic    a file (jsonl, csv, tsv, parquet, txt, idx, npy,
 //                                       safetensors), a built-in data set (mnist, fashion-mnist,
-//                                       brown, spam) or the synthetic task
+//                                       brown, email, spam) or the synthetic task
 //   --eval-data FILE | --eval-split F   evaluation rows: another file, or every 1/F-th row held out
 //                                       (a preset brings its own fixed test split)
 //   --text-field, --label-field, --feature-fields, --format, --labels, --tokenizer
@@ -87,7 +87,7 @@ function checkFormat(f: string | undefined): DataFormat | undefined {
 
 function dataFile(flag: string, file: string): string {
   const full = resolve(file);
-  if (!existsSync(full)) throw new LorafaError(file, `no such data file (${flag})`, `check the path; ${flag} takes a file (jsonl, csv, tsv, parquet, txt, idx, npy, safetensors)${flag === '--data' ? ', a preset (mnist, fashion-mnist, brown, spam) or synthetic' : ''}`);
+  if (!existsSync(full)) throw new LorafaError(file, `no such data file (${flag})`, `check the path; ${flag} takes a file (jsonl, csv, tsv, parquet, txt, idx, npy, safetensors)${flag === '--data' ? ', a preset (mnist, fashion-mnist, brown, email, spam) or synthetic' : ''}`);
   if (statSync(full).isDirectory()) throw new LorafaError(file, `is a directory (${flag})`, `pass ${flag} one data file`);
   return file;
 }
@@ -98,7 +98,7 @@ export async function openTrainingData(p: TrainingProgram, flags: DataFlags, ctx
     throw new LorafaError(
       '--data',
       'no training data given',
-      'pass --data FILE (jsonl, csv, tsv, parquet, txt, idx, npy, safetensors), a built-in data set (mnist, fashion-mnist, brown, spam), or --data synthetic for the synthetic smoke-test task',
+      'pass --data FILE (jsonl, csv, tsv, parquet, txt, idx, npy, safetensors), a built-in data set (mnist, fashion-mnist, brown, email, spam), or --data synthetic for the synthetic smoke-test task',
     );
   }
   const needsText = p.inputs.some((i) => i.name === 'input_ids');

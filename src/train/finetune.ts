@@ -1,7 +1,7 @@
 // finetune: compile a model and train it on data, in one call — what `lorafa finetune`, `npm
 // start`, `npm run pretrain` and the experiment run, and the training entry point of the API.
 //
-// `model` is a model file (the user's own) or a preset name (mnist, fashion-mnist, brown, spam:
+// `model` is a model file (the user's own) or a preset name (mnist, fashion-mnist, brown, email, spam:
 // a shipped model file, config, base model, data set and defaults; src/train/presets.ts). Either
 // way: trace → compile (full / lora / lora-fa) → plan for this GPU → lower → open the data → the
 // one training loop (loop.ts). With `compare`, the step is also planned in the other two modes, for
@@ -31,7 +31,7 @@ import { join } from 'node:path';
 import { defaultLossScale, type LossScaleSetting, type LossScalerOptions } from './loss-scale.ts';
 
 export interface FinetuneOptions extends DataFlags {
-  /** A model file, or a preset (mnist, fashion-mnist, brown, spam). */
+  /** A model file, or a preset (mnist, fashion-mnist, brown, email, spam). */
   readonly model: string;
   readonly config?: string;
   readonly batch?: number;

@@ -184,7 +184,7 @@ export const DEFAULT_PROFILE_STEPS = 3;
 
 export function addDataOptions(c: Command): Command {
   return c
-    .option('--data <file|preset>', 'training data: a file (.jsonl .csv .tsv .parquet .txt .idx .npy .safetensors), a built-in set (mnist, fashion-mnist, brown, spam), or synthetic')
+    .option('--data <file|preset>', 'training data: a file (.jsonl .csv .tsv .parquet .txt .idx .npy .safetensors), a built-in set (mnist, fashion-mnist, brown, email, spam), or synthetic')
     .option('--eval-data <file>', 'evaluation data (same format and fields as --data)')
     .option('--eval-split <fraction>', 'hold out this fraction of --data for evaluation (evenly spaced rows)', fraction('--eval-split'))
     .addOption(new Option('--format <format>', 'the data format, when the file name does not say it').choices([...DATA_FORMATS]))
