@@ -41,12 +41,13 @@ const cmd = new Command('experiment')
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
   .option('--no-pooling', 'skip the pooling comparison (spam: the mean of the real tokens, the preset, against the last real token, as Hugging Face pools)')
   .option('--precision <list>', 'storage dtypes LoRA-FA and W1 are also trained in (empty: none)', list, ['f16', 'bf16'])
+  .option('--skip <list>', 'task/variant runs left out (e.g. spam/full: the table then has no such row)', list, [])
   .option('--precision-tasks <list>', 'the tasks whose LoRA-FA runs are repeated in those dtypes (default: every task)', list)
   .option('--w1-steps <n>', 'steps of the W1 precision runs', Number, 200)
   .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr) instead of running them again')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; precisionTasks?: string[]; w1Steps: number; reuse?: string }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; precisionTasks?: string[]; skip: string[]; w1Steps: number; reuse?: string }>();
 const TUNING_SEED = 0;
 /** Classifier presets, how they pool, and the model config that pools them the other way. */
 const OTHER_POOLING: Readonly<Record<string, { preset: string; config: string; key: string; label: string }>> = {
@@ -220,7 +221,8 @@ async function runAll(): Promise<void> {
   for (const name of flags.tasks) {
     const task = presetByName(name);
     if (task.role !== 'finetune') throw new LorafaError(name, 'is a pretraining task', 'use fashion-mnist or spam');
-    for (const v of VARIANTS) {
+    const variants = VARIANTS.filter((v) => !flags.skip.includes(`${name}/${v.key}`));
+    for (const v of variants) {
       const key = `${name}/${v.key}`;
       if (earlier) {
         const lr = earlier[key];
@@ -245,7 +247,7 @@ async function runAll(): Promise<void> {
     }
     // 2. Every seed, each variant at its chosen learning rate, scored on the test split.
     for (const seed of flags.seeds) {
-      for (const v of VARIANTS) {
+      for (const v of variants) {
         const t0 = Date.now();
         const r = await runTask(name, seed, v.key, { mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
         device = r.device;
@@ -258,7 +260,7 @@ async function runAll(): Promise<void> {
       const other = OTHER_POOLING[name];
       if (other && flags.pooling) {
         // The same runs (lr, seed, data order, steps) with the classifier pooling the other way.
-        for (const v of VARIANTS) {
+        for (const v of variants) {
           const r = await runTask(name, seed, `${v.key}@${other.key}`, { config: other.config, mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
           pooling.push(r);
           console.log(`${name} seed ${seed} ${v.key.padEnd(11)} pooled by ${other.key}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%`);
@@ -384,6 +386,10 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
       out.push('Checks:', '');
       out.push(`- LoRA-FA − LoRA accuracy (mean over ${fa.length} seeds): ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} points — ${Math.abs(gap) <= 1 || gap > 0 ? 'within 1 point (or better): **pass**' : 'more than 1 point below: **fail**'}`);
       out.push(`- every fine-tuned run beats the frozen base: ${beats ? '**pass**' : '**fail**'}`);
+      for (const b of baselines[name] ?? []) {
+        const m = mean(fa.map((r) => r.after.accuracy!));
+        out.push(`- LoRA-FA (mean ${pct(m)}%) against the classical baseline ${b.name} (${pct(b.accuracy)}%): ${m > b.accuracy ? '**beats it**' : `**below it** by ${pct(b.accuracy - m)} points`}`);
+      }
       out.push(`- GPU bytes, LoRA − LoRA-FA: measured ${measuredDiff.toLocaleString('en-US')} B, planned ${plannedDiff.toLocaleString('en-US')} B — ${measuredDiff === plannedDiff && measuredDiff > 0 ? '**equal, and LoRA-FA lower: pass**' : '**fail**'}`);
       if (fa.some((r) => r.reused)) out.push(`- (the ${VARIANTS.filter((v) => of(v.key).some((r) => r.reused)).map((v) => v.label).join(', ')} runs of this table are reused from commit ${[...new Set(VARIANTS.flatMap((v) => of(v.key).map((r) => r.reused).filter((c): c is string => !!c)))].join(', ')})`);
       out.push('');
