@@ -400,15 +400,15 @@ for (const op of GPU_OPS) {
             expectContract(c.node, k, plain, `${c.desc} (all bound)`);
             expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, k, c.byId), `${c.desc} (all bound)`);
             if (PER_ROW_KERNELS.has(emitterOf(op))) {
-              // A CPU adapter's form: one invocation per row up to CPU_ROW_MAX, no barrier; the
-              // workgroup-per-row form above is what a GPU runs.
-              const cpu = { ...plain, cpuAdapter: true };
-              const kc = emitKernel(c.node, cpu);
+              // Both forms of a row kernel: one invocation per row up to CPU_ROW_MAX and no barrier
+              // on a CPU adapter (the default, as above), a workgroup per row on a GPU.
               const width = c.node.inputs[0].type.shape.at(-1)!;
-              expect(kc.wgsl.includes('workgroupBarrier'), c.desc).toBe(width > CPU_ROW_MAX);
-              expect(k.wgsl, c.desc).toContain('workgroupBarrier');
-              expectContract(c.node, kc, cpu, `${c.desc} (CPU adapter)`);
-              expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, kc, c.byId), `${c.desc} (CPU adapter)`);
+              expect(k.wgsl.includes('workgroupBarrier'), c.desc).toBe(width > CPU_ROW_MAX);
+              const gpuForm = { ...plain, cpuAdapter: false };
+              const kg = emitKernel(c.node, gpuForm);
+              expect(kg.wgsl, c.desc).toContain('workgroupBarrier');
+              expectContract(c.node, kg, gpuForm, `${c.desc} (GPU form)`);
+              expectClose(c.node, c.tensors, await runKernelOnGpu(c.node, kg, c.byId), `${c.desc} (GPU form)`);
             }
           },
           { numRuns: RUNS },

@@ -50,8 +50,10 @@ export interface EmitContext {
   readonly kernels?: KernelChoice;
   /**
    * The adapter runs on the CPU (lavapipe, SwiftShader): barriers and workgroup memory cost more
-   * than they save there, so the matmul heuristic keeps to barrier-free kernels; on a GPU it
-   * takes the workgroup-memory tiled one (matmul.ts, heuristicMatmulVariant). Undefined: as a
+   * than they save there, so the matmul heuristic keeps to barrier-free kernels and the row
+   * kernels (norms, cross-entropy) sum a row in one invocation; on a GPU the matmul takes the
+   * workgroup-memory tiled one (matmul.ts, heuristicMatmulVariant) and a row is a workgroup's
+   * tree reduction (wgsl.ts, rowKernel). Undefined: as a
    * CPU adapter (the kernels lorafa chose before it knew about the adapter).
    */
   readonly cpuAdapter?: boolean;

@@ -388,7 +388,8 @@ fn wsum(v: f32, l: u32) -> f32 { return v; }
 fn wmax(v: f32, l: u32) -> f32 { return v; }`;
 
 function rowKernel(bound: Value[], node: Node, rows: number, width: number, ctx: EmitContext, body: string): KernelSource {
-  if (ctx.cpuAdapter === true && width <= CPU_ROW_MAX) {
+  // As the matmul heuristic: an adapter not said to be a GPU is taken for a CPU one.
+  if ((ctx.cpuAdapter ?? true) && width <= CPU_ROW_MAX) {
     return {
       bound,
       workgroups: grid1d(rows, ctx),
