@@ -700,16 +700,17 @@ describe('2-D grid fold (maxWorkgroupsPerDimension 1…3)', () => {
       expect(() => emitKernel(c.node, ctx(max))).toThrow(new RegExp(`matmul ${c.node.out.name}: grid .* exceeds ${max} workgroups per dimension`));
       return;
     }
-    const cx = ctx(max);
+    // Row kernels (cross-entropy's forward, the norms) in their GPU form, one workgroup per row (the
+    // CPU form's grid is kernel1d's, folded as every elementwise op's is).
+    const perRow = ['cross_entropy', 'rms_norm', 'layer_norm', 'rms_norm_grad', 'layer_norm_grad'].includes(op);
+    const cx = perRow ? { ...ctx(max), cpuAdapter: false } : ctx(max);
     const k = emitKernel(c.node, cx);
     expectContract(c.node, k, cx, c.desc);
     if (op !== 'matmul') {
       // Really folded: more workgroups than one row holds, and enough of them (the attention
       // kernels have a workgroup per 64 rows: their fold cases check every output element).
       expect(k.workgroups[1], `${c.desc}: rows of the grid`).toBeGreaterThan(1);
-      // Row kernels (cross-entropy's forward, the norms) run one workgroup per row; attention's
-      // kernels one invocation per query or key row (checked by their own cases).
-      const perRow = ['cross_entropy', 'rms_norm', 'layer_norm', 'rms_norm_grad', 'layer_norm_grad'].includes(op);
+      // Attention's kernels run one invocation per query or key row (checked by their own cases).
       const x = perRow ? c.node.inputs[0].type.shape : [1];
       if (perRow) expect(k.workgroups[0] * k.workgroups[1]).toBeGreaterThanOrEqual(numel(x) / x[x.length - 1]);
       else if (!ROW_KERNELS.has(op)) expect(k.workgroups[0] * k.workgroups[1] * 256).toBeGreaterThanOrEqual(numel(c.node.out.type.shape));
