@@ -37,10 +37,11 @@ export function modelsTable(): string {
     const file = join(PRETRAINED_DIR, dir, 'tokenizer.json');
     return existsSync(file) && JSON.parse(readFileSync(file, 'utf8')).kind === 'char' ? { per: 'char', of: 'characters' } : { per: 'token', of: 'tokens' };
   };
-  const metric = (dir: string, m: Metrics) =>
-    m.final.accuracy !== undefined
-      ? `test accuracy ${(100 * m.final.accuracy).toFixed(2)}% (${m.final.count} images), test loss ${m.final.loss.toFixed(4)}`
-      : `validation ${(m.final.loss / Math.LN2).toFixed(3)} bits/${unit(dir).per} (loss ${m.final.loss.toFixed(4)} nats, perplexity ${Math.exp(m.final.loss).toFixed(1)}, ${m.final.count} ${unit(dir).of})`;
+  const metric = (dir: string, m: Metrics) => {
+    if (m.final.accuracy !== undefined) return `test accuracy ${(100 * m.final.accuracy).toFixed(2)}% (${m.final.count} images), test loss ${m.final.loss.toFixed(4)}`;
+    const { per, of } = unit(dir);
+    return `validation ${(m.final.loss / Math.LN2).toFixed(3)} bits/${per} (loss ${m.final.loss.toFixed(4)} nats, perplexity ${Math.exp(m.final.loss).toFixed(1)}, ${m.final.count} ${of})`;
+  };
   const lines = [
     '| directory | model | trained by | final metrics | training |',
     '|---|---|---|---|---|',
