@@ -24,9 +24,10 @@ interface LlamaConfig {
   readonly classes?: number;
   /**
    * How a classifier pools the final hidden states: the last real token (Hugging Face's), the mean
-   * over the real tokens (padding left out by the attention mask), or the mean over all positions.
+   * over the real tokens (padding left out by the attention mask), that mean beside the max over
+   * the real tokens ([b, 2d]), or the mean over all positions.
    */
-  readonly pool?: 'last' | 'mean' | 'mean-all';
+  readonly pool?: 'last' | 'mean' | 'mean-max' | 'mean-all';
   readonly [key: string]: number | string | boolean | undefined;
 }
 
@@ -51,6 +52,8 @@ export default defineModel<LlamaConfig>({
     // The same classifier pooling the final hidden state of each message's last real token, as
     // Hugging Face's sequence classifiers do (right padding, with an attention_mask); docs/results.md
     // compares the two, and configs read from a config.json pool the last token.
+    // Mean and max pooling side by side (d·2 → score), a measured alternative (docs/finetune.md).
+    'spam-meanmax': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean-max' },
     'spam-last': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
   },
   defaultConfig: 'toy',
@@ -123,7 +126,13 @@ export default defineModel<LlamaConfig>({
       // the mean over the real tokens (the spam preset's pooling) or the mean over all positions.
       const labels = b.input('labels', [batch], 'i32');
       const states = b.reshape(final, [batch, seq, d]);
-      const pooledState = !mask ? b.mean(states, [1]) : cfg.pool === 'mean' ? b.maskedMean(states, mask) : b.lastToken(states, mask);
+      const pooledState = !mask
+        ? b.mean(states, [1])
+        : cfg.pool === 'mean'
+          ? b.maskedMean(states, mask)
+          : cfg.pool === 'mean-max'
+            ? b.concat([b.maskedMean(states, mask), b.maskedMax(states, mask)], 1)
+            : b.lastToken(states, mask);
       const logits = b.linear(pooledState, 'score', cfg.classes, { bias: false });
       b.output('logits', logits);
       b.loss(b.crossEntropy(logits, labels));

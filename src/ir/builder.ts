@@ -47,6 +47,9 @@ export type AttentionImpl = 'auto' | 'fused' | 'composed';
 /** 'auto' attention: the fused op from this size of one [b, h, sq, sk] f32 tensor (8 MiB) up. */
 export const AUTO_FUSED_ATTENTION_BYTES = 8 * 1024 * 1024;
 
+/** maskedMax's padding offset: far below any hidden state, within f16's range (65504). */
+export const MASKED_MAX_SINK = 3e4;
+
 export interface ParamOptions {
   readonly init: Init;
   readonly trainable?: boolean;
@@ -434,6 +437,25 @@ export class Builder {
       const summed = this.emit('sum', [this.mul(h, this.reshape(m, [batch, seq, 1]))], { axes: [1], keepdims: false }, 'sum'); // [b, d]
       const count = this.sum(m, [1], true); // [b, 1]
       return this.div(summed, this.add(count, this.eq(count, this.scalar(0)))); // an empty row divides by 1
+    });
+  }
+
+  /**
+   * The largest value of each channel over each row's real tokens: h [b, s, d], mask [b, s] (1 real,
+   * 0 padding) → [b, d]; max pooling. The gradient goes to the token that holds each maximum
+   * (shared evenly among exact ties). A row with no real token gives 0. Padding is pushed down by
+   * MASKED_MAX_SINK, which f16 storage can hold.
+   */
+  maskedMax(h: Value, mask: Value): Value {
+    const [batch, seq] = h.type.shape;
+    return this.scope('masked_max', () => {
+      const m = this.reshape(this.stopGradient(mask), [batch, seq, 1]);
+      const sunk = this.stopGradient(this.add(h, this.mul(this.sub(m, this.scalar(1)), this.scalar(MASKED_MAX_SINK))));
+      const top = this.max(sunk, [1], true); // [b, 1, d]
+      const pick = this.mul(this.eq(sunk, top), m); // [b, s, d]: 1 where a real token holds the maximum
+      const count = this.sum(pick, [1], false); // [b, d]
+      const picked = this.emit('sum', [this.mul(h, pick)], { axes: [1], keepdims: false }, 'sum');
+      return this.div(picked, this.add(count, this.eq(count, this.scalar(0))));
     });
   }
 
