@@ -52,9 +52,9 @@ export default defineModel<LlamaConfig>({
     // The same classifier pooling the final hidden state of each message's last real token, as
     // Hugging Face's sequence classifiers do (right padding, with an attention_mask); docs/results.md
     // compares the two, and configs read from a config.json pool the last token.
+    'spam-last': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
     // Mean and max pooling side by side (d·2 → score), a measured alternative (docs/finetune.md).
     'spam-meanmax': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'mean-max' },
-    'spam-last': { batch: 8, seq: 64, vocab: 8192, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000, classes: 2, pool: 'last' },
   },
   defaultConfig: 'toy',
   defaultTargets: ['q_proj', 'v_proj'],
@@ -123,7 +123,8 @@ export default defineModel<LlamaConfig>({
     const final = b.rmsNorm(h, 'norm', { eps: cfg.eps });
     if (cfg.classes !== undefined) {
       // Sequence classification: one label per sequence, from the last real token's hidden state,
-      // the mean over the real tokens (the spam preset's pooling) or the mean over all positions.
+      // the mean over the real tokens (the spam preset's pooling), that mean beside the max, or the
+      // mean over all positions.
       const labels = b.input('labels', [batch], 'i32');
       const states = b.reshape(final, [batch, seq, d]);
       const pooledState = !mask
