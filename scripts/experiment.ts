@@ -44,7 +44,7 @@ const cmd = new Command('experiment')
   .option('--skip <list>', 'task/variant runs left out (e.g. spam/full: the table then has no such row)', list, [])
   .option('--precision-tasks <list>', 'the tasks whose LoRA-FA runs are repeated in those dtypes (default: every task)', list)
   .option('--w1-steps <n>', 'steps of the W1 precision runs', Number, 200)
-  .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr) instead of running them again')
+  .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr, evaluation split, base model weights and preset settings) instead of running them again')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
 const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; precisionTasks?: string[]; skip: string[]; w1Steps: number; reuse?: string }>();
@@ -379,7 +379,8 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
     const lora = of('lora');
     const fa = of('lora-fa');
     if (lora.length && fa.length) {
-      const gap = 100 * (mean(fa.map((r) => r.after.accuracy!)) - mean(lora.map((r) => r.after.accuracy!)));
+      const faMean = mean(fa.map((r) => r.after.accuracy!));
+      const gap = 100 * (faMean - mean(lora.map((r) => r.after.accuracy!)));
       const measuredDiff = lora[0].gpu.measured - fa[0].gpu.measured;
       const plannedDiff = lora[0].gpu.planned - fa[0].gpu.planned;
       const beats = [...lora, ...fa, ...of('full'), ...of('lora-fa-gc')].every((r) => r.after.accuracy! > r.before!.accuracy!);
@@ -387,8 +388,7 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
       out.push(`- LoRA-FA − LoRA accuracy (mean over ${fa.length} seeds): ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} points — ${Math.abs(gap) <= 1 || gap > 0 ? 'within 1 point (or better): **pass**' : 'more than 1 point below: **fail**'}`);
       out.push(`- every fine-tuned run beats the frozen base: ${beats ? '**pass**' : '**fail**'}`);
       for (const b of baselines[name] ?? []) {
-        const m = mean(fa.map((r) => r.after.accuracy!));
-        out.push(`- LoRA-FA (mean ${pct(m)}%) against the classical baseline ${b.name} (${pct(b.accuracy)}%): ${m > b.accuracy ? '**beats it**' : `**below it** by ${pct(b.accuracy - m)} points`}`);
+        out.push(`- LoRA-FA (mean ${pct(faMean)}%) against the classical baseline ${b.name} (${pct(b.accuracy)}%): ${faMean > b.accuracy ? '**beats it**' : `**below it** by ${pct(b.accuracy - faMean)} points`}`);
       }
       out.push(`- GPU bytes, LoRA − LoRA-FA: measured ${measuredDiff.toLocaleString('en-US')} B, planned ${plannedDiff.toLocaleString('en-US')} B — ${measuredDiff === plannedDiff && measuredDiff > 0 ? '**equal, and LoRA-FA lower: pass**' : '**fail**'}`);
       if (fa.some((r) => r.reused)) out.push(`- (the ${VARIANTS.filter((v) => of(v.key).some((r) => r.reused)).map((v) => v.label).join(', ')} runs of this table are reused from commit ${[...new Set(VARIANTS.flatMap((v) => of(v.key).map((r) => r.reused).filter((c): c is string => !!c)))].join(', ')})`);

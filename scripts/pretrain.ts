@@ -18,7 +18,7 @@
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { asCommand, brownCorpus, buildWordPiece, CharTokenizer, finetune, fmtMetrics, loadModel, presetData, writeFileAtomic } from '../src/index.ts';
+import { asCommand, brownCorpus, buildWordPiece, CharTokenizer, finetune, fmtMetrics, loadModel, presetData, readView, writeFileAtomic } from '../src/index.ts';
 import { PACKAGE_ROOT as ROOT, PRESETS, PRETRAINED_DIR, type Preset } from '../src/train/presets.ts';
 import { writeModelsReadme } from './models-readme.ts';
 
@@ -46,8 +46,7 @@ async function pretrain(task: Preset): Promise<void> {
   } else if (task.name === 'email') {
     // A WordPiece vocabulary of the very text the model is pretrained on, as large as its embedding.
     const vocab = (await loadModel(join(ROOT, task.model))).def.configs[task.config].vocab as number;
-    const train = presetData('email').train;
-    const wp = buildWordPiece((await train.source.read(train.rows!)).map((r) => r.text as string), { vocabSize: vocab });
+    const wp = buildWordPiece((await readView(presetData('email').train)).map((r) => r.text as string), { vocabSize: vocab });
     tokenizer = join(dir, 'tokenizer.json');
     writeFileAtomic(tokenizer, Buffer.from(JSON.stringify(wp.tokenizer) + '\n'));
     writeFileAtomic(join(dir, 'tokenizer_config.json'), Buffer.from(JSON.stringify(wp.config, null, 2) + '\n'));

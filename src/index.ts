@@ -80,7 +80,6 @@ export { PRESETS, PRESET_NAMES, presetByName, type Preset } from './train/preset
 export {
   BASELINE_PRESETS,
   charNgrams,
-  firstChars,
   fitLogistic,
   fitNaiveBayes,
   logisticLossAndGradient,
@@ -103,11 +102,11 @@ export { listCheckpoints, readCheckpoint, type Checkpoint } from './train/checkp
 
 // Data.
 export { openRows, DATA_FORMATS, formatOf, type Cell, type DataFormat, type Row, type RowSource } from './data/rows.ts';
-export { openDataset, inferTask, splitRows, type Dataset, type EvalBatch, type Feeds, type InputSpec, type OpenDatasetOptions, type RowView } from './data/dataset.ts';
+export { openDataset, inferTask, readView, splitRows, type Dataset, type EvalBatch, type Feeds, type InputSpec, type OpenDatasetOptions, type RowView } from './data/dataset.ts';
 export { memoryRows } from './data/memory.ts';
 export { CharTokenizer } from './data/tokenizer.ts';
 export { buildWordPiece, WORDPIECE_SPECIALS, type WordPieceFiles, type WordPieceOptions } from './data/wordpiece.ts';
-export { brownCorpus, spamAssassin } from './data/text.ts';
+export { brownCorpus, firstChars, spamAssassin } from './data/text.ts';
 export { DATA_PRESETS, presetData, type DataPreset } from './data/presets.ts';
 
 // Weights: safetensors, state dicts, PEFT adapters.

@@ -4,7 +4,6 @@
 import { describe, expect, test } from 'vitest';
 import {
   charNgrams,
-  firstChars,
   fitLogistic,
   fitNaiveBayes,
   logisticLossAndGradient,
@@ -16,7 +15,7 @@ import {
   wordTokens,
   type Logistic,
 } from '../src/train/baselines.ts';
-import { spamAssassin } from '../src/data/text.ts';
+import { firstChars, spamAssassin } from '../src/data/text.ts';
 import { rng } from '../src/runtime/init.ts';
 
 describe('features', () => {

@@ -26,6 +26,7 @@ import {
   untagBrown,
   UNK_CHAR,
 } from '../src/data/index.ts';
+import { readView } from '../src/data/dataset.ts';
 import { EMAIL_CHARS, presetData, SPAM_CHARS } from '../src/data/presets.ts';
 import { firstChars } from '../src/data/text.ts';
 import { property } from './helpers.ts';
@@ -309,7 +310,7 @@ describe('SpamAssassin', () => {
     const email = presetData('email');
     const spamVal = presetData('spam', 'validation');
     expect(email.train.source.columns).toEqual(['text']);
-    const texts = async (v: typeof email.train) => (await v.source.read(v.rows!)).map((r) => r.text as string);
+    const texts = async (v: typeof email.train) => (await readView(v)).map((r) => r.text as string);
     const [train, held] = [await texts(email.train), await texts(email.eval)];
     expect(train.length + held.length).toBe(corpus.split.train.length);
     // No test message is read, checked by content so that an indexing bug cannot hide it: a test
@@ -321,7 +322,7 @@ describe('SpamAssassin', () => {
     expect(unique.filter((t) => seen.has(t))).toEqual([]);
     // The held-out messages are the spam preset's validation rows, in order: each spam text (the
     // first SPAM_CHARS characters) starts its email text (the first EMAIL_CHARS).
-    const val = (await spamVal.eval.source.read(spamVal.eval.rows!)).map((r) => r.text as string);
+    const val = await texts(spamVal.eval);
     expect(held.length).toBe(val.length);
     expect(held.map((t) => firstChars(t, SPAM_CHARS))).toEqual(val);
     expect(train.every((t) => [...t].length <= EMAIL_CHARS)).toBe(true);

@@ -702,7 +702,7 @@ describe('2-D grid fold (maxWorkgroupsPerDimension 1…3)', () => {
     }
     // Row kernels (cross-entropy's forward, the norms) in their GPU form, one workgroup per row (the
     // CPU form's grid is kernel1d's, folded as every elementwise op's is).
-    const perRow = ['cross_entropy', 'rms_norm', 'layer_norm', 'rms_norm_grad', 'layer_norm_grad'].includes(op);
+    const perRow = PER_ROW_KERNELS.has(emitterOf(op));
     const cx = perRow ? { ...ctx(max), cpuAdapter: false } : ctx(max);
     const k = emitKernel(c.node, cx);
     expectContract(c.node, k, cx, c.desc);

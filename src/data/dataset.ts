@@ -215,6 +215,11 @@ export function fileFingerprint(file: string): string {
 const viewRows = (v: RowView) => v.rows ?? Array.from({ length: v.source.count }, (_, i) => i);
 const viewCount = (v: RowView) => (v.rows ? v.rows.length : v.source.count);
 
+/** The rows of a view, in its order. */
+export function readView(v: RowView): Promise<Row[]> {
+  return v.source.read(viewRows(v));
+}
+
 function describeCell(c: Cell | undefined): string {
   if (c === undefined) return 'missing';
   if (c === null) return 'null';

@@ -10,7 +10,7 @@
 //   the most frequent words           wordShare of the room left
 //   the most frequent word-inner pieces ("##ing", "##tion"…, 2–4 characters, weighted by the
 //                                     counts of the words they occur in), until vocabSize
-// Ties are settled by code point order, so the same corpus always gives the same ids. WordPiece
+// Ties are settled by string order (UTF-16 code units), so the same corpus always gives the same ids. WordPiece
 // then encodes a word as its longest vocabulary prefix, then the longest "##" pieces after it.
 import { LorafaError } from '../ir/errors.ts';
 

@@ -11,11 +11,8 @@
 // the validation rows under --eval-on validation), the same two views presetData gives the loop.
 import { LorafaError } from '../ir/errors.ts';
 import { presetData, type DataPreset } from '../data/presets.ts';
-import type { RowView } from '../data/dataset.ts';
-import { firstChars } from '../data/text.ts';
+import { readView, type RowView } from '../data/dataset.ts';
 import { rng } from '../runtime/init.ts';
-
-export { firstChars };
 
 export interface BaselineResult {
   /** e.g. "naive Bayes, words". */
@@ -41,7 +38,6 @@ export function charNgrams(text: string, min = 3, max = 4): string[] {
   for (let n = min; n <= max; n++) for (let i = 0; i + n <= cs.length; i++) out.push(cs.slice(i, i + n).join(''));
   return out;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Multinomial naive Bayes
@@ -203,11 +199,6 @@ export function predictLogistic(m: Logistic, x: Float32Array): Int32Array {
 
 // ---------------------------------------------------------------------------------------------
 // The presets' baselines
-
-/** Rows of a view, in order. */
-async function readView(v: RowView) {
-  return v.source.read(v.rows ?? Array.from({ length: v.source.count }, (_, i) => i));
-}
 
 function accuracyOf(pred: ArrayLike<number>, truth: ArrayLike<number>): number {
   let ok = 0;
