@@ -313,22 +313,34 @@ function emitGather(node: Node, ctx: EmitContext): KernelSource {
   ${st(`i`, `${arg(0, `k * ${u(row)} + i % ${u(row)}`)}`)}`);
 }
 
+/** Columns one scatter_add invocation sums at once (held in a private array). */
+export const SCATTER_COLS = 32;
+
 function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   const [idx, src] = node.inputs;
   const count = numel(idx.type.shape);
   const row = numel(src.type.shape.slice(idx.type.shape.length));
-  const n = numel(node.out.type.shape);
+  const rows = numel(node.out.type.shape) / row;
+  const w = Math.min(row, SCATTER_COLS);
+  const chunks = Math.ceil(row / w);
   const { bound, arg, st } = split(node, ctx);
-  // WGSL has no float atomics: each output element sums the source rows whose index hits it,
-  // in index order, which is also deterministic.
-  return kernel1d(bound, node, n, ctx, `
-  let hit = i32(i / ${u(row)});
-  let col = i % ${u(row)};
-  var acc = 0.0;
+  // WGSL has no float atomics, so each output element is owned by one invocation, which sums the
+  // source rows whose index hits its row, in index order (deterministic, and the same sum as a
+  // plain loop). One invocation owns a row's run of w columns: it reads the indices once for w
+  // sums, not once per element (an embedding gradient of 8192×96 from 512 tokens: 12.6M index
+  // reads instead of 403M). Neighbouring invocations are neighbouring rows, reading the same index.
+  const tail = chunks * w === row ? '' : `if (c0 + c >= ${u(row)}) { break; } `;
+  return kernel1d(bound, node, rows * chunks, ctx, `
+  let hit = i % ${u(rows)};
+  let c0 = (i / ${u(rows)}) * ${u(w)};
+  var acc: array<f32, ${w}>;
   for (var j = 0u; j < ${u(count)}; j++) {
-    if (${arg(0, 'j')} == hit) { acc += ${arg(1, `j * ${u(row)} + col`)}; }
+    if (${arg(0, 'j')} == i32(hit)) {
+      let at = j * ${u(row)} + c0;
+      for (var c = 0u; c < ${u(w)}; c++) { ${tail}acc[c] += ${arg(1, 'at + c')}; }
+    }
   }
-  ${st(`i`, `acc`)}`);
+  for (var c = 0u; c < ${u(w)}; c++) { ${tail}${st(`hit * ${u(row)} + c0 + c`, 'acc[c]')} }`);
 }
 
 function emitOneHot(node: Node, ctx: EmitContext): KernelSource {
