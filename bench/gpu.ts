@@ -3,7 +3,8 @@
 //
 // 1. Whole training steps through the real pipeline (trace → compileTraining with the optimizer →
 //    planMemory with this adapter's limits → buildKernelPlan → StepRunner): the MLP and the LLaMA
-//    decoder at toy size in modes full / LoRA / LoRA-FA (AdamW), and W1 (models/w1.ts: 512
+//    decoder at toy size in modes full / LoRA / LoRA-FA (AdamW), the shipped email decoder's
+//    pretraining step (full) and spam classifier step (LoRA-FA), and W1 (models/w1.ts: 512
 //    tokens, d 768, rank 8, 4 layers, SGD) in LoRA and LoRA-FA, plus W1 LoRA-FA with elementwise
 //    fusion off and with the portable matmul (no subgroups), to show what each buys; and W1 and the
 //    toy LLaMA (LoRA-FA) with f16 and bf16 storage (--dtype), to show what half storage costs.
@@ -226,6 +227,10 @@ const SGD: OptimizerOptions = { kind: 'sgd' };
 const CASES: readonly StepCase[] = [
   ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'mlp', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
   ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'llama', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
+  // The shipped email decoder: its pretraining step (full: the embedding's gradient is a
+  // scatter_add over an 8192-row table) and the main job's spam classifier step (LoRA-FA).
+  { model: 'llama', config: 'email', mode: 'full', optimizer: ADAMW, steps: 7 },
+  { model: 'llama', config: 'spam', mode: 'lora-fa', optimizer: ADAMW, steps: 7 },
   { model: 'w1', config: 'w1', mode: 'lora', optimizer: SGD, steps: 7 },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, profile: true },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'no fusion' },
