@@ -91,7 +91,7 @@ export const PRESETS: Readonly<Record<DataPreset, Preset>> = {
     config: 'email',
     produces: 'llama-email',
     data: 'email',
-    defaults: { steps: 4000, lr: { full: 3e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, optimizer: { kind: 'adamw', weightDecay: 0.01 }, warmup: 100, evalBatch: 64, evalEvery: 500 },
+    defaults: { steps: 8000, lr: { full: 3e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, optimizer: { kind: 'adamw', weightDecay: 0.01 }, warmup: 100, evalBatch: 64, evalEvery: 500 },
   },
   spam: {
     name: 'spam',
