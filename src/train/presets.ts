@@ -101,7 +101,7 @@ export const PRESETS: Readonly<Record<DataPreset, Preset>> = {
     config: 'spam',
     base: 'llama-email',
     data: 'spam',
-    defaults: { steps: 900, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, targets: ['all-linear'], optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
+    defaults: { steps: 900, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 1e-2 }, rank: 8, alpha: 16, targets: ['all-linear'], optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
   },
 };
 
