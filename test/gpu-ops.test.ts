@@ -35,13 +35,13 @@ const TIMEOUT = Math.max(120_000, FC_RUNS * 2_000);
 const anyDef = (op: OpName) => OPS[op] as OpDef<any>;
 const GPU_OPS = OP_NAMES.filter((op) => OPS[op].wgsl.kind !== 'view');
 const MAP_OPS = GPU_OPS.filter((op) => OPS[op].wgsl.kind === 'map');
-/** The row kernels: a workgroup per row on a GPU, an invocation per row on a CPU adapter. */
 /** A 1-D kernel's invocations: one per output element, but scatter_add's one per run of SCATTER_COLS columns of an output row. */
 const invocationsOf = (n: Node): number => {
   if (n.op !== 'scatter_add') return numel(n.out.type.shape);
   const row = numel(n.out.type.shape.slice(1));
   return n.out.type.shape[0] * Math.ceil(row / Math.min(row, SCATTER_COLS));
 };
+/** The row kernels: a workgroup per row on a GPU, an invocation per row on a CPU adapter. */
 const PER_ROW_KERNELS = new Set<string>(['cross_entropy', 'norm', 'norm_grad']);
 const emitterOf = (op: OpName): KernelEmitter | 'map' => {
   const w = OPS[op].wgsl;
