@@ -38,8 +38,7 @@ const MAP_OPS = GPU_OPS.filter((op) => OPS[op].wgsl.kind === 'map');
 /** A 1-D kernel's invocations: one per output element, but scatter_add's one per run of SCATTER_COLS columns of an output row. */
 const invocationsOf = (n: Node): number => {
   if (n.op !== 'scatter_add') return numel(n.out.type.shape);
-  const row = numel(n.out.type.shape.slice(1));
-  return n.out.type.shape[0] * Math.ceil(row / Math.min(row, SCATTER_COLS));
+  return n.out.type.shape[0] * Math.ceil(numel(n.out.type.shape.slice(1)) / SCATTER_COLS);
 };
 /** The row kernels: a workgroup per row on a GPU, an invocation per row on a CPU adapter. */
 const PER_ROW_KERNELS = new Set<string>(['cross_entropy', 'norm', 'norm_grad']);

@@ -320,7 +320,7 @@ function emitScatterAdd(node: Node, ctx: EmitContext): KernelSource {
   const [idx, src] = node.inputs;
   const count = numel(idx.type.shape);
   const row = numel(src.type.shape.slice(idx.type.shape.length));
-  const rows = numel(node.out.type.shape) / row;
+  const rows = (node.attrs as { rows: number }).rows;
   const w = Math.min(row, SCATTER_COLS);
   const chunks = Math.ceil(row / w);
   const { bound, arg, st } = split(node, ctx);
