@@ -39,7 +39,7 @@ const cmd = new Command('experiment')
   .option('--full-lr-grid <list>', 'peak learning rates tried for full fine-tuning', (v) => list(v).map(Number), [3e-4, 1e-3])
   .option('--no-tune', "skip tuning: every variant at the task's default learning rate")
   .option('--chosen-lr <results.json>', "skip tuning: every variant at the learning rate an earlier run's tuning chose (its results.json)")
-  .option('--no-pooling', 'skip the pooling comparison (spam: the mean of the real tokens, the preset, against the last real token, as Hugging Face pools)')
+  .option('--no-alternatives', "skip the comparisons with one preset setting changed (spam: pooling the last real token, as Hugging Face pools, instead of the mean; the token embedding frozen instead of trained)")
   .option('--precision <list>', 'storage dtypes LoRA-FA and W1 are also trained in (empty: none)', list, ['f16', 'bf16'])
   .option('--skip <list>', 'task/variant runs left out (e.g. spam/full: the table then has no such row)', list, [])
   .option('--precision-tasks <list>', 'the tasks whose LoRA-FA runs are repeated in those dtypes (default: every task)', list)
@@ -47,11 +47,27 @@ const cmd = new Command('experiment')
   .option('--reuse <results.json>', 'take the runs an earlier results.json holds (same task, variant, seed, steps, lr, evaluation split, base model weights and preset settings) instead of running them again')
   .option('--out <file>', 'the Markdown report', join(ROOT, 'docs', 'results.md'))
   .parse();
-const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; pooling: boolean; precision: string[]; precisionTasks?: string[]; skip: string[]; w1Steps: number; reuse?: string }>();
+const flags = cmd.opts<{ tasks: string[]; seeds: number[]; ranks: number[]; steps?: number; out: string; lrGrid: number[]; fullLrGrid: number[]; tune: boolean; chosenLr?: string; alternatives: boolean; precision: string[]; precisionTasks?: string[]; skip: string[]; w1Steps: number; reuse?: string }>();
 const TUNING_SEED = 0;
-/** Classifier presets, how they pool, and the model config that pools them the other way. */
-const OTHER_POOLING: Readonly<Record<string, { preset: string; config: string; key: string; label: string }>> = {
-  spam: { preset: 'the mean of the real tokens', config: 'spam-last', key: 'last', label: "the last real token (Hugging Face's pooling)" },
+/**
+ * One preset setting changed, everything else equal: the same variants, learning rates, seeds, data
+ * order and steps, to show what the setting is worth (and whether the preset could drop it).
+ */
+interface Alternative {
+  /** Suffix of the runs' keys (`lora-fa@last`). */
+  readonly key: string;
+  /** What differs, and how the preset and the alternative set it. */
+  readonly what: string;
+  readonly preset: string;
+  readonly label: string;
+  readonly config?: string;
+  readonly modulesToSave?: readonly string[];
+}
+const ALTERNATIVES: Readonly<Record<string, readonly Alternative[]>> = {
+  spam: [
+    { key: 'last', what: "the classifier's pooling", preset: 'the mean of the real tokens', label: "the last real token (Hugging Face's pooling)", config: 'spam-last' },
+    { key: 'frozen-embed', what: 'the token embedding', preset: 'trained in full (modules_to_save: score, embed_tokens)', label: 'frozen (modules_to_save: score only)', modulesToSave: ['score'] },
+  ],
 };
 const argv = process.argv.slice(2);
 const command = `npm run experiment${argv.length ? ' -- ' + argv.join(' ') : ''}`;
@@ -102,7 +118,9 @@ interface Earlier {
   readonly tuning?: readonly (Row & { chosen?: boolean })[];
   readonly runs: readonly Row[];
   readonly rankSweep: readonly Row[];
-  readonly pooling: readonly Row[];
+  /** The alternatives' runs (`pooling` in results written before the token-embedding comparison). */
+  readonly alternatives?: readonly Row[];
+  readonly pooling?: readonly Row[];
   readonly precision?: readonly Row[];
   readonly w1?: readonly W1Row[];
   readonly commit?: string;
@@ -134,7 +152,7 @@ function taskFingerprint(task: string): string {
 function reuse(task: string, seed: number, key: string, lr: number | undefined, steps: number | undefined, evalOn: 'test' | 'validation' = 'test'): Row | undefined {
   if (!earlierRuns || lr === undefined) return undefined;
   // Learning-rate tuning scores the validation split; every other run the test split.
-  const all = evalOn === 'validation' ? (earlierRuns.tuning ?? []) : [...earlierRuns.runs, ...earlierRuns.rankSweep, ...earlierRuns.pooling, ...(earlierRuns.precision ?? [])];
+  const all = evalOn === 'validation' ? (earlierRuns.tuning ?? []) : [...earlierRuns.runs, ...earlierRuns.rankSweep, ...(earlierRuns.alternatives ?? earlierRuns.pooling ?? []), ...(earlierRuns.precision ?? [])];
   const r = all.find((x) => x.task === task && x.seed === seed && x.key === key && x.lr === lr && (steps === undefined || x.steps === steps) && x.fingerprint === taskFingerprint(task));
   if (!r) return undefined;
   countReused(r.reused ?? earlierCommit);
@@ -142,7 +160,7 @@ function reuse(task: string, seed: number, key: string, lr: number | undefined, 
 }
 
 /** One run of a preset, through the same finetune() as `lorafa finetune`, no files written. */
-async function runTask(task: string, seed: number, key: string, o: { config?: string; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number; dtype?: string }): Promise<Row> {
+async function runTask(task: string, seed: number, key: string, o: { config?: string; modulesToSave?: readonly string[]; evalOn?: 'test' | 'validation'; mode: Mode; gradCorrection?: boolean; steps?: number; lr?: number; rank?: number; alpha?: number; dtype?: string }): Promise<Row> {
   const earlier = reuse(task, seed, key, o.lr, o.steps, o.evalOn);
   if (earlier) return { ...earlier, chosen: undefined } as Row;
   const r = await finetune({ model: task, seed, compare: false, progress: 'none', log: () => {}, ...o });
@@ -209,7 +227,7 @@ async function runAll(): Promise<void> {
   const started = Date.now();
   const rows: Row[] = [];
   const sweep: Row[] = [];
-  const pooling: Row[] = [];
+  const alternatives: Row[] = [];
   const grid: (Row & { chosen?: boolean })[] = [];
   const precision: Row[] = [];
   const w1: W1Row[] = [];
@@ -257,13 +275,12 @@ async function runAll(): Promise<void> {
             `GPU ${r.gpu.measured} B measured / ${r.gpu.planned} B planned  ${r.msPerStep.toFixed(1)} ms/step  (${((Date.now() - t0) / 1000).toFixed(0)} s)`,
         );
       }
-      const other = OTHER_POOLING[name];
-      if (other && flags.pooling) {
-        // The same runs (lr, seed, data order, steps) with the classifier pooling the other way.
+      for (const alt of flags.alternatives ? (ALTERNATIVES[name] ?? []) : []) {
+        // The same runs (lr, seed, data order, steps) with one preset setting changed.
         for (const v of variants) {
-          const r = await runTask(name, seed, `${v.key}@${other.key}`, { config: other.config, mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
-          pooling.push(r);
-          console.log(`${name} seed ${seed} ${v.key.padEnd(11)} pooled by ${other.key}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%`);
+          const r = await runTask(name, seed, `${v.key}@${alt.key}`, { config: alt.config, modulesToSave: alt.modulesToSave, mode: v.mode, gradCorrection: v.gc, steps: flags.steps, lr: chosen.get(`${name}/${v.key}`) });
+          alternatives.push(r);
+          console.log(`${name} seed ${seed} ${v.key.padEnd(11)} ${alt.what}: ${alt.label}: accuracy ${pct(r.before!.accuracy!)}% → ${pct(r.after.accuracy!)}%  GPU ${r.gpu.measured} B`);
         }
       }
       for (const dtype of flags.precisionTasks && !flags.precisionTasks.includes(name) ? [] : flags.precision) {
@@ -298,8 +315,8 @@ async function runAll(): Promise<void> {
   const baselines: Record<string, BaselineResult[]> = {};
   for (const name of flags.tasks) if ((BASELINE_PRESETS as readonly string[]).includes(name)) baselines[name] = await presetBaselines(name as DataPreset);
   const jsonFile = flags.out.replace(/\.md$/, '') + '.json';
-  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, commit: commitOf(), seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep, pooling, precision, w1, baselines }, null, 1) + '\n'));
-  const md = report(rows, sweep, pooling, grid, device, minutes, precision, w1, baselines);
+  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify({ command, commit: commitOf(), seeds: flags.seeds, tuningSeed: TUNING_SEED, device, minutes, chosenLr: Object.fromEntries(chosen), tuning: grid, runs: rows, rankSweep: sweep, alternatives, precision, w1, baselines }, null, 1) + '\n'));
+  const md = report(rows, sweep, alternatives, grid, device, minutes, precision, w1, baselines);
   writeFileAtomic(flags.out, Buffer.from(md));
   console.log('\n' + md);
   console.log(`wrote ${flags.out} and ${jsonFile} (${minutes.toFixed(1)} min)`);
@@ -318,7 +335,7 @@ function versions(): string {
   return `lorafa ${pkg.version} (commit ${commitOf()}), Node ${process.versions.node}, webgpu ${pkg.dependencies.webgpu}`;
 }
 
-function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number, precision: readonly Row[], w1: readonly W1Row[], baselines: Readonly<Record<string, readonly BaselineResult[]>>): string {
+function report(rows: readonly Row[], sweep: readonly Row[], alternatives: readonly Row[], grid: readonly (Row & { chosen?: boolean })[], device: string, minutes: number, precision: readonly Row[], w1: readonly W1Row[], baselines: Readonly<Record<string, readonly BaselineResult[]>>): string {
   const out: string[] = [
     '# Results: LoRA-FA against LoRA and full fine-tuning, at small scale',
     '',
@@ -465,29 +482,32 @@ function report(rows: readonly Row[], sweep: readonly Row[], pooling: readonly R
     out.push('');
   }
   for (const name of flags.tasks) {
-    const other = OTHER_POOLING[name];
-    const theirs = pooling.filter((r) => r.task === name);
-    if (!other || !theirs.length) continue;
-    out.push(`## ${name}: pooling ${other.preset} (the preset) against ${other.label}`, '');
-    out.push('Same learning rates, seeds, data order and steps as the table above; only the classifier\'s pooling differs.', '');
-    out.push(`| variant | ${other.preset}: accuracy, mean ± std | ${other.key}: accuracy, mean ± std | ${other.key} − preset (points) | per seed, preset / ${other.key} |`, '|---|---|---|---|---|');
-    const gaps: number[] = [];
-    for (const v of VARIANTS) {
-      const mine = rows.filter((r) => r.task === name && r.key === v.key);
-      const alt = theirs.filter((r) => r.key === `${v.key}@${other.key}`);
-      if (!mine.length || !alt.length) continue;
-      const ma = mine.map((r) => r.after.accuracy!);
-      const aa = alt.map((r) => r.after.accuracy!);
-      const gap = 100 * (mean(aa) - mean(ma));
-      gaps.push(gap);
-      out.push(`| ${v.label} | ${pct(mean(ma))}% ± ${pct(std(ma))} | ${pct(mean(aa))}% ± ${pct(std(aa))} | ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} | ${ma.map((a, i) => `${pct(a)} / ${pct(aa[i])}`).join(', ')} |`);
+    for (const alt of ALTERNATIVES[name] ?? []) {
+      const theirs = alternatives.filter((r) => r.task === name && r.key.endsWith(`@${alt.key}`));
+      if (!theirs.length) continue;
+      out.push(`## ${name}: ${alt.what}, ${alt.preset} (the preset) against ${alt.label}`, '');
+      out.push(`Same learning rates, seeds, data order and steps as the table above; only ${alt.what} differs.`, '');
+      out.push(`| variant | preset: accuracy, mean ± std | ${alt.key}: accuracy, mean ± std | ${alt.key} − preset (points) | per seed, preset / ${alt.key} | trainable params, preset / ${alt.key} | GPU bytes measured, preset / ${alt.key} |`, '|---|---|---|---|---|---|---|');
+      const gaps: number[] = [];
+      for (const v of VARIANTS) {
+        const mine = rows.filter((r) => r.task === name && r.key === v.key);
+        const alt1 = theirs.filter((r) => r.key === `${v.key}@${alt.key}`);
+        if (!mine.length || !alt1.length) continue;
+        const ma = mine.map((r) => r.after.accuracy!);
+        const aa = alt1.map((r) => r.after.accuracy!);
+        const gap = 100 * (mean(aa) - mean(ma));
+        gaps.push(gap);
+        out.push(
+          `| ${v.label} | ${pct(mean(ma))}% ± ${pct(std(ma))} | ${pct(mean(aa))}% ± ${pct(std(aa))} | ${gap >= 0 ? '+' : ''}${gap.toFixed(2)} | ${ma.map((a, i) => `${pct(a)} / ${pct(aa[i])}`).join(', ')} | ${mine[0].trainable.toLocaleString('en-US')} / ${alt1[0].trainable.toLocaleString('en-US')} | ${mine[0].gpu.measured.toLocaleString('en-US')} / ${alt1[0].gpu.measured.toLocaleString('en-US')} |`,
+        );
+      }
+      out.push('');
+      const holds = gaps.every((g) => g >= -1);
+      out.push(
+        `Check: ${alt.what} ${alt.label} holds the preset's accuracy (no variant more than 1 point below): ${holds ? '**pass** — the preset could move to it' : `**fail** — the preset keeps ${alt.what} ${alt.preset}`}.`,
+        '',
+      );
     }
-    out.push('');
-    const holds = gaps.every((g) => g >= -1);
-    out.push(
-      `Check: pooling ${other.label} holds the preset's accuracy (no variant more than 1 point below): ${holds ? '**pass** — the preset could move to it' : "**fail** — the preset keeps its pooling"}.`,
-      '',
-    );
   }
   if (grid.length) {
     out.push(`## Learning-rate grid (validation split, seed ${TUNING_SEED}; **bold** = chosen)`, '');

@@ -34,7 +34,7 @@ export { loadModel, registerLoaders, trace, type LoadedModel } from './model/loa
 
 // Compile and plan.
 export { compileTraining, isMode, MODES, type CompileOptions, type Compiled, type Mode, type Stage } from './passes/compile.ts';
-export { applyLora, type LoraOptions, type LoraReport } from './passes/lora.ts';
+export { applyLora, checkModulesToSave, inModulesToSave, type LoraOptions, type LoraReport } from './passes/lora.ts';
 export { OPTIMIZERS, optimizerFeeds, accumFeeds, type OptimizerOptions } from './passes/optimizer.ts';
 export { INV_LOSS_SCALE_INPUT, LOSS_SCALE_INPUT, lossScaleFeeds, OVERFLOW_OUTPUT, type LossScaleReport } from './passes/loss-scale.ts';
 export { planStep, type StepSetup } from './passes/plan-step.ts';

@@ -30,6 +30,7 @@ import {
   chooseModel,
   compareTable,
   compileProgram,
+  checkModulesToSave,
   compileRegex,
   compileTraining,
   emitTrainer,
@@ -92,6 +93,7 @@ interface CommonFlags {
   alpha?: number;
   targets?: string;
   targetsRegex?: string;
+  modulesToSave?: string;
   rslora?: boolean;
   config?: string;
   batch?: number;
@@ -151,7 +153,9 @@ async function setup(modelPath: string, flags: CommonFlags & { attention?: Atten
   if (flags.seq !== undefined) overrides.seq = flags.seq;
   const graph = trace(m, flags.config, overrides, { composed: flags.composed, attention: flags.attention });
   const targets = flags.targetsRegex !== undefined ? compileRegex(flags.targetsRegex) : flags.targets ? splitList(flags.targets) : (m.def.defaultTargets ?? []);
-  const lora = { rank: flags.rank, alpha: flags.alpha ?? 2 * flags.rank, targets, rslora: flags.rslora, modulesToSave: m.def.modulesToSave };
+  const modulesToSave = flags.modulesToSave !== undefined ? splitList(flags.modulesToSave) : m.def.modulesToSave;
+  if (flags.modulesToSave !== undefined && flags.mode !== 'full') checkModulesToSave(graph, modulesToSave ?? [], '--modules-to-save');
+  const lora = { rank: flags.rank, alpha: flags.alpha ?? 2 * flags.rank, targets, rslora: flags.rslora, modulesToSave };
   const config = flags.config ?? m.def.defaultConfig;
   return { m, graph, lora, config, overrides, cfg: resolveConfig(m.def, { config, overrides }) };
 }
@@ -355,6 +359,7 @@ function commonOptions(c: Command, defaultMode: Mode): Command {
     .option('--alpha <a>', 'LoRA alpha (scale = alpha/rank); default 2·rank', positiveNumber('--alpha'))
     .option('--targets <names>', "comma-separated linear layer names or suffixes (PEFT target_modules); default: the model's")
     .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name', regexFlag('--targets-regex'))
+    .option('--modules-to-save <names>', "modules trained in full beside the adapters, comma-separated (PEFT modules_to_save; default: the model's new heads)")
     .option('--rslora', 'rank-stabilised scale alpha/√rank')
     .option('--config <name>', "a named size from the model file, or a Hugging Face config.json (default: the model's default)")
     .option('--batch <n>', 'override the batch size', positiveInt('--batch'))
@@ -381,6 +386,7 @@ interface FinetuneCliFlags extends TrainFlags {
   alpha?: number;
   targets?: string;
   targetsRegex?: string;
+  modulesToSave?: string;
   rslora?: boolean;
   config?: string;
   seq?: number;
@@ -453,6 +459,7 @@ export function program(helpFor?: string): Command {
     .option('--alpha <a>', "LoRA alpha (default: the preset's, else 2·rank)", positiveNumber('--alpha'))
     .option('--targets <names>', "LoRA target modules, comma-separated (PEFT target_modules; default: the model's)")
     .option('--targets-regex <re>', 'a regular expression that must match the whole linear layer name', regexFlag('--targets-regex'))
+    .option('--modules-to-save <names>', "modules trained in full beside the adapters, comma-separated (PEFT modules_to_save; default: the preset's, else the model's new heads)")
     .option('--rslora', 'rank-stabilised scale alpha/√rank')
     .option('--config <name>', "a named size from the model file (default: the preset's or the model's)")
     .option('--seq <n>', 'override the sequence length', positiveInt('--seq'))
@@ -492,6 +499,7 @@ async function finetuneCommand(model: string, f: FinetuneCliFlags): Promise<void
     ...f,
     model,
     targets: f.targets ? splitList(f.targets) : undefined,
+    modulesToSave: f.modulesToSave !== undefined ? splitList(f.modulesToSave) : undefined,
     optimizer: f.optimizer as 'adamw' | 'sgd' | undefined,
     base: f.fromScratch ? null : f.base,
     out,

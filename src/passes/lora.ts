@@ -40,6 +40,34 @@ export function listLinears(g: Graph): string {
   return [...counts].map(([leaf, c]) => (c.n > 1 ? `${leaf} ×${c.n}` : `${leaf} (${c.shape})`)).join(', ');
 }
 
+/**
+ * Whether a parameter belongs to a module of modules_to_save, matched as PEFT matches it: the
+ * parameter's module, or a module above it, is named by an entry or ends with `.entry`
+ * (`embed_tokens` holds `embed_tokens.weight`; `q_proj` holds every layer's q_proj weights).
+ */
+export function inModulesToSave(param: string, keep: readonly string[]): boolean {
+  const parts = param.split('.').slice(0, -1);
+  for (let i = parts.length; i > 0; i--) {
+    const module = parts.slice(0, i).join('.');
+    if (keep.some((k) => module === k || module.endsWith(`.${k}`))) return true;
+  }
+  return false;
+}
+
+/**
+ * Modules to save that a user named: each must hold a trainable parameter of the graph, else the
+ * run would silently train less than asked. The error lists the modules that have weights.
+ */
+export function checkModulesToSave(g: Graph, keep: readonly string[], where: string): void {
+  const weights = g.params.filter((p) => p.role !== 'buffer' && p.trainable);
+  for (const k of keep) {
+    if (weights.some((p) => inModulesToSave(p.value.name, [k]))) continue;
+    const modules = [...new Set(weights.map((p) => p.value.name.split('.').slice(0, -1).join('.')).filter(Boolean))];
+    const tops = [...new Set(modules.map((m) => m.replace(/(^|\.)\d+(?=\.)/g, '$1N')))];
+    throw new LorafaError(where, `modules_to_save entry "${k}" names no module with weights in ${g.name}`, `name a module (or a suffix of one) of: ${tops.slice(0, 24).join(', ')}${tops.length > 24 ? ', …' : ''}`);
+  }
+}
+
 /** PEFT's "all-linear": every linear layer but the output layer (the one that makes the logits) and modules_to_save. */
 export const ALL_LINEAR = 'all-linear';
 
@@ -135,10 +163,9 @@ export function applyLora(g: Graph, opts: LoraOptions): { graph: Graph; report: 
     adapters.push({ module: layer.name, A: A.name, B: B.name, rank: opts.rank, alpha: opts.alpha, scale, input: x.id, projected: sxa.id });
   }
   const keep = opts.modulesToSave ?? [];
-  const saved = (name: string) => keep.some((k) => name === k || name.startsWith(`${k}.`));
   const params: Param[] = [
     // A module to save keeps what the model declared; everything else is frozen.
-    ...g.params.map((p) => ({ ...p, trainable: p.trainable && saved(p.value.name) && p.role !== 'buffer' })),
+    ...g.params.map((p) => ({ ...p, trainable: p.trainable && inModulesToSave(p.value.name, keep) && p.role !== 'buffer' })),
     ...newParams,
   ];
   const outputs = Object.fromEntries(Object.entries(g.outputs).map(([k, v]) => [k, sub(v)]));

@@ -12,7 +12,7 @@ import type { Dataset } from '../data/dataset.ts';
 import { LorafaError } from '../ir/errors.ts';
 import { loadModel, trace, type LoadedModel } from '../model/load.ts';
 import { isMode, MODES, type Mode } from '../passes/compile.ts';
-import type { LoraOptions } from '../passes/lora.ts';
+import { checkModulesToSave, type LoraOptions } from '../passes/lora.ts';
 import type { OptimizerOptions } from '../passes/optimizer.ts';
 import { STORAGE_DTYPES, type StorageDType } from '../passes/memory-plan.ts';
 import { acquireGpu, type Gpu } from '../runtime/gpu.ts';
@@ -43,6 +43,8 @@ export interface FinetuneOptions extends DataFlags {
   readonly targets?: readonly string[];
   /** A regular expression that must match the whole module name. */
   readonly targetsRegex?: string;
+  /** PEFT modules_to_save: modules trained in full beside the adapters (default: the preset's, else the model's heads). */
+  readonly modulesToSave?: readonly string[];
   readonly rslora?: boolean;
   readonly optimizer?: 'adamw' | 'sgd';
   readonly weightDecay?: number;
@@ -169,8 +171,9 @@ export async function resolveSetup(o: FinetuneOptions): Promise<ResolvedSetup> {
           alpha: o.alpha ?? d?.alpha ?? 2 * rank,
           targets: o.targetsRegex !== undefined ? compileRegex(o.targetsRegex) : (o.targets ?? d?.targets ?? model.def.defaultTargets ?? []),
           rslora: o.rslora,
-          modulesToSave: model.def.modulesToSave,
+          modulesToSave: o.modulesToSave ?? d?.modulesToSave ?? model.def.modulesToSave,
         };
+  if (lora && o.modulesToSave) checkModulesToSave(trace(model, config, overrides), o.modulesToSave, '--modules-to-save');
   const kind = o.optimizer ?? d?.optimizer.kind ?? 'adamw';
   if (kind !== 'adamw' && kind !== 'sgd') throw new LorafaError('--optimizer', `unknown optimizer "${kind as string}"`, 'use one of: adamw, sgd');
   const optimizer: OptimizerOptions =

@@ -17,6 +17,7 @@ import { writeFileAtomic } from '../io/output.ts';
 import { listSome, saveMerged, saveStateDict } from '../io/weights.ts';
 import { MODES, type Mode } from '../passes/compile.ts';
 import { CATEGORIES, CATEGORY_LABELS } from '../passes/memory-plan.ts';
+import { inModulesToSave } from '../passes/lora.ts';
 import { lineChartSvg, memoryBarsSvg, smooth } from '../report/charts.ts';
 import type { TrainOptions, TrainResult } from './loop.ts';
 import { keyForLayout, layoutGraph, type MemorySummary, type TrainingProgram } from './program.ts';
@@ -85,7 +86,7 @@ export function writeOutputs(out: string, p: TrainingProgram, r: TrainResult, o:
     } else {
       const lora = spec.lora!;
       const targets = lora.targetsRegex || lora.targets.includes('all-linear') ? peftTargets(p) : lora.targets;
-      const trainedHeads = lora.modulesToSave.filter((m) => p.weights.params.some((q) => q.trainable && q.value.name.startsWith(m + '.')));
+      const trainedHeads = lora.modulesToSave.filter((m) => p.weights.params.some((q) => q.trainable && inModulesToSave(q.value.name, [m])));
       exportPeftAdapter(join(out, 'adapter'), graph, r.forwardValues, {
         targets: [...targets],
         modulesToSave: trainedHeads,

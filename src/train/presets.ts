@@ -27,6 +27,11 @@ export interface PresetDefaults {
   readonly rank: number;
   readonly alpha: number;
   readonly targets?: readonly string[];
+  /**
+   * Modules trained in full beside the adapters (PEFT's modules_to_save); the model's own list
+   * (its new heads) when absent.
+   */
+  readonly modulesToSave?: readonly string[];
   readonly optimizer: OptimizerOptions;
   /** Linear warm-up steps (at most a tenth of the run). */
   readonly warmup: number;
@@ -101,7 +106,7 @@ export const PRESETS: Readonly<Record<DataPreset, Preset>> = {
     config: 'spam',
     base: 'llama-email',
     data: 'spam',
-    defaults: { steps: 900, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 1e-2 }, rank: 8, alpha: 16, targets: ['all-linear'], optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
+    defaults: { steps: 900, lr: { full: 1e-3, lora: 3e-3, 'lora-fa': 3e-3 }, rank: 8, alpha: 16, targets: ['all-linear'], modulesToSave: ['score', 'embed_tokens'], optimizer: { kind: 'adamw', weightDecay: 0 }, warmup: 20, evalBatch: 64, evalEvery: 0 },
   },
 };
 
