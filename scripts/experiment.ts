@@ -504,7 +504,7 @@ function report(rows: readonly Row[], sweep: readonly Row[], alternatives: reado
       out.push('');
       const holds = gaps.every((g) => g >= -1);
       out.push(
-        `Check: ${alt.what} ${alt.label} holds the preset's accuracy (no variant more than 1 point below): ${holds ? '**pass** — the preset could move to it' : `**fail** — the preset keeps ${alt.what} ${alt.preset}`}.`,
+        `Check: ${alt.what} → ${alt.label}: no variant more than 1 point below the preset — ${holds ? '**pass**, the preset could move to it' : `**fail**, the preset keeps ${alt.what}: ${alt.preset}`}.`,
         '',
       );
     }

@@ -251,6 +251,8 @@ const CASES: Case[] = [
   },
   { name: 'an unknown LoRA target', args: () => ['compile', MLP, '--targets', 'q_proj'], exit: 1, says: [/q_proj/, /fc1/] },
   { name: 'a LoRA target pattern that matches nothing', args: () => ['compile', MLP, '--targets-regex', 'layers\\..*'], exit: 1, says: [/matches no linear layer/, /fc1/] },
+  { name: '--modules-to-save naming no module', args: () => ['plan', LLAMA, '--modules-to-save', 'embed'], exit: 1, says: [/--modules-to-save: modules_to_save entry "embed" names no module with weights/, /embed_tokens/, /layers\.N\.self_attn\.q_proj/] },
+  { name: '--modules-to-save on a preset, one entry unknown', args: () => ['finetune', 'spam', '--modules-to-save', 'score,rope', '--steps', '1'], exit: 1, says: [/modules_to_save entry "rope"/] },
   { name: 'all-linear listed with other targets', args: () => ['compile', MLP, '--targets', 'all-linear,fc1'], exit: 1, says: [/"all-linear" already takes every linear layer/] },
   { name: 'a plan over the device limits', args: () => ['plan', LLAMA, '--config', '7b', '--max-buffer-size', '64MiB', '--max-binding-size', '64MiB'], exit: 1, says: [/64(\.0)? MiB|67108864/] },
 

@@ -6,7 +6,7 @@ import { LorafaError } from '../src/ir/errors.ts';
 import type { Tensor } from '../src/ir/shape.ts';
 import { numel, type Graph, type LoraAdapter } from '../src/ir/types.ts';
 import { verify } from '../src/ir/verify.ts';
-import { applyLora, type LoraOptions } from '../src/passes/lora.ts';
+import { applyLora, checkModulesToSave, inModulesToSave, type LoraOptions } from '../src/passes/lora.ts';
 import { initParams, rng } from '../src/runtime/init.ts';
 import { runReference } from '../src/runtime/reference.ts';
 import { feedsFor, intBoundsFor, modelFiles, paramsWithRandomB, toyConfigName, toyModel } from './helpers.ts';
@@ -243,6 +243,33 @@ describe('freezing', async () => {
     expect(trainable(dense)).toEqual([...adapterParams(dense), 'classifier.dense.bias', 'classifier.dense.weight'].sort());
     const partial = lora(encoder, { targets: ['query', 'value'], modulesToSave: ['class'] }).graph;
     expect(trainable(partial)).toEqual(adapterParams(partial).sort());
+  });
+
+  test('a modulesToSave entry names a module or a `.suffix` of one, in every layer, as PEFT matches it', () => {
+    // q_proj in modules_to_save: every layer's q_proj is trained in full, and not adapted.
+    const { graph } = lora(llama, { targets: ['all-linear'], modulesToSave: ['q_proj', 'embed_tokens'] });
+    const q = llama.params.filter((p) => /^layers\.\d+\.self_attn\.q_proj\./.test(p.value.name)).map((p) => p.value.name);
+    expect(q).toHaveLength(2);
+    expect(trainable(graph)).toEqual([...adapterParams(graph), ...q, 'embed_tokens.weight'].sort());
+    expect(modules(graph).filter((m) => m.endsWith('q_proj'))).toEqual([]);
+    // Only at a `.` boundary: `proj` is no module's name or suffix.
+    const none = lora(llama, { targets: ['v_proj'], modulesToSave: ['proj', 'tokens'] }).graph;
+    expect(trainable(none)).toEqual(adapterParams(none).sort());
+    expect(inModulesToSave('layers.0.self_attn.q_proj.weight', ['self_attn.q_proj'])).toBe(true);
+    expect(inModulesToSave('layers.0.self_attn.q_proj.weight', ['layers.0'])).toBe(true);
+    expect(inModulesToSave('layers.0.self_attn.q_proj.weight', ['layers.1'])).toBe(false);
+    expect(inModulesToSave('layers.10.mlp.up_proj.weight', ['0.mlp'])).toBe(false);
+  });
+
+  test('checkModulesToSave: an entry that trains nothing is an error listing the modules, by layer', () => {
+    expect(() => checkModulesToSave(llama, ['embed_tokens', 'q_proj', 'layers.1', 'norm'], '--modules-to-save')).not.toThrow();
+    const e = thrown(() => checkModulesToSave(llama, ['embed_tokens', 'embed'], '--modules-to-save'));
+    expect(e.message).toContain('--modules-to-save: modules_to_save entry "embed" names no module with weights in llama');
+    expect(e.message).toContain('embed_tokens, layers.N.input_layernorm, layers.N.self_attn.q_proj');
+    expect(e.message).not.toContain('layers.1.');
+    // A module holding only buffers (nothing to train) is no module with weights either.
+    const buffers = llama.params.filter((p) => p.role === 'buffer').map((p) => p.value.name.split('.').slice(0, -1).join('.')).filter(Boolean);
+    for (const b of new Set(buffers)) if (!llama.params.some((p) => p.role !== 'buffer' && p.value.name.startsWith(b + '.'))) expect(() => checkModulesToSave(llama, [b], 'x'), b).toThrow(/names no module with weights/);
   });
 
   test('buffers (rotary tables, causal mask) stay frozen even when named in modulesToSave', () => {

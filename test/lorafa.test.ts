@@ -14,7 +14,7 @@ import { compileTraining, type Compiled } from '../src/passes/compile.ts';
 import type { LoraOptions } from '../src/passes/lora.ts';
 import { adapterInputs, savedActivations } from '../src/passes/lora-fa.ts';
 import { runReference } from '../src/runtime/reference.ts';
-import { feedsFor, intBoundsFor, modelFiles, paramsWithRandomB, property, toyConfigName, toyModel } from './helpers.ts';
+import { directional, feedsFor, intBoundsFor, modelFiles, paramsWithRandomB, property, toyConfigName, toyModel } from './helpers.ts';
 
 // ---------------------------------------------------------------------------------------------
 // shared checks
@@ -218,6 +218,43 @@ test('encoder: an adapted classifier layer whose W is trained (modulesToSave) ke
   expect(c.fa.reports.pruned!.prunedActivations).toHaveLength(model.def.configs.toy.layers as number);
   expectSharedGradsEqual(c, intBoundsFor(model.def.configs.toy), 5);
   expectNoDA(c);
+});
+
+test('llama classifier, all-linear + the token embedding trained (the spam preset): dEmbed is exact, zero on unseen rows, the same as LoRA\'s, and every adapted input is still pruned', async () => {
+  const { model, graph } = await toyModel('llama', 'toy-cls');
+  const cfg = model.def.configs['toy-cls'];
+  const c = compileBoth(graph, { rank: 2, alpha: 4, targets: ['all-linear'], modulesToSave: ['score', 'embed_tokens'] });
+  const embed = c.fa.joint.params.find((p) => p.value.name === 'embed_tokens.weight')!;
+  expect(embed.trainable).toBe(true);
+  expect(gradNames(c.fa.joint)).toContain('grad.embed_tokens.weight');
+  expectSharedGradsEqual(c, intBoundsFor(cfg), 7);
+  expectNoDA(c);
+  // Training the embedding adds no reason to keep an adapted layer's input: the gather's backward
+  // reads only the token ids.
+  for (const s of c.fa.reports.pruned!.inputs) expect(s.saved, `${s.module}: ${s.reasons.join('; ')}`).toBe(false);
+
+  // dEmbed against float64 central differences of the loss, through the reference interpreter.
+  const feeds = feedsFor(c.fa.joint, 7, intBoundsFor(cfg));
+  const params = paramsWithRandomB(c.fa.forward, 7);
+  const grad = runReference(c.fa.joint, { feeds, params }).outputs['grad.embed_tokens.weight'].data;
+  const [vocab, d] = embed.value.type.shape;
+  const seen = new Set(Array.from(feeds.input_ids));
+  for (let row = 0; row < vocab; row++) {
+    if (seen.has(row)) continue;
+    for (let j = 0; j < d; j++) expect(grad[row * d + j], `row ${row} (no token) col ${j}`).toBe(0);
+  }
+  const w = params.get('embed_tokens.weight')!;
+  const loss = (x: Float64Array) => runReference(c.fa.joint, { feeds, params: new Map([...params, ['embed_tokens.weight', { shape: w.shape, data: x }]]) }).outputs.loss.data[0];
+  const rows = [...seen].slice(0, 3);
+  expect(rows.length).toBeGreaterThan(0);
+  for (const row of rows) {
+    for (const j of [0, d - 1]) {
+      const t = new Float64Array(w.data.length);
+      t[row * d + j] = 1;
+      const fd = directional(loss, w.data, t);
+      expect(Math.abs(fd - grad[row * d + j]), `dEmbed[${row}, ${j}]: ${grad[row * d + j]} vs finite difference ${fd}`).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(fd)));
+    }
+  }
 });
 
 /** x → pre (frozen) → h; q(h) and gate(h) both read h; loss = mse(q ⊙ gate, t). */
