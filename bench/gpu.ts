@@ -28,6 +28,7 @@ import { cpus } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { loadModel, trace } from '../src/model/load.ts';
+import { PRESETS } from '../src/train/presets.ts';
 import { buildKernelPlan, matmulKeys } from '../src/codegen/kernel-plan.ts';
 import { acquireGpu } from '../src/runtime/gpu.ts';
 import { MATMUL_VARIANTS, matmulVariant } from '../src/codegen/matmul.ts';
@@ -73,6 +74,8 @@ interface StepCase {
   /** What differs from the default pipeline. */
   readonly variant?: 'no fusion' | 'portable matmul' | 'f16 storage' | 'bf16 storage';
   readonly profile?: boolean;
+  /** LoRA as this preset sets it (rank, alpha, targets, modules_to_save), not the model's defaults. */
+  readonly preset?: 'spam';
 }
 
 interface StepRow extends StepCase {
@@ -155,13 +158,20 @@ async function timeSteps(
   return { step, plan, kp, allocated, profile, median: median(times), min: Math.min(...times), max: Math.max(...times) };
 }
 
+/** The model's default targets at RANK / ALPHA, or the preset's LoRA settings. */
+function loraOf(c: StepCase, def: { readonly defaultTargets?: readonly string[]; readonly modulesToSave?: readonly string[] }) {
+  if (!c.preset) return { rank: RANK, alpha: ALPHA, targets: def.defaultTargets ?? [], modulesToSave: def.modulesToSave };
+  const d = PRESETS[c.preset].defaults;
+  return { rank: d.rank, alpha: d.alpha, targets: d.targets ?? def.defaultTargets ?? [], modulesToSave: d.modulesToSave ?? def.modulesToSave };
+}
+
 async function runStepCase(gpu: Gpu, c: StepCase): Promise<StepRow> {
   const m = await loadModel(join(ROOT, 'models', `${c.model}.ts`));
   const graph = trace(m, c.config);
   const cfg = resolveConfig(m.def, { config: c.config });
   const compiled = compileTraining(graph, {
     mode: c.mode,
-    lora: { rank: RANK, alpha: ALPHA, targets: m.def.defaultTargets ?? [], modulesToSave: m.def.modulesToSave },
+    lora: loraOf(c, m.def),
     optimizer: c.optimizer,
   });
   const { step, kp, allocated, profile, median: med, min, max } = await timeSteps(gpu, compiled, {
@@ -228,9 +238,10 @@ const CASES: readonly StepCase[] = [
   ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'mlp', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
   ...(['full', 'lora', 'lora-fa'] as const).map((mode) => ({ model: 'llama', config: 'toy', mode, optimizer: ADAMW, steps: 15 })),
   // The shipped email decoder: its pretraining step (full: the embedding's gradient is a
-  // scatter_add over an 8192-row table) and the main job's spam classifier step (LoRA-FA).
+  // scatter_add over an 8192-row table) and the main job's spam classifier step (LoRA-FA as the
+  // preset sets it: every linear layer adapted, the embedding trained, so it runs scatter_add too).
   { model: 'llama', config: 'email', mode: 'full', optimizer: ADAMW, steps: 7 },
-  { model: 'llama', config: 'spam', mode: 'lora-fa', optimizer: ADAMW, steps: 7 },
+  { model: 'llama', config: 'spam', mode: 'lora-fa', optimizer: ADAMW, steps: 7, preset: 'spam' },
   { model: 'w1', config: 'w1', mode: 'lora', optimizer: SGD, steps: 7 },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, profile: true },
   { model: 'w1', config: 'w1', mode: 'lora-fa', optimizer: SGD, steps: 7, variant: 'no fusion' },
@@ -342,7 +353,7 @@ export async function runGpuBench(): Promise<string> {
     ...head,
     `${started.toISOString()}; adapter: ${gpu.description}${gpu.subgroupSize ? ` (subgroups of ${gpu.subgroupSize})` : ''}; ${cpus().length} × ${cpu}; Node ${process.version}.`,
     '',
-    `Whole training steps: trace → compile (rank ${RANK}, alpha ${ALPHA}, default targets) → plan (this adapter's limits) → kernel plan → StepRunner.`,
+    `Whole training steps: trace → compile (rank ${RANK}, alpha ${ALPHA}, the model's default targets; a row whose variant names a preset: that preset's rank, alpha, targets and modules_to_save) → plan (this adapter's limits) → kernel plan → StepRunner.`,
     'Step = one StepRunner.step() with its 4-byte loss readback; 2 warm-up steps, then median (min–max) of the rest.',
     'GFLOP/s = matmul FLOPs (2·m·n·k per matmul node of the step graph) ÷ median step time; elementwise nodes are counted as elements, not FLOPs.',
     '',
@@ -350,7 +361,7 @@ export async function runGpuBench(): Promise<string> {
     '|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|',
     ...rows.map(
       (r) =>
-        `| ${r.model} | ${r.config} | ${r.mode} | ${r.optimizer.kind} | ${r.variant ?? 'default'} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${(r.matmulFlops / 1e9).toFixed(3)} | ${(r.matmulFlops / r.median / 1e6).toFixed(2)} | ${(r.elementwise / 1e6).toFixed(2)} | ${r.dispatches} | ${r.kernels} | ${fmtBytes(r.allocated)} | ${fmtBytes(r.peak)}${r.allocated === r.peak ? '' : ' **≠**'} |`,
+        `| ${r.model} | ${r.config} | ${r.mode} | ${r.optimizer.kind} | ${r.variant ?? (r.preset ? `preset ${r.preset}` : 'default')} | ${f1(r.median)} (${f1(r.min)}–${f1(r.max)}) | ${(r.matmulFlops / 1e9).toFixed(3)} | ${(r.matmulFlops / r.median / 1e6).toFixed(2)} | ${(r.elementwise / 1e6).toFixed(2)} | ${r.dispatches} | ${r.kernels} | ${fmtBytes(r.allocated)} | ${fmtBytes(r.peak)}${r.allocated === r.peak ? '' : ' **≠**'} |`,
     ),
     '',
     '"default" = elementwise fusion on, and the subgroup matmul where the device has fixed-size subgroups;',

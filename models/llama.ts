@@ -36,9 +36,9 @@ export default defineModel<LlamaConfig>({
   description: 'LLaMA-style decoder (RMSNorm, RoPE, SwiGLU, causal grouped-query attention)',
   configs: {
     toy: { batch: 2, seq: 8, vocab: 64, d: 32, heads: 4, layers: 2, ffn: 48, ropeBase: 10000 },
+    '7b': { batch: 8, seq: 1024, vocab: 32000, d: 4096, heads: 32, layers: 32, ffn: 11008, ropeBase: 10000 },
     // The toy as a sequence classifier (the spam config's head and pooling), for tests.
     'toy-cls': { batch: 2, seq: 8, vocab: 64, d: 32, heads: 4, layers: 2, ffn: 48, ropeBase: 10000, classes: 2, pool: 'mean' },
-    '7b': { batch: 8, seq: 1024, vocab: 32000, d: 4096, heads: 32, layers: 32, ffn: 11008, ropeBase: 10000 },
     // A character-level decoder pretrained on the Brown corpus (`npm run pretrain -- --task brown`,
     // models/pretrained/llama-brown).
     brown: { batch: 8, seq: 128, vocab: 128, d: 96, heads: 4, layers: 3, ffn: 256, ropeBase: 10000 },
