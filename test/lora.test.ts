@@ -252,6 +252,11 @@ describe('freezing', async () => {
     expect(q).toHaveLength(2);
     expect(trainable(graph)).toEqual([...adapterParams(graph), ...q, 'embed_tokens.weight'].sort());
     expect(modules(graph).filter((m) => m.endsWith('q_proj'))).toEqual([]);
+    // A module above the linears (`mlp` ends layers.N.mlp): all-linear leaves its linears to be
+    // trained in full, never both adapted and trained.
+    const mlpSaved = lora(llama, { targets: ['all-linear'], modulesToSave: ['mlp'] }).graph;
+    expect(modules(mlpSaved).filter((m) => m.includes('.mlp.'))).toEqual([]);
+    expect(trainable(mlpSaved).filter((n) => n.includes('.mlp.'))).toHaveLength(2 * 3);
     // Only at a `.` boundary: `proj` is no module's name or suffix.
     const none = lora(llama, { targets: ['v_proj'], modulesToSave: ['proj', 'tokens'] }).graph;
     expect(trainable(none)).toEqual(adapterParams(none).sort());

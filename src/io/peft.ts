@@ -31,6 +31,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import type { Graph, LoraAdapter, Param } from '../ir/types.ts';
+import { moduleOf, peftMatches, savedBy } from '../passes/lora.ts';
 import { replaceDir } from './output.ts';
 import { readSafetensorsWithMetadata, type SafeTensor } from './safetensors.ts';
 import {
@@ -109,27 +110,6 @@ export interface PeftImport {
 }
 
 const identity: KeyFor = (n) => n;
-
-/** PEFT's list matching of target_modules / modules_to_save. */
-function peftMatches(moduleName: string, names: readonly string[]): boolean {
-  return names.some((t) => moduleName === t || moduleName.endsWith(`.${t}`));
-}
-
-/**
- * Whether a parameter's module is saved by modules_to_save: PEFT wraps the whole module an entry
- * names, so its submodules are saved too (RoBERTa's `classifier` holds `classifier.dense` and
- * `classifier.out_proj`).
- */
-function savedBy(moduleName: string, names: readonly string[]): boolean {
-  const parts = moduleName.split('.');
-  for (let n = parts.length; n >= 1; n--) if (peftMatches(parts.slice(0, n).join('.'), names)) return true;
-  return false;
-}
-
-function moduleOf(paramName: string): string {
-  const dot = paramName.lastIndexOf('.');
-  return dot < 0 ? paramName : paramName.slice(0, dot);
-}
 
 /** The rank, alpha and rsLoRA flag all of the graph's adapters share. */
 export function adapterSettings(g: Graph): { r: number; alpha: number; rslora: boolean; adapters: readonly LoraAdapter[] } {

@@ -40,18 +40,34 @@ export function listLinears(g: Graph): string {
   return [...counts].map(([leaf, c]) => (c.n > 1 ? `${leaf} ×${c.n}` : `${leaf} (${c.shape})`)).join(', ');
 }
 
+/** PEFT's list matching of target_modules / modules_to_save: a module named by an entry, or ending with `.entry`. */
+export function peftMatches(moduleName: string, names: readonly string[]): boolean {
+  return names.some((t) => moduleName === t || moduleName.endsWith(`.${t}`));
+}
+
 /**
- * Whether a parameter belongs to a module of modules_to_save, matched as PEFT matches it: the
- * parameter's module, or a module above it, is named by an entry or ends with `.entry`
- * (`embed_tokens` holds `embed_tokens.weight`; `q_proj` holds every layer's q_proj weights).
+ * Whether a module is saved by modules_to_save: PEFT wraps the whole module an entry names, so its
+ * submodules are saved too (RoBERTa's `classifier` holds `classifier.dense` and
+ * `classifier.out_proj`; `q_proj` holds every layer's q_proj).
+ */
+export function savedBy(moduleName: string, names: readonly string[]): boolean {
+  const parts = moduleName.split('.');
+  for (let n = parts.length; n >= 1; n--) if (peftMatches(parts.slice(0, n).join('.'), names)) return true;
+  return false;
+}
+
+/** The module a parameter belongs to (`embed_tokens` for `embed_tokens.weight`); a bare name is its own. */
+export function moduleOf(paramName: string): string {
+  const dot = paramName.lastIndexOf('.');
+  return dot < 0 ? paramName : paramName.slice(0, dot);
+}
+
+/**
+ * Whether a parameter belongs to a module of modules_to_save (`embed_tokens.weight` to
+ * `embed_tokens`), or is named by an entry itself.
  */
 export function inModulesToSave(param: string, keep: readonly string[]): boolean {
-  const parts = param.split('.').slice(0, -1);
-  for (let i = parts.length; i > 0; i--) {
-    const module = parts.slice(0, i).join('.');
-    if (keep.some((k) => module === k || module.endsWith(`.${k}`))) return true;
-  }
-  return false;
+  return keep.includes(param) || savedBy(moduleOf(param), keep);
 }
 
 /**
@@ -62,7 +78,7 @@ export function checkModulesToSave(g: Graph, keep: readonly string[], where: str
   const weights = g.params.filter((p) => p.role !== 'buffer' && p.trainable);
   for (const k of keep) {
     if (weights.some((p) => inModulesToSave(p.value.name, [k]))) continue;
-    const modules = [...new Set(weights.map((p) => p.value.name.split('.').slice(0, -1).join('.')).filter(Boolean))];
+    const modules = [...new Set(weights.map((p) => moduleOf(p.value.name)))];
     const tops = [...new Set(modules.map((m) => m.replace(/(^|\.)\d+(?=\.)/g, '$1N')))];
     throw new LorafaError(where, `modules_to_save entry "${k}" names no module with weights in ${g.name}`, `name a module (or a suffix of one) of: ${tops.slice(0, 24).join(', ')}${tops.length > 24 ? ', …' : ''}`);
   }
@@ -94,14 +110,13 @@ export function resolveTargets(g: Graph, targets: readonly string[] | RegExp, mo
   if (targets.includes(ALL_LINEAR)) {
     if (targets.length > 1) throw new LorafaError(where, `"${ALL_LINEAR}" already takes every linear layer; it cannot be listed with others`, `pass --targets ${ALL_LINEAR} alone`);
     const out = outputLayers(g);
-    const saved = (name: string) => modulesToSave.some((m) => name === m || name.startsWith(m + '.') || name.endsWith('.' + m));
-    const hits = g.linears.filter((l) => !out.has(l.name) && !saved(l.name));
+    const hits = g.linears.filter((l) => !out.has(l.name) && !savedBy(l.name, modulesToSave));
     if (!hits.length) throw new LorafaError(where, `"${ALL_LINEAR}" leaves no layer to adapt: the only linear layers are the output layer and modules_to_save`, `name targets explicitly: ${listLinears(g)}`);
     return hits;
   }
   const hits = new Set<LinearModule>();
   for (const t of targets) {
-    const m = g.linears.filter((l) => l.name === t || l.name.endsWith(`.${t}`));
+    const m = g.linears.filter((l) => peftMatches(l.name, [t]));
     if (!m.length) {
       throw new LorafaError(where, `unknown LoRA target "${t}": no linear layer is named "${t}" or ends with ".${t}"`, `target one of the linear layers: ${listLinears(g)}, or ${ALL_LINEAR}`);
     }
