@@ -31,7 +31,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LorafaError } from '../ir/errors.ts';
 import type { Graph, LoraAdapter, Param } from '../ir/types.ts';
-import { moduleOf, peftMatches, savedBy } from '../passes/lora.ts';
+import { moduleOf, peftMatches, savedBy } from '../ir/modules.ts';
 import { replaceDir } from './output.ts';
 import { readSafetensorsWithMetadata, type SafeTensor } from './safetensors.ts';
 import {

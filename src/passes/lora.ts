@@ -9,6 +9,7 @@
 // 3. Redirect every use of x·W to the sum; freeze every other parameter (except `modulesToSave`).
 import { Builder } from '../ir/builder.ts';
 import { LorafaError } from '../ir/errors.ts';
+import { moduleOf, peftMatches, savedBy } from '../ir/modules.ts';
 import type { Graph, LinearModule, LoraAdapter, Node, Param, Value } from '../ir/types.ts';
 
 export interface LoraOptions {
@@ -38,28 +39,6 @@ export function listLinears(g: Graph): string {
     else counts.set(leaf, { n: 1, shape: `${l.inFeatures}→${l.outFeatures}` });
   }
   return [...counts].map(([leaf, c]) => (c.n > 1 ? `${leaf} ×${c.n}` : `${leaf} (${c.shape})`)).join(', ');
-}
-
-/** PEFT's list matching of target_modules / modules_to_save: a module named by an entry, or ending with `.entry`. */
-export function peftMatches(moduleName: string, names: readonly string[]): boolean {
-  return names.some((t) => moduleName === t || moduleName.endsWith(`.${t}`));
-}
-
-/**
- * Whether a module is saved by modules_to_save: PEFT wraps the whole module an entry names, so its
- * submodules are saved too (RoBERTa's `classifier` holds `classifier.dense` and
- * `classifier.out_proj`; `q_proj` holds every layer's q_proj).
- */
-export function savedBy(moduleName: string, names: readonly string[]): boolean {
-  const parts = moduleName.split('.');
-  for (let n = parts.length; n >= 1; n--) if (peftMatches(parts.slice(0, n).join('.'), names)) return true;
-  return false;
-}
-
-/** The module a parameter belongs to (`embed_tokens` for `embed_tokens.weight`); a bare name is its own. */
-export function moduleOf(paramName: string): string {
-  const dot = paramName.lastIndexOf('.');
-  return dot < 0 ? paramName : paramName.slice(0, dot);
 }
 
 /**
